@@ -1,0 +1,89 @@
+# Everything a newcomer needs: `make run` and `make test` set themselves up on a fresh machine.
+SHELL := /bin/bash
+PYTHON := $(shell scripts/find-python)
+VENV := .venv
+BIN := $(VENV)/bin
+AZURITE_VERSION := 3.35.0
+AZURITE := .tools/azurite/node_modules/.bin/azurite
+
+.PHONY: install run test check lint format typecheck pytest bench azurite azurite-stop \
+        dev-up dev-down docker-build docker-up docker-down k3s-apply k3s-delete lock clean
+
+install: $(BIN)/.installed $(AZURITE)
+
+$(BIN)/.installed: pyproject.toml requirements-dev.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c requirements-dev.lock -e ".[dev]"
+	touch $@
+
+$(AZURITE):
+	mkdir -p .tools/azurite
+	npm install --prefix .tools/azurite --no-audit --no-fund --silent azurite@$(AZURITE_VERSION)
+
+# --- Local development --------------------------------------------------------------------
+
+run: install
+	scripts/run-dev
+
+azurite: install
+	scripts/azurite-dev start
+
+azurite-stop:
+	scripts/azurite-dev stop
+
+# --- Quality and tests ----------------------------------------------------------------------
+
+lint: install
+	$(BIN)/ruff check src tests bench
+
+format: install
+	$(BIN)/ruff format src tests bench
+
+typecheck: install
+	$(BIN)/pyright
+
+pytest: install
+	$(BIN)/python -m pytest
+
+check: lint typecheck
+	$(BIN)/ruff format --check src tests bench
+
+test: check pytest
+
+bench: install
+	$(BIN)/python -m bench.run
+
+# Re-pin dependencies (needs network to PyPI).
+lock: install
+	$(BIN)/python -m pip install --quiet uv
+	$(BIN)/uv pip compile --quiet --python-version 3.12 pyproject.toml -o requirements.lock
+	$(BIN)/uv pip compile --quiet --python-version 3.12 --extra dev pyproject.toml -o requirements-dev.lock
+
+# --- Containers and cluster (need a Docker engine / kubectl) ---------------------------------
+
+dev-up:
+	docker compose -f docker-compose.dev.yaml up -d
+
+dev-down:
+	docker compose -f docker-compose.dev.yaml down
+
+docker-build:
+	docker build -t nfs-watcher-uploader:latest .
+
+docker-up: docker-build
+	docker compose up -d
+
+docker-down:
+	docker compose down
+
+k3s-apply:
+	kubectl apply -k k8s/
+
+k3s-delete:
+	kubectl delete -k k8s/
+
+clean:
+	-scripts/azurite-dev stop
+	rm -rf data/ .ruff_cache .pytest_cache .tools
+	find . -type d -name __pycache__ -prune -exec rm -rf {} +

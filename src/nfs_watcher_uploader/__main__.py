@@ -1,0 +1,3 @@
+from nfs_watcher_uploader.main import run
+
+run()

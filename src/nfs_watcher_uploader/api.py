@@ -1,0 +1,197 @@
+"""HTTP endpoints. Probes read in-memory state only; everything else answers 4xx or 503 with a
+message, never a traceback."""
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from uuid_utils import uuid7
+
+from nfs_watcher_uploader import fsops
+from nfs_watcher_uploader.constants import FAILED_DIR, FAILED_REASONS_DIR
+from nfs_watcher_uploader.models import (
+    FailedFile,
+    FailedList,
+    HealthResponse,
+    ReadyResponse,
+    RetryRequest,
+    RetryResponse,
+    SessionList,
+    SessionView,
+    StatusResponse,
+    WatchStartRequest,
+    WatchStartResponse,
+    WatchStopResponse,
+    check_session_name,
+)
+from nfs_watcher_uploader.service import Service
+from nfs_watcher_uploader.sessions import SessionConflict
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter()
+
+
+def _service(request: Request) -> Service:
+    return request.app.state.service
+
+
+ServiceDep = Annotated[Service, Depends(_service)]
+
+
+def generate_session_name() -> str:
+    return f"00-session-{uuid7()}"
+
+
+def _unavailable(what: str, exc: OSError) -> HTTPException:
+    reason = exc.strerror or type(exc).__name__
+    return HTTPException(503, f"{what} failed on NFS ({reason}); nothing was changed, retry later")
+
+
+def _require_loaded(service: Service) -> None:
+    if not service.sessions.loaded:
+        raise HTTPException(503, f"service is starting ({service.phase}); retry shortly")
+
+
+@router.get("/healthz", responses={503: {"model": HealthResponse}})
+async def healthz(service: ServiceDep) -> JSONResponse:
+    problem = service.liveness()
+    body = HealthResponse(ok=problem is None, detail=problem)
+    return JSONResponse(body.model_dump(), status_code=200 if problem is None else 503)
+
+
+@router.get("/readyz", responses={503: {"model": ReadyResponse}})
+async def readyz(service: ServiceDep) -> JSONResponse:
+    body = ReadyResponse(ready=service.ready, detail=None if service.ready else service.phase)
+    return JSONResponse(body.model_dump(), status_code=200 if service.ready else 503)
+
+
+@router.post("/v1/watch/start", responses={409: {}, 422: {}, 503: {}})
+async def watch_start(
+    service: ServiceDep, body: WatchStartRequest | None = None
+) -> WatchStartResponse:
+    _require_loaded(service)
+    name = (body.session_name if body else None) or generate_session_name()
+    try:
+        session = await service.start_session(name)
+    except SessionConflict as exc:
+        raise HTTPException(409, str(exc)) from None
+    except OSError as exc:
+        raise _unavailable(f"creating the folders of session {name!r}", exc) from None
+    return WatchStartResponse(
+        date_prefix=session.date_prefix, session_name=session.name, encoded_session=session.name
+    )
+
+
+@router.post("/v1/watch/stop", responses={503: {}})
+async def watch_stop(service: ServiceDep) -> WatchStopResponse:
+    _require_loaded(service)
+    try:
+        session = await service.stop_session()
+    except OSError as exc:
+        raise _unavailable("saving the stopped session", exc) from None
+    return WatchStopResponse(
+        enabled=False,
+        session_name=session.name if session else None,
+        state=session.state if session else None,
+    )
+
+
+@router.get("/v1/status")
+async def status(service: ServiceDep) -> StatusResponse:
+    sessions = service.sessions
+    active = sessions.active
+    pipeline = service.pipeline
+    return StatusResponse(
+        enabled=active is not None,
+        active_session=active.name if active else None,
+        processed_ok=pipeline.processed_ok,
+        processed_err=pipeline.processed_err,
+        last_error=pipeline.last_error,
+        ready=service.ready,
+        queue_depth=pipeline.queue.qsize(),
+        in_flight=pipeline.in_flight,
+        retrying=pipeline.retrying,
+        failed=sum(len(s.parked) for s in sessions.by_name.values()),
+        retries=pipeline.retries,
+        draining_sessions=[s.name for s in sessions.by_name.values() if s.state == "draining"],
+        state_error=sessions.state_error,
+    )
+
+
+@router.get("/v1/sessions")
+async def list_sessions(service: ServiceDep) -> SessionList:
+    return SessionList(sessions=[s.view() for s in service.sessions.by_name.values()])
+
+
+@router.get("/v1/sessions/{name}", responses={404: {}, 422: {}})
+async def get_session(service: ServiceDep, name: str) -> SessionView:
+    try:
+        check_session_name(name)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+    session = service.sessions.by_name.get(name)
+    if session is None:
+        raise HTTPException(404, f"no session named {name!r} is known")
+    return session.view()
+
+
+@router.get("/v1/files/failed", responses={503: {}})
+async def failed_files(service: ServiceDep) -> FailedList:
+    root = service.settings.nfs_processing_root
+
+    def read() -> list[FailedFile]:
+        out: list[FailedFile] = []
+        for date_prefix, name, path in fsops.iter_tree_files(root / FAILED_DIR):
+            reason_file = root / FAILED_REASONS_DIR / date_prefix / name / path.name
+            try:
+                reason = reason_file.read_text(errors="replace")
+            except OSError:
+                reason = "(reason not recorded)"
+            out.append(
+                FailedFile(
+                    date_prefix=date_prefix, session_name=name, filename=path.name, reason=reason
+                )
+            )
+        return out
+
+    try:
+        return FailedList(files=await service.nfs.call(read))
+    except OSError as exc:
+        raise _unavailable("listing parked files", exc) from None
+
+
+@router.post("/v1/files/retry", responses={503: {}})
+async def retry_failed(service: ServiceDep, body: RetryRequest | None = None) -> RetryResponse:
+    if not service.ready:
+        raise HTTPException(503, f"service is not ready ({service.phase}); retry shortly")
+    try:
+        count = await service.pipeline.requeue_parked(body.session_name if body else None)
+    except OSError as exc:
+        raise _unavailable("moving parked files back", exc) from None
+    return RetryResponse(requeued=count)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems: list[str] = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        problems.append(f"{where}: {msg}")
+    return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
+
+
+async def _os_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, OSError)
+    logger.warning("OS error on %s: %s", request.url.path, exc)
+    reason = exc.strerror or type(exc).__name__
+    return JSONResponse({"detail": f"storage or NFS error ({reason}); retry later"}, 503)
+
+
+def install(app: FastAPI) -> None:
+    app.include_router(router)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(OSError, _os_error)

@@ -1,0 +1,34 @@
+"""Names and limits that the rest of the package shares, each with the reason it has its value."""
+
+import re
+
+# Folders under APP_NFS_PROCESSING_ROOT. Claimed files live in `<YYYYMMDD>/<session>/`; every
+# other top-level name starts with "_" so it can never be read as a date folder.
+# A finished file is moved into COMPLETED_DIR (same relative path) rather than renamed with a
+# suffix: a user's own file called "x.completed" must never be mistaken for a marker.
+COMPLETED_DIR = "_completed"
+# Files that cannot succeed by retrying are parked here, their reason in a parallel tree with the
+# same relative path, so that no suffix is added to a name already at NAME_MAX.
+FAILED_DIR = "_failed"
+FAILED_REASONS_DIR = "_failed_reasons"
+# Sessions (active, draining, recently drained) survive restarts in this file.
+STATE_FILE = "sessions.json"
+STATE_TMP_PREFIX = ".sessions.json.tmp-"
+
+DATE_DIR_RE = re.compile(r"^\d{8}$")
+
+# Session names become folder names on NFS and path segments of blob names.
+SESSION_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+SESSION_NAME_MAX = 128
+
+# Azure block blob limits: https://learn.microsoft.com/rest/api/storageservices/put-block-list
+MAX_BLOCKS = 50_000
+MAX_BLOB_NAME = 1024
+MAX_BLOB_PATH_SEGMENTS = 254
+
+# How many drained sessions the API keeps reporting (they are persisted too, so a recorder that
+# polls `drained` after a restart still gets its answer).
+DRAINED_SESSIONS_KEPT = 200
+
+# Copy chunk for NFS -> staging; matches the rsize/wsize of the k8s mount options.
+COPY_CHUNK = 1024 * 1024

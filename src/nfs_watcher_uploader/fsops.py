@@ -1,0 +1,202 @@
+"""Blocking filesystem steps, and `Nfs`, which runs them in threads with a deadline.
+
+Every call that touches NFS goes through `Nfs.call` so that a hung mount (a `hard` mount whose
+server went away blocks every syscall) never blocks the event loop: the call is abandoned after
+`timeout` seconds and raises TimeoutError (an OSError), which callers treat as transient.
+"""
+
+import asyncio
+import errno
+import hashlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+
+from nfs_watcher_uploader.constants import COPY_CHUNK, DATE_DIR_RE
+
+# name -> (size, mtime_ns): what the watcher compares between two scans.
+ScanMap = dict[str, tuple[int, int]]
+
+# Errors that say "the file (or a handle on it) is gone". On NFS, ESTALE may also be a passing
+# fault, so callers look again before drawing a conclusion.
+GONE_ERRNOS = frozenset({errno.ENOENT, errno.ESTALE})
+
+
+class Nfs:
+    """Runs blocking filesystem calls in worker threads, each with a deadline."""
+
+    def __init__(self, timeout: float, max_threads: int = 16) -> None:
+        self.timeout = timeout
+        self._limiter = anyio.CapacityLimiter(max_threads)
+
+    async def call[T](self, fn: Callable[[], T], timeout: float | None = None) -> T:
+        deadline = self.timeout if timeout is None else timeout
+        with anyio.fail_after(deadline):
+            return await anyio.to_thread.run_sync(fn, abandon_on_cancel=True, limiter=self._limiter)
+
+    async def call_watched[T](self, fn: Callable[[], T], last_progress: Callable[[], float]) -> T:
+        """Like `call` for long copies: no overall deadline, but give up once `last_progress()`
+        (a monotonic time the function updates as it goes) is older than the timeout."""
+        task = asyncio.ensure_future(
+            anyio.to_thread.run_sync(fn, abandon_on_cancel=True, limiter=self._limiter)
+        )
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=self.timeout / 4)
+                if done:
+                    return task.result()
+                if time.monotonic() - last_progress() > self.timeout:
+                    raise TimeoutError(f"no progress for {self.timeout:.0f} s")
+        finally:
+            task.cancel()
+
+
+def scan_dir(path: Path, extensions: frozenset[str]) -> ScanMap:
+    """Regular files directly in `path` (no symlinks), filtered by extension; {} if missing."""
+    result: ScanMap = {}
+    try:
+        with os.scandir(path) as entries:
+            for entry in entries:
+                name = entry.name
+                if extensions and os.path.splitext(name)[1].lower() not in extensions:
+                    continue
+                try:
+                    if not entry.is_file(follow_symlinks=False):
+                        continue
+                    st = entry.stat(follow_symlinks=False)
+                except OSError as exc:
+                    if exc.errno in GONE_ERRNOS:
+                        continue
+                    raise
+                result[name] = (st.st_size, st.st_mtime_ns)
+    except FileNotFoundError:
+        pass
+    return result
+
+
+def move(src: Path, dst: Path) -> bool:
+    """Rename `src` to `dst`, creating `dst`'s folder when it is missing.
+
+    Returns True when the file is now at `dst`, False when `src` is gone and `dst` is not there
+    (another claimant took it, or it was deleted). An ENOENT from rename is ambiguous: the source
+    may be gone, the destination folder may be missing (GC pruned it), or an NFS retransmission
+    of a rename that already succeeded may report ENOENT. So look at both sides before deciding.
+    """
+    for _ in range(5):
+        try:
+            os.rename(src, dst)
+            return True
+        except OSError as exc:
+            if exc.errno not in GONE_ERRNOS:
+                raise
+            if not os.path.lexists(src):
+                return os.path.lexists(dst)
+            # The source is still there: the destination folder is missing, or a handle went
+            # stale. Make sure the folder exists and try again.
+            os.makedirs(dst.parent, exist_ok=True)
+    raise OSError(errno.ESTALE, f"rename kept failing: {src} -> {dst}")
+
+
+@dataclass(frozen=True, slots=True)
+class Copied:
+    size: int
+    md5: bytes
+
+
+def copy_and_hash(
+    src: Path, dst: Path, progress: Callable[[], None] = lambda: None, fsync: bool = False
+) -> Copied:
+    """Copy `src` to `dst` and return the size and MD5 of the bytes read from `src`.
+
+    The hash is taken from the very buffers written, so it describes the NFS source as read.
+    """
+    md5 = hashlib.md5(usedforsecurity=False)
+    size = 0
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with open(src, "rb", buffering=0) as fin, open(dst, "wb", buffering=0) as fout:
+        buf = bytearray(COPY_CHUNK)
+        view = memoryview(buf)
+        while n := fin.readinto(buf):
+            chunk = view[:n]
+            md5.update(chunk)
+            written = 0
+            while written < n:
+                written += fout.write(chunk[written:]) or 0
+            size += n
+            progress()
+        if fsync:
+            os.fsync(fout.fileno())
+    return Copied(size=size, md5=md5.digest())
+
+
+def write_atomic(path: Path, data: bytes, tmp_prefix: str) -> None:
+    """Write `data` to `path` so that a reader sees the old or the new file, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f"{tmp_prefix}{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def iter_tree_files(root: Path) -> Iterator[tuple[str, str, Path]]:
+    """Yield (date_prefix, session_name, path) for files in `root/<YYYYMMDD>/<session>/`."""
+    try:
+        date_dirs = sorted(
+            (e for e in os.scandir(root) if DATE_DIR_RE.fullmatch(e.name)), key=lambda e: e.name
+        )
+    except FileNotFoundError:
+        return
+    for date_dir in date_dirs:
+        if not date_dir.is_dir(follow_symlinks=False):
+            continue
+        for session_dir in sorted(os.scandir(date_dir.path), key=lambda e: e.name):
+            if not session_dir.is_dir(follow_symlinks=False):
+                continue
+            for entry in sorted(os.scandir(session_dir.path), key=lambda e: e.name):
+                if entry.is_file(follow_symlinks=False):
+                    yield date_dir.name, session_dir.name, Path(entry.path)
+
+
+def prune_empty_dirs(root: Path, keep: Callable[[str, str], bool]) -> int:
+    """Remove empty `root/<date>/<session>/` folders (and then empty date folders) unless
+    `keep(date, session)`. Returns how many folders were removed."""
+    removed = 0
+    try:
+        date_dirs = [e for e in os.scandir(root) if DATE_DIR_RE.fullmatch(e.name)]
+    except FileNotFoundError:
+        return 0
+    for date_dir in date_dirs:
+        if not date_dir.is_dir(follow_symlinks=False):
+            continue
+        for session_dir in os.scandir(date_dir.path):
+            if not session_dir.is_dir(follow_symlinks=False):
+                continue
+            if keep(date_dir.name, session_dir.name):
+                continue
+            try:
+                os.rmdir(session_dir.path)
+                removed += 1
+            except OSError:
+                pass  # not empty, or gone: both fine
+        try:
+            os.rmdir(date_dir.path)
+            removed += 1
+        except OSError:
+            pass
+    return removed

@@ -1,0 +1,77 @@
+"""Garbage collection: delete completed markers and prune folders no live session needs.
+
+Only files under `.processing/_completed/` are ever deleted: each got there by a rename made
+after its blob was committed. Empty session folders are pruned only for sessions that are not
+watched and have no work pending, so GC can never pull a folder out from under a claim (and
+`fsops.move` recreates a destination folder anyway).
+"""
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from nfs_watcher_uploader import fsops
+from nfs_watcher_uploader.config import Settings
+from nfs_watcher_uploader.constants import COMPLETED_DIR, FAILED_DIR, FAILED_REASONS_DIR
+from nfs_watcher_uploader.fsops import Nfs
+from nfs_watcher_uploader.sessions import Sessions
+
+logger = logging.getLogger(__name__)
+
+
+class GarbageCollector:
+    def __init__(self, settings: Settings, sessions: Sessions, nfs: Nfs) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.nfs = nfs
+        self.markers_deleted = 0
+
+    def __repr__(self) -> str:
+        return f"GarbageCollector(markers_deleted={self.markers_deleted})"
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.gc_interval_s)
+            try:
+                await self.sweep_once()
+            except OSError:
+                logger.warning("GC sweep failed", exc_info=True)
+
+    def _live(self, date_prefix: str, name: str) -> bool:
+        session = self.sessions.by_name.get(name)
+        return session is not None and (session.watched or bool(session.pending))
+
+    async def sweep_once(self) -> int:
+        """Delete completed markers and prune idle folders. Returns markers deleted."""
+        root = self.settings.nfs_processing_root
+        completed = root / COMPLETED_DIR
+        markers = await self.nfs.call(
+            lambda: list(fsops.iter_tree_files(completed)), timeout=self.nfs.timeout * 10
+        )
+        for _, _, path in markers:
+            try:
+                await self.nfs.call(lambda p=path: os.unlink(p))
+                self.markers_deleted += 1
+            except FileNotFoundError:
+                pass
+        live = self._live
+
+        def prune() -> None:
+            fsops.prune_empty_dirs(completed, lambda d, s: False)
+            fsops.prune_empty_dirs(root / FAILED_DIR, lambda d, s: False)
+            fsops.prune_empty_dirs(root / FAILED_REASONS_DIR, lambda d, s: False)
+            fsops.prune_empty_dirs(root, live)
+
+        await self.nfs.call(prune, timeout=self.nfs.timeout * 10)
+        _prune_staging(self.settings.local_staging_root, live)
+        return len(markers)
+
+
+def _prune_staging(root: Path, live: Callable[[str, str], bool]) -> None:
+    """Staged copies of sessions that are no longer live are leftovers of cancelled work."""
+    for date_prefix, name, path in list(fsops.iter_tree_files(root)):
+        if not live(date_prefix, name):
+            path.unlink(missing_ok=True)
+    fsops.prune_empty_dirs(root, live)

@@ -1,0 +1,64 @@
+"""Entry points: the app factory (`create_app`) and the console script (`run`)."""
+
+import logging
+import sys
+from collections.abc import AsyncGenerator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from pydantic import ValidationError
+
+from nfs_watcher_uploader import api
+from nfs_watcher_uploader.config import Settings
+from nfs_watcher_uploader.service import Service
+from nfs_watcher_uploader.telemetry import configure_logging
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, **service_options: Any) -> FastAPI:
+    """Build the app. `service_options` are test seams passed on to `Service`."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncGenerator[None]:
+        service = Service(settings, **service_options)
+        app.state.service = service
+        service.start()
+        try:
+            yield
+        finally:
+            await service.shutdown()
+
+    app = FastAPI(title="nfs-watcher-uploader", lifespan=lifespan)
+    api.install(app)
+    return app
+
+
+def load_settings() -> Settings:
+    """Settings from the environment, or exit with a message that names each bad variable
+    (never echoing values: some are secrets)."""
+    try:
+        return Settings()  # pyright: ignore[reportCallIssue]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = "_".join(str(p) for p in err["loc"]).upper()
+            name = f"APP_{loc}" if loc else "settings"
+            lines.append(f"  {name}: {err['msg']}")
+        sys.exit("nfs-watcher-uploader: invalid configuration\n" + "\n".join(lines))
+
+
+def run() -> None:
+    """Console script: serve the API on APP_HOST:APP_PORT (default 0.0.0.0:8000)."""
+    import uvicorn
+
+    configure_logging()
+    settings = load_settings()
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
+    )

@@ -1,0 +1,168 @@
+"""The service: builds the components, starts them in order, reports readiness and liveness.
+
+Start:    load sessions -> clear staging -> connect storage (retrying) -> workers -> recovery
+          -> ready -> watcher and GC.  The API serves from the first moment; /readyz is 503
+          until recovery is done and the container is reachable.
+Shutdown: stop intake (watcher, GC) -> in-flight uploads get APP_SHUTDOWN_GRACE_S -> cancel the
+          rest (recovered on the next start) -> close the storage client.
+"""
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+from nfs_watcher_uploader import fsops
+from nfs_watcher_uploader.config import Settings
+from nfs_watcher_uploader.errors import RetryableError
+from nfs_watcher_uploader.fsops import Nfs
+from nfs_watcher_uploader.gc import GarbageCollector
+from nfs_watcher_uploader.recovery import clear_staging, recover
+from nfs_watcher_uploader.sessions import Session, Sessions
+from nfs_watcher_uploader.storage import Storage, TokenCredentialFactory, _default_token_credential
+from nfs_watcher_uploader.telemetry import Telemetry
+from nfs_watcher_uploader.watcher import ScanFn, Watcher
+from nfs_watcher_uploader.worker import Pipeline, StagedHook, backoff_delay
+
+logger = logging.getLogger(__name__)
+
+
+class Service:
+    """Everything that runs behind the API, created once per process in the app's lifespan."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        telemetry: Telemetry | None = None,
+        token_credential: TokenCredentialFactory = _default_token_credential,
+        on_staged: StagedHook | None = None,
+        scan: ScanFn = fsops.scan_dir,
+    ) -> None:
+        self.settings = settings
+        self.nfs = Nfs(settings.nfs_timeout_s)
+        self.telemetry = telemetry or Telemetry()
+        self.sessions = Sessions(settings.nfs_processing_root, self.nfs)
+        self.storage = Storage(settings, token_credential)
+        self.pipeline = Pipeline(
+            settings, self.sessions, self.storage, self.nfs, self.telemetry, on_staged
+        )
+        self.watcher = Watcher(settings, self.sessions, self.pipeline, self.nfs, scan)
+        self.gc = GarbageCollector(settings, self.sessions, self.nfs)
+        self.ready = False
+        self.phase = "starting"
+        self._rng = random.Random()
+        self._run_task: asyncio.Task[None] | None = None
+        self._intake: list[asyncio.Task[None]] = []
+        self._pipeline_task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"Service(phase={self.phase!r} {self.pipeline!r} {self.sessions!r})"
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._run_task = asyncio.create_task(self._run(), name="service")
+
+    async def _run(self) -> None:
+        self.phase = "loading sessions"
+        await self._until_ok(self.sessions.load, "load sessions", lambda: self.sessions.loaded)
+        clear_staging(self.settings.local_staging_root)
+        self.phase = "connecting to storage"
+        await self._until_ok(self.storage.connect, "connect to storage")
+        self._pipeline_task = asyncio.create_task(self.pipeline.run(), name="pipeline")
+        self.phase = "recovering"
+        await self._until_ok(
+            lambda: recover(self.settings, self.sessions, self.pipeline, self.nfs), "recover"
+        )
+        self.watcher.heartbeat = time.monotonic()
+        self._intake = [
+            asyncio.create_task(self.watcher.run(), name="watcher"),
+            asyncio.create_task(self.gc.run(), name="gc"),
+        ]
+        self.ready = True
+        self.phase = "running"
+        logger.info("Ready: %r", self)
+        await asyncio.gather(self._pipeline_task, *self._intake)
+
+    async def _until_ok(
+        self,
+        step: Any,
+        what: str,
+        done: Any = lambda: True,
+    ) -> None:
+        """Repeat a startup step with backoff until it succeeds; the API keeps serving."""
+        attempt = 0
+        while True:
+            try:
+                result: Coroutine[Any, Any, Any] = step()
+                await result
+                if done():
+                    return
+                error = "not done"
+            except (OSError, RetryableError) as exc:
+                error = str(exc)
+            attempt += 1
+            self.phase = f"waiting to {what}: {error}"
+            delay = backoff_delay(attempt, 1.0, 30.0, self._rng)
+            logger.warning("Could not %s (%s); trying again in %.1f s", what, error, delay)
+            await asyncio.sleep(delay)
+
+    async def shutdown(self) -> None:
+        self.ready = False
+        self.phase = "stopping"
+        # 1. Stop intake: no new scans, no GC.
+        for task in self._intake:
+            task.cancel()
+        # 2. Let in-flight files finish within the grace period, then cancel them.
+        if self._pipeline_task is not None:
+            await self.pipeline.shutdown(self.settings.shutdown_grace_s)
+        # 3. Stop whatever else is running (startup retries included).
+        if self._run_task is not None:
+            self._run_task.cancel()
+            await asyncio.gather(self._run_task, return_exceptions=True)
+        if self._pipeline_task is not None:
+            self._pipeline_task.cancel()
+            await asyncio.gather(self._pipeline_task, return_exceptions=True)
+        # 4. Close the storage client.
+        await self.storage.close()
+        logger.info("Stopped: %r", self)
+
+    # --- health --------------------------------------------------------------------------
+
+    def liveness(self) -> str | None:
+        """None when healthy, else why not. Reads timestamps only; touches no NFS."""
+        task = self._run_task
+        if task is not None and task.done() and not task.cancelled():
+            exc = task.exception()
+            return f"service loop ended: {exc!r}" if exc else "service loop ended"
+        limit = self.settings.liveness_timeout_s
+        if self.ready and (age := time.monotonic() - self.watcher.heartbeat) > limit:
+            return f"watcher has not completed a scan for {age:.0f} s"
+        if (stall := self.pipeline.stalled_for()) > limit:
+            return f"a worker has made no progress for {stall:.0f} s"
+        return None
+
+    # --- operations the API calls ----------------------------------------------------------
+
+    async def start_session(self, name: str) -> Session:
+        s = self.settings
+
+        def prepare(session: Session) -> None:
+            (s.nfs_incoming_dir / session.name).mkdir(parents=True, exist_ok=True)
+            processing = s.nfs_processing_root / session.date_prefix / session.name
+            processing.mkdir(parents=True, exist_ok=True)
+
+        session = await self.sessions.start(name, prepare)
+        logger.info("Session %s started", name, extra={"session_name": name})
+        return session
+
+    async def stop_session(self) -> Session | None:
+        session = await self.sessions.stop()
+        if session is not None:
+            logger.info(
+                "Session %s stopped; draining", session.name, extra={"session_name": session.name}
+            )
+        return session

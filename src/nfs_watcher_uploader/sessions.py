@@ -1,0 +1,242 @@
+"""Sessions: which incoming folders are watched, their progress, and the file that keeps them.
+
+A session is `active` from start to stop, then `draining` until every file in its incoming
+folder is in storage (`drained`), or until APP_DRAIN_TIMEOUT_S passes (`drain_timed_out`: what
+is left stays where it is and is reported). Active, draining and recently drained sessions are
+written to `<processing root>/sessions.json` (temp file, fsync, rename) on every change and
+resumed on start, so a restart neither forgets a session nor the answer to "is it drained?".
+"""
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from nfs_watcher_uploader.constants import DRAINED_SESSIONS_KEPT, STATE_FILE, STATE_TMP_PREFIX
+from nfs_watcher_uploader.fsops import Nfs, write_atomic
+from nfs_watcher_uploader.models import SessionStateName, SessionView, check_session_name
+
+logger = logging.getLogger(__name__)
+
+WATCHED_STATES = ("active", "draining")
+STATE_VERSION = 1
+
+
+class SessionConflict(Exception):
+    """The request conflicts with a session that exists (HTTP 409)."""
+
+
+@dataclass
+class Session:
+    name: str
+    date_prefix: str
+    state: SessionStateName
+    started_at: float
+    stopped_at: float | None = None
+    # Progress since this process started (the files themselves are the durable record).
+    files_seen: int = 0
+    bytes_seen: int = 0
+    uploaded: int = 0
+    bytes_uploaded: int = 0
+    waiting: int = 0
+    last_error: str | None = None
+    # filename -> "queued" | "in_flight" | "retrying": work this process owns for the session.
+    pending: dict[str, str] = field(default_factory=dict[str, str])
+    # Files parked in the failed folder.
+    parked: set[str] = field(default_factory=set[str])
+    # Monotonic time of the last complete scan of the incoming folder.
+    last_scan: float | None = None
+
+    @property
+    def watched(self) -> bool:
+        return self.state in WATCHED_STATES
+
+    def count(self, phase: str) -> int:
+        return sum(1 for p in self.pending.values() if p == phase)
+
+    def view(self) -> SessionView:
+        return SessionView(
+            session_name=self.name,
+            date_prefix=self.date_prefix,
+            state=self.state,
+            drained=self.state == "drained",
+            started_at=self.started_at,
+            stopped_at=self.stopped_at,
+            files_seen=self.files_seen,
+            bytes_seen=self.bytes_seen,
+            waiting=self.waiting,
+            queued=self.count("queued"),
+            in_flight=self.count("in_flight"),
+            uploaded=self.uploaded,
+            bytes_uploaded=self.bytes_uploaded,
+            retrying=self.count("retrying"),
+            failed=len(self.parked),
+            last_error=self.last_error,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "date_prefix": self.date_prefix,
+            "state": self.state,
+            "started_at": self.started_at,
+            "stopped_at": self.stopped_at,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"Session({self.name!r} {self.state} date={self.date_prefix} "
+            f"uploaded={self.uploaded} pending={len(self.pending)} parked={len(self.parked)})"
+        )
+
+
+def today_utc(clock: Callable[[], float] = time.time) -> str:
+    return datetime.fromtimestamp(clock(), UTC).strftime("%Y%m%d")
+
+
+class Sessions:
+    """All sessions this service knows, and the one that is active."""
+
+    def __init__(self, processing_root: Path, nfs: Nfs, clock: Callable[[], float] = time.time):
+        self.state_path = processing_root / STATE_FILE
+        self._nfs = nfs
+        self._clock = clock
+        self.by_name: dict[str, Session] = {}
+        self.state_error: str | None = None
+        self.loaded = False
+
+    @property
+    def active(self) -> Session | None:
+        return next((s for s in self.by_name.values() if s.state == "active"), None)
+
+    def watched(self) -> list[Session]:
+        return [s for s in self.by_name.values() if s.watched]
+
+    def __repr__(self) -> str:
+        return f"Sessions({list(self.by_name.values())!r})"
+
+    async def load(self) -> None:
+        """Read the state file. A damaged one is moved aside and reported, never fatal."""
+        try:
+            raw = await self._nfs.call(lambda: _read_or_none(self.state_path))
+        except OSError as exc:
+            self.state_error = f"cannot read {self.state_path}: {exc.strerror or exc}"
+            logger.error("Session state unreadable: %s", self.state_error)
+            return
+        self.loaded = True
+        if raw is None:
+            return
+        try:
+            for s in _parse_state(raw):
+                self.by_name[s.name] = s
+        except ValueError as exc:
+            aside = self.state_path.with_name(
+                f"{self.state_path.name}.damaged-{int(self._clock())}"
+            )
+            self.state_error = (
+                f"damaged session state file {self.state_path}: {exc}; kept as {aside}"
+            )
+            logger.error("%s", self.state_error)
+            self.by_name.clear()
+            try:
+                await self._nfs.call(lambda: self.state_path.rename(aside))
+            except OSError:
+                logger.exception("Could not move the damaged state file aside")
+
+    async def save(self) -> None:
+        """Write the sessions worth keeping to the state file, atomically."""
+        drained = [s for s in self.by_name.values() if not s.watched]
+        for old in drained[:-DRAINED_SESSIONS_KEPT]:
+            del self.by_name[old.name]
+        doc = {"version": STATE_VERSION, "sessions": [s.to_json() for s in self.by_name.values()]}
+        data = json.dumps(doc, indent=1).encode()
+        await self._nfs.call(lambda: write_atomic(self.state_path, data, STATE_TMP_PREFIX))
+        self.state_error = None
+
+    def register_recovered(self, date_prefix: str, name: str) -> Session:
+        """A session found only through files left in `.processing`: drain it."""
+        session = self.by_name.get(name)
+        if session is None:
+            session = Session(name, date_prefix, "draining", self._clock(), self._clock())
+            self.by_name[name] = session
+        return session
+
+    async def start(self, name: str, prepare: Callable[[Session], None]) -> Session:
+        """Make `name` the active session. `prepare` creates its folders (runs on NFS)."""
+        check_session_name(name)
+        if (current := self.active) is not None:
+            raise SessionConflict(f"session {current.name!r} is already active; stop it first")
+        old = self.by_name.get(name)
+        if old is not None and old.state == "draining":
+            raise SessionConflict(f"session {name!r} is still draining; wait for it or pick a name")
+        session = Session(name, today_utc(self._clock), "active", self._clock())
+        await self._nfs.call(lambda: prepare(session))
+        self.by_name[name] = session
+        try:
+            await self.save()
+        except BaseException:
+            if old is None:
+                del self.by_name[name]
+            else:
+                self.by_name[name] = old
+            raise
+        return session
+
+    async def stop(self) -> Session | None:
+        """Stop the active session: it drains from now on."""
+        session = self.active
+        if session is None:
+            return None
+        session.state = "draining"
+        session.stopped_at = self._clock()
+        try:
+            await self.save()
+        except BaseException:
+            session.state, session.stopped_at = "active", None
+            raise
+        return session
+
+    async def finish(self, session: Session, state: SessionStateName) -> None:
+        """Record that a draining session is drained or timed out."""
+        session.state = state
+        try:
+            await self.save()
+        except OSError:
+            logger.warning("Could not save session state; will retry on the next change")
+
+
+def _read_or_none(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _parse_state(raw: bytes) -> list[Session]:
+    try:
+        doc = json.loads(raw)
+        if not isinstance(doc, dict) or doc.get("version") != STATE_VERSION:
+            raise ValueError(f"expected version {STATE_VERSION}")
+        sessions: list[Session] = []
+        for entry in doc["sessions"]:
+            state = entry["state"]
+            if state not in ("active", "draining", "drained", "drain_timed_out"):
+                raise ValueError(f"unknown state {state!r}")
+            sessions.append(
+                Session(
+                    name=check_session_name(str(entry["name"])),
+                    date_prefix=str(entry["date_prefix"]),
+                    state=state,
+                    started_at=float(entry["started_at"]),
+                    stopped_at=None if entry["stopped_at"] is None else float(entry["stopped_at"]),
+                )
+            )
+    except (KeyError, TypeError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{type(exc).__name__}: {exc}") from None
+    if sum(s.state == "active" for s in sessions) > 1:
+        raise ValueError("more than one active session")
+    return sessions

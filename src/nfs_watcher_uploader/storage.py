@@ -1,0 +1,327 @@
+"""Azure Blob Storage: the credential chain, the container check, and verified uploads.
+
+Credentials (APP_AZURE_AUTH=auto): a token credential (DefaultAzureCredential) only for an
+https:// account URL, since the SDK refuses token credentials over http; then the connection
+string, then the account key. A candidate that fails authentication hands over to the next.
+`identity`, `connection-string` and `account-key` use exactly one.
+
+Uploads: every block goes out with its transactional MD5 (`validate_content`, checked by the
+service), the whole-file MD5 taken while copying from NFS is stored as the blob's Content-MD5,
+and the bytes actually sent are hashed again and compared with it *before* the block list is
+committed: Azure only stores Content-MD5 of a blob put in blocks, it does not check it.
+"""
+
+import asyncio
+import base64
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+from urllib.parse import urlsplit
+
+import anyio.to_thread
+from azure.core.credentials_async import AsyncTokenCredential
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+)
+from azure.storage.blob import ContentSettings
+from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClient
+
+from nfs_watcher_uploader.config import AzureAuth, Settings
+from nfs_watcher_uploader.constants import MAX_BLOB_NAME, MAX_BLOB_PATH_SEGMENTS, MAX_BLOCKS
+from nfs_watcher_uploader.errors import IntegrityError, PermanentError, RetryableError, UploadError
+from nfs_watcher_uploader.fsops import Copied
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BLOCK_SIZE = 8 * 1024 * 1024
+DEFAULT_SINGLE_PUT_SIZE = 8 * 1024 * 1024
+
+# 4xx answers that no retry can turn into a success. Everything else (5xx, 408, 429, 401/403
+# while a token or key is being rotated, 404 while the container is recreated, network errors,
+# timeouts) is retried.
+_PERMANENT_CODES = frozenset(
+    {"InvalidResourceName", "InvalidUri", "OutOfRangeInput", "InvalidBlobOrBlock", "InvalidInput"}
+)
+_PERMANENT_STATUS = frozenset({413, 414})
+
+TokenCredentialFactory = Callable[[], AsyncTokenCredential]
+
+
+class _Closeable(Protocol):
+    async def close(self) -> None: ...
+
+
+def _default_token_credential() -> AsyncTokenCredential:
+    from azure.identity.aio import DefaultAzureCredential
+
+    return DefaultAzureCredential()
+
+
+@dataclass
+class _Candidate:
+    label: str
+    make: Callable[[], tuple[BlobServiceClient, _Closeable | None]]
+
+
+def account_name_from_url(url: str) -> str | None:
+    """`https://acct.blob.core.windows.net` -> acct; `http://127.0.0.1:10000/acct` -> acct."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ".blob." in host:
+        return host.split(".", 1)[0]
+    first = parts.path.strip("/").split("/", 1)[0]
+    return first or None
+
+
+def check_blob_name(name: str) -> None:
+    """Raise PermanentError for a name Azure would refuse whatever we do."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PermanentError("file name is not valid UTF-8, so it cannot be a blob name") from None
+    if len(name) > MAX_BLOB_NAME:
+        raise PermanentError(f"blob name is {len(name)} characters; Azure allows {MAX_BLOB_NAME}")
+    if name.count("/") + 1 > MAX_BLOB_PATH_SEGMENTS:
+        raise PermanentError(f"blob name has more than {MAX_BLOB_PATH_SEGMENTS} path segments")
+    if name.endswith((".", "/", "\\")):
+        raise PermanentError("blob names must not end with '.', '/' or '\\'")
+
+
+def classify(exc: BaseException) -> UploadError:
+    """Map any exception raised while uploading to retry-later or give-up."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]  # parallel blocks: the first failure speaks for the file
+    if isinstance(exc, UploadError):
+        return exc
+    summary = _summary(exc)
+    if isinstance(exc, HttpResponseError) and not isinstance(exc, ClientAuthenticationError):
+        status = exc.status_code or 0
+        if status in _PERMANENT_STATUS or (
+            status == 400 and getattr(exc, "error_code", None) in _PERMANENT_CODES
+        ):
+            return PermanentError(f"storage refused the blob: {summary}")
+    return RetryableError(summary)
+
+
+def _summary(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    status = getattr(exc, "status_code", None)
+    code = getattr(exc, "error_code", None)
+    prefix = type(exc).__name__ + (f" {status}" if status else "") + (f" {code}" if code else "")
+    return f"{prefix}: {first[:300]}" if first else prefix
+
+
+class Storage:
+    """One container, reached with the first credential that works."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        token_credential: TokenCredentialFactory = _default_token_credential,
+    ) -> None:
+        self._settings = settings
+        self._token_credential = token_credential
+        self.block_size = settings.azure_max_block_size or DEFAULT_BLOCK_SIZE
+        single = settings.azure_max_single_put_size
+        self.single_put_size = DEFAULT_SINGLE_PUT_SIZE if single is None else single
+        self.concurrency = settings.azure_max_concurrency
+        self._client: BlobServiceClient | None = None
+        self._credential: _Closeable | None = None
+        self._container: ContainerClient | None = None
+        self.auth_used: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Storage(container={self._settings.azure_container!r} auth={self.auth_used})"
+
+    @property
+    def connected(self) -> bool:
+        return self._container is not None
+
+    @property
+    def container(self) -> ContainerClient:
+        if self._container is None:
+            raise RetryableError("storage is not connected yet")
+        return self._container
+
+    def _client_kwargs(self) -> dict[str, Any]:
+        return {
+            "max_single_put_size": max(self.single_put_size, 1),
+            "max_block_size": self.block_size,
+            "retry_total": 3,
+            "connection_timeout": 20,
+            "read_timeout": 120,
+        }
+
+    def _candidates(self) -> list[_Candidate]:
+        s = self._settings
+        url = s.azure_account_url
+        kwargs = self._client_kwargs()
+        out: list[_Candidate] = []
+        mode = s.azure_auth
+        if mode is AzureAuth.IDENTITY or (mode is AzureAuth.AUTO and url.startswith("https://")):
+
+            def identity() -> tuple[BlobServiceClient, _Closeable | None]:
+                cred = self._token_credential()
+                return BlobServiceClient(url, credential=cred, **kwargs), cred
+
+            out.append(_Candidate("identity", identity))
+        conn = s.azure_connection_string
+        if conn and mode in (AzureAuth.AUTO, AzureAuth.CONNECTION_STRING):
+            secret = conn.get_secret_value()
+            out.append(
+                _Candidate(
+                    "connection-string",
+                    lambda: (BlobServiceClient.from_connection_string(secret, **kwargs), None),
+                )
+            )
+        key = s.azure_account_key
+        name = s.azure_account_name or account_name_from_url(url)
+        if key and name and mode in (AzureAuth.AUTO, AzureAuth.ACCOUNT_KEY):
+            cred = {"account_name": name, "account_key": key.get_secret_value()}
+            out.append(
+                _Candidate("account-key", lambda: (BlobServiceClient(url, cred, **kwargs), None))
+            )
+        return out
+
+    async def connect(self) -> None:
+        """Try each credential until one reaches (or creates) the container.
+
+        Raises RetryableError when none does yet: the caller keeps trying, the API keeps serving.
+        """
+        failures: list[str] = []
+        candidates = self._candidates()
+        if not candidates:
+            raise RetryableError(
+                "no Azure credential configured: set APP_AZURE_CONNECTION_STRING, "
+                "APP_AZURE_ACCOUNT_KEY, or use an https:// account URL with a managed identity"
+            )
+        for candidate in candidates:
+            try:
+                client, credential = candidate.make()
+            except ValueError as exc:  # e.g. a malformed connection string
+                failures.append(f"{candidate.label}: {type(exc).__name__}")
+                continue
+            container = client.get_container_client(self._settings.azure_container)
+            try:
+                await _ensure_container(container)
+            except ClientAuthenticationError as exc:
+                failures.append(f"{candidate.label}: {_summary(exc)}")
+                await _close(client, credential)
+                continue
+            except BaseException as exc:
+                await _close(client, credential)
+                if isinstance(exc, Exception):
+                    raise RetryableError(f"{candidate.label}: {_summary(exc)}") from None
+                raise
+            self._client, self._credential, self._container = client, credential, container
+            self.auth_used = candidate.label
+            logger.info("Connected to storage with %s credentials", candidate.label)
+            return
+        raise RetryableError("no credential could authenticate: " + "; ".join(failures))
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await _close(self._client, self._credential)
+        self._client = self._credential = self._container = None
+
+    async def upload(
+        self, local: Path, blob_name: str, copied: Copied, progress: Callable[[], None]
+    ) -> None:
+        """Upload `local` as block blob `blob_name`; raise UploadError (see errors.py)."""
+        check_blob_name(blob_name)
+        if copied.size > MAX_BLOCKS * self.block_size:
+            raise PermanentError(
+                f"file is {copied.size} bytes; a block blob holds at most "
+                f"{MAX_BLOCKS} blocks of {self.block_size} bytes"
+            )
+        blob = self.container.get_blob_client(blob_name)
+        settings = ContentSettings(content_md5=bytearray(copied.md5))
+        try:
+            with open(local, "rb") as f:
+                if copied.size <= self.single_put_size:
+                    data = await anyio.to_thread.run_sync(f.read)
+                    _verify(hashlib.md5(data, usedforsecurity=False), len(data), copied, f)
+                    await blob.upload_blob(
+                        data, overwrite=True, validate_content=True, content_settings=settings
+                    )
+                else:
+                    ids = await self._put_blocks(blob, f, copied, progress)
+                    await blob.commit_block_list(ids, content_settings=settings)  # pyright: ignore[reportArgumentType]
+        except FileNotFoundError:
+            raise RetryableError(f"staged copy of {blob_name} vanished; staging again") from None
+        except Exception as exc:
+            raise classify(exc) from exc
+        progress()
+
+    async def _put_blocks(
+        self, blob: BlobClient, f: BinaryIO, copied: Copied, progress: Callable[[], None]
+    ) -> list[str]:
+        md5 = hashlib.md5(usedforsecurity=False)
+        ids: list[str] = []
+        sent = 0
+        slots = asyncio.Semaphore(self.concurrency)
+
+        def read_block() -> bytes:
+            data = f.read(self.block_size)
+            md5.update(data)
+            return data
+
+        async def put(block_id: str, data: bytes) -> None:
+            try:
+                await blob.stage_block(block_id, data, validate_content=True)
+                progress()
+            finally:
+                slots.release()
+
+        async with asyncio.TaskGroup() as tg:
+            while True:
+                await slots.acquire()
+                data = await anyio.to_thread.run_sync(read_block)
+                if not data:
+                    slots.release()
+                    break
+                block_id = base64.b64encode(f"{len(ids):08d}".encode()).decode()
+                ids.append(block_id)
+                sent += len(data)
+                tg.create_task(put(block_id, data))
+        _verify(md5, sent, copied, f)
+        return ids
+
+
+def _verify(md5: Any, sent: int, copied: Copied, f: BinaryIO) -> None:
+    if sent != copied.size or md5.digest() != copied.md5:
+        logger.error(
+            "INTEGRITY MISMATCH: bytes sent (%d, md5 %s) differ from the bytes copied from NFS "
+            "(%d, md5 %s); not committing",
+            sent,
+            md5.hexdigest(),
+            copied.size,
+            copied.md5.hex(),
+            extra={"staging_path": getattr(f, "name", None)},
+        )
+        raise IntegrityError("bytes sent differ from bytes copied from NFS (MD5 mismatch)")
+
+
+async def _ensure_container(container: ContainerClient) -> None:
+    try:
+        await container.get_container_properties()
+    except ResourceNotFoundError:
+        try:
+            await container.create_container()
+        except ResourceExistsError:
+            pass
+
+
+async def _close(client: BlobServiceClient, credential: _Closeable | None) -> None:
+    try:
+        await client.close()
+    finally:
+        if credential is not None:
+            await credential.close()

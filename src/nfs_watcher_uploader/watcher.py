@@ -1,0 +1,136 @@
+"""The watcher: finds files that are completely written and offers them to the workers.
+
+A file is ready when two consecutive scans saw the same (size, mtime) and its mtime is at least
+APP_MIN_FILE_AGE_S old. On NFS, attributes are cached for `actimeo` seconds, so a growing file
+can look unchanged for that long: APP_MIN_FILE_AGE_S must exceed the mount's actimeo.
+
+Every watched session (the active one, and stopped ones still draining) is scanned each poll.
+A draining session becomes `drained` once a scan made after the stop finds its incoming folder
+empty and none of its files is queued, in flight, retrying or parked.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Container, Iterable
+from pathlib import Path
+
+from nfs_watcher_uploader import fsops
+from nfs_watcher_uploader.config import Settings
+from nfs_watcher_uploader.fsops import Nfs, ScanMap
+from nfs_watcher_uploader.models import WorkItem
+from nfs_watcher_uploader.sessions import Session, Sessions
+from nfs_watcher_uploader.worker import Pipeline
+
+logger = logging.getLogger(__name__)
+
+ScanFn = Callable[[Path, frozenset[str]], ScanMap]
+
+
+def stable_files(
+    previous: ScanMap, current: ScanMap, now: float, min_age: float, skip: Container[str] = ()
+) -> list[str]:
+    """Names in `current` that are ready to claim, oldest first."""
+    ready: list[tuple[int, str]] = []
+    for name, (size, mtime_ns) in current.items():
+        if name in skip or previous.get(name) != (size, mtime_ns):
+            continue
+        if now - mtime_ns / 1e9 < min_age:
+            continue
+        ready.append((mtime_ns, name))
+    ready.sort()
+    return [name for _, name in ready]
+
+
+class Watcher:
+    """Scans each watched session's incoming folder once per poll interval."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: Sessions,
+        pipeline: Pipeline,
+        nfs: Nfs,
+        scan: ScanFn = fsops.scan_dir,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.pipeline = pipeline
+        self.nfs = nfs
+        self._scan = scan
+        self._clock = clock
+        self._previous: dict[str, ScanMap] = {}
+        self.heartbeat = time.monotonic()
+        self.last_scan_ok: float | None = None
+        self.scan_errors = 0
+
+    def __repr__(self) -> str:
+        return f"Watcher(sessions={list(self._previous)} scan_errors={self.scan_errors})"
+
+    async def run(self) -> None:
+        while True:
+            await self.scan_once()
+            await asyncio.sleep(self.settings.poll_interval_s)
+
+    async def scan_once(self) -> None:
+        """One pass over every watched session."""
+        watched = self.sessions.watched()
+        for gone in self._previous.keys() - {s.name for s in watched}:
+            del self._previous[gone]
+        healthy = True
+        for session in watched:
+            healthy &= await self._scan_session(session)
+        if healthy:
+            self.heartbeat = time.monotonic()
+            self.last_scan_ok = self._clock()
+
+    async def _scan_session(self, session: Session) -> bool:
+        folder = self.settings.nfs_incoming_dir / session.name
+        started = self._clock()
+        exts = self.settings.file_extensions
+        try:
+            current = await self.nfs.call(lambda: self._scan(folder, exts))
+        except OSError as exc:
+            self.scan_errors += 1
+            logger.warning(
+                "Scan of %s failed: %s", folder, exc, extra={"session_name": session.name}
+            )
+            return False
+        session.last_scan = time.monotonic()
+        previous = self._previous.get(session.name, {})
+        self._previous[session.name] = current
+        session.waiting = sum(1 for name in current if name not in session.pending)
+        ready = stable_files(
+            previous, current, started, self.settings.min_file_age_s, session.pending
+        )
+        self._offer(session, folder, ready)
+        if session.state == "draining":
+            await self._check_drain(session, current, started)
+        return True
+
+    def _offer(self, session: Session, folder: Path, names: Iterable[str]) -> None:
+        for name in names:
+            item = WorkItem(folder / name, session.name, session.date_prefix, name, claimed=False)
+            if not self.pipeline.offer(item):
+                break  # queue full: the rest are offered on a later scan
+
+    async def _check_drain(self, session: Session, current: ScanMap, scanned_at: float) -> None:
+        stopped = session.stopped_at or 0.0
+        if scanned_at <= stopped:
+            return
+        if not current and not session.pending and not session.parked:
+            logger.info("Session %s drained", session.name, extra={"session_name": session.name})
+            await self.sessions.finish(session, "drained")
+        elif self._clock() - stopped > self.settings.drain_timeout_s:
+            logger.error(
+                "Session %s did not drain within %.0f s: %d waiting, %d pending, %d parked; "
+                "left in place",
+                session.name,
+                self.settings.drain_timeout_s,
+                len(current),
+                len(session.pending),
+                len(session.parked),
+                extra={"session_name": session.name},
+            )
+            await self.sessions.finish(session, "drain_timed_out")

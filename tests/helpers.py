@@ -1,0 +1,198 @@
+"""Shared test helpers: Azurite, a real server on a free port, polling with a deadline."""
+
+import os
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from azure.storage.blob import BlobServiceClient, ContainerClient
+
+from nfs_watcher_uploader.config import Settings
+from nfs_watcher_uploader.main import create_app
+from nfs_watcher_uploader.service import Service
+
+ROOT = Path(__file__).resolve().parent.parent
+AZURITE_BIN = ROOT / ".tools" / "azurite" / "node_modules" / ".bin" / "azurite-blob"
+ACCOUNT = "devstoreaccount1"
+# Azurite's public, documented development key (not a secret).
+KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for[T](
+    condition: Callable[[], T], timeout: float = 30.0, interval: float = 0.05, what: str = ""
+) -> T:
+    """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = condition()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}: {last!r}")
+
+
+@dataclass
+class Azurite:
+    """A real Azurite blob service on 127.0.0.1 that the tests start and stop themselves."""
+
+    port: int = field(default_factory=free_port)
+    location: Path | None = None
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/{ACCOUNT}"
+
+    @property
+    def connection_string(self) -> str:
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
+            f"BlobEndpoint={self.url};"
+        )
+
+    def start(self) -> None:
+        storage = (
+            ["--location", str(self.location)] if self.location else ["--inMemoryPersistence"]
+        )
+        self.proc = subprocess.Popen(
+            [str(AZURITE_BIN), "--blobHost", "127.0.0.1", "--blobPort", str(self.port),
+             *storage, "--disableTelemetry", "--skipApiVersionCheck", "--loose", "--silent"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(self._accepting, timeout=30, what="Azurite to listen")
+
+    def _accepting(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+    def container(self, name: str) -> ContainerClient:
+        return BlobServiceClient.from_connection_string(self.connection_string).get_container_client(
+            name
+        )
+
+
+def make_settings(root: Path, azurite: Azurite, container: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "azure_account_url": azurite.url,
+        "azure_container": container,
+        "azure_connection_string": azurite.connection_string,
+        "nfs_incoming_dir": root / "incoming",
+        "nfs_processing_root": root / ".processing",
+        "local_staging_root": root / "staging",
+        "poll_interval_s": 0.1,
+        "min_file_age_s": 0.0,
+        "gc_interval_s": 0.5,
+        "retry_base_s": 0.1,
+        "retry_max_s": 1.0,
+        "shutdown_grace_s": 5.0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@dataclass
+class RunningService:
+    """The real app served by uvicorn on a free port, in a background thread."""
+
+    settings: Settings
+    base_url: str
+    server: uvicorn.Server
+    thread: threading.Thread
+    client: httpx.Client
+    app: Any
+
+    @property
+    def service(self) -> Service:
+        return self.app.state.service
+
+    def get(self, path: str, **kw: Any) -> httpx.Response:
+        return self.client.get(path, **kw)
+
+    def post(self, path: str, **kw: Any) -> httpx.Response:
+        return self.client.post(path, **kw)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+        self.client.close()
+        assert not self.thread.is_alive(), "server did not stop"
+
+
+def serve(settings: Settings, wait_ready: bool = True, **options: Any) -> RunningService:
+    app = create_app(settings, **options)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_config=None, lifespan="on", timeout_graceful_shutdown=10)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    client = httpx.Client(base_url=base, timeout=10)
+    running = RunningService(settings, base, server, thread, client, app)
+    wait_for(lambda: server.started, timeout=30, what="server to start")
+    if wait_ready:
+        wait_for(
+            lambda: client.get("/readyz").status_code == 200, timeout=30, what="readyz 200"
+        )
+    return running
+
+
+def write_file(path: Path, data: bytes) -> Path:
+    """Write a file the way a recorder would: create it, write it, close it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(tmp_fd, data)
+    finally:
+        os.close(tmp_fd)
+    return path
+
+
+def blob_bytes(container: ContainerClient, name: str) -> bytes | None:
+    blob = container.get_blob_client(name)
+    if not blob.exists():
+        return None
+    return blob.download_blob().readall()
+
+
+def leftover_files(root: Path) -> list[str]:
+    """Files still in incoming or in `.processing` (markers excluded: GC deletes them)."""
+    out: list[str] = []
+    for sub in ("incoming", ".processing"):
+        base = root / sub
+        if not base.exists():
+            continue
+        for p in base.rglob("*"):
+            rel = p.relative_to(root)
+            if p.is_file() and rel.parts[1] not in ("_completed", "sessions.json"):
+                out.append(str(rel))
+    return out
