@@ -65,12 +65,20 @@ class Azurite:
         )
 
     def start(self) -> None:
-        storage = (
-            ["--location", str(self.location)] if self.location else ["--inMemoryPersistence"]
-        )
+        storage = ["--location", str(self.location)] if self.location else ["--inMemoryPersistence"]
         self.proc = subprocess.Popen(
-            [str(AZURITE_BIN), "--blobHost", "127.0.0.1", "--blobPort", str(self.port),
-             *storage, "--disableTelemetry", "--skipApiVersionCheck", "--loose", "--silent"],
+            [
+                str(AZURITE_BIN),
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                str(self.port),
+                *storage,
+                "--disableTelemetry",
+                "--skipApiVersionCheck",
+                "--loose",
+                "--silent",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -94,9 +102,9 @@ class Azurite:
             self.proc = None
 
     def container(self, name: str) -> ContainerClient:
-        return BlobServiceClient.from_connection_string(self.connection_string).get_container_client(
-            name
-        )
+        return BlobServiceClient.from_connection_string(
+            self.connection_string
+        ).get_container_client(name)
 
 
 def make_settings(root: Path, azurite: Azurite, container: str, **overrides: Any) -> Settings:
@@ -160,9 +168,7 @@ def serve(settings: Settings, wait_ready: bool = True, **options: Any) -> Runnin
     running = RunningService(settings, base, server, thread, client, app)
     wait_for(lambda: server.started, timeout=30, what="server to start")
     if wait_ready:
-        wait_for(
-            lambda: client.get("/readyz").status_code == 200, timeout=30, what="readyz 200"
-        )
+        wait_for(lambda: client.get("/readyz").status_code == 200, timeout=30, what="readyz 200")
     return running
 
 

@@ -16,7 +16,7 @@ class AzureAuth(StrEnum):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="APP_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="APP_", extra="ignore", hide_input_in_errors=True)
 
     # Server
     host: str = "0.0.0.0"

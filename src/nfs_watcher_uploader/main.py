@@ -41,7 +41,7 @@ def load_settings() -> Settings:
     try:
         return Settings()  # pyright: ignore[reportCallIssue]
     except ValidationError as exc:
-        lines = []
+        lines: list[str] = []
         for err in exc.errors():
             loc = "_".join(str(p) for p in err["loc"]).upper()
             name = f"APP_{loc}" if loc else "settings"

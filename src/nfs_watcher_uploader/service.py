@@ -21,10 +21,10 @@ from nfs_watcher_uploader.fsops import Nfs
 from nfs_watcher_uploader.gc import GarbageCollector
 from nfs_watcher_uploader.recovery import clear_staging, recover
 from nfs_watcher_uploader.sessions import Session, Sessions
-from nfs_watcher_uploader.storage import Storage, TokenCredentialFactory, _default_token_credential
+from nfs_watcher_uploader.storage import Storage, TokenCredentialFactory, default_token_credential
 from nfs_watcher_uploader.telemetry import Telemetry
 from nfs_watcher_uploader.watcher import ScanFn, Watcher
-from nfs_watcher_uploader.worker import Pipeline, StagedHook, backoff_delay
+from nfs_watcher_uploader.worker import CopyFn, MoveFn, Pipeline, StagedHook, backoff_delay
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +37,11 @@ class Service:
         settings: Settings,
         *,
         telemetry: Telemetry | None = None,
-        token_credential: TokenCredentialFactory = _default_token_credential,
+        token_credential: TokenCredentialFactory = default_token_credential,
         on_staged: StagedHook | None = None,
         scan: ScanFn = fsops.scan_dir,
+        move: MoveFn = fsops.move,
+        copy: CopyFn = fsops.copy_and_hash,
     ) -> None:
         self.settings = settings
         self.nfs = Nfs(settings.nfs_timeout_s)
@@ -47,7 +49,14 @@ class Service:
         self.sessions = Sessions(settings.nfs_processing_root, self.nfs)
         self.storage = Storage(settings, token_credential)
         self.pipeline = Pipeline(
-            settings, self.sessions, self.storage, self.nfs, self.telemetry, on_staged
+            settings,
+            self.sessions,
+            self.storage,
+            self.nfs,
+            self.telemetry,
+            on_staged,
+            move=move,
+            copy=copy,
         )
         self.watcher = Watcher(settings, self.sessions, self.pipeline, self.nfs, scan)
         self.gc = GarbageCollector(settings, self.sessions, self.nfs)

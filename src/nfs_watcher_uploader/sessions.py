@@ -14,9 +14,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from nfs_watcher_uploader.constants import DRAINED_SESSIONS_KEPT, STATE_FILE, STATE_TMP_PREFIX
+from pydantic import BaseModel, field_validator
+
+from nfs_watcher_uploader.constants import (
+    DATE_DIR_RE,
+    DRAINED_SESSIONS_KEPT,
+    STATE_FILE,
+    STATE_TMP_PREFIX,
+)
 from nfs_watcher_uploader.fsops import Nfs, write_atomic
 from nfs_watcher_uploader.models import SessionStateName, SessionView, check_session_name
 
@@ -216,27 +223,37 @@ def _read_or_none(path: Path) -> bytes | None:
         return None
 
 
+class _StoredSession(BaseModel):
+    name: str
+    date_prefix: str
+    state: SessionStateName
+    started_at: float
+    stopped_at: float | None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_session_name(v)
+
+    @field_validator("date_prefix")
+    @classmethod
+    def _date(cls, v: str) -> str:
+        if not DATE_DIR_RE.fullmatch(v):
+            raise ValueError("date_prefix must be YYYYMMDD")
+        return v
+
+
+class _StateDoc(BaseModel):
+    version: Literal[1]
+    sessions: list[_StoredSession]
+
+
 def _parse_state(raw: bytes) -> list[Session]:
-    try:
-        doc = json.loads(raw)
-        if not isinstance(doc, dict) or doc.get("version") != STATE_VERSION:
-            raise ValueError(f"expected version {STATE_VERSION}")
-        sessions: list[Session] = []
-        for entry in doc["sessions"]:
-            state = entry["state"]
-            if state not in ("active", "draining", "drained", "drain_timed_out"):
-                raise ValueError(f"unknown state {state!r}")
-            sessions.append(
-                Session(
-                    name=check_session_name(str(entry["name"])),
-                    date_prefix=str(entry["date_prefix"]),
-                    state=state,
-                    started_at=float(entry["started_at"]),
-                    stopped_at=None if entry["stopped_at"] is None else float(entry["stopped_at"]),
-                )
-            )
-    except (KeyError, TypeError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{type(exc).__name__}: {exc}") from None
+    """Raises ValueError (pydantic's ValidationError is one) for anything but a valid file."""
+    doc = _StateDoc.model_validate_json(raw)
+    sessions = [
+        Session(e.name, e.date_prefix, e.state, e.started_at, e.stopped_at) for e in doc.sessions
+    ]
     if sum(s.state == "active" for s in sessions) > 1:
         raise ValueError("more than one active session")
     return sessions

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, cast
 from urllib.parse import urlsplit
 
 import anyio.to_thread
@@ -39,6 +39,7 @@ from nfs_watcher_uploader.fsops import Copied
 
 logger = logging.getLogger(__name__)
 
+STORAGE_SCOPE = "https://storage.azure.com/.default"
 DEFAULT_BLOCK_SIZE = 8 * 1024 * 1024
 DEFAULT_SINGLE_PUT_SIZE = 8 * 1024 * 1024
 
@@ -57,7 +58,7 @@ class _Closeable(Protocol):
     async def close(self) -> None: ...
 
 
-def _default_token_credential() -> AsyncTokenCredential:
+def default_token_credential() -> AsyncTokenCredential:
     from azure.identity.aio import DefaultAzureCredential
 
     return DefaultAzureCredential()
@@ -95,8 +96,9 @@ def check_blob_name(name: str) -> None:
 
 def classify(exc: BaseException) -> UploadError:
     """Map any exception raised while uploading to retry-later or give-up."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]  # parallel blocks: the first failure speaks for the file
+    while isinstance(exc, BaseExceptionGroup):
+        # Parallel blocks: the first failure speaks for the file.
+        exc = cast(BaseExceptionGroup[BaseException], exc).exceptions[0]
     if isinstance(exc, UploadError):
         return exc
     summary = _summary(exc)
@@ -124,7 +126,7 @@ class Storage:
     def __init__(
         self,
         settings: Settings,
-        token_credential: TokenCredentialFactory = _default_token_credential,
+        token_credential: TokenCredentialFactory = default_token_credential,
     ) -> None:
         self._settings = settings
         self._token_credential = token_credential
@@ -210,6 +212,10 @@ class Storage:
                 continue
             container = client.get_container_client(self._settings.azure_container)
             try:
+                if isinstance(credential, AsyncTokenCredential):
+                    # Ask for a token first: the SDK's retry policy would otherwise retry an
+                    # unavailable identity for a minute or more before we could fall back.
+                    await credential.get_token(STORAGE_SCOPE)
                 await _ensure_container(container)
             except ClientAuthenticationError as exc:
                 failures.append(f"{candidate.label}: {_summary(exc)}")

@@ -100,11 +100,11 @@ class Watcher:
         session.last_scan = time.monotonic()
         previous = self._previous.get(session.name, {})
         self._previous[session.name] = current
-        session.waiting = sum(1 for name in current if name not in session.pending)
         ready = stable_files(
             previous, current, started, self.settings.min_file_age_s, session.pending
         )
         self._offer(session, folder, ready)
+        session.waiting = sum(1 for name in current if name not in session.pending)
         if session.state == "draining":
             await self._check_drain(session, current, started)
         return True

@@ -34,8 +34,10 @@ from nfs_watcher_uploader.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
 
-# Test seam: called with the staged path between stage and upload.
+# Test seams: called with the staged path between stage and upload; the rename and the copy.
 StagedHook = Callable[[Path], None]
+MoveFn = Callable[[Path, Path], bool]
+CopyFn = Callable[[Path, Path, Callable[[], None]], Copied]
 
 
 @dataclass
@@ -71,6 +73,8 @@ class Pipeline:
         telemetry: Telemetry,
         on_staged: StagedHook | None = None,
         rng: random.Random | None = None,
+        move: MoveFn = fsops.move,
+        copy: CopyFn = fsops.copy_and_hash,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
@@ -78,6 +82,8 @@ class Pipeline:
         self.nfs = nfs
         self.telemetry = telemetry
         self._on_staged = on_staged
+        self._move = move
+        self._copy = copy
         self._rng = rng or random.Random()
         self.queue: asyncio.Queue[WorkItem] = asyncio.Queue(maxsize=settings.max_queue_size)
         self.slots = [Slot() for _ in range(settings.worker_concurrency)]
@@ -244,7 +250,7 @@ class Pipeline:
     async def _claim(self, item: WorkItem, processing: Path, session: Session) -> WorkItem:
         with self.telemetry.step("claim"):
             try:
-                claimed = await self.nfs.call(lambda: fsops.move(item.source_path, processing))
+                claimed = await self.nfs.call(lambda: self._move(item.source_path, processing))
             except OSError as exc:
                 # Still in incoming: the watcher offers it again once it is stable.
                 logger.warning(
@@ -263,7 +269,7 @@ class Pipeline:
     async def _stage(self, item: WorkItem, src: Path, dst: Path, slot: Slot) -> Copied:
         try:
             return await self.nfs.call_watched(
-                lambda: fsops.copy_and_hash(src, dst, slot.touch), lambda: slot.progress
+                lambda: self._copy(src, dst, slot.touch), lambda: slot.progress
             )
         except FileNotFoundError as exc:
             if exc.filename is not None and Path(exc.filename) == dst.parent:

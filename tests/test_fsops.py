@@ -1,0 +1,85 @@
+"""The claim rename, copy-and-hash and atomic writes, on real files."""
+
+import errno
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from nfs_watcher_uploader import fsops
+
+
+def test_move_creates_missing_destination_folder(tmp_path: Path) -> None:
+    src = tmp_path / "in" / "a"
+    src.parent.mkdir()
+    src.write_bytes(b"x")
+    dst = tmp_path / "proc" / "20260101" / "s" / "a"
+    assert fsops.move(src, dst) is True
+    assert dst.read_bytes() == b"x" and not src.exists()
+
+
+def test_move_of_vanished_source_is_a_lost_race(tmp_path: Path) -> None:
+    assert fsops.move(tmp_path / "gone", tmp_path / "dst" / "gone") is False
+
+
+def test_move_whose_rename_already_happened_counts_as_done(tmp_path: Path) -> None:
+    # An NFS retransmission of a rename that succeeded answers ENOENT: the file is at dst.
+    dst = tmp_path / "dst"
+    dst.write_bytes(b"x")
+    assert fsops.move(tmp_path / "src", dst) is True
+
+
+def test_move_retries_a_stale_handle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "a"
+    src.write_bytes(b"x")
+    real = os.rename
+    calls: list[int] = []
+
+    def flaky(a: str | Path, b: str | Path) -> None:
+        calls.append(1)
+        if len(calls) < 3:
+            raise OSError(errno.ESTALE, "Stale file handle")
+        real(a, b)
+
+    monkeypatch.setattr(os, "rename", flaky)
+    assert fsops.move(src, tmp_path / "b") is True
+    assert len(calls) == 3
+
+
+def test_copy_and_hash(tmp_path: Path) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 7)
+    src = tmp_path / "src"
+    src.write_bytes(data)
+    ticks: list[int] = []
+    copied = fsops.copy_and_hash(src, tmp_path / "deep" / "dst", lambda: ticks.append(1))
+    assert copied.size == len(data)
+    assert copied.md5 == hashlib.md5(data).digest()
+    assert (tmp_path / "deep" / "dst").read_bytes() == data
+    assert len(ticks) >= 3
+
+
+def test_write_atomic_replaces_and_leaves_no_temp(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    fsops.write_atomic(path, b"one", ".tmp-")
+    fsops.write_atomic(path, b"two", ".tmp-")
+    assert path.read_bytes() == b"two"
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_scan_dir_skips_folders_links_and_filtered(tmp_path: Path) -> None:
+    (tmp_path / "a.bin").write_bytes(b"12")
+    (tmp_path / "b.txt").write_bytes(b"1")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.bin").symlink_to(tmp_path / "a.bin")
+    assert set(fsops.scan_dir(tmp_path, frozenset())) == {"a.bin", "b.txt"}
+    assert set(fsops.scan_dir(tmp_path, frozenset({".bin"}))) == {"a.bin"}
+    assert fsops.scan_dir(tmp_path / "missing", frozenset()) == {}
+
+
+def test_prune_keeps_live_sessions(tmp_path: Path) -> None:
+    for s in ("live", "idle", "busy"):
+        (tmp_path / "20260101" / s).mkdir(parents=True)
+    (tmp_path / "20260101" / "busy" / "file").write_bytes(b"x")
+    fsops.prune_empty_dirs(tmp_path, lambda d, s: s == "live")
+    assert sorted(p.name for p in (tmp_path / "20260101").iterdir()) == ["busy", "live"]
