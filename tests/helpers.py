@@ -202,3 +202,58 @@ def leftover_files(root: Path) -> list[str]:
             if p.is_file() and rel.parts[1] not in ("_completed", "sessions.json"):
                 out.append(str(rel))
     return out
+
+
+def service_env(settings: Settings) -> dict[str, str]:
+    """The environment that configures a service subprocess like `settings`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("APP_", "OTEL_"))}
+    for name, value in settings.model_dump(exclude_none=True).items():
+        if name == "file_extensions":
+            value = ",".join(sorted(value))
+        elif hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env[f"APP_{name.upper()}"] = str(value)
+    env["OTEL_SDK_DISABLED"] = "true"
+    return env
+
+
+@dataclass
+class ServiceProcess:
+    """The service as a real process (`python -m nfs_watcher_uploader`), for kill tests."""
+
+    settings: Settings
+    log: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=10)
+
+    def start(self, wait_ready: bool = True) -> None:
+        env = service_env(self.settings)
+        env["APP_HOST"], env["APP_PORT"] = "127.0.0.1", str(self.port)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [str(ROOT / ".venv" / "bin" / "nfs-watcher-uploader")],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        if wait_ready:
+            wait_for(self.ready, timeout=60, what="service process ready")
+
+    def ready(self) -> bool:
+        assert self.proc is not None and self.proc.poll() is None, self.log.read_text()[-3000:]
+        try:
+            with self.client as c:
+                return c.get("/readyz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def signal(self, sig: int, timeout: float = 60) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        self.proc = None
+        return code

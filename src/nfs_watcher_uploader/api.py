@@ -1,6 +1,7 @@
 """HTTP endpoints. Probes read in-memory state only; everything else answers 4xx or 503 with a
 message, never a traceback."""
 
+import json
 import logging
 from typing import Annotated
 
@@ -147,8 +148,8 @@ async def failed_files(service: ServiceDep) -> FailedList:
         for date_prefix, name, path in fsops.iter_tree_files(root / FAILED_DIR):
             reason_file = root / FAILED_REASONS_DIR / date_prefix / name / path.name
             try:
-                reason = reason_file.read_text(errors="replace")
-            except OSError:
+                reason = str(json.loads(reason_file.read_bytes())["reason"])
+            except (OSError, ValueError, KeyError, TypeError):
                 reason = "(reason not recorded)"
             out.append(
                 FailedFile(

@@ -48,13 +48,17 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class WatchStartRequest(_Strict):
+class _SessionNameBody(_Strict):
     session_name: str | None = None
 
     @field_validator("session_name")
     @classmethod
     def _validate(cls, v: str | None) -> str | None:
         return None if v is None else check_session_name(v)
+
+
+class WatchStartRequest(_SessionNameBody):
+    """Start watching `incoming/<session_name>/`; a name is generated when none is given."""
 
 
 class WatchStartResponse(BaseModel):
@@ -122,13 +126,8 @@ class FailedList(BaseModel):
     files: list[FailedFile]
 
 
-class RetryRequest(_Strict):
-    session_name: str | None = None
-
-    @field_validator("session_name")
-    @classmethod
-    def _validate(cls, v: str | None) -> str | None:
-        return None if v is None else check_session_name(v)
+class RetryRequest(_SessionNameBody):
+    """Put parked files back in the queue: all of them, or one session's."""
 
 
 class RetryResponse(BaseModel):

@@ -156,7 +156,11 @@ class Storage:
         return {
             "max_single_put_size": max(self.single_put_size, 1),
             "max_block_size": self.block_size,
-            "retry_total": 3,
+            # The SDK's own retries ride out blips (1 s, then 3 s); longer outages are retried by
+            # the pipeline, where they show in /v1/status, instead of inside one call for minutes.
+            "retry_total": 2,
+            "initial_backoff": 1,
+            "increment_base": 2,
             "connection_timeout": 20,
             "read_timeout": 120,
         }

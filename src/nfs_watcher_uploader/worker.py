@@ -198,6 +198,8 @@ class Pipeline:
         session.pending[item.filename] = "in_flight"
         with self.telemetry.file_span(item) as span:
             try:
+                if not item.claimed:
+                    item = await self._claim(item, session)
                 await self.process(item, slot, session)
             except RetryableError as exc:
                 span.record_exception(exc)
@@ -209,10 +211,8 @@ class Pipeline:
                 session.pending.pop(item.filename, None)
 
     async def process(self, item: WorkItem, slot: Slot, session: Session) -> None:
-        """Claim, stage, upload and complete one file. Raises UploadError or _Skip."""
-        processing = self._processing / item.date_prefix / item.session_name / item.filename
-        if not item.claimed:
-            item = await self._claim(item, processing, session)
+        """Stage, upload and complete one claimed file. Raises UploadError."""
+        processing = item.source_path
         staged = self.settings.local_staging_root / item.date_prefix / item.session_name
         staged = staged / item.filename
         t = self.telemetry
@@ -247,7 +247,9 @@ class Pipeline:
             extra={**_log_extra(item), "blob_name": item.blob_name, "size_bytes": copied.size},
         )
 
-    async def _claim(self, item: WorkItem, processing: Path, session: Session) -> WorkItem:
+    async def _claim(self, item: WorkItem, session: Session) -> WorkItem:
+        """Rename the file from incoming into `.processing`. Raises _Skip if it is not ours."""
+        processing = self._processing / item.date_prefix / item.session_name / item.filename
         with self.telemetry.step("claim"):
             try:
                 claimed = await self.nfs.call(lambda: self._move(item.source_path, processing))
@@ -331,6 +333,8 @@ class Pipeline:
             self._retry_later(item, session, f"{reason} (and parking failed: {exc})")
             return
         session.pending.pop(item.filename, None)
+        staged = self.settings.local_staging_root / rel
+        staged.unlink(missing_ok=True)
         if moved:
             session.parked.add(item.filename)
         self.processed_err += 1

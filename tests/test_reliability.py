@@ -1,0 +1,353 @@
+"""Break things for real: kill the process, stop storage, fill the staging disk, corrupt bytes."""
+
+import os
+import random
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nfs_watcher_uploader.errors import PermanentError
+
+from .helpers import (
+    Azurite,
+    ServiceProcess,
+    blob_bytes,
+    free_port,
+    leftover_files,
+    make_settings,
+    wait_for,
+    write_file,
+)
+
+pytestmark = pytest.mark.slow
+
+SIZES = [0, 17, 4096, 64 * 1024, 300 * 1024, 1536 * 1024]
+
+
+def _blobs(container: Any) -> dict[str, bytes]:
+    return {b.name: container.download_blob(b.name).readall() for b in container.list_blobs()}
+
+
+def test_crash_at_any_moment(tmp_path: Path, azurite: Azurite, container_name: str) -> None:
+    """SIGKILL (and once SIGTERM) at seeded random points of the pipeline; every file lands."""
+    rng = random.Random(20261129)
+    settings = make_settings(
+        tmp_path,
+        azurite,
+        container_name,
+        poll_interval_s=0.05,
+        worker_concurrency=4,
+        azure_max_block_size=128 * 1024,
+        azure_max_single_put_size=128 * 1024,
+        azure_max_concurrency=4,
+        gc_interval_s=0.3,
+    )
+    proc = ServiceProcess(settings, tmp_path / "service.log")
+    proc.start()
+    with proc.client as c:
+        date = c.post("/v1/watch/start", json={"session_name": "crash"}).json()["date_prefix"]
+    incoming = settings.nfs_incoming_dir / "crash"
+    expected: dict[str, bytes] = {}
+
+    def drop(batch: int, count: int) -> None:
+        for i in range(count):
+            name = f"b{batch}-{i:03d}.bin"
+            data = rng.randbytes(rng.choice(SIZES))
+            expected[f"{date}/crash/{name}"] = data
+            write_file(incoming / name, data)
+
+    drop(0, 150)
+    kills = 0
+    for round_ in range(6):
+        time.sleep(rng.uniform(0.05, 0.8))  # the kill point: seeded, anywhere in the pipeline
+        sig = signal.SIGTERM if round_ == 3 else signal.SIGKILL
+        code = proc.signal(sig)
+        # uvicorn re-raises SIGTERM after its graceful shutdown, so both end "by signal".
+        assert code == -sig
+        if sig == signal.SIGTERM:
+            assert '"Stopped: ' in proc.log.read_text()  # written only by a graceful shutdown
+        kills += 1
+        if round_ == 2:
+            drop(1, 100)  # files arrive while the service is down
+        proc.start()
+    container = azurite.container(container_name)
+    wait_for(lambda: len(list(container.list_blobs())) >= len(expected), timeout=120)
+    assert _blobs(container) == expected
+    with proc.client as c:
+        assert c.get("/v1/status").json()["active_session"] == "crash"
+    wait_for(lambda: not leftover_files(tmp_path), timeout=30, what="nothing left behind")
+    proc.signal(signal.SIGTERM)
+    total = sum(len(d) for d in expected.values())
+    print(f"\ncrash test: {kills} kills, {len(expected)} files, {total} bytes")
+
+
+@pytest.fixture
+def own_azurite(tmp_path: Path) -> Iterator[Azurite]:
+    server = Azurite(port=free_port(), location=tmp_path / "azurite")
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_storage_outage_is_ridden_out_without_restart(
+    tmp_path: Path, own_azurite: Azurite, service_factory: Any
+) -> None:
+    settings = make_settings(tmp_path, own_azurite, "outage", retry_max_s=2.0)
+    running = service_factory(settings)
+    date = running.post("/v1/watch/start", json={"session_name": "out"}).json()["date_prefix"]
+    incoming = settings.nfs_incoming_dir / "out"
+    expected = {f"f{i:02d}": os.urandom(10_000 + i) for i in range(30)}
+    names = list(expected)
+    for name in names[:10]:
+        write_file(incoming / name, expected[name])
+    wait_for(lambda: running.service.pipeline.processed_ok == 10, timeout=30)
+    own_azurite.stop()
+    for name in names[10:]:
+        write_file(incoming / name, expected[name])
+    status = wait_for(
+        lambda: (s := running.get("/v1/status").json())["retrying"] > 0 and s, timeout=30
+    )
+    assert status["last_error"]
+    time.sleep(15)  # the outage itself: storage stays down this long
+    assert running.get("/healthz").status_code == 200
+    own_azurite.start()
+    container = own_azurite.container("outage")
+    wait_for(
+        lambda: all(blob_bytes(container, f"{date}/out/{n}") == expected[n] for n in names),
+        timeout=60,
+    )
+    assert running.get("/v1/status").json()["retries"] > 0
+    assert running.service.pipeline.processed_ok == 30
+
+
+@pytest.fixture
+def small_staging(tmp_path: Path) -> Iterator[Path | None]:
+    """A 2 MiB tmpfs as the staging disk, where this runner may mount; else None."""
+    mount = tmp_path / "staging"
+    mount.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True
+    )
+    if result.returncode != 0:
+        yield None
+        return
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_staging_disk_full_waits_and_lands(
+    tmp_path: Path,
+    azurite: Azurite,
+    container_name: str,
+    service_factory: Any,
+    small_staging: Path | None,
+) -> None:
+    options: dict[str, Any] = {}
+    full = {"on": True}
+    if small_staging is None:  # no mount allowed here: inject ENOSPC at the copy step
+
+        def copy(src: Path, dst: Path, progress: Any) -> Any:
+            from nfs_watcher_uploader.fsops import copy_and_hash
+
+            if full["on"]:
+                raise OSError(28, "No space left on device", str(dst))
+            return copy_and_hash(src, dst, progress)
+
+        options["copy"] = copy
+    settings = make_settings(tmp_path, azurite, container_name)
+    running = service_factory(settings, **options)
+    filler = settings.local_staging_root / "filler"
+    if small_staging is not None:
+        with open(filler, "wb") as f:  # fill the disk, leaving less than one file of room
+            f.write(b"\0" * (2 * 1024 * 1024 - 64 * 1024))
+    date = running.post("/v1/watch/start", json={"session_name": "full"}).json()["date_prefix"]
+    expected = {f"f{i}": os.urandom(300 * 1024) for i in range(5)}
+    for name, data in expected.items():
+        write_file(settings.nfs_incoming_dir / "full" / name, data)
+    wait_for(lambda: running.get("/v1/status").json()["retrying"] > 0, timeout=30)
+    assert running.service.pipeline.processed_ok == 0
+    assert "No space left" in (running.get("/v1/status").json()["last_error"] or "")
+    filler.unlink(missing_ok=True)
+    full["on"] = False
+    container = azurite.container(container_name)
+    wait_for(
+        lambda: all(blob_bytes(container, f"{date}/full/{n}") == d for n, d in expected.items()),
+        timeout=30,
+    )
+
+
+def test_stop_drains_files_written_just_before(
+    service_factory: Any, settings_factory: Any, azurite: Azurite
+) -> None:
+    settings = settings_factory(min_file_age_s=1.5)
+    running = service_factory(settings)
+    date = running.post("/v1/watch/start", json={"session_name": "drain"}).json()["date_prefix"]
+    expected = {f"late{i}": os.urandom(5000) for i in range(5)}
+    for name, data in expected.items():
+        write_file(settings.nfs_incoming_dir / "drain" / name, data)
+    stop = running.post("/v1/watch/stop").json()
+    assert stop == {"enabled": False, "session_name": "drain", "state": "draining"}
+    view = running.get("/v1/sessions/drain").json()
+    assert view["state"] == "draining" and view["drained"] is False
+    # A new session may start while the old one drains.
+    assert running.post("/v1/watch/start", json={"session_name": "next"}).status_code == 200
+    container = azurite.container(settings.azure_container)
+    seen_not_drained_with_missing = False
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        view = running.get("/v1/sessions/drain").json()
+        present = [blob_bytes(container, f"{date}/drain/{n}") == d for n, d in expected.items()]
+        if view["drained"]:
+            assert all(present), "drained before every file was in storage"
+            break
+        seen_not_drained_with_missing |= not all(present)
+        time.sleep(0.05)
+    else:
+        raise AssertionError("session never drained")
+    assert seen_not_drained_with_missing
+    assert view["uploaded"] == 5 and view["state"] == "drained"
+    sessions = running.get("/v1/sessions").json()["sessions"]
+    assert {s["session_name"]: s["state"] for s in sessions} == {
+        "drain": "drained",
+        "next": "active",
+    }
+
+
+def test_restart_with_idle_session_keeps_watching(
+    service_factory: Any, settings_factory: Any, azurite: Azurite
+) -> None:
+    settings = settings_factory()
+    first = service_factory(settings)
+    date = first.post("/v1/watch/start", json={"session_name": "idle"}).json()["date_prefix"]
+    first.stop()
+    second = service_factory(settings)
+    assert second.get("/v1/status").json()["active_session"] == "idle"
+    write_file(settings.nfs_incoming_dir / "idle" / "after-restart.bin", b"still watched")
+    container = azurite.container(settings.azure_container)
+    data = wait_for(lambda: blob_bytes(container, f"{date}/idle/after-restart.bin"), timeout=20)
+    assert data == b"still watched"
+
+
+def test_corrupted_staging_copy_is_never_committed(
+    service_factory: Any,
+    settings_factory: Any,
+    azurite: Azurite,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    corrupted: list[str] = []
+
+    def corrupt_once(staged: Path) -> None:
+        if staged.name not in corrupted:
+            corrupted.append(staged.name)
+            with open(staged, "r+b") as f:
+                first = f.read(1)
+                f.seek(0)
+                f.write(bytes([first[0] ^ 0xFF]))
+
+    settings = settings_factory(azure_max_single_put_size=64 * 1024, azure_max_block_size=64 * 1024)
+    running = service_factory(settings, on_staged=corrupt_once)
+    date = running.post("/v1/watch/start", json={"session_name": "bits"}).json()["date_prefix"]
+    expected = {"small.bin": os.urandom(1000), "blocks.bin": os.urandom(300 * 1024)}
+    for name, data in expected.items():
+        write_file(settings.nfs_incoming_dir / "bits" / name, data)
+    container = azurite.container(settings.azure_container)
+    wait_for(
+        lambda: all(blob_bytes(container, f"{date}/bits/{n}") == d for n, d in expected.items()),
+        timeout=30,
+    )
+    assert sorted(corrupted) == sorted(expected)
+    assert running.service.pipeline.retries >= 2
+    assert sum("INTEGRITY MISMATCH" in r.getMessage() for r in caplog.records) >= 2
+
+
+def test_permanent_errors_park_and_retry_on_request(
+    service_factory: Any, settings_factory: Any, azurite: Azurite
+) -> None:
+    refuse = {"refused-once.bin"}
+
+    def refuse_once(staged: Path) -> None:
+        if staged.name in refuse:
+            refuse.discard(staged.name)
+            raise PermanentError("injected: storage refused this file")
+
+    settings = settings_factory()
+    running = service_factory(settings, on_staged=refuse_once)
+    date = running.post("/v1/watch/start", json={"session_name": "perm"}).json()["date_prefix"]
+    incoming = settings.nfs_incoming_dir / "perm"
+    write_file(incoming / "refused-once.bin", b"good bytes")
+    write_file(incoming / "bad-name.", b"a name Azure refuses")
+    write_file(incoming / "fine.bin", b"fine")
+
+    def two_parked() -> list[dict[str, str]] | None:
+        files = running.get("/v1/files/failed").json()["files"]
+        return files if len(files) == 2 else None
+
+    failed = wait_for(two_parked, timeout=20)
+    reasons = {f["filename"]: f["reason"] for f in failed}
+    assert reasons["bad-name."] == "blob names must not end with '.', '/' or '\\'"
+    assert reasons["refused-once.bin"] == "injected: storage refused this file"
+    parked = settings.nfs_processing_root / "_failed" / date / "perm"
+    assert (parked / "bad-name.").read_bytes() == b"a name Azure refuses"
+    view = running.get("/v1/sessions/perm").json()
+    assert view["failed"] == 2 and view["uploaded"] == 1
+    status = running.get("/v1/status").json()
+    assert status["processed_err"] == 2 and status["failed"] == 2
+    # Stop: the session cannot drain while files are parked.
+    running.post("/v1/watch/stop")
+    assert running.post("/v1/files/retry", json={"session_name": "perm"}).json() == {"requeued": 2}
+    container = azurite.container(settings.azure_container)
+    assert wait_for(lambda: blob_bytes(container, f"{date}/perm/refused-once.bin")) == b"good bytes"
+    wait_for(lambda: len(running.get("/v1/files/failed").json()["files"]) == 1, timeout=20)
+    assert (parked / "bad-name.").exists()  # parked again, never deleted
+    assert running.get("/v1/sessions/perm").json()["drained"] is False
+
+
+def test_damaged_state_file_is_reported_and_service_serves(
+    service_factory: Any, settings_factory: Any
+) -> None:
+    settings = settings_factory()
+    state = settings.nfs_processing_root / "sessions.json"
+    write_file(state, b'{"version": 1, "sessions": [{"name": ".."')
+    running = service_factory(settings)
+    status = running.get("/v1/status").json()
+    assert "damaged session state file" in status["state_error"]
+    assert any(p.name.startswith("sessions.json.damaged-") for p in state.parent.iterdir())
+    assert running.post("/v1/watch/start", json={"session_name": "after"}).status_code == 200
+    assert running.get("/v1/status").json()["state_error"] is None
+
+
+def test_hung_nfs_turns_healthz_503_and_api_keeps_answering(
+    service_factory: Any, settings_factory: Any
+) -> None:
+    import threading
+
+    hang = threading.Event()
+    release = threading.Event()
+
+    def scan(path: Path, exts: frozenset[str]) -> dict[str, tuple[int, int]]:
+        if hang.is_set():
+            release.wait(30)
+        from nfs_watcher_uploader.fsops import scan_dir
+
+        return scan_dir(path, exts)
+
+    settings = settings_factory(nfs_timeout_s=0.3, liveness_timeout_s=1.5)
+    running = service_factory(settings, scan=scan)
+    running.post("/v1/watch/start", json={"session_name": "hang"})
+    hang.set()
+    try:
+        wait_for(lambda: running.get("/healthz").status_code == 503, timeout=10)
+        started = time.monotonic()
+        assert running.get("/v1/status").status_code == 200
+        assert running.get("/readyz").status_code == 200
+        assert time.monotonic() - started < 1.0
+        assert "watcher" in running.get("/healthz").json()["detail"]
+    finally:
+        hang.clear()
+        release.set()
+    wait_for(lambda: running.get("/healthz").status_code == 200, timeout=10)
