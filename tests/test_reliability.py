@@ -288,6 +288,7 @@ def test_permanent_errors_park_and_retry_on_request(
         return files if len(files) == 2 else None
 
     failed = wait_for(two_parked, timeout=20)
+    assert failed is not None
     reasons = {f["filename"]: f["reason"] for f in failed}
     assert reasons["bad-name."] == "blob names must not end with '.', '/' or '\\'"
     assert reasons["refused-once.bin"] == "injected: storage refused this file"
