@@ -57,7 +57,7 @@ bench: install
 # Re-pin dependencies (needs network to PyPI).
 lock: install
 	$(BIN)/python -m pip install --quiet uv
-	$(BIN)/uv pip compile --quiet --python-version 3.12 pyproject.toml -o requirements.lock
+	$(BIN)/uv pip compile --quiet --python-version 3.12 --generate-hashes pyproject.toml -o requirements.lock
 	$(BIN)/uv pip compile --quiet --python-version 3.12 --extra dev pyproject.toml -o requirements-dev.lock
 
 # --- Containers and cluster (need a Docker engine / kubectl) ---------------------------------

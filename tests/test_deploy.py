@@ -1,0 +1,164 @@
+"""The container image, compose files and Kubernetes manifests, validated without an engine."""
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from nfs_watcher_uploader.config import Settings
+from nfs_watcher_uploader.main import create_app
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+K8S = ROOT / "k8s"
+MANIFESTS = sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+YAML_FILES = [
+    *sorted(K8S.glob("*.yaml")),
+    ROOT / "docker-compose.yaml",
+    ROOT / "docker-compose.dev.yaml",
+    ROOT / "otel-collector-config.yaml",
+    ROOT / ".yamllint",
+]
+
+
+def _run(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, cwd=ROOT)
+
+
+def _load(name: str) -> dict[str, Any]:
+    return yaml.safe_load((K8S / name).read_text())
+
+
+@pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda p: p.name)
+def test_manifest_passes_strict_schema(manifest: Path) -> None:
+    result = _run(BIN / "kubernetes-validate", "--strict", manifest)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_strict_validation_catches_a_typo(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((K8S / "service.yaml").read_text().replace("selector:", "selecter:"))
+    assert _run(BIN / "kubernetes-validate", "--strict", bad).returncode != 0
+
+
+def test_kustomization_lists_every_manifest_but_the_example_secret() -> None:
+    listed = set(_load("kustomization.yaml")["resources"])
+    assert listed == {p.name for p in MANIFESTS} - {"secret.example.yaml"}
+
+
+def _container() -> dict[str, Any]:
+    spec = _load("deployment.yaml")["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    return container
+
+
+def test_deployment_safety() -> None:
+    deployment = _load("deployment.yaml")
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployment["spec"]["replicas"] == 1
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = _container()["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    config = _load("configmap.yaml")["data"]
+    grace = float(config["APP_SHUTDOWN_GRACE_S"])
+    assert pod["terminationGracePeriodSeconds"] > grace + 5
+
+
+def test_only_staging_and_tmp_are_writable_besides_nfs() -> None:
+    mounts = {m["name"]: m["mountPath"] for m in _container()["volumeMounts"]}
+    assert mounts == {"nfs-data": "/mnt/nfs", "staging": "/mnt/staging", "tmp": "/tmp"}
+    volumes = {
+        v["name"]: v for v in _load("deployment.yaml")["spec"]["template"]["spec"]["volumes"]
+    }
+    assert "emptyDir" in volumes["staging"] and "emptyDir" in volumes["tmp"]
+    defaults = Settings.model_fields
+    assert str(defaults["local_staging_root"].default) == mounts["staging"]
+    for field in ("nfs_incoming_dir", "nfs_processing_root"):
+        assert str(defaults[field].default).startswith(mounts["nfs-data"] + "/")
+    config = _load("configmap.yaml")["data"]
+    assert config["APP_LOCAL_STAGING_ROOT"] == mounts["staging"]
+    assert config["APP_NFS_INCOMING_DIR"].startswith(mounts["nfs-data"] + "/")
+
+
+def test_probes_point_at_real_endpoints() -> None:
+    app = create_app(
+        Settings(azure_account_url="https://a.blob.core.windows.net", azure_container="c")
+    )
+    paths = set(app.openapi()["paths"])
+    container = _container()
+    port_names = {p["name"] for p in container["ports"]}
+    for probe, path in (
+        ("livenessProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+        ("startupProbe", "/healthz"),
+    ):
+        get = container[probe]["httpGet"]
+        assert get["path"] == path and path in paths
+        assert get["port"] in port_names | {8000}
+
+
+def test_every_env_name_is_a_setting() -> None:
+    settings_env = {f"APP_{name.upper()}" for name in Settings.model_fields}
+    config = set(_load("configmap.yaml")["data"])
+    secret = set(_load("secret.example.yaml")["stringData"])
+    for name in config | secret:
+        assert name in settings_env or name.startswith("OTEL_"), name
+    assert {"APP_AZURE_ACCOUNT_URL", "APP_AZURE_CONTAINER"} <= config
+
+
+def test_min_file_age_exceeds_nfs_actimeo() -> None:
+    options = _load("pv-nfs.yaml")["spec"]["mountOptions"]
+    actimeo = next(float(o.split("=")[1]) for o in options if o.startswith("actimeo="))
+    assert float(_load("configmap.yaml")["data"]["APP_MIN_FILE_AGE_S"]) > actimeo
+
+
+def test_service_exposes_http_with_scrape_annotations() -> None:
+    service = _load("service.yaml")
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["ports"] == [{"name": "http", "port": 8000, "targetPort": "http"}]
+    assert service["metadata"]["annotations"]["prometheus.io/path"] == "/metrics"
+
+
+def test_example_secret_holds_placeholders_only() -> None:
+    values = _load("secret.example.yaml")["stringData"].values()
+    assert all(v.startswith("<") and v.endswith(">") for v in values)
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    result = _run(BIN / "hadolint", "--failure-threshold", "error", "Dockerfile")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_essentials() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert "-r requirements.lock" in text and "--require-hashes" in text
+    assert 'CMD ["nfs-watcher-uploader"]' in text
+    assert "USER ${APP_UID}:${APP_GID}" in text and "ARG APP_UID=10001" in text
+    assert text.count("FROM ") == 2 and "slim" in text
+
+
+@pytest.mark.parametrize("compose", ["docker-compose.yaml", "docker-compose.dev.yaml"])
+def test_compose_files_match_the_compose_spec(compose: str) -> None:
+    schema = ROOT / "deploy" / "compose-spec.schema.json"
+    result = _run(BIN / "check-jsonschema", "--schemafile", schema, compose)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_schema_catches_a_typo(tmp_path: Path) -> None:
+    bad = tmp_path / "compose.yaml"
+    bad.write_text((ROOT / "docker-compose.dev.yaml").read_text().replace("ports:", "portz:", 1))
+    schema = ROOT / "deploy" / "compose-spec.schema.json"
+    assert _run(BIN / "check-jsonschema", "--schemafile", schema, bad).returncode != 0
+
+
+def test_yamllint() -> None:
+    result = _run(BIN / "yamllint", "--strict", *YAML_FILES)
+    assert result.returncode == 0, result.stdout + result.stderr
