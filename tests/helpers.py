@@ -225,6 +225,7 @@ class ServiceProcess:
     log: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    extra_env: dict[str, str] = field(default_factory=dict[str, str])
 
     @property
     def client(self) -> httpx.Client:
@@ -233,6 +234,7 @@ class ServiceProcess:
     def start(self, wait_ready: bool = True) -> None:
         env = service_env(self.settings)
         env["APP_HOST"], env["APP_PORT"] = "127.0.0.1", str(self.port)
+        env.update(self.extra_env)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [str(ROOT / ".venv" / "bin" / "nfs-watcher-uploader")],

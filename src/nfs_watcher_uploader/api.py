@@ -7,7 +7,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from uuid_utils import uuid7
 
 from nfs_watcher_uploader import fsops
@@ -173,6 +174,13 @@ async def retry_failed(service: ServiceDep, body: RetryRequest | None = None) ->
     except OSError as exc:
         raise _unavailable("moving parked files back", exc) from None
     return RetryResponse(requeued=count)
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+async def prometheus_metrics(request: Request) -> PlainTextResponse:
+    """Prometheus text format, from the same instruments that OTLP exports."""
+    data = generate_latest(request.app.state.metrics_registry)
+    return PlainTextResponse(data, media_type=CONTENT_TYPE_LATEST)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from nfs_watcher_uploader import api
 from nfs_watcher_uploader.config import Settings
 from nfs_watcher_uploader.service import Service
-from nfs_watcher_uploader.telemetry import configure_logging
+from nfs_watcher_uploader.telemetry import Telemetry, configure_logging, setup_telemetry
 
 logger = logging.getLogger(__name__)
 
@@ -22,16 +22,21 @@ def create_app(settings: Settings, **service_options: Any) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncGenerator[None]:
-        service = Service(settings, **service_options)
+        telemetry = Telemetry(providers.tracer_provider, providers.meter_provider)
+        service = Service(settings, telemetry=telemetry, **service_options)
         app.state.service = service
         service.start()
         try:
             yield
         finally:
             await service.shutdown()
+            # Last: flush spans and metrics of the shutdown itself.
+            providers.shutdown()
 
     app = FastAPI(title="nfs-watcher-uploader", lifespan=lifespan)
     api.install(app)
+    providers = setup_telemetry(app)
+    app.state.metrics_registry = providers.registry
     return app
 
 

@@ -22,7 +22,7 @@ from nfs_watcher_uploader.gc import GarbageCollector
 from nfs_watcher_uploader.recovery import clear_staging, recover
 from nfs_watcher_uploader.sessions import Session, Sessions
 from nfs_watcher_uploader.storage import Storage, TokenCredentialFactory, default_token_credential
-from nfs_watcher_uploader.telemetry import Telemetry
+from nfs_watcher_uploader.telemetry import Gauges, Telemetry
 from nfs_watcher_uploader.watcher import ScanFn, Watcher
 from nfs_watcher_uploader.worker import CopyFn, MoveFn, Pipeline, StagedHook, backoff_delay
 
@@ -60,6 +60,15 @@ class Service:
         )
         self.watcher = Watcher(settings, self.sessions, self.pipeline, self.nfs, scan)
         self.gc = GarbageCollector(settings, self.sessions, self.nfs)
+        self.telemetry.observe(
+            Gauges(
+                queue_depth=self.pipeline.queue.qsize,
+                in_flight=lambda: self.pipeline.in_flight,
+                parked=lambda: sum(len(s.parked) for s in self.sessions.by_name.values()),
+                oldest_waiting_age=self.watcher.oldest_waiting_age,
+                last_scan=lambda: self.watcher.last_scan_ok,
+            )
+        )
         self.ready = False
         self.phase = "starting"
         self._rng = random.Random()

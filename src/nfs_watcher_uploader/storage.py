@@ -242,7 +242,12 @@ class Storage:
         self._client = self._credential = self._container = None
 
     async def upload(
-        self, local: Path, blob_name: str, copied: Copied, progress: Callable[[], None]
+        self,
+        local: Path,
+        blob_name: str,
+        copied: Copied,
+        progress: Callable[[], None],
+        log_extra: dict[str, str] | None = None,
     ) -> None:
         """Upload `local` as block blob `blob_name`; raise UploadError (see errors.py)."""
         check_blob_name(blob_name)
@@ -257,12 +262,12 @@ class Storage:
             with open(local, "rb") as f:
                 if copied.size <= self.single_put_size:
                     data = await anyio.to_thread.run_sync(f.read)
-                    _verify(hashlib.md5(data, usedforsecurity=False), len(data), copied, f)
+                    _verify(hashlib.md5(data, usedforsecurity=False), len(data), copied, log_extra)
                     await blob.upload_blob(
                         data, overwrite=True, validate_content=True, content_settings=settings
                     )
                 else:
-                    ids = await self._put_blocks(blob, f, copied, progress)
+                    ids = await self._put_blocks(blob, f, copied, progress, log_extra)
                     await blob.commit_block_list(ids, content_settings=settings)  # pyright: ignore[reportArgumentType]
         except FileNotFoundError:
             raise RetryableError(f"staged copy of {blob_name} vanished; staging again") from None
@@ -271,7 +276,12 @@ class Storage:
         progress()
 
     async def _put_blocks(
-        self, blob: BlobClient, f: BinaryIO, copied: Copied, progress: Callable[[], None]
+        self,
+        blob: BlobClient,
+        f: BinaryIO,
+        copied: Copied,
+        progress: Callable[[], None],
+        log_extra: dict[str, str] | None,
     ) -> list[str]:
         md5 = hashlib.md5(usedforsecurity=False)
         ids: list[str] = []
@@ -301,11 +311,11 @@ class Storage:
                 ids.append(block_id)
                 sent += len(data)
                 tg.create_task(put(block_id, data))
-        _verify(md5, sent, copied, f)
+        _verify(md5, sent, copied, log_extra)
         return ids
 
 
-def _verify(md5: Any, sent: int, copied: Copied, f: BinaryIO) -> None:
+def _verify(md5: Any, sent: int, copied: Copied, log_extra: dict[str, str] | None) -> None:
     if sent != copied.size or md5.digest() != copied.md5:
         logger.error(
             "INTEGRITY MISMATCH: bytes sent (%d, md5 %s) differ from the bytes copied from NFS "
@@ -314,7 +324,7 @@ def _verify(md5: Any, sent: int, copied: Copied, f: BinaryIO) -> None:
             md5.hexdigest(),
             copied.size,
             copied.md5.hex(),
-            extra={"staging_path": getattr(f, "name", None)},
+            extra=log_extra,
         )
         raise IntegrityError("bytes sent differ from bytes copied from NFS (MD5 mismatch)")
 

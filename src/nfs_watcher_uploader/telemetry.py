@@ -1,23 +1,111 @@
-"""Traces and metrics for the pipeline, through the OpenTelemetry API.
+"""Traces, metrics and logs.
 
-Without a configured provider every call here is a no-op, so the pipeline can always call it.
+`setup_telemetry` builds a TracerProvider and a MeterProvider from the standard `OTEL_*`
+variables: OTLP/HTTP export only when an endpoint is configured (so a service with no collector
+stays quiet), nothing at all with `OTEL_SDK_DISABLED=true`, and a Prometheus reader on its own
+registry behind `GET /metrics`, fed by the same instruments. `Telemetry` is what the pipeline
+calls: a span per file with child spans per step, and the counters and histograms. Without a
+provider every call is a no-op.
 """
 
 import logging
-from collections.abc import Generator
+import os
+from collections.abc import Callable, Generator, Iterable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
+from fastapi import FastAPI
 from opentelemetry import metrics, trace
+from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Span, Status, StatusCode
+from prometheus_client import CollectorRegistry
 
 from nfs_watcher_uploader.models import WorkItem
 
-TRACER_NAME = "nfs_watcher_uploader"
+METER_NAME = TRACER_NAME = "nfs_watcher_uploader"
+SERVICE_NAME = "nfs-watcher-uploader"
+# Probes and scrapes are frequent and say nothing about the work: not traced.
+EXCLUDED_URLS = "healthz,readyz,metrics"
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() == "true"
+
+
+def _exporter_wanted(signal: str) -> bool:
+    """OTLP export for `signal` (traces, metrics) only when an endpoint is configured."""
+    if os.environ.get(f"OTEL_{signal.upper()}_EXPORTER", "otlp").strip().lower() == "none":
+        return False
+    return bool(
+        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
+    )
+
+
+@dataclass
+class Providers:
+    tracer_provider: trace.TracerProvider | None
+    meter_provider: metrics.MeterProvider | None
+    registry: CollectorRegistry
+
+    def shutdown(self) -> None:
+        """Flush and stop the exporters."""
+        for provider in (self.tracer_provider, self.meter_provider):
+            shutdown = getattr(provider, "shutdown", None)
+            if shutdown is not None:
+                shutdown()
+
+
+def setup_telemetry(app: FastAPI) -> Providers:
+    """Providers for one app (not the process-wide globals, so that tests can run several)."""
+    registry = CollectorRegistry(auto_describe=True)
+    if _env_true("OTEL_SDK_DISABLED"):
+        return Providers(None, None, registry)
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+    from opentelemetry.sdk.resources import OTELResourceDetector, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    resource = Resource.create({"service.name": SERVICE_NAME}).merge(
+        OTELResourceDetector().detect()
+    )
+    tracer_provider = TracerProvider(resource=resource)
+    if _exporter_wanted("traces"):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    readers: list[MetricReader] = [PrometheusMetricReader(registry=registry)]
+    if _exporter_wanted("metrics"):
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+    meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+    FastAPIInstrumentor.instrument_app(
+        app,
+        excluded_urls=EXCLUDED_URLS,
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
+    )
+    return Providers(tracer_provider, meter_provider, registry)
+
+
+@dataclass
+class Gauges:
+    """Readings the observable instruments take from the running service."""
+
+    queue_depth: Callable[[], int]
+    in_flight: Callable[[], int]
+    parked: Callable[[], int]
+    oldest_waiting_age: Callable[[], float | None]
+    last_scan: Callable[[], float | None]
 
 
 class Telemetry:
-    """Spans for each file and its steps, and the pipeline's counters and histograms."""
+    """Spans for each file and its steps, and the pipeline's instruments."""
 
     def __init__(
         self,
@@ -25,7 +113,8 @@ class Telemetry:
         meter_provider: metrics.MeterProvider | None = None,
     ) -> None:
         self._tracer = trace.get_tracer(TRACER_NAME, tracer_provider=tracer_provider)
-        meter = metrics.get_meter(TRACER_NAME, meter_provider=meter_provider)
+        meter = metrics.get_meter(METER_NAME, meter_provider=meter_provider)
+        self.meter = meter
         self.files_processed = meter.create_counter(
             "files.processed", unit="{file}", description="Files uploaded and committed"
         )
@@ -33,9 +122,7 @@ class Telemetry:
             "files.failed", unit="{file}", description="Files parked after a permanent error"
         )
         self.upload_retries = meter.create_counter(
-            "upload.retries",
-            unit="{retry}",
-            description="Retries after a transient error",
+            "upload.retries", unit="{retry}", description="Retries after a transient error"
         )
         self.bytes_uploaded = meter.create_counter(
             "upload.bytes", unit="By", description="Bytes uploaded and committed"
@@ -46,7 +133,59 @@ class Telemetry:
         self.file_size = meter.create_histogram(
             "file.size", unit="By", description="Size of uploaded files"
         )
-        self.meter = meter
+        # A counter that was never added to is not exported at all; start them at 0 so that
+        # "no failures" reads as 0, not as a missing series.
+        for counter in (
+            self.files_processed,
+            self.files_failed,
+            self.upload_retries,
+            self.bytes_uploaded,
+        ):
+            counter.add(0)
+
+    def observe(self, gauges: Gauges) -> None:
+        """Register the instruments that read the service's state when collected."""
+
+        def reading(fn: Callable[[], float | int | None]) -> Callable[..., Iterable[Observation]]:
+            def callback(options: CallbackOptions) -> Iterable[Observation]:
+                value = fn()
+                return [] if value is None else [Observation(value)]
+
+            return callback
+
+        # (name, unit, description, reading, is a gauge rather than an up-down count)
+        table: list[tuple[str, str, str, Callable[[], float | int | None], bool]] = [
+            ("queue.depth", "{file}", "Files queued for the workers", gauges.queue_depth, False),
+            (
+                "files.in_flight",
+                "{file}",
+                "Files being staged or uploaded",
+                gauges.in_flight,
+                False,
+            ),
+            ("files.parked", "{file}", "Files parked in the failed folder", gauges.parked, False),
+            (
+                "files.waiting.max_age",
+                "s",
+                "Age of the oldest file waiting in incoming to be claimed",
+                gauges.oldest_waiting_age,
+                True,
+            ),
+            (
+                "watcher.last_scan.time",
+                "s",
+                "Unix time of the last complete scan",
+                gauges.last_scan,
+                True,
+            ),
+        ]
+        for name, unit, description, fn, gauge in table:
+            create = (
+                self.meter.create_observable_gauge
+                if gauge
+                else self.meter.create_observable_up_down_counter
+            )
+            create(name, [reading(fn)], unit=unit, description=description)
 
     @contextmanager
     def file_span(self, item: WorkItem) -> Generator[Span]:
@@ -63,13 +202,22 @@ class Telemetry:
     def step(self, name: str, **attrs: Any) -> Generator[Span]:
         with self._tracer.start_as_current_span(name, record_exception=False) as span:
             for key, value in attrs.items():
-                span.set_attribute(f"file.{key}" if key == "size" else key.replace("_", "."), value)
+                span.set_attribute(key, value)
             try:
                 yield span
             except BaseException as exc:
                 span.record_exception(exc)
                 span.set_status(Status(StatusCode.ERROR, str(exc)[:200]))
                 raise
+
+    def failed_attempt(self, span: Span, exc: BaseException) -> None:
+        """Mark a file's span as failed (the file is retried or parked under a new span)."""
+        span.record_exception(exc)
+        span.set_status(Status(StatusCode.ERROR, str(exc)[:200]))
+
+    def set_file_size(self, size: int) -> None:
+        """Record the size on the current file span, once it is known."""
+        trace.get_current_span().set_attribute("file.size", size)
 
     def uploaded(self, size: int, duration: float) -> None:
         self.files_processed.add(1)
@@ -84,15 +232,30 @@ class Telemetry:
         self.files_failed.add(1)
 
 
+class _TraceContext(logging.Filter):
+    """Adds the current span's trace_id, span_id and trace_flags to every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ctx = trace.get_current_span().get_span_context()
+        if ctx.is_valid:
+            record.trace_id = format(ctx.trace_id, "032x")
+            record.span_id = format(ctx.span_id, "016x")
+            record.trace_flags = int(ctx.trace_flags)
+        return True
+
+
 def configure_logging(level: int = logging.INFO) -> None:
-    """JSON lines on stderr; quiet Azure SDK and access logs."""
+    """JSON lines on stderr (python-json-logger) with the trace context; quiet Azure SDK and
+    access logs."""
     from pythonjsonlogger.json import JsonFormatter
 
     handler = logging.StreamHandler()
+    handler.addFilter(_TraceContext())
     handler.setFormatter(
         JsonFormatter(
             "%(asctime)s %(levelname)s %(name)s %(message)s",
             rename_fields={"asctime": "timestamp", "levelname": "level", "name": "logger"},
+            timestamp=False,
         )
     )
     root = logging.getLogger()

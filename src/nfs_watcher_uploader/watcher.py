@@ -64,9 +64,17 @@ class Watcher:
         self.heartbeat = time.monotonic()
         self.last_scan_ok: float | None = None
         self.scan_errors = 0
+        # mtime (ns) of the oldest file waiting to be claimed, per session, from the last scan.
+        self._oldest: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"Watcher(sessions={list(self._previous)} scan_errors={self.scan_errors})"
+
+    def oldest_waiting_age(self) -> float | None:
+        """Seconds since the oldest unclaimed file was last modified (None when none waits)."""
+        if not self._oldest:
+            return None
+        return max(0.0, self._clock() - min(self._oldest.values()) / 1e9)
 
     async def run(self) -> None:
         while True:
@@ -78,6 +86,7 @@ class Watcher:
         watched = self.sessions.watched()
         for gone in self._previous.keys() - {s.name for s in watched}:
             del self._previous[gone]
+            self._oldest.pop(gone, None)
         healthy = True
         for session in watched:
             healthy &= await self._scan_session(session)
@@ -104,7 +113,12 @@ class Watcher:
             previous, current, started, self.settings.min_file_age_s, session.pending
         )
         self._offer(session, folder, ready)
-        session.waiting = sum(1 for name in current if name not in session.pending)
+        waiting = [mtime for name, (_, mtime) in current.items() if name not in session.pending]
+        session.waiting = len(waiting)
+        if waiting:
+            self._oldest[session.name] = min(waiting)
+        else:
+            self._oldest.pop(session.name, None)
         if session.state == "draining":
             await self._check_drain(session, current, started)
         return True

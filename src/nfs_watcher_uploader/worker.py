@@ -202,10 +202,10 @@ class Pipeline:
                     item = await self._claim(item, session)
                 await self.process(item, slot, session)
             except RetryableError as exc:
-                span.record_exception(exc)
+                self.telemetry.failed_attempt(span, exc)
                 self._retry_later(item, session, str(exc))
             except PermanentError as exc:
-                span.record_exception(exc)
+                self.telemetry.failed_attempt(span, exc)
                 await self._park(item, session, str(exc))
             except _Skip:
                 session.pending.pop(item.filename, None)
@@ -218,13 +218,16 @@ class Pipeline:
         t = self.telemetry
         with t.step("stage"):
             copied = await self._stage(item, processing, staged, slot)
+        t.set_file_size(copied.size)
         if item.attempt == 0:
             session.bytes_seen += copied.size
         if self._on_staged is not None:
             self._on_staged(staged)
         start = time.monotonic()
-        with t.step("upload", blob_name=item.blob_name, size=copied.size):
-            await self.storage.upload(staged, item.blob_name, copied, slot.touch)
+        with t.step("upload", **{"blob.name": item.blob_name, "file.size": copied.size}):
+            await self.storage.upload(
+                staged, item.blob_name, copied, slot.touch, log_extra=_log_extra(item)
+            )
         t.uploaded(copied.size, time.monotonic() - start)
         with t.step("complete"):
             done = self._completed / item.date_prefix / item.session_name / item.filename
