@@ -59,6 +59,18 @@ def test_copy_and_hash(tmp_path: Path) -> None:
     assert len(ticks) >= 3
 
 
+def test_copy_hashes_each_block_of_a_large_file(tmp_path: Path) -> None:
+    data = os.urandom(1000 * 1024 + 5)
+    src = tmp_path / "src"
+    src.write_bytes(data)
+    block = 256 * 1024
+    copied = fsops.copy_and_hash(src, tmp_path / "dst", block_size=block, single_put_size=block)
+    expected = [hashlib.md5(data[i : i + block]).digest() for i in range(0, len(data), block)]
+    assert copied.block_md5s == tuple(expected) and copied.block_size == block
+    small = fsops.copy_and_hash(src, tmp_path / "dst2", block_size=block, single_put_size=len(data))
+    assert small.block_md5s == () and small.md5 == hashlib.md5(data).digest()
+
+
 def test_write_atomic_replaces_and_leaves_no_temp(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
     fsops.write_atomic(path, b"one", ".tmp-")

@@ -151,12 +151,12 @@ def test_staging_disk_full_waits_and_lands(
     full = {"on": True}
     if small_staging is None:  # no mount allowed here: inject ENOSPC at the copy step
 
-        def copy(src: Path, dst: Path, progress: Any) -> Any:
+        def copy(src: Path, dst: Path, *args: Any) -> Any:
             from nfs_watcher_uploader.fsops import copy_and_hash
 
             if full["on"]:
                 raise OSError(28, "No space left on device", str(dst))
-            return copy_and_hash(src, dst, progress)
+            return copy_and_hash(src, dst, *args)
 
         options["copy"] = copy
     settings = make_settings(tmp_path, azurite, container_name)

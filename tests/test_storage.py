@@ -8,7 +8,7 @@ from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
 from pydantic import ValidationError
 
 from nfs_watcher_uploader.config import AzureAuth, Settings
-from nfs_watcher_uploader.errors import PermanentError, RetryableError
+from nfs_watcher_uploader.errors import IntegrityError, PermanentError, RetryableError
 from nfs_watcher_uploader.storage import Storage, account_name_from_url, check_blob_name, classify
 
 from .helpers import KEY, Azurite
@@ -125,7 +125,7 @@ def test_account_name_from_url() -> None:
     assert account_name_from_url("http://127.0.0.1:10000/devstoreaccount1") == "devstoreaccount1"
 
 
-def _http_error(status: int, code: str | None = None) -> HttpResponseError:
+def _http_error(status: int, code: Any = None) -> HttpResponseError:
     err = HttpResponseError(message=f"status {status}")
     err.status_code = status
     err.error_code = code  # type: ignore[attr-defined]
@@ -135,6 +135,15 @@ def _http_error(status: int, code: str | None = None) -> HttpResponseError:
 @pytest.mark.parametrize("status", [500, 503, 408, 429, 403, 404, 409])
 def test_transient_http_errors_retry(status: int) -> None:
     assert isinstance(classify(_http_error(status)), RetryableError)
+
+
+def test_error_codes_from_the_sdk_enum_are_recognised() -> None:
+    from azure.storage.blob import StorageErrorCode
+
+    assert isinstance(
+        classify(_http_error(400, StorageErrorCode.INVALID_RESOURCE_NAME)), PermanentError
+    )
+    assert isinstance(classify(_http_error(400, StorageErrorCode.MD5_MISMATCH)), IntegrityError)
 
 
 def test_permanent_http_errors_park() -> None:

@@ -104,34 +104,62 @@ def move(src: Path, dst: Path) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Copied:
+    """What was read from NFS: its size, its MD5, and the MD5 of each block of `block_size`
+    bytes (empty when the file was small enough to go up in one request)."""
+
     size: int
     md5: bytes
+    block_size: int = 0
+    block_md5s: tuple[bytes, ...] = ()
 
 
 def copy_and_hash(
-    src: Path, dst: Path, progress: Callable[[], None] = lambda: None, fsync: bool = False
+    src: Path,
+    dst: Path,
+    progress: Callable[[], None] = lambda: None,
+    block_size: int = 0,
+    single_put_size: int = 0,
 ) -> Copied:
-    """Copy `src` to `dst` and return the size and MD5 of the bytes read from `src`.
+    """Copy `src` to `dst`, hashing the very buffers read from `src`.
 
-    The hash is taken from the very buffers written, so it describes the NFS source as read.
+    Files larger than `single_put_size` also get an MD5 per block of `block_size` bytes: each
+    block is later sent with it, so Azure itself checks that what it receives is what was read
+    from NFS. No fsync: the staged copy is a cache of the NFS file, which stays the source of
+    truth until the blob is committed (after a crash everything is staged again).
     """
     md5 = hashlib.md5(usedforsecurity=False)
+    block_md5s: list[bytes] = []
     size = 0
     dst.parent.mkdir(parents=True, exist_ok=True)
     with open(src, "rb", buffering=0) as fin, open(dst, "wb", buffering=0) as fout:
-        buf = bytearray(COPY_CHUNK)
+        blocked = block_size > 0 and os.fstat(fin.fileno()).st_size > single_put_size
+        chunk_size = min(COPY_CHUNK, block_size) if blocked else COPY_CHUNK
+        block = hashlib.md5(usedforsecurity=False)
+        in_block = 0
+        buf = bytearray(chunk_size)
         view = memoryview(buf)
         while n := fin.readinto(buf):
             chunk = view[:n]
             md5.update(chunk)
+            if blocked:
+                start = 0
+                while start < n:  # split the chunk at block boundaries
+                    take = min(n - start, block_size - in_block)
+                    block.update(chunk[start : start + take])
+                    in_block += take
+                    start += take
+                    if in_block == block_size:
+                        block_md5s.append(block.digest())
+                        block = hashlib.md5(usedforsecurity=False)
+                        in_block = 0
             written = 0
             while written < n:
                 written += fout.write(chunk[written:]) or 0
             size += n
             progress()
-        if fsync:
-            os.fsync(fout.fileno())
-    return Copied(size=size, md5=md5.digest())
+        if blocked and in_block:
+            block_md5s.append(block.digest())
+    return Copied(size, md5.digest(), block_size if blocked else 0, tuple(block_md5s))
 
 
 def write_atomic(path: Path, data: bytes, tmp_prefix: str) -> None:

@@ -12,8 +12,6 @@ committed: Azure only stores Content-MD5 of a blob put in blocks, it does not ch
 """
 
 import asyncio
-import base64
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 STORAGE_SCOPE = "https://storage.azure.com/.default"
 DEFAULT_BLOCK_SIZE = 8 * 1024 * 1024
+BLOCK_BUDGET_BYTES = 64 * 1024 * 1024
 DEFAULT_SINGLE_PUT_SIZE = 8 * 1024 * 1024
 
 # 4xx answers that no retry can turn into a success. Everything else (5xx, 408, 429, 401/403
@@ -104,18 +103,27 @@ def classify(exc: BaseException) -> UploadError:
     summary = _summary(exc)
     if isinstance(exc, HttpResponseError) and not isinstance(exc, ClientAuthenticationError):
         status = exc.status_code or 0
-        if status in _PERMANENT_STATUS or (
-            status == 400 and getattr(exc, "error_code", None) in _PERMANENT_CODES
-        ):
+        code = _error_code(exc)
+        # Azure answers Md5Mismatch; Azurite answers InvalidOperation "contentMD5 doesn't match".
+        if code == "Md5Mismatch" or (status == 400 and "contentmd5" in str(exc).lower()):
+            return IntegrityError(f"storage received bytes that differ from NFS: {summary}")
+        if status in _PERMANENT_STATUS or (status == 400 and code in _PERMANENT_CODES):
             return PermanentError(f"storage refused the blob: {summary}")
     return RetryableError(summary)
+
+
+def _error_code(exc: BaseException) -> str | None:
+    """The service's error code as a plain string (the SDK gives a str Enum, which hashes by
+    member name, so it would never match a set of strings)."""
+    code = getattr(exc, "error_code", None)
+    return None if code is None else str(getattr(code, "value", code))
 
 
 def _summary(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     first = text[0] if text else ""
     status = getattr(exc, "status_code", None)
-    code = getattr(exc, "error_code", None)
+    code = _error_code(exc)
     prefix = type(exc).__name__ + (f" {status}" if status else "") + (f" {code}" if code else "")
     return f"{prefix}: {first[:300]}" if first else prefix
 
@@ -134,6 +142,9 @@ class Storage:
         single = settings.azure_max_single_put_size
         self.single_put_size = DEFAULT_SINGLE_PUT_SIZE if single is None else single
         self.concurrency = settings.azure_max_concurrency
+        # Bytes of blocks in memory at once, across all uploads: keeps RSS bounded whatever
+        # the number of workers times the per-file concurrency.
+        self._budget = asyncio.Semaphore(max(2, BLOCK_BUDGET_BYTES // self.block_size))
         self._client: BlobServiceClient | None = None
         self._credential: _Closeable | None = None
         self._container: ContainerClient | None = None
@@ -249,22 +260,30 @@ class Storage:
         progress: Callable[[], None],
         log_extra: dict[str, str] | None = None,
     ) -> None:
-        """Upload `local` as block blob `blob_name`; raise UploadError (see errors.py)."""
+        """Upload `local` as block blob `blob_name`; raise UploadError (see errors.py).
+
+        Every request carries the MD5 taken while reading NFS (per block, or of the whole file
+        for a single put) as its transactional Content-MD5, so Azure refuses any byte that
+        changed on the way (400 Md5Mismatch, raised here as IntegrityError).
+        """
         check_blob_name(blob_name)
-        if copied.size > MAX_BLOCKS * self.block_size:
+        if copied.block_md5s and copied.size > MAX_BLOCKS * copied.block_size:
             raise PermanentError(
                 f"file is {copied.size} bytes; a block blob holds at most "
-                f"{MAX_BLOCKS} blocks of {self.block_size} bytes"
+                f"{MAX_BLOCKS} blocks of {copied.block_size} bytes"
             )
         blob = self.container.get_blob_client(blob_name)
         settings = ContentSettings(content_md5=bytearray(copied.md5))
         try:
-            with open(local, "rb") as f:
-                if copied.size <= self.single_put_size:
+            with open(local, "rb", buffering=0) as f:
+                if not copied.block_md5s:
                     data = await anyio.to_thread.run_sync(f.read)
-                    _verify(hashlib.md5(data, usedforsecurity=False), len(data), copied, log_extra)
+                    _check_length(len(data), copied, log_extra)
                     await blob.upload_blob(
-                        data, overwrite=True, validate_content=True, content_settings=settings
+                        data,
+                        overwrite=True,
+                        content_settings=settings,
+                        transactional_content_md5=copied.md5,
                     )
                 else:
                     ids = await self._put_blocks(blob, f, copied, progress, log_extra)
@@ -272,7 +291,10 @@ class Storage:
         except FileNotFoundError:
             raise RetryableError(f"staged copy of {blob_name} vanished; staging again") from None
         except Exception as exc:
-            raise classify(exc) from exc
+            error = classify(exc)
+            if isinstance(error, IntegrityError) and not isinstance(exc, IntegrityError):
+                _log_mismatch(str(error), log_extra)
+            raise error from exc
         progress()
 
     async def _put_blocks(
@@ -283,50 +305,44 @@ class Storage:
         progress: Callable[[], None],
         log_extra: dict[str, str] | None,
     ) -> list[str]:
-        md5 = hashlib.md5(usedforsecurity=False)
         ids: list[str] = []
         sent = 0
         slots = asyncio.Semaphore(self.concurrency)
 
-        def read_block() -> bytes:
-            data = f.read(self.block_size)
-            md5.update(data)
-            return data
-
-        async def put(block_id: str, data: bytes) -> None:
+        async def put(block_id: str, data: bytes, md5: bytes) -> None:
             try:
-                await blob.stage_block(block_id, data, validate_content=True)
+                await blob.stage_block(block_id, data, transactional_content_md5=md5)
                 progress()
             finally:
                 slots.release()
+                self._budget.release()
 
         async with asyncio.TaskGroup() as tg:
-            while True:
+            for index, md5 in enumerate(copied.block_md5s):
                 await slots.acquire()
-                data = await anyio.to_thread.run_sync(read_block)
+                await self._budget.acquire()
+                data = await anyio.to_thread.run_sync(f.read, copied.block_size)
                 if not data:
                     slots.release()
+                    self._budget.release()
                     break
-                block_id = base64.b64encode(f"{len(ids):08d}".encode()).decode()
+                block_id = f"{index:08d}"
                 ids.append(block_id)
                 sent += len(data)
-                tg.create_task(put(block_id, data))
-        _verify(md5, sent, copied, log_extra)
+                tg.create_task(put(block_id, data, md5))
+        _check_length(sent + len(f.read(1)), copied, log_extra)
         return ids
 
 
-def _verify(md5: Any, sent: int, copied: Copied, log_extra: dict[str, str] | None) -> None:
-    if sent != copied.size or md5.digest() != copied.md5:
-        logger.error(
-            "INTEGRITY MISMATCH: bytes sent (%d, md5 %s) differ from the bytes copied from NFS "
-            "(%d, md5 %s); not committing",
-            sent,
-            md5.hexdigest(),
-            copied.size,
-            copied.md5.hex(),
-            extra=log_extra,
-        )
-        raise IntegrityError("bytes sent differ from bytes copied from NFS (MD5 mismatch)")
+def _log_mismatch(reason: str, log_extra: dict[str, str] | None) -> None:
+    logger.error("INTEGRITY MISMATCH: %s; not committing", reason, extra=log_extra)
+
+
+def _check_length(sent: int, copied: Copied, log_extra: dict[str, str] | None) -> None:
+    if sent != copied.size:
+        reason = f"staged copy has {sent} bytes, {copied.size} were read from NFS"
+        _log_mismatch(reason, log_extra)
+        raise IntegrityError(reason)
 
 
 async def _ensure_container(container: ContainerClient) -> None:

@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 # Test seams: called with the staged path between stage and upload; the rename and the copy.
 StagedHook = Callable[[Path], None]
 MoveFn = Callable[[Path, Path], bool]
-CopyFn = Callable[[Path, Path, Callable[[], None]], Copied]
+CopyFn = Callable[..., Copied]
 
 
 @dataclass
@@ -274,7 +274,10 @@ class Pipeline:
     async def _stage(self, item: WorkItem, src: Path, dst: Path, slot: Slot) -> Copied:
         try:
             return await self.nfs.call_watched(
-                lambda: self._copy(src, dst, slot.touch), lambda: slot.progress
+                lambda: self._copy(
+                    src, dst, slot.touch, self.storage.block_size, self.storage.single_put_size
+                ),
+                lambda: slot.progress,
             )
         except FileNotFoundError as exc:
             if exc.filename is not None and Path(exc.filename) == dst.parent:
