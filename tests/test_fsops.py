@@ -89,6 +89,16 @@ def test_scan_dir_skips_folders_links_and_filtered(tmp_path: Path) -> None:
     assert fsops.scan_dir(tmp_path / "missing", frozenset()) == {}
 
 
+def test_scan_skips_the_stat_of_files_too_young_to_claim(tmp_path: Path) -> None:
+    (tmp_path / "young").write_bytes(b"1")
+    (tmp_path / "old").write_bytes(b"1")
+    known = {"young": (99, 2_000), "old": (99, 1_000), "gone": (1, 1)}
+    result = fsops.scan_dir(tmp_path, frozenset(), known, young_ns=1_500)
+    assert result["young"] == (99, 2_000)  # carried, not stat'ed
+    assert result["old"][0] == 1  # stat'ed: real size
+    assert "gone" not in result  # the listing still says what exists
+
+
 def test_prune_keeps_live_sessions(tmp_path: Path) -> None:
     for s in ("live", "idle", "busy"):
         (tmp_path / "20260101" / s).mkdir(parents=True)

@@ -55,7 +55,9 @@ class FakeScan:
         self.maps: dict[str, ScanMap] = {}
         self.calls = 0
 
-    def __call__(self, path: Path, extensions: frozenset[str]) -> ScanMap:
+    def __call__(
+        self, path: Path, extensions: frozenset[str], known: ScanMap, young_ns: int
+    ) -> ScanMap:
         self.calls += 1
         return dict(self.maps.get(path.name, {}))
 
@@ -119,7 +121,7 @@ async def test_scan_error_keeps_heartbeat_stale(parts: tuple[Settings, Sessions,
     settings, sessions, pipeline = parts
     sessions.by_name["s"] = Session("s", "20260101", "active", 0.0)
 
-    def broken(path: Path, extensions: frozenset[str]) -> ScanMap:
+    def broken(path: Path, extensions: frozenset[str], known: ScanMap, young_ns: int) -> ScanMap:
         raise OSError(116, "Stale file handle")
 
     watcher = Watcher(settings, sessions, pipeline, Nfs(5), scan=broken)

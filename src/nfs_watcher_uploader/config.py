@@ -44,7 +44,8 @@ class Settings(BaseSettings):
 
     # Queue and workers
     max_queue_size: int = Field(default=2000, ge=1)
-    worker_concurrency: int = Field(default=4, ge=1)
+    # 16 beat 4 and 8 in `make bench` (small files 2.4 s vs 3.0 s) at 214 MiB peak RSS.
+    worker_concurrency: int = Field(default=16, ge=1)
 
     # Azure upload tuning (None = this service's defaults, see storage.py)
     azure_max_block_size: int | None = Field(default=None, ge=64 * 1024, le=4000 * 1024 * 1024)

@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 STORAGE_SCOPE = "https://storage.azure.com/.default"
 DEFAULT_BLOCK_SIZE = 8 * 1024 * 1024
 BLOCK_BUDGET_BYTES = 64 * 1024 * 1024
+# Files up to this size are staged in memory (at most one per worker at a time).
+IN_MEMORY_MAX = 1024 * 1024
 DEFAULT_SINGLE_PUT_SIZE = 8 * 1024 * 1024
 
 # 4xx answers that no retry can turn into a success. Everything else (5xx, 408, 429, 401/403
@@ -142,6 +144,7 @@ class Storage:
         single = settings.azure_max_single_put_size
         self.single_put_size = DEFAULT_SINGLE_PUT_SIZE if single is None else single
         self.concurrency = settings.azure_max_concurrency
+        self.in_memory_max = min(IN_MEMORY_MAX, self.single_put_size)
         # Bytes of blocks in memory at once, across all uploads: keeps RSS bounded whatever
         # the number of workers times the per-file concurrency.
         self._budget = asyncio.Semaphore(max(2, BLOCK_BUDGET_BYTES // self.block_size))
@@ -275,6 +278,15 @@ class Storage:
         blob = self.container.get_blob_client(blob_name)
         settings = ContentSettings(content_md5=bytearray(copied.md5))
         try:
+            if copied.data is not None:
+                await blob.upload_blob(
+                    copied.data,
+                    overwrite=True,
+                    content_settings=settings,
+                    transactional_content_md5=copied.md5,
+                )
+                progress()
+                return
             with open(local, "rb", buffering=0) as f:
                 if not copied.block_md5s:
                     data = await anyio.to_thread.run_sync(f.read)

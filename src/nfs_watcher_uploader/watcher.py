@@ -24,7 +24,7 @@ from nfs_watcher_uploader.worker import Pipeline
 
 logger = logging.getLogger(__name__)
 
-ScanFn = Callable[[Path, frozenset[str]], ScanMap]
+ScanFn = Callable[[Path, frozenset[str], ScanMap, int], ScanMap]
 
 
 def stable_files(
@@ -88,8 +88,11 @@ class Watcher:
             del self._previous[gone]
             self._oldest.pop(gone, None)
         healthy = True
-        for session in watched:
-            healthy &= await self._scan_session(session)
+        # With the queue full nothing could be offered: skip the scan. The next comparison then
+        # spans a longer interval, which only makes "unchanged" a stronger sign of "complete".
+        if not self.pipeline.queue.full():
+            for session in watched:
+                healthy &= await self._scan_session(session)
         if healthy:
             self.heartbeat = time.monotonic()
             self.last_scan_ok = self._clock()
@@ -98,8 +101,10 @@ class Watcher:
         folder = self.settings.nfs_incoming_dir / session.name
         started = self._clock()
         exts = self.settings.file_extensions
+        previous = self._previous.get(session.name, {})
+        young_ns = int((started - self.settings.min_file_age_s) * 1e9)
         try:
-            current = await self.nfs.call(lambda: self._scan(folder, exts))
+            current = await self.nfs.call(lambda: self._scan(folder, exts, previous, young_ns))
         except OSError as exc:
             self.scan_errors += 1
             logger.warning(
@@ -107,7 +112,6 @@ class Watcher:
             )
             return False
         session.last_scan = time.monotonic()
-        previous = self._previous.get(session.name, {})
         self._previous[session.name] = current
         ready = stable_files(
             previous, current, started, self.settings.min_file_age_s, session.pending

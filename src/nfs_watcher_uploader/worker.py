@@ -34,8 +34,9 @@ from nfs_watcher_uploader.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
 
-# Test seams: called with the staged path between stage and upload; the rename and the copy.
-StagedHook = Callable[[Path], None]
+# Test seams: called between stage and upload with the staged path and what was read (it may
+# return a replacement, to corrupt an in-memory copy); the rename; the copy.
+StagedHook = Callable[[Path, Copied], Copied | None]
 MoveFn = Callable[[Path, Path], bool]
 CopyFn = Callable[..., Copied]
 
@@ -222,7 +223,7 @@ class Pipeline:
         if item.attempt == 0:
             session.bytes_seen += copied.size
         if self._on_staged is not None:
-            self._on_staged(staged)
+            copied = self._on_staged(staged, copied) or copied
         start = time.monotonic()
         with t.step("upload", **{"blob.name": item.blob_name, "file.size": copied.size}):
             await self.storage.upload(
@@ -236,7 +237,8 @@ class Pipeline:
             except OSError as exc:
                 raise RetryableError(f"cannot mark completed: {exc}") from exc
         try:
-            staged.unlink(missing_ok=True)
+            if copied.data is None:  # small files were staged in memory
+                staged.unlink(missing_ok=True)
         except OSError:
             logger.warning("Could not delete staged copy %s", staged, extra=_log_extra(item))
         session.pending.pop(item.filename, None)
@@ -275,7 +277,12 @@ class Pipeline:
         try:
             return await self.nfs.call_watched(
                 lambda: self._copy(
-                    src, dst, slot.touch, self.storage.block_size, self.storage.single_put_size
+                    src,
+                    dst,
+                    slot.touch,
+                    self.storage.block_size,
+                    self.storage.single_put_size,
+                    self.storage.in_memory_max,
                 ),
                 lambda: slot.progress,
             )

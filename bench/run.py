@@ -1,0 +1,322 @@
+"""`make bench`: the service against rclone and the raw async SDK, on one Azurite, in one run.
+
+Per file set (small: 1,000 x 64 KiB; large: 4 x 128 MiB; `--scale` multiplies the counts):
+  service  end to end, from the moment the files appear in incoming/<session>/ (hard links,
+           made after the clock starts) until the service has committed the last blob;
+  rclone   `rclone copy` with its defaults;
+  raw      the async SDK uploading straight from the files (the limit of machine and Azurite).
+Then the cost of watching 10,000 waiting files at a 1 s poll (CPU and RSS over time).
+Prints a table and writes the same figures as JSON. No assertions: the figures are the output.
+"""
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.helpers import Azurite, free_port, make_settings, service_env  # noqa: E402
+
+BIN = Path(sys.executable).parent
+MIB = 1024 * 1024
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Result:
+    set: str
+    way: str
+    files: int
+    bytes: int
+    seconds: float
+    cpu_seconds: float
+
+    @property
+    def mib_s(self) -> float:
+        return self.bytes / MIB / self.seconds
+
+    @property
+    def files_s(self) -> float:
+        return self.files / self.seconds
+
+    @property
+    def cpu_s_per_gib(self) -> float:
+        return self.cpu_seconds / (self.bytes / 1024**3)
+
+
+def proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+
+
+def proc_mem(pid: int, key: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(key)
+
+
+def make_set(folder: Path, count: int, size: int, seed: int) -> int:
+    folder.mkdir(parents=True)
+    rng = random.Random(seed)
+    for i in range(count):
+        (folder / f"f{i:05d}.bin").write_bytes(rng.randbytes(size))
+    return count * size
+
+
+class Service:
+    """The service as its own process, configured for the benchmark."""
+
+    def __init__(
+        self,
+        root: Path,
+        azurite: Azurite,
+        container: str,
+        extra_env: dict[str, str] | None = None,
+        **overrides: Any,
+    ):
+        self.settings = make_settings(root, azurite, container, **overrides)
+        self.port = free_port()
+        env = service_env(self.settings)
+        env.update(APP_HOST="127.0.0.1", APP_PORT=str(self.port), **(extra_env or {}))
+        root.mkdir(parents=True, exist_ok=True)
+        self.log = open(root / "service.log", "wb")
+        self.proc = subprocess.Popen(
+            [str(BIN / "nfs-watcher-uploader")], env=env, stdout=self.log, stderr=self.log
+        )
+        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30)
+        self._wait(lambda: self.http.get("/readyz").status_code == 200, 60)
+
+    def _wait(self, condition: Any, timeout: float, interval: float = 0.01) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if condition():
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(interval)
+        raise RuntimeError(f"benchmark service: timed out; see {self.log.name}")
+
+    def processed(self) -> int:
+        return self.http.get("/v1/status").json()["processed_ok"]
+
+    def upload(self, set_name: str, src: Path, total: int) -> Result:
+        session = f"bench-{set_name}"
+        self.http.post("/v1/watch/start", json={"session_name": session}).raise_for_status()
+        incoming = self.settings.nfs_incoming_dir / session
+        files = sorted(src.iterdir())
+        before, cpu0 = self.processed(), proc_cpu(self.proc.pid)
+        profiler = self._profile(set_name)
+        started = time.perf_counter()
+        for path in files:
+            os.link(path, incoming / path.name)
+        self._wait(lambda: self.processed() >= before + len(files), 3600, 0.025)
+        seconds = time.perf_counter() - started
+        cpu = proc_cpu(self.proc.pid) - cpu0
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait(60)
+        self.http.post("/v1/watch/stop").raise_for_status()
+        return Result(set_name, "service", len(files), total, seconds, cpu)
+
+    def _profile(self, set_name: str) -> subprocess.Popen[bytes] | None:
+        """With BENCH_PROFILE=DIR, py-spy samples the service during the upload (its CPU
+        figures then include the sampling)."""
+        folder = os.environ.get("BENCH_PROFILE")
+        if not folder:
+            return None
+        out = Path(folder) / f"service-{set_name}.speedscope.json"
+        cmd = [str(BIN / "py-spy"), "record", "--pid", str(self.proc.pid), "-r", "200"]
+        proc = subprocess.Popen([*cmd, "-f", "speedscope", "-o", str(out), "--threads"])
+        time.sleep(1)
+        return proc
+
+    def stop(self) -> float:
+        peak = proc_mem(self.proc.pid, "VmHWM")
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(60)
+        self.http.close()
+        self.log.close()
+        return peak
+
+
+def timed_child(args: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+    """Run a command; return (wall seconds, the child's CPU seconds from wait4, stdout)."""
+    with tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=err)
+        with proc.stdout as stdout:  # type: ignore[union-attr]
+            out = stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            err.seek(0)
+            raise RuntimeError(f"{args[0]} failed: {err.read().decode()[-2000:]}")
+    return seconds, usage.ru_utime + usage.ru_stime, out.decode()
+
+
+def rclone(set_name: str, src: Path, total: int, azurite: Azurite) -> Result:
+    env = dict(os.environ)
+    env.update(
+        RCLONE_CONFIG_AZ_TYPE="azureblob",
+        RCLONE_CONFIG_AZ_ACCOUNT="devstoreaccount1",
+        RCLONE_CONFIG_AZ_KEY=azurite.connection_string.split("AccountKey=")[1].split(";")[0],
+        RCLONE_CONFIG_AZ_ENDPOINT=azurite.url,
+    )
+    seconds, cpu, _ = timed_child(
+        [str(BIN / "rclone"), "copy", str(src), f"az:rclone-{set_name}"], env
+    )
+    return Result(set_name, "rclone", len(list(src.iterdir())), total, seconds, cpu)
+
+
+def raw(set_name: str, src: Path, total: int, azurite: Azurite) -> Result:
+    env = dict(os.environ, AZURE_STORAGE_CONNECTION_STRING=azurite.connection_string)
+    _, cpu, out = timed_child(
+        [sys.executable, "-m", "bench.raw", "--container", f"raw-{set_name}", "--src", str(src)],
+        env,
+    )
+    seconds = json.loads(out)["seconds"]
+    return Result(set_name, "raw", len(list(src.iterdir())), total, seconds, cpu)
+
+
+def idle_watch(root: Path, azurite: Azurite, files: int, seconds: float) -> dict[str, Any]:
+    """CPU and RSS of a service watching `files` waiting files at a 1 s poll."""
+    svc = Service(
+        root, azurite, "idle", poll_interval_s=1.0, min_file_age_s=600, gc_interval_s=30.0
+    )
+    svc.http.post("/v1/watch/start", json={"session_name": "idle"}).raise_for_status()
+    incoming = svc.settings.nfs_incoming_dir / "idle"
+    for i in range(files):
+        (incoming / f"w{i:05d}.bin").write_bytes(b"x")
+    time.sleep(3)  # let the first scans see every file before measuring
+    rss: list[float] = []
+    cpu0, started = proc_cpu(svc.proc.pid), time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        time.sleep(1)
+        rss.append(round(proc_mem(svc.proc.pid, "VmRSS"), 1))
+    core = (proc_cpu(svc.proc.pid) - cpu0) / (time.perf_counter() - started)
+    status = svc.http.get("/v1/sessions/idle").json()
+    svc.stop()
+    return {
+        "files": files,
+        "seconds": seconds,
+        "core_percent": round(core * 100, 2),
+        "waiting_seen": status["waiting"],
+        "rss_mib_first": rss[0],
+        "rss_mib_last": rss[-1],
+        "rss_mib_max": max(rss),
+    }
+
+
+def print_table(results: list[Result], peak_rss: float, idle: dict[str, Any]) -> None:
+    print(
+        f"\n{'set':<6} {'way':<8} {'files':>6} {'MiB':>8} {'seconds':>8} {'MiB/s':>8} "
+        f"{'files/s':>8} {'CPU s':>7} {'CPU s/GiB':>9}"
+    )
+    for r in results:
+        print(
+            f"{r.set:<6} {r.way:<8} {r.files:>6} {r.bytes / MIB:>8.1f} {r.seconds:>8.2f} "
+            f"{r.mib_s:>8.1f} {r.files_s:>8.1f} {r.cpu_seconds:>7.2f} {r.cpu_s_per_gib:>9.2f}"
+        )
+    print()
+    for set_name in dict.fromkeys(r.set for r in results):
+        by = {r.way: r for r in results if r.set == set_name}
+        s, rc, rw = by["service"], by["rclone"], by["raw"]
+        print(
+            f"{set_name}: time service/rclone {s.seconds / rc.seconds:.2f} "
+            f"(rclone/service {rc.seconds / s.seconds:.2f}), "
+            f"service/raw {s.seconds / rw.seconds:.2f} "
+            f"(service rate / raw rate {rw.seconds / s.seconds:.2f}); "
+            f"CPU s/GiB service {s.cpu_s_per_gib:.2f} vs rclone {rc.cpu_s_per_gib:.2f}"
+        )
+    print(f"service peak RSS (VmHWM, whole transfer run): {peak_rss:.1f} MiB")
+    print(
+        f"idle watch of {idle['files']} waiting files at 1 s poll: {idle['core_percent']:.2f}% "
+        f"of a core over {idle['seconds']:.0f} s; RSS first {idle['rss_mib_first']} MiB, "
+        f"last {idle['rss_mib_last']} MiB, max {idle['rss_mib_max']} MiB"
+    )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description="the service against rclone and the raw SDK")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply the file counts")
+    parser.add_argument("--tiny", action="store_true", help="a few files: proves the bench works")
+    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latest.json")
+    parser.add_argument("--idle-files", type=int, default=10_000)
+    parser.add_argument("--idle-seconds", type=float, default=20.0)
+    parser.add_argument("--sets", default="small,large")
+    parser.add_argument(
+        "--service-env",
+        action="append",
+        default=[],
+        metavar="APP_X=VALUE",
+        help="extra settings for the service under test (to compare against the defaults)",
+    )
+    args = parser.parse_args(argv)
+
+    sets = {"small": (1000, 64 * 1024), "large": (4, 128 * MIB)}
+    if args.tiny:
+        sets = {"small": (20, 64 * 1024), "large": (2, 2 * MIB)}
+        args.idle_files, args.idle_seconds = 200, 2.0
+    chosen = [s for s in args.sets.split(",") if s]
+    work = Path(tempfile.mkdtemp(prefix="nwu-bench-"))
+    azurite = Azurite()
+    azurite.start()
+    results: list[Result] = []
+    try:
+        extra = dict(kv.split("=", 1) for kv in args.service_env)
+        service = Service(
+            work / "svc", azurite, "service", extra, poll_interval_s=0.1, min_file_age_s=0
+        )
+        for i, name in enumerate(chosen):
+            count, size = sets[name]
+            count = max(1, round(count * args.scale))
+            src = work / "src" / name
+            total = make_set(src, count, size, seed=i)
+            results.append(service.upload(name, src, total))
+            results.append(rclone(name, src, total, azurite))
+            results.append(raw(name, src, total, azurite))
+        peak_rss = service.stop()
+        idle = idle_watch(work / "idle", azurite, args.idle_files, args.idle_seconds)
+    finally:
+        azurite.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    print_table(results, peak_rss, idle)
+    report = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "command": " ".join(["python -m bench.run", *(argv if argv is not None else sys.argv[1:])]),
+        "results": [
+            {**asdict(r), "mib_s": r.mib_s, "files_s": r.files_s, "cpu_s_per_gib": r.cpu_s_per_gib}
+            for r in results
+        ],
+        "service_peak_rss_mib": peak_rss,
+        "idle_watch": idle,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2))
+    print(f"figures written to {args.json}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
