@@ -6,12 +6,14 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from nfs_watcher_uploader.errors import PermanentError
+from nfs_watcher_uploader.fsops import Copied
 
 from .helpers import (
     Azurite,
@@ -127,11 +129,11 @@ def test_storage_outage_is_ridden_out_without_restart(
 
 @pytest.fixture
 def small_staging(tmp_path: Path) -> Iterator[Path | None]:
-    """A 2 MiB tmpfs as the staging disk, where this runner may mount; else None."""
+    """A 4 MiB tmpfs as the staging disk, where this runner may mount; else None."""
     mount = tmp_path / "staging"
     mount.mkdir()
     result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True
     )
     if result.returncode != 0:
         yield None
@@ -164,9 +166,10 @@ def test_staging_disk_full_waits_and_lands(
     filler = settings.local_staging_root / "filler"
     if small_staging is not None:
         with open(filler, "wb") as f:  # fill the disk, leaving less than one file of room
-            f.write(b"\0" * (2 * 1024 * 1024 - 64 * 1024))
+            f.write(b"\0" * (4 * 1024 * 1024 - 64 * 1024))
     date = running.post("/v1/watch/start", json={"session_name": "full"}).json()["date_prefix"]
-    expected = {f"f{i}": os.urandom(300 * 1024) for i in range(5)}
+    # Over 1 MiB, so they are staged on disk, not in memory; together more than the disk holds.
+    expected = {f"f{i}": os.urandom(1200 * 1024) for i in range(5)}
     for name, data in expected.items():
         write_file(settings.nfs_incoming_dir / "full" / name, data)
     wait_for(lambda: running.get("/v1/status").json()["retrying"] > 0, timeout=30)
@@ -241,13 +244,17 @@ def test_corrupted_staging_copy_is_never_committed(
 ) -> None:
     corrupted: list[str] = []
 
-    def corrupt_once(staged: Path) -> None:
-        if staged.name not in corrupted:
-            corrupted.append(staged.name)
-            with open(staged, "r+b") as f:
-                first = f.read(1)
-                f.seek(0)
-                f.write(bytes([first[0] ^ 0xFF]))
+    def corrupt_once(staged: Path, copied: Copied) -> Copied | None:
+        if staged.name in corrupted:
+            return None
+        corrupted.append(staged.name)
+        if copied.data is not None:  # staged in memory
+            return replace(copied, data=bytes([copied.data[0] ^ 0xFF]) + copied.data[1:])
+        with open(staged, "r+b") as f:  # staged on disk
+            first = f.read(1)
+            f.seek(0)
+            f.write(bytes([first[0] ^ 0xFF]))
+        return None
 
     settings = settings_factory(azure_max_single_put_size=64 * 1024, azure_max_block_size=64 * 1024)
     running = service_factory(settings, on_staged=corrupt_once)
@@ -270,7 +277,7 @@ def test_permanent_errors_park_and_retry_on_request(
 ) -> None:
     refuse = {"refused-once.bin"}
 
-    def refuse_once(staged: Path) -> None:
+    def refuse_once(staged: Path, copied: Copied) -> None:
         if staged.name in refuse:
             refuse.discard(staged.name)
             raise PermanentError("injected: storage refused this file")

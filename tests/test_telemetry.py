@@ -4,6 +4,7 @@ import json
 import os
 import signal
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +39,11 @@ def test_spans_and_metrics_reach_an_otlp_receiver(
 ) -> None:
     corrupted: set[str] = set()
 
-    def corrupt_once(staged: Path) -> None:  # makes one upload step fail, then succeed
+    def corrupt_once(staged: Path, copied: Any) -> Any:  # one upload step fails, then succeeds
         if staged.name == "flaky.bin" and staged.name not in corrupted:
             corrupted.add(staged.name)
-            staged.write_bytes(b"not the bytes that were copied")
+            return replace(copied, data=b"not the bytes that were copied")
+        return None
 
     settings = settings_factory(azure_max_single_put_size=64 * 1024)
     running = service_factory(settings, on_staged=corrupt_once)

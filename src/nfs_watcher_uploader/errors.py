@@ -4,6 +4,7 @@
      +-- RetryableError    transient (network, 5xx/408/429, auth, NFS EIO/ESTALE, ENOSPC on
      |    |                staging): keep the file where it is and try again after a backoff.
      |    +-- IntegrityError   the bytes sent do not hash to the MD5 taken while copying.
+     |    +-- CompletionPending  the blob is committed; only the "completed" rename failed.
      +-- PermanentError    cannot succeed by retrying (invalid blob name, too large for a block
                            blob, source vanished): park the file with its reason, never delete it.
 
@@ -22,6 +23,10 @@ class RetryableError(UploadError):
 
 class IntegrityError(RetryableError):
     """The bytes that went out differ from the bytes that were copied."""
+
+
+class CompletionPending(RetryableError):
+    """The blob is committed but the file could not be marked completed: retry only that."""
 
 
 class PermanentError(UploadError):

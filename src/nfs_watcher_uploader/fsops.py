@@ -21,6 +21,9 @@ from nfs_watcher_uploader.constants import COPY_CHUNK, DATE_DIR_RE
 
 # name -> (size, mtime_ns): what the watcher compares between two scans.
 ScanMap = dict[str, tuple[int, int]]
+# Stands for "present, but its attributes could not be read this time" (a stale handle): the
+# file is neither ready nor gone.
+UNKNOWN = (-1, -1)
 
 # Errors that say "the file (or a handle on it) is gone". On NFS, ESTALE may also be a passing
 # fault, so callers look again before drawing a conclusion.
@@ -81,14 +84,37 @@ def scan_dir(
                     if not entry.is_file(follow_symlinks=False):
                         continue
                     st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
                 except OSError as exc:
-                    if exc.errno in GONE_ERRNOS:
+                    if exc.errno == errno.ESTALE:
+                        result[name] = UNKNOWN
                         continue
                     raise
                 result[name] = (st.st_size, st.st_mtime_ns)
     except FileNotFoundError:
         pass
     return result
+
+
+def exists(path: Path) -> bool:
+    """Like os.path.lexists, but only a real ENOENT means "absent": ESTALE, EIO or a timeout
+    raise, because on NFS they say nothing about whether the file is there."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _exists_retrying(path: Path, attempts: int = 5) -> bool:
+    for attempt in range(attempts):
+        try:
+            return exists(path)
+        except OSError as exc:
+            if exc.errno != errno.ESTALE or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def move(src: Path, dst: Path) -> bool:
@@ -106,8 +132,8 @@ def move(src: Path, dst: Path) -> bool:
         except OSError as exc:
             if exc.errno not in GONE_ERRNOS:
                 raise
-            if not os.path.lexists(src):
-                return os.path.lexists(dst)
+            if not _exists_retrying(src):
+                return _exists_retrying(dst)
             # The source is still there: the destination folder is missing, or a handle went
             # stale. Make sure the folder exists and try again.
             os.makedirs(dst.parent, exist_ok=True)

@@ -19,6 +19,8 @@ class WorkItem:
     filename: str
     claimed: bool
     attempt: int = 0
+    # The blob is committed; only the "completed" rename is left to do.
+    uploaded: bool = False
 
     @property
     def blob_name(self) -> str:

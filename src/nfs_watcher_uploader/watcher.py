@@ -33,7 +33,7 @@ def stable_files(
     """Names in `current` that are ready to claim, oldest first."""
     ready: list[tuple[int, str]] = []
     for name, (size, mtime_ns) in current.items():
-        if name in skip or previous.get(name) != (size, mtime_ns):
+        if name in skip or mtime_ns < 0 or previous.get(name) != (size, mtime_ns):
             continue
         if now - mtime_ns / 1e9 < min_age:
             continue

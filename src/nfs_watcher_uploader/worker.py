@@ -15,7 +15,6 @@ import asyncio
 import heapq
 import json
 import logging
-import os
 import random
 import time
 from collections.abc import Callable
@@ -25,7 +24,12 @@ from pathlib import Path
 from nfs_watcher_uploader import fsops
 from nfs_watcher_uploader.config import Settings
 from nfs_watcher_uploader.constants import COMPLETED_DIR, FAILED_DIR, FAILED_REASONS_DIR
-from nfs_watcher_uploader.errors import PermanentError, RetryableError, UploadError
+from nfs_watcher_uploader.errors import (
+    CompletionPending,
+    PermanentError,
+    RetryableError,
+    UploadError,
+)
 from nfs_watcher_uploader.fsops import Copied, Nfs
 from nfs_watcher_uploader.models import WorkItem
 from nfs_watcher_uploader.sessions import Session, Sessions
@@ -202,6 +206,9 @@ class Pipeline:
                 if not item.claimed:
                     item = await self._claim(item, session)
                 await self.process(item, slot, session)
+            except CompletionPending as exc:
+                self.telemetry.failed_attempt(span, exc)
+                self._retry_later(replace(item, uploaded=True), session, str(exc))
             except RetryableError as exc:
                 self.telemetry.failed_attempt(span, exc)
                 self._retry_later(item, session, str(exc))
@@ -210,9 +217,17 @@ class Pipeline:
                 await self._park(item, session, str(exc))
             except _Skip:
                 session.pending.pop(item.filename, None)
+            except Exception as exc:  # a bug must cost one retry, never the worker
+                logger.exception("Unexpected error on %s", item.filename, extra=_log_extra(item))
+                self.telemetry.failed_attempt(span, exc)
+                self._retry_later(item, session, f"unexpected {type(exc).__name__}: {exc}")
 
     async def process(self, item: WorkItem, slot: Slot, session: Session) -> None:
         """Stage, upload and complete one claimed file. Raises UploadError."""
+        if item.uploaded:  # an earlier attempt committed the blob
+            await self._complete(item)
+            self._count_uploaded(item, session, None)
+            return
         processing = item.source_path
         staged = self.settings.local_staging_root / item.date_prefix / item.session_name
         staged = staged / item.filename
@@ -230,26 +245,36 @@ class Pipeline:
                 staged, item.blob_name, copied, slot.touch, log_extra=_log_extra(item)
             )
         t.uploaded(copied.size, time.monotonic() - start)
-        with t.step("complete"):
-            done = self._completed / item.date_prefix / item.session_name / item.filename
-            try:
-                await self.nfs.call(lambda: fsops.move(processing, done))
-            except OSError as exc:
-                raise RetryableError(f"cannot mark completed: {exc}") from exc
         try:
             if copied.data is None:  # small files were staged in memory
                 staged.unlink(missing_ok=True)
         except OSError:
             logger.warning("Could not delete staged copy %s", staged, extra=_log_extra(item))
+        await self._complete(item)
+        self._count_uploaded(item, session, copied.size)
+
+    async def _complete(self, item: WorkItem) -> None:
+        """Move the claimed file into the completed tree (GC deletes it later)."""
+        done = self._completed / item.date_prefix / item.session_name / item.filename
+        with self.telemetry.step("complete"):
+            try:
+                moved = await self.nfs.call(lambda: fsops.move(item.source_path, done))
+            except OSError as exc:
+                raise CompletionPending(f"blob committed, cannot mark completed: {exc}") from exc
+        if not moved:  # neither side is there: GC already took the marker
+            logger.info("Completed marker of %s already collected", item.filename)
+
+    def _count_uploaded(self, item: WorkItem, session: Session, size: int | None) -> None:
         session.pending.pop(item.filename, None)
         session.uploaded += 1
-        session.bytes_uploaded += copied.size
         self.processed_ok += 1
-        self.bytes_uploaded += copied.size
+        if size is not None:
+            session.bytes_uploaded += size
+            self.bytes_uploaded += size
         logger.info(
             "Uploaded %s",
             item.blob_name,
-            extra={**_log_extra(item), "blob_name": item.blob_name, "size_bytes": copied.size},
+            extra={**_log_extra(item), "blob_name": item.blob_name, "size_bytes": size},
         )
 
     async def _claim(self, item: WorkItem, session: Session) -> WorkItem:
@@ -259,14 +284,9 @@ class Pipeline:
             try:
                 claimed = await self.nfs.call(lambda: self._move(item.source_path, processing))
             except OSError as exc:
-                # Still in incoming: the watcher offers it again once it is stable.
-                logger.warning(
-                    "Claim of %s failed (%s); will try again",
-                    item.filename,
-                    exc,
-                    extra=_log_extra(item),
-                )
-                raise _Skip from exc
+                # Unknown whether the rename happened (NFS can report a failure for a rename
+                # that succeeded): retry it; `fsops.move` then sees where the file is.
+                raise RetryableError(f"claim failed: {exc}") from exc
         if not claimed:
             logger.debug("Lost the claim race for %s", item.filename, extra=_log_extra(item))
             raise _Skip
@@ -297,10 +317,13 @@ class Pipeline:
     async def _source_vanished(self, item: WorkItem, src: Path, exc: OSError) -> Copied:
         done = self._completed / item.date_prefix / item.session_name / item.filename
         try:
-            already = await self.nfs.call(lambda: os.path.lexists(done) or os.path.lexists(src))
+            completed = await self.nfs.call(lambda: fsops.exists(done))
+            still_there = completed or await self.nfs.call(lambda: fsops.exists(src))
         except OSError:
-            already = True  # cannot tell: look again later
-        if already:
+            raise RetryableError(f"source not readable yet: {exc}") from exc
+        if completed:  # an earlier attempt committed the blob and marked it completed
+            raise CompletionPending("already marked completed") from exc
+        if still_there:
             raise RetryableError(f"source not readable yet: {exc}") from exc
         raise PermanentError(f"claimed file vanished from {src.parent}") from exc
 

@@ -1,0 +1,221 @@
+"""A FUSE passthrough filesystem that misbehaves like NFS on a bad day, under a test's control.
+
+It mounts a backing folder and, as the test says:
+- fails a fraction of getattr/open/rename/readdir calls with ESTALE, and of reads with EIO;
+- adds latency to every call;
+- caches attributes and entries for N seconds (FUSE attr_timeout/entry_timeout, like `actimeo`);
+- stalls every call until released, like a hard mount whose server went away.
+Files are written by "another client" straight into the backing folder, as a recorder on the
+NFS server would. Every injected fault is counted.
+"""
+
+import errno
+import os
+import random
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from mfusepy import FUSE, FuseOSError, Operations
+
+STAT_KEYS = ("st_mode", "st_nlink", "st_uid", "st_gid", "st_size", "st_atime", "st_mtime",
+             "st_ctime", "st_ino")  # fmt: skip
+
+
+class Faults:
+    """What to inject; thread-safe, changeable while mounted."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self.estale = 0.0  # fraction of getattr/open/rename/readdir calls
+        self.eio = 0.0  # fraction of reads
+        self.latency = 0.0  # seconds added to every call
+        self._running = threading.Event()
+        self._running.set()
+        self.injected: Counter[str] = Counter()
+        self.calls: Counter[str] = Counter()
+
+    def stall(self) -> None:
+        """From now on every call blocks until `release`."""
+        self._running.clear()
+
+    def release(self) -> None:
+        self._running.set()
+
+    def gate(self, op: str, estale: bool = False, eio: bool = False) -> None:
+        self._running.wait()
+        if self.latency:
+            time.sleep(self.latency)
+        with self._lock:
+            self.calls[op] += 1
+            roll = self._rng.random()
+            if estale and roll < self.estale:
+                self.injected[f"{op}:ESTALE"] += 1
+                raise FuseOSError(errno.ESTALE)
+            if eio and roll < self.eio:
+                self.injected[f"{op}:EIO"] += 1
+                raise FuseOSError(errno.EIO)
+
+
+def _oserror(fn: Any) -> Any:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except OSError as exc:
+            if isinstance(exc, FuseOSError):
+                raise
+            raise FuseOSError(exc.errno or errno.EIO) from exc
+
+    return wrapper
+
+
+class FaultFS(Operations):
+    """Passthrough to `root`, with faults."""
+
+    def __init__(self, root: Path, faults: Faults) -> None:
+        self.root = str(root)
+        self.f = faults
+
+    def _p(self, path: str) -> str:
+        return self.root + path
+
+    @_oserror
+    def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
+        self.f.gate("getattr", estale=True)
+        st = os.lstat(self._p(path))
+        return {k: getattr(st, k) for k in STAT_KEYS}
+
+    @_oserror
+    def readdir(self, path: str, fh: int) -> list[str]:
+        self.f.gate("readdir", estale=True)
+        return [".", "..", *os.listdir(self._p(path))]
+
+    @_oserror
+    def open(self, path: str, flags: int) -> int:
+        self.f.gate("open", estale=True)
+        return os.open(self._p(path), flags)
+
+    @_oserror
+    def create(self, path: str, mode: int, fi: Any = None) -> int:
+        self.f.gate("create", estale=True)
+        return os.open(self._p(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+
+    @_oserror
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        self.f.gate("read", eio=True)
+        return os.pread(fh, size, offset)
+
+    @_oserror
+    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        self.f.gate("write")
+        return os.pwrite(fh, data, offset)
+
+    @_oserror
+    def truncate(self, path: str, length: int, fh: int | None = None) -> int:
+        self.f.gate("truncate")
+        os.truncate(self._p(path), length)
+        return 0
+
+    @_oserror
+    def release(self, path: str, fh: int) -> int:
+        os.close(fh)
+        return 0
+
+    @_oserror
+    def fsync(self, path: str, datasync: int, fh: int) -> int:
+        self.f.gate("fsync")
+        os.fsync(fh)
+        return 0
+
+    @_oserror
+    def rename(self, old: str, new: str) -> int:
+        self.f.gate("rename", estale=True)
+        os.rename(self._p(old), self._p(new))
+        return 0
+
+    @_oserror
+    def unlink(self, path: str) -> int:
+        self.f.gate("unlink")
+        os.unlink(self._p(path))
+        return 0
+
+    @_oserror
+    def mkdir(self, path: str, mode: int) -> int:
+        self.f.gate("mkdir")
+        os.mkdir(self._p(path), mode)
+        return 0
+
+    @_oserror
+    def rmdir(self, path: str) -> int:
+        self.f.gate("rmdir")
+        os.rmdir(self._p(path))
+        return 0
+
+    @_oserror
+    def utimens(self, path: str, times: tuple[int, int] | None = None) -> int:
+        self.f.gate("utimens")
+        if times is None:
+            os.utime(self._p(path))
+        else:
+            os.utime(self._p(path), ns=times)
+        return 0
+
+    @_oserror
+    def chmod(self, path: str, mode: int) -> int:
+        os.chmod(self._p(path), mode)
+        return 0
+
+    @_oserror
+    def statfs(self, path: str) -> dict[str, int]:
+        st = os.statvfs(self._p(path))
+        keys = ("f_bavail", "f_bfree", "f_blocks", "f_bsize", "f_favail", "f_ffree", "f_files",
+                "f_flag", "f_frsize", "f_namemax")  # fmt: skip
+        return {k: getattr(st, k) for k in keys}
+
+
+@contextmanager
+def mounted(
+    backing: Path, mountpoint: Path, faults: Faults, cache_s: float = 0.0
+) -> Iterator[Path]:
+    """Mount `backing` at `mountpoint` through FaultFS for the duration of the block."""
+    backing.mkdir(parents=True, exist_ok=True)
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    ops = FaultFS(backing, faults)
+    options = {
+        "attr_timeout": cache_s,
+        "entry_timeout": cache_s,
+        "negative_timeout": 0,
+    }
+
+    def serve() -> None:
+        FUSE(ops, str(mountpoint), foreground=True, nothreads=False, **options)
+
+    thread = threading.Thread(target=serve, daemon=True, name="faultfs")
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not os.path.ismount(mountpoint):
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("FUSE mount did not come up")
+        time.sleep(0.02)
+    try:
+        yield mountpoint
+    finally:
+        faults.release()
+        faults.estale = faults.eio = faults.latency = 0.0
+        subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
+        thread.join(10)
+
+
+def fuse_available() -> str | None:
+    """None when this machine can mount FUSE here, else why not."""
+    if not os.path.exists("/dev/fuse"):
+        return "no /dev/fuse"
+    if subprocess.run(["which", "fusermount3"], capture_output=True).returncode != 0:
+        return "fusermount3 not installed (Debian package fuse3)"
+    return None
