@@ -9,7 +9,7 @@ AZURITE := .tools/azurite/node_modules/.bin/azurite
 .PHONY: install run test check lint format typecheck pytest bench azurite azurite-stop \
         dev-up dev-down docker-build docker-up docker-down k3s-apply k3s-delete lock clean
 
-install: $(BIN)/.installed $(AZURITE)
+install: $(BIN)/.installed $(AZURITE) .tools/fuse3.ok
 
 $(BIN)/.installed: pyproject.toml requirements-dev.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,17 @@ $(BIN)/.installed: pyproject.toml requirements-dev.lock
 $(AZURITE):
 	mkdir -p .tools/azurite
 	npm install --prefix .tools/azurite --no-audit --no-fund --silent azurite@$(AZURITE_VERSION)
+
+# The NFS fault tests mount a FUSE filesystem: they need libfuse3 and fusermount3 (Debian's
+# fuse3). Installed here when missing and we are root; otherwise those tests say why they skip.
+.tools/fuse3.ok:
+	mkdir -p .tools
+	if ! command -v fusermount3 >/dev/null || ! ldconfig -p | grep -q libfuse3.so.3; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 libfuse3-3; \
+	  else echo "fuse3 missing: the NFS fault tests will be skipped" >&2; fi; \
+	fi
+	touch $@
 
 # --- Local development --------------------------------------------------------------------
 

@@ -76,7 +76,9 @@ def _oserror(fn: Any) -> Any:
 
 
 class FaultFS(Operations):
-    """Passthrough to `root`, with faults."""
+    """Passthrough to `root`, with faults. Times in nanoseconds, like the backing stat."""
+
+    use_ns = True
 
     def __init__(self, root: Path, faults: Faults) -> None:
         self.root = str(root)
@@ -89,7 +91,9 @@ class FaultFS(Operations):
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
         self.f.gate("getattr", estale=True)
         st = os.lstat(self._p(path))
-        return {k: getattr(st, k) for k in STAT_KEYS}
+        attrs = {k: getattr(st, k) for k in STAT_KEYS}
+        attrs.update(st_atime=st.st_atime_ns, st_mtime=st.st_mtime_ns, st_ctime=st.st_ctime_ns)
+        return attrs
 
     @_oserror
     def readdir(self, path: str, fh: int) -> list[str]:

@@ -71,6 +71,24 @@ def test_copy_hashes_each_block_of_a_large_file(tmp_path: Path) -> None:
     assert small.block_md5s == () and small.md5 == hashlib.md5(data).digest()
 
 
+def test_a_short_read_is_an_error_not_the_end_of_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EIO on a readahead page can reach the reader as an early EOF (seen on the FUSE layer)."""
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(300 * 1024))
+    real_fstat = os.fstat
+
+    def bigger(fd: int) -> os.stat_result:  # the file is larger than what read() returns
+        st = real_fstat(fd)
+        return os.stat_result((*st[:6], st.st_size + 4096, *st[7:]))
+
+    monkeypatch.setattr(os, "fstat", bigger)
+    for in_memory in (0, 1024 * 1024):
+        with pytest.raises(OSError, match="short read"):
+            fsops.copy_and_hash(src, tmp_path / "dst", in_memory_max=in_memory)
+
+
 def test_write_atomic_replaces_and_leaves_no_temp(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
     fsops.write_atomic(path, b"one", ".tmp-")

@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from io import FileIO
 from pathlib import Path
 
 import anyio
@@ -172,46 +173,68 @@ def copy_and_hash(
     truth until the blob is committed (after a crash everything is staged again).
     """
     with open(src, "rb", buffering=0) as fin:
-        if os.fstat(fin.fileno()).st_size <= in_memory_max:
-            data = fin.read(in_memory_max + 1)
-            if len(data) <= in_memory_max:
-                progress()
-                return Copied(
-                    len(data), hashlib.md5(data, usedforsecurity=False).digest(), data=data
-                )
-    md5 = hashlib.md5(usedforsecurity=False)
-    block_md5s: list[bytes] = []
-    size = 0
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with open(src, "rb", buffering=0) as fin, open(dst, "wb", buffering=0) as fout:
-        blocked = block_size > 0 and os.fstat(fin.fileno()).st_size > single_put_size
-        chunk_size = min(COPY_CHUNK, block_size) if blocked else COPY_CHUNK
-        block = hashlib.md5(usedforsecurity=False)
-        in_block = 0
-        buf = bytearray(chunk_size)
-        view = memoryview(buf)
-        while n := fin.readinto(buf):
-            chunk = view[:n]
-            md5.update(chunk)
-            if blocked:
-                start = 0
-                while start < n:  # split the chunk at block boundaries
-                    take = min(n - start, block_size - in_block)
-                    block.update(chunk[start : start + take])
-                    in_block += take
-                    start += take
-                    if in_block == block_size:
-                        block_md5s.append(block.digest())
-                        block = hashlib.md5(usedforsecurity=False)
-                        in_block = 0
-            written = 0
-            while written < n:
-                written += fout.write(chunk[written:]) or 0
-            size += n
+        expected = os.fstat(fin.fileno()).st_size
+        if expected <= in_memory_max:
+            data = _read_all(fin, expected)
+            _check_complete(fin.fileno(), len(data), expected, src)
             progress()
-        if blocked and in_block:
-            block_md5s.append(block.digest())
-    return Copied(size, md5.digest(), block_size if blocked else 0, tuple(block_md5s))
+            return Copied(len(data), hashlib.md5(data, usedforsecurity=False).digest(), data=data)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with open(dst, "wb", buffering=0) as fout:
+            blocked = block_size > 0 and expected > single_put_size
+            copied = _copy_hashing(fin, fout, block_size if blocked else 0, progress)
+        _check_complete(fin.fileno(), copied.size, expected, src)
+    return copied
+
+
+def _read_all(fin: FileIO, expected: int) -> bytes:
+    """Read to the end of file (one read may return less than asked for)."""
+    parts: list[bytes] = []
+    while chunk := fin.read(max(expected, 1) + 1):
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _copy_hashing(
+    fin: FileIO, fout: FileIO, block_size: int, progress: Callable[[], None]
+) -> Copied:
+    md5 = hashlib.md5(usedforsecurity=False)
+    block = hashlib.md5(usedforsecurity=False)
+    block_md5s: list[bytes] = []
+    in_block = size = 0
+    buf = bytearray(min(COPY_CHUNK, block_size) if block_size else COPY_CHUNK)
+    view = memoryview(buf)
+    while n := fin.readinto(buf):
+        chunk = view[:n]
+        md5.update(chunk)
+        start = 0
+        while block_size and start < n:  # split the chunk at block boundaries
+            take = min(n - start, block_size - in_block)
+            block.update(chunk[start : start + take])
+            in_block += take
+            start += take
+            if in_block == block_size:
+                block_md5s.append(block.digest())
+                block = hashlib.md5(usedforsecurity=False)
+                in_block = 0
+        written = 0
+        while written < n:
+            written += fout.write(chunk[written:]) or 0
+        size += n
+        progress()
+    if in_block:
+        block_md5s.append(block.digest())
+    return Copied(size, md5.digest(), block_size, tuple(block_md5s))
+
+
+def _check_complete(fd: int, got: int, expected: int, src: Path) -> None:
+    """A read error on NFS (or FUSE) readahead can surface as an early end of file rather than
+    as EIO: never take a short read for the whole file."""
+    now = os.fstat(fd).st_size
+    if got != expected or now != expected:
+        raise OSError(
+            errno.EIO, f"short read: {got} bytes read, size {expected} at open, {now} now", str(src)
+        )
 
 
 def write_atomic(path: Path, data: bytes, tmp_prefix: str) -> None:
