@@ -81,5 +81,7 @@ def run() -> None:
         host=settings.host,
         port=settings.port,
         log_config=None,
-        timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
+        # Open HTTP requests get 5 s; then the lifespan gives uploads APP_SHUTDOWN_GRACE_S. The
+        # sum must stay below the pod's terminationGracePeriodSeconds.
+        timeout_graceful_shutdown=5,
     )

@@ -168,9 +168,15 @@ class Pipeline:
         busy = [t for t in self._tasks if not t.done()]
         if busy:
             _, late = await asyncio.wait(busy, timeout=grace)
-            for task in late:
-                logger.warning("Shutdown grace over; cancelling an upload (recovered on restart)")
-                task.cancel()
+            for task, slot in zip(self._tasks, self.slots, strict=True):
+                if task in late:
+                    item = slot.item
+                    logger.warning(
+                        "Shutdown grace over; cancelling the upload of %s (recovered on restart)",
+                        item.filename if item else "?",
+                        extra=_log_extra(item) if item else None,
+                    )
+                    task.cancel()
 
     async def _worker(self, slot: Slot) -> None:
         while not self._stopping:
@@ -262,7 +268,9 @@ class Pipeline:
             except OSError as exc:
                 raise CompletionPending(f"blob committed, cannot mark completed: {exc}") from exc
         if not moved:  # neither side is there: GC already took the marker
-            logger.info("Completed marker of %s already collected", item.filename)
+            logger.info(
+                "Completed marker of %s already collected", item.filename, extra=_log_extra(item)
+            )
 
     def _count_uploaded(self, item: WorkItem, session: Session, size: int | None) -> None:
         session.pending.pop(item.filename, None)
