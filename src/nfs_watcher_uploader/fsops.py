@@ -40,8 +40,15 @@ class Nfs:
 
     async def call[T](self, fn: Callable[[], T], timeout: float | None = None) -> T:
         deadline = self.timeout if timeout is None else timeout
-        with anyio.fail_after(deadline):
-            return await anyio.to_thread.run_sync(fn, abandon_on_cancel=True, limiter=self._limiter)
+        try:
+            with anyio.fail_after(deadline):
+                return await anyio.to_thread.run_sync(
+                    fn, abandon_on_cancel=True, limiter=self._limiter
+                )
+        except TimeoutError:
+            raise TimeoutError(
+                errno.ETIMEDOUT, f"NFS call timed out after {deadline:g} s"
+            ) from None
 
     async def call_watched[T](self, fn: Callable[[], T], last_progress: Callable[[], float]) -> T:
         """Like `call` for long copies: no overall deadline, but give up once `last_progress()`
@@ -55,7 +62,7 @@ class Nfs:
                 if done:
                     return task.result()
                 if time.monotonic() - last_progress() > self.timeout:
-                    raise TimeoutError(f"no progress for {self.timeout:.0f} s")
+                    raise TimeoutError(errno.ETIMEDOUT, f"NFS copy stalled for {self.timeout:g} s")
         finally:
             task.cancel()
 
