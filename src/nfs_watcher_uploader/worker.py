@@ -28,7 +28,6 @@ from nfs_watcher_uploader.errors import (
     CompletionPending,
     PermanentError,
     RetryableError,
-    UploadError,
 )
 from nfs_watcher_uploader.fsops import Copied, Nfs
 from nfs_watcher_uploader.models import WorkItem
@@ -421,6 +420,3 @@ class Pipeline:
 
 class _Skip(Exception):
     """Not an error: the file was taken by someone else, or stays in incoming for next scan."""
-
-
-__all__ = ["Pipeline", "Slot", "UploadError", "backoff_delay"]
