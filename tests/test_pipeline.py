@@ -153,3 +153,32 @@ def test_gc_never_strands_a_claim(
         pruner.join()
     assert running.get("/v1/status").json()["processed_ok"] == 50
     wait_for(lambda: not leftover_files(tmp_path), timeout=20)
+
+
+def test_completion_that_reports_failure_after_succeeding_counts_once(
+    service_factory: Any, settings_factory: Any, azurite: Azurite, tmp_path: Path
+) -> None:
+    """NFS can answer a rename with an error although it happened (a lost reply): the blob is
+    committed, so the file must end up counted once as uploaded, never as failed or twice."""
+    lied: list[str] = []
+
+    def move(src: Path, dst: Path) -> bool:
+        moved = fsops.move(src, dst)
+        if "_completed" in dst.parts and src.name not in lied:
+            lied.append(src.name)
+            raise OSError(errno.ESTALE, "Stale file handle (after the rename happened)")
+        return moved
+
+    settings = settings_factory()
+    running = service_factory(settings, move=move)
+    date = running.post("/v1/watch/start", json={"session_name": "lie"}).json()["date_prefix"]
+    for name in ("a.bin", "b.bin"):
+        write_file(settings.nfs_incoming_dir / "lie" / name, name.encode())
+    container = azurite.container(settings.azure_container)
+    wait_for(lambda: running.get("/v1/sessions/lie").json()["uploaded"] == 2, timeout=20)
+    assert sorted(lied) == ["a.bin", "b.bin"]
+    status = running.get("/v1/status").json()
+    assert status["processed_ok"] == 2 and status["processed_err"] == 0
+    assert status["retries"] >= 2
+    assert blob_bytes(container, f"{date}/lie/a.bin") == b"a.bin"
+    wait_for(lambda: not leftover_files(tmp_path), timeout=20, what="nothing left behind")

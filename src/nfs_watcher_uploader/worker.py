@@ -263,7 +263,7 @@ class Pipeline:
         done = self._completed / item.date_prefix / item.session_name / item.filename
         with self.telemetry.step("complete"):
             try:
-                moved = await self.nfs.call(lambda: fsops.move(item.source_path, done))
+                moved = await self.nfs.call(lambda: self._move(item.source_path, done))
             except OSError as exc:
                 raise CompletionPending(f"blob committed, cannot mark completed: {exc}") from exc
         if not moved:  # neither side is there: GC already took the marker
@@ -365,7 +365,7 @@ class Pipeline:
         record = json.dumps({"reason": reason, "blob_name": item.blob_name, "at": time.time()})
 
         def park() -> bool:
-            moved = fsops.move(item.source_path, self._failed / rel)
+            moved = self._move(item.source_path, self._failed / rel)
             if moved:
                 fsops.write_atomic(self._reasons / rel, record.encode(), ".reason.tmp-")
             return moved
