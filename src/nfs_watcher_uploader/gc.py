@@ -12,6 +12,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import anyio.to_thread
+
 from nfs_watcher_uploader import fsops
 from nfs_watcher_uploader.config import Settings
 from nfs_watcher_uploader.constants import COMPLETED_DIR, FAILED_DIR, FAILED_REASONS_DIR
@@ -39,34 +41,44 @@ class GarbageCollector:
             except OSError:
                 logger.warning("GC sweep failed", exc_info=True)
 
-    def _live(self, date_prefix: str, name: str) -> bool:
-        session = self.sessions.by_name.get(name)
-        return session is not None and (session.watched or bool(session.pending))
+    def _live_sessions(self) -> frozenset[str]:
+        """Sessions whose folders must stay: watched, or with work pending. Taken on the event
+        loop, so that the threads below never read state the loop is changing."""
+        return frozenset(s.name for s in self.sessions.by_name.values() if s.watched or s.pending)
 
     async def sweep_once(self) -> int:
         """Delete completed markers and prune idle folders. Returns markers deleted."""
         root = self.settings.nfs_processing_root
         completed = root / COMPLETED_DIR
-        markers = await self.nfs.call(
-            lambda: list(fsops.iter_tree_files(completed)), timeout=self.nfs.timeout * 10
-        )
-        for _, _, path in markers:
-            try:
-                await self.nfs.call(lambda p=path: os.unlink(p))
-                self.markers_deleted += 1
-            except FileNotFoundError:
-                pass
-        live = self._live
+        names = self._live_sessions()
 
-        def prune() -> None:
+        def live(date_prefix: str, name: str) -> bool:
+            return name in names
+
+        def sweep() -> int:
+            deleted = _delete_markers(completed)
             fsops.prune_empty_dirs(completed, lambda d, s: False)
             fsops.prune_empty_dirs(root / FAILED_DIR, lambda d, s: False)
             fsops.prune_empty_dirs(root / FAILED_REASONS_DIR, lambda d, s: False)
             fsops.prune_empty_dirs(root, live)
+            return deleted
 
-        await self.nfs.call(prune, timeout=self.nfs.timeout * 10)
-        _prune_staging(self.settings.local_staging_root, live)
-        return len(markers)
+        # One thread call for the whole NFS sweep, not one round trip per marker.
+        deleted = await self.nfs.call(sweep, timeout=self.nfs.timeout * 10)
+        self.markers_deleted += deleted
+        await anyio.to_thread.run_sync(_prune_staging, self.settings.local_staging_root, live)
+        return deleted
+
+
+def _delete_markers(completed: Path) -> int:
+    deleted = 0
+    for _, _, path in list(fsops.iter_tree_files(completed)):
+        try:
+            os.unlink(path)
+            deleted += 1
+        except FileNotFoundError:
+            pass
+    return deleted
 
 
 def _prune_staging(root: Path, live: Callable[[str, str], bool]) -> None:

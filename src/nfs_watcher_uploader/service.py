@@ -11,8 +11,9 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable
+
+import anyio.to_thread
 
 from nfs_watcher_uploader import fsops
 from nfs_watcher_uploader.config import Settings
@@ -87,7 +88,8 @@ class Service:
     async def _run(self) -> None:
         self.phase = "loading sessions"
         await self._until_ok(self.sessions.load, "load sessions", lambda: self.sessions.loaded)
-        clear_staging(self.settings.local_staging_root)
+        # Staging may hold many GiB from before a crash: remove it off the event loop.
+        await anyio.to_thread.run_sync(clear_staging, self.settings.local_staging_root)
         self.phase = "connecting to storage"
         await self._until_ok(self.storage.connect, "connect to storage")
         self._pipeline_task = asyncio.create_task(self.pipeline.run(), name="pipeline")
@@ -107,16 +109,15 @@ class Service:
 
     async def _until_ok(
         self,
-        step: Any,
+        step: Callable[[], Awaitable[object]],
         what: str,
-        done: Any = lambda: True,
+        done: Callable[[], bool] = lambda: True,
     ) -> None:
         """Repeat a startup step with backoff until it succeeds; the API keeps serving."""
         attempt = 0
         while True:
             try:
-                result: Coroutine[Any, Any, Any] = step()
-                await result
+                await step()
                 if done():
                     return
                 error = "not done"

@@ -5,10 +5,11 @@ https:// account URL, since the SDK refuses token credentials over http; then th
 string, then the account key. A candidate that fails authentication hands over to the next.
 `identity`, `connection-string` and `account-key` use exactly one.
 
-Uploads: every block goes out with its transactional MD5 (`validate_content`, checked by the
-service), the whole-file MD5 taken while copying from NFS is stored as the blob's Content-MD5,
-and the bytes actually sent are hashed again and compared with it *before* the block list is
-committed: Azure only stores Content-MD5 of a blob put in blocks, it does not check it.
+Uploads: Azure only stores the Content-MD5 of a blob put in blocks, it does not check it. So
+every request carries, as its transactional Content-MD5, the MD5 of the bytes read from NFS
+(per block, taken while copying; or of the whole file for a single put), and the service
+refuses any byte that changed since (400 Md5Mismatch), before the block list is committed.
+The whole-file MD5 is stored as the blob's Content-MD5.
 """
 
 import asyncio

@@ -2,7 +2,7 @@
 
     claim     rename incoming/<s>/<f> -> .processing/<d>/<s>/<f>  (lost race: skip)
     stage     copy to local staging, MD5 of the bytes read from NFS
-    upload    blocks with transactional MD5, whole-file MD5 checked before commit
+    upload    every request carries the MD5 read from NFS; Azure refuses changed bytes
     complete  rename into .processing/_completed/<d>/<s>/<f>; GC deletes it later
 
 A RetryableError puts the (claimed) file on a backoff timer: 1 s, 2 s, 4 s ... capped at
