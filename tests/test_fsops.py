@@ -15,19 +15,40 @@ def test_move_creates_missing_destination_folder(tmp_path: Path) -> None:
     src.parent.mkdir()
     src.write_bytes(b"x")
     dst = tmp_path / "proc" / "20260101" / "s" / "a"
-    assert fsops.move(src, dst) is True
+    assert fsops.move(src, dst) is fsops.Moved.DONE
     assert dst.read_bytes() == b"x" and not src.exists()
 
 
 def test_move_of_vanished_source_is_a_lost_race(tmp_path: Path) -> None:
-    assert fsops.move(tmp_path / "gone", tmp_path / "dst" / "gone") is False
+    assert fsops.move(tmp_path / "gone", tmp_path / "dst" / "gone") is fsops.Moved.GONE
 
 
-def test_move_whose_rename_already_happened_counts_as_done(tmp_path: Path) -> None:
+def test_move_whose_rename_already_happened_counts_as_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # An NFS retransmission of a rename that succeeded answers ENOENT: the file is at dst.
-    dst = tmp_path / "dst"
-    dst.write_bytes(b"x")
-    assert fsops.move(tmp_path / "src", dst) is True
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.write_bytes(b"x")
+    real = os.rename
+
+    def lost_reply(a: str | Path, b: str | Path, **kw: object) -> None:
+        real(a, b)
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(os, "rename", lost_reply)
+    assert fsops.move(src, dst) is fsops.Moved.DONE
+    assert dst.read_bytes() == b"x"
+
+
+def test_move_never_replaces_and_judges_by_inode(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.write_bytes(b"new")
+    dst.write_bytes(b"old")
+    assert fsops.move(src, dst) is fsops.Moved.TAKEN
+    assert dst.read_bytes() == b"old" and src.read_bytes() == b"new"
+    # Someone else's file at dst after src vanished is not "moved".
+    src.unlink()
+    assert fsops.move(src, dst) is fsops.Moved.GONE
 
 
 def test_move_retries_a_stale_handle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -36,14 +57,14 @@ def test_move_retries_a_stale_handle(tmp_path: Path, monkeypatch: pytest.MonkeyP
     real = os.rename
     calls: list[int] = []
 
-    def flaky(a: str | Path, b: str | Path) -> None:
+    def flaky(a: str | Path, b: str | Path, **kw: object) -> None:
         calls.append(1)
         if len(calls) < 3:
             raise OSError(errno.ESTALE, "Stale file handle")
         real(a, b)
 
     monkeypatch.setattr(os, "rename", flaky)
-    assert fsops.move(src, tmp_path / "b") is True
+    assert fsops.move(src, tmp_path / "b") is fsops.Moved.DONE
     assert len(calls) == 3
 
 
@@ -97,21 +118,23 @@ def test_write_atomic_replaces_and_leaves_no_temp(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
 
 
-def test_scan_dir_skips_folders_links_and_filtered(tmp_path: Path) -> None:
+def test_scan_skips_links_and_filtered(tmp_path: Path) -> None:
     (tmp_path / "a.bin").write_bytes(b"12")
     (tmp_path / "b.txt").write_bytes(b"1")
     (tmp_path / "sub").mkdir()
     (tmp_path / "link.bin").symlink_to(tmp_path / "a.bin")
-    assert set(fsops.scan_dir(tmp_path, frozenset())) == {"a.bin", "b.txt"}
-    assert set(fsops.scan_dir(tmp_path, frozenset({".bin"}))) == {"a.bin"}
-    assert fsops.scan_dir(tmp_path / "missing", frozenset()) == {}
+    scan = fsops.scan_session(tmp_path, frozenset())
+    assert set(scan.files) == {"a.bin", "b.txt"}
+    assert scan.ignored == {"link.bin": "symbolic link"}
+    assert set(fsops.scan_session(tmp_path, frozenset({".bin"})).files) == {"a.bin"}
+    assert fsops.scan_session(tmp_path / "missing", frozenset()).files == {}
 
 
 def test_scan_skips_the_stat_of_files_too_young_to_claim(tmp_path: Path) -> None:
     (tmp_path / "young").write_bytes(b"1")
     (tmp_path / "old").write_bytes(b"1")
     known = {"young": (99, 2_000), "old": (99, 1_000), "gone": (1, 1)}
-    result = fsops.scan_dir(tmp_path, frozenset(), known, young_ns=1_500)
+    result = fsops.scan_session(tmp_path, frozenset(), known, young_ns=1_500).files
     assert result["young"] == (99, 2_000)  # carried, not stat'ed
     assert result["old"][0] == 1  # stat'ed: real size
     assert "gone" not in result  # the listing still says what exists

@@ -44,16 +44,16 @@ def test_claim_races_are_skipped_not_counted(
     stale_once = {"flaky.bin"}
     vanish = {"vanish.bin"}
 
-    def move(src: Path, dst: Path) -> bool:
-        if src.name in vanish:
-            src.unlink(missing_ok=True)  # another claimant got there first
-        if src.name in stale_once and src.parent.name == "race":
-            stale_once.discard(src.name)
-            raise OSError(errno.ESTALE, "Stale file handle", str(src))
-        return fsops.move(src, dst)
+    def claim(folder: Path, rel: str, dst: Path, expect: Any) -> fsops.Moved:
+        if rel in vanish:
+            (folder / rel).unlink(missing_ok=True)  # another claimant got there first
+        if rel in stale_once:
+            stale_once.discard(rel)
+            raise OSError(errno.ESTALE, "Stale file handle", str(folder / rel))
+        return fsops.claim(folder, rel, dst, expect)
 
     settings = settings_factory()
-    running = service_factory(settings, move=move)
+    running = service_factory(settings, claim=claim)
     date = running.post("/v1/watch/start", json={"session_name": "race"}).json()["date_prefix"]
     incoming = settings.nfs_incoming_dir / "race"
     for name in ("vanish.bin", "flaky.bin", "ok.bin"):
@@ -111,11 +111,18 @@ async def test_gc_deletes_markers_only_and_keeps_live_folders(settings_factory: 
     (root / "20260101" / "idle").mkdir(parents=True)
     (root / "20260101" / "active").mkdir(parents=True)
     nfs = fsops.Nfs(5)
+    from nfs_watcher_uploader.models import WorkItem
     from nfs_watcher_uploader.sessions import Sessions
+    from nfs_watcher_uploader.storage import Storage
+    from nfs_watcher_uploader.telemetry import Telemetry
+    from nfs_watcher_uploader.worker import Completed, Pipeline
 
     sessions = Sessions(root, nfs)
     sessions.by_name["active"] = Session("active", "20260101", "active", 0.0)
-    gc = GarbageCollector(settings, sessions, nfs)
+    pipeline = Pipeline(settings, sessions, Storage(settings), nfs, Telemetry())
+    item = WorkItem("done", "20260101", "x.bin", claimed=True)
+    pipeline.completed[marker] = Completed(item, 4, marker.stat().st_mtime_ns)
+    gc = GarbageCollector(settings, sessions, pipeline, nfs)
     assert await gc.sweep_once() == 1
     assert not marker.exists()
     assert user_file.read_bytes() == b"data"
@@ -162,8 +169,8 @@ def test_completion_that_reports_failure_after_succeeding_counts_once(
     committed, so the file must end up counted once as uploaded, never as failed or twice."""
     lied: list[str] = []
 
-    def move(src: Path, dst: Path) -> bool:
-        moved = fsops.move(src, dst)
+    def move(src: Path, dst: Path, expect: Any) -> fsops.Moved:
+        moved = fsops.move(src, dst, expect=expect)
         if "_completed" in dst.parts and src.name not in lied:
             lied.append(src.name)
             raise OSError(errno.ESTALE, "Stale file handle (after the rename happened)")

@@ -337,12 +337,12 @@ def test_hung_nfs_turns_healthz_503_and_api_keeps_answering(
     hang = threading.Event()
     release = threading.Event()
 
-    def scan(path: Path, exts: frozenset[str], *args: Any) -> dict[str, tuple[int, int]]:
+    def scan(path: Path, exts: frozenset[str], *args: Any) -> Any:
         if hang.is_set():
             release.wait(30)
-        from nfs_watcher_uploader.fsops import scan_dir
+        from nfs_watcher_uploader.fsops import scan_session
 
-        return scan_dir(path, exts, *args)
+        return scan_session(path, exts, *args)
 
     settings = settings_factory(nfs_timeout_s=0.3, liveness_timeout_s=1.5)
     running = service_factory(settings, scan=scan)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from nfs_watcher_uploader.config import Settings
-from nfs_watcher_uploader.fsops import Nfs, ScanMap
+from nfs_watcher_uploader.fsops import Nfs, Scan, ScanMap
 from nfs_watcher_uploader.sessions import Session, Sessions
 from nfs_watcher_uploader.storage import Storage
 from nfs_watcher_uploader.telemetry import Telemetry
@@ -57,9 +57,9 @@ class FakeScan:
 
     def __call__(
         self, path: Path, extensions: frozenset[str], known: ScanMap, young_ns: int
-    ) -> ScanMap:
+    ) -> Scan:
         self.calls += 1
-        return dict(self.maps.get(path.name, {}))
+        return Scan(dict(self.maps.get(path.name, {})))
 
 
 @pytest.fixture
@@ -92,7 +92,7 @@ async def test_watcher_offers_each_stable_file_once(
     assert pipeline.queue.qsize() == 0  # seen once only
     await watcher.scan_once()
     assert pipeline.queue.qsize() == 1
-    assert pipeline.queue.get_nowait().filename == "a"
+    assert pipeline.queue.get_nowait().rel == "a"
     assert sessions.by_name["s"].pending == {"a": "queued"}
     await watcher.scan_once()
     assert pipeline.queue.qsize() == 0  # pending: not offered twice
@@ -121,7 +121,7 @@ async def test_scan_error_keeps_heartbeat_stale(parts: tuple[Settings, Sessions,
     settings, sessions, pipeline = parts
     sessions.by_name["s"] = Session("s", "20260101", "active", 0.0)
 
-    def broken(path: Path, extensions: frozenset[str], known: ScanMap, young_ns: int) -> ScanMap:
+    def broken(path: Path, extensions: frozenset[str], known: ScanMap, young_ns: int) -> Scan:
         raise OSError(116, "Stale file handle")
 
     watcher = Watcher(settings, sessions, pipeline, Nfs(5), scan=broken)

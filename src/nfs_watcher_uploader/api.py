@@ -1,7 +1,6 @@
 """HTTP endpoints. Probes read in-memory state only; everything else answers 4xx or 503 with a
 message, never a traceback."""
 
-import json
 import logging
 from typing import Annotated
 
@@ -11,10 +10,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from uuid_utils import uuid7
 
-from nfs_watcher_uploader import fsops
-from nfs_watcher_uploader.constants import FAILED_DIR, FAILED_REASONS_DIR
+from nfs_watcher_uploader.errors import NotOurs
 from nfs_watcher_uploader.models import (
-    FailedFile,
     FailedList,
     HealthResponse,
     ReadyResponse,
@@ -78,7 +75,7 @@ async def watch_start(
     name = (body.session_name if body else None) or generate_session_name()
     try:
         session = await service.start_session(name)
-    except SessionConflict as exc:
+    except (SessionConflict, NotOurs) as exc:
         raise HTTPException(409, str(exc)) from None
     except OSError as exc:
         raise _unavailable(f"creating the folders of session {name!r}", exc) from None
@@ -120,6 +117,7 @@ async def status(service: ServiceDep) -> StatusResponse:
         retries=pipeline.retries,
         draining_sessions=[s.name for s in sessions.by_name.values() if s.state == "draining"],
         state_error=sessions.state_error,
+        nfs_calls_hung=service.nfs.abandoned,
     )
 
 
@@ -142,25 +140,8 @@ async def get_session(service: ServiceDep, name: str) -> SessionView:
 
 @router.get("/v1/files/failed", responses={503: {}})
 async def failed_files(service: ServiceDep) -> FailedList:
-    root = service.settings.nfs_processing_root
-
-    def read() -> list[FailedFile]:
-        out: list[FailedFile] = []
-        for date_prefix, name, path in fsops.iter_tree_files(root / FAILED_DIR):
-            reason_file = root / FAILED_REASONS_DIR / date_prefix / name / path.name
-            try:
-                reason = str(json.loads(reason_file.read_bytes())["reason"])
-            except (OSError, ValueError, KeyError, TypeError):
-                reason = "(reason not recorded)"
-            out.append(
-                FailedFile(
-                    date_prefix=date_prefix, session_name=name, filename=path.name, reason=reason
-                )
-            )
-        return out
-
     try:
-        return FailedList(files=await service.nfs.call(read))
+        return FailedList(files=await service.pipeline.list_parked())
     except OSError as exc:
         raise _unavailable("listing parked files", exc) from None
 

@@ -1,5 +1,6 @@
 """Settings, read once from `APP_*` environment variables (see the README's settings table)."""
 
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Self
@@ -13,6 +14,14 @@ class AzureAuth(StrEnum):
     IDENTITY = "identity"
     CONNECTION_STRING = "connection-string"
     ACCOUNT_KEY = "account-key"
+
+
+class NameConflict(StrEnum):
+    """What to do when a blob of the same name holds other bytes (see storage.upload)."""
+
+    KEEP_BOTH = "keep-both"
+    OVERWRITE = "overwrite"
+    PARK = "park"
 
 
 class Settings(BaseSettings):
@@ -51,6 +60,7 @@ class Settings(BaseSettings):
     azure_max_block_size: int | None = Field(default=None, ge=64 * 1024, le=4000 * 1024 * 1024)
     azure_max_single_put_size: int | None = Field(default=None, ge=0, le=5000 * 1024 * 1024)
     azure_max_concurrency: int = Field(default=8, ge=1)
+    on_name_conflict: NameConflict = NameConflict.KEEP_BOTH
 
     # GC
     gc_interval_s: float = Field(default=30.0, gt=0)
@@ -62,6 +72,9 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(default=20.0, ge=0)
     nfs_timeout_s: float = Field(default=30.0, gt=0)
     liveness_timeout_s: float = Field(default=120.0, gt=0)
+    # Exit (non-zero) once liveness has failed this long: for Docker/compose, which never
+    # restart an unhealthy container themselves. None: never.
+    exit_on_stall_s: float | None = Field(default=None, gt=0)
 
     @field_validator("file_extensions", mode="before")
     @classmethod
@@ -85,3 +98,44 @@ class Settings(BaseSettings):
         if self.retry_max_s < self.retry_base_s:
             raise ValueError("APP_RETRY_MAX_S must not be below APP_RETRY_BASE_S")
         return self
+
+
+def unsafe_paths(settings: Settings) -> list[str]:
+    """What is wrong with the three roots, touching nothing: two of them equal or one inside
+    another (start-up cleanup, claims and GC would then destroy each other's files), or the
+    processing root on another filesystem than incoming (the claim is a rename)."""
+    roots = {
+        "APP_NFS_INCOMING_DIR": settings.nfs_incoming_dir,
+        "APP_NFS_PROCESSING_ROOT": settings.nfs_processing_root,
+        "APP_LOCAL_STAGING_ROOT": settings.local_staging_root,
+    }
+    real = {name: Path(os.path.realpath(path)) for name, path in roots.items()}
+    problems: list[str] = []
+    names = list(real)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            if real[a] == real[b]:
+                problems.append(f"{a} and {b} are the same folder ({real[a]})")
+            elif real[a].is_relative_to(real[b]) or real[b].is_relative_to(real[a]):
+                inner, outer = (a, b) if real[a].is_relative_to(real[b]) else (b, a)
+                problems.append(f"{inner} ({real[inner]}) is inside {outer} ({real[outer]})")
+    incoming = _device(real["APP_NFS_INCOMING_DIR"])
+    processing = _device(real["APP_NFS_PROCESSING_ROOT"])
+    if incoming is not None and processing is not None and incoming != processing:
+        problems.append(
+            "APP_NFS_PROCESSING_ROOT is on another filesystem than APP_NFS_INCOMING_DIR: "
+            "files are claimed by renaming them, which only works within one filesystem"
+        )
+    return problems
+
+
+def _device(path: Path) -> int | None:
+    """The device of `path`, or of its nearest existing parent (what it would be created on)."""
+    for candidate in (path, *path.parents):
+        try:
+            return os.stat(candidate).st_dev
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return None
+    return None

@@ -32,3 +32,18 @@ DRAINED_SESSIONS_KEPT = 200
 
 # Copy chunk for NFS -> staging; matches the rsize/wsize of the k8s mount options.
 COPY_CHUNK = 1024 * 1024
+
+# Files below a session folder are uploaded with their relative path, down to this many levels
+# (incoming/<s>/a/b/c/d/e/f/g/file is 8). Deeper folders are reported and block "drained".
+MAX_DEPTH = 8
+
+# Threads for short NFS calls (scan, rename, stat, state file), separate from the copies' own
+# (one per worker), so that slow copies can never starve a scan, a stop or a probe.
+META_THREADS = 8
+# Calls abandoned at their deadline leave a thread blocked in the kernel until NFS answers.
+# Past this many, new calls fail at once: a dead mount must not grow threads without end.
+MAX_ABANDONED_THREADS = 32
+
+# A file whose name is taken in storage by different bytes goes up as `<stem>~2<ext>`, `~3`...
+CONFLICT_MARK = "~"
+MAX_NAME_VERSIONS = 1000

@@ -8,8 +8,12 @@
      +-- PermanentError    cannot succeed by retrying (invalid blob name, too large for a block
                            blob, source vanished): park the file with its reason, never delete it.
 
-Losing a claim race (another claimant took the file) is not an error: `fsops.move` returns
-False and the file is simply skipped.
+    NotOurs                the entry is not a regular file (a symbolic link, a FIFO, a device)
+                           or sits behind a symbolic link: leave it where it is, report it,
+                           never read, park or delete it.
+
+Losing a claim race (another claimant took the file) is not an error: `fsops.move` answers
+GONE and the file is simply skipped.
 """
 
 
@@ -31,3 +35,7 @@ class CompletionPending(RetryableError):
 
 class PermanentError(UploadError):
     """Retrying cannot help; park the file and tell the operator why."""
+
+
+class NotOurs(Exception):
+    """Not a regular file of ours: leave it alone and say so."""

@@ -1,26 +1,46 @@
-"""Blocking filesystem steps, and `Nfs`, which runs them in threads with a deadline.
+"""Blocking filesystem steps, and `Nfs`, which runs them in threads with deadlines.
 
-Every call that touches NFS goes through `Nfs.call` so that a hung mount (a `hard` mount whose
-server went away blocks every syscall) never blocks the event loop: the call is abandoned after
+Every call that touches NFS goes through `Nfs` so that a hung mount (a `hard` mount whose server
+went away blocks every syscall) never blocks the event loop: the call is abandoned after
 `timeout` seconds and raises TimeoutError (an OSError), which callers treat as transient.
+
+Three rules hold for every step here, whatever an attacker or an unlucky recorder puts in the
+share:
+- Nothing is followed: a session folder, a subfolder or a file that is a symbolic link is never
+  entered, read or moved; files are opened with O_NOFOLLOW | O_NONBLOCK (a FIFO cannot block the
+  open) and checked to be regular on the open descriptor. What is not a regular file raises
+  `NotOurs` and is left where it is.
+- Nothing is replaced: `move` never renames over an existing file (it answers TAKEN).
+- An ambiguous answer from NFS is judged by looking, by inode, never guessed.
 """
 
 import asyncio
+import enum
 import errno
+import fcntl
 import hashlib
 import os
+import stat
+import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from io import FileIO
 from pathlib import Path
 
 import anyio
 import anyio.to_thread
 
-from nfs_watcher_uploader.constants import COPY_CHUNK, DATE_DIR_RE
+from nfs_watcher_uploader.constants import (
+    COPY_CHUNK,
+    DATE_DIR_RE,
+    MAX_ABANDONED_THREADS,
+    MAX_DEPTH,
+    META_THREADS,
+)
+from nfs_watcher_uploader.errors import NotOurs
 
-# name -> (size, mtime_ns): what the watcher compares between two scans.
+# rel path -> (size, mtime_ns): what the watcher compares between two scans.
 ScanMap = dict[str, tuple[int, int]]
 # Stands for "present, but its attributes could not be read this time" (a stale handle): the
 # file is neither ready nor gone.
@@ -30,21 +50,57 @@ UNKNOWN = (-1, -1)
 # fault, so callers look again before drawing a conclusion.
 GONE_ERRNOS = frozenset({errno.ENOENT, errno.ESTALE})
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+
+# Every move into a destination of ours checks "is the destination free?" and renames under this
+# lock, so that no two of our own threads can both find it free. (One service instance writes a
+# processing root: the Deployment's Recreate strategy.) A plain check-then-rename is used rather
+# than link()+unlink(): with fs.protected_hardlinks a non-owner cannot link a recorder's file.
+_MOVE_LOCK = threading.Lock()
+
+
+class Moved(enum.Enum):
+    DONE = "done"  # the file is now at the destination
+    GONE = "gone"  # the source is gone and the destination does not hold it: someone else's
+    TAKEN = "taken"  # the destination holds another file: nothing was moved
+
 
 class Nfs:
-    """Runs blocking filesystem calls in worker threads, each with a deadline."""
+    """Runs blocking filesystem calls in worker threads, each with a deadline.
 
-    def __init__(self, timeout: float, max_threads: int = 16) -> None:
+    Long copies and short metadata calls (scan, rename, stat, state file) have separate thread
+    budgets, so no number of slow copies can starve a scan, a stop or a probe. A call abandoned
+    at its deadline leaves its thread blocked in the kernel; those threads are counted
+    (`abandoned`), and once MAX_ABANDONED_THREADS are stuck, new calls fail at once instead of
+    piling up more threads on a dead mount.
+    """
+
+    def __init__(
+        self,
+        timeout: float,
+        copy_threads: int = 16,
+        meta_threads: int = META_THREADS,
+        max_abandoned: int = MAX_ABANDONED_THREADS,
+    ) -> None:
         self.timeout = timeout
-        self._limiter = anyio.CapacityLimiter(max_threads)
+        self._meta = anyio.CapacityLimiter(meta_threads)
+        self._copies = anyio.CapacityLimiter(copy_threads)
+        self._max_abandoned = max_abandoned
+        self._lock = threading.Lock()
+        self.abandoned = 0  # threads still blocked in a call we gave up on
+
+    def __repr__(self) -> str:
+        return f"Nfs(timeout={self.timeout:g} abandoned={self.abandoned})"
 
     async def call[T](self, fn: Callable[[], T], timeout: float | None = None) -> T:
+        """Run a short call (metadata, small reads and writes) with a deadline."""
+        self._check_hung()
         deadline = self.timeout if timeout is None else timeout
         try:
             with anyio.fail_after(deadline):
-                return await anyio.to_thread.run_sync(
-                    fn, abandon_on_cancel=True, limiter=self._limiter
-                )
+                return await self._run(fn, self._meta)
         except TimeoutError:
             raise TimeoutError(
                 errno.ETIMEDOUT, f"NFS call timed out after {deadline:g} s"
@@ -53,9 +109,8 @@ class Nfs:
     async def call_watched[T](self, fn: Callable[[], T], last_progress: Callable[[], float]) -> T:
         """Like `call` for long copies: no overall deadline, but give up once `last_progress()`
         (a monotonic time the function updates as it goes) is older than the timeout."""
-        task = asyncio.ensure_future(
-            anyio.to_thread.run_sync(fn, abandon_on_cancel=True, limiter=self._limiter)
-        )
+        self._check_hung()
+        task = asyncio.ensure_future(self._run(fn, self._copies))
         try:
             while True:
                 done, _ = await asyncio.wait({task}, timeout=self.timeout / 4)
@@ -66,43 +121,156 @@ class Nfs:
         finally:
             task.cancel()
 
+    def _check_hung(self) -> None:
+        if self.abandoned >= self._max_abandoned:
+            raise TimeoutError(
+                errno.ETIMEDOUT, f"NFS is not answering: {self.abandoned} calls are still hung"
+            )
 
-def scan_dir(
-    path: Path, extensions: frozenset[str], known: ScanMap | None = None, young_ns: int = 0
-) -> ScanMap:
-    """Regular files directly in `path` (no symlinks), filtered by extension; {} if missing.
+    async def _run[T](self, fn: Callable[[], T], limiter: anyio.CapacityLimiter) -> T:
+        state = _Call()
+
+        def run() -> T:
+            with self._lock:
+                state.started = True
+            try:
+                return fn()
+            finally:
+                with self._lock:
+                    state.finished = True
+                    if state.abandoned:
+                        self.abandoned -= 1
+
+        try:
+            return await anyio.to_thread.run_sync(run, abandon_on_cancel=True, limiter=limiter)
+        except BaseException:
+            # Given up while the thread is inside `fn`: it stays blocked until NFS answers.
+            # (Given up before it started, it never runs.)
+            with self._lock:
+                if state.started and not state.finished:
+                    state.abandoned = True
+                    self.abandoned += 1
+            raise
+
+
+@dataclass
+class _Call:
+    started: bool = False
+    finished: bool = False
+    abandoned: bool = False
+
+
+# --- scanning ------------------------------------------------------------------------------
+
+
+@dataclass
+class Scan:
+    """What one pass over a session folder found."""
+
+    files: ScanMap = field(default_factory=ScanMap)
+    # rel path -> what it is ("symbolic link", "FIFO", ...): never ours, never touched.
+    ignored: dict[str, str] = field(default_factory=dict[str, str])
+    # Folders deeper than MAX_DEPTH: not uploaded, so the session cannot be drained.
+    too_deep: list[str] = field(default_factory=list[str])
+    # Set when the session folder itself is not a real folder (a symlink, a file).
+    problem: str | None = None
+
+
+def scan_session(
+    folder: Path,
+    extensions: frozenset[str],
+    known: ScanMap | None = None,
+    young_ns: int = 0,
+    max_depth: int = MAX_DEPTH,
+) -> Scan:
+    """Regular files below `folder`, up to `max_depth` levels, keyed by their path relative to
+    it ('cam2/rec1.bin'), filtered by extension. Symbolic links are reported, never followed.
 
     A name in `known` whose mtime is after `young_ns` keeps its known (size, mtime) without a
     stat: it is too young to be claimed now, and a write would only make it younger. (The stat
     is most of a scan's cost: 10,000 files are 10,000 syscalls.)
     """
-    result: ScanMap = {}
-    known = known or {}
+    scan = Scan()
     try:
-        with os.scandir(path) as entries:
-            for entry in entries:
-                name = entry.name
-                if extensions and os.path.splitext(name)[1].lower() not in extensions:
-                    continue
-                seen = known.get(name)
-                if seen is not None and seen[1] > young_ns:
-                    result[name] = seen
-                    continue
-                try:
-                    if not entry.is_file(follow_symlinks=False):
-                        continue
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                except OSError as exc:
-                    if exc.errno == errno.ESTALE:
-                        result[name] = UNKNOWN
-                        continue
-                    raise
-                result[name] = (st.st_size, st.st_mtime_ns)
+        fd = os.open(folder, _DIR_FLAGS)
     except FileNotFoundError:
-        pass
-    return result
+        return scan
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            scan.problem = f"{folder} is not a real folder (a symbolic link or a file)"
+            return scan
+        raise
+    try:
+        _scan_dir(fd, "", 1, scan, extensions, known or {}, young_ns, max_depth)
+    finally:
+        os.close(fd)
+    return scan
+
+
+def _scan_dir(
+    fd: int,
+    prefix: str,
+    depth: int,
+    scan: Scan,
+    extensions: frozenset[str],
+    known: ScanMap,
+    young_ns: int,
+    max_depth: int,
+) -> None:
+    with os.scandir(fd) as it:
+        entries = list(it)
+    for entry in entries:
+        rel = prefix + entry.name
+        if entry.is_dir(follow_symlinks=False):
+            if depth >= max_depth:
+                scan.too_deep.append(rel)
+                continue
+            try:
+                child = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                continue
+            try:
+                _scan_dir(child, rel + "/", depth + 1, scan, extensions, known, young_ns, max_depth)
+            finally:
+                os.close(child)
+            continue
+        if extensions and os.path.splitext(entry.name)[1].lower() not in extensions:
+            continue
+        seen = known.get(rel)
+        if seen is not None and seen[1] > young_ns:
+            scan.files[rel] = seen
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            if exc.errno == errno.ESTALE:
+                scan.files[rel] = UNKNOWN
+                continue
+            raise
+        if stat.S_ISREG(st.st_mode):
+            scan.files[rel] = (st.st_size, st.st_mtime_ns)
+        else:
+            scan.ignored[rel] = kind_of(st.st_mode)
+
+
+def kind_of(mode: int) -> str:
+    """What a non-regular entry is, in words for a log line."""
+    for test, name in (
+        (stat.S_ISLNK, "symbolic link"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISDIR, "folder"),
+    ):
+        if test(mode):
+            return name
+    return "regular file" if stat.S_ISREG(mode) else "special file"
+
+
+# --- moving --------------------------------------------------------------------------------
 
 
 def exists(path: Path) -> bool:
@@ -115,43 +283,155 @@ def exists(path: Path) -> bool:
     return True
 
 
-def _exists_retrying(path: Path, attempts: int = 5) -> bool:
+def _lstat_retrying(
+    path: Path | str, dir_fd: int | None = None, attempts: int = 5
+) -> os.stat_result | None:
+    """lstat, None for ENOENT; a stale handle is looked at again."""
     for attempt in range(attempts):
         try:
-            return exists(path)
+            return os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
         except OSError as exc:
             if exc.errno != errno.ESTALE or attempt == attempts - 1:
                 raise
     raise AssertionError("unreachable")
 
 
-def move(src: Path, dst: Path) -> bool:
-    """Rename `src` to `dst`, creating `dst`'s folder when it is missing.
+def _same(a: os.stat_result, b: os.stat_result | None) -> bool:
+    """The same file: by inode (NFS file ids are stable), or where a filesystem renumbers
+    (FUSE without use_ino), by type, size and mtime."""
+    if b is None:
+        return False
+    if (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev):
+        return True
+    return (a.st_mode, a.st_size, a.st_mtime_ns) == (b.st_mode, b.st_size, b.st_mtime_ns)
 
-    Returns True when the file is now at `dst`, False when `src` is gone and `dst` is not there
-    (another claimant took it, or it was deleted). An ENOENT from rename is ambiguous: the source
-    may be gone, the destination folder may be missing (GC pruned it), or an NFS retransmission
-    of a rename that already succeeded may report ENOENT. So look at both sides before deciding.
+
+def move(
+    src: Path | str,
+    dst: Path,
+    expect: tuple[int, int] | None = None,
+    *,
+    src_dir_fd: int | None = None,
+) -> Moved:
+    """Rename `src` to `dst`, never over an existing file; create `dst`'s folder if missing.
+
+    DONE: the file is at `dst`. GONE: `src` is gone and `dst` does not hold it (another claimant
+    took it, or it was deleted). TAKEN: `dst` holds another file; nothing moved.
+
+    An ENOENT or ESTALE from rename is ambiguous on NFS: the source may be gone, the destination
+    folder missing (GC pruned it), or a retransmitted rename that already succeeded may report
+    it. So the outcome is judged by looking at both sides, by inode. A move given up at its
+    deadline may still happen later, in its thread: when it is tried again, a source that is
+    gone and a destination with the (size, mtime) `expect`ed mean it did (DONE). All of it runs
+    under one lock, so a late move and its retry never interleave.
     """
-    for _ in range(5):
-        try:
-            os.rename(src, dst)
-            return True
-        except OSError as exc:
-            if exc.errno not in GONE_ERRNOS:
-                raise
-            if not _exists_retrying(src):
-                return _exists_retrying(dst)
+    with _MOVE_LOCK:
+        for _ in range(5):
+            before = _lstat_retrying(src, src_dir_fd)
+            if before is None:
+                return Moved.DONE if _holds(_lstat_retrying(dst), expect) else Moved.GONE
+            if _lstat_retrying(dst) is not None:
+                return Moved.TAKEN
+            try:
+                os.rename(src, dst, src_dir_fd=src_dir_fd)
+                return Moved.DONE
+            except OSError as exc:
+                if exc.errno in (errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOTEMPTY):
+                    return Moved.TAKEN  # a file where a folder of the path should be, or so
+                if exc.errno not in GONE_ERRNOS:
+                    raise
+            if not _same(before, _lstat_retrying(src, src_dir_fd)):
+                return Moved.DONE if _same(before, _lstat_retrying(dst)) else Moved.GONE
             # The source is still there: the destination folder is missing, or a handle went
             # stale. Make sure the folder exists and try again.
-            os.makedirs(dst.parent, exist_ok=True)
+            try:
+                os.makedirs(dst.parent, exist_ok=True)
+            except FileExistsError:
+                return Moved.TAKEN  # a file stands where a folder of the path should be
     raise OSError(errno.ESTALE, f"rename kept failing: {src} -> {dst}")
+
+
+def _holds(st: os.stat_result | None, expect: tuple[int, int] | None) -> bool:
+    return st is not None and expect is not None and (st.st_size, st.st_mtime_ns) == expect
+
+
+def open_dir(folder: Path, parts: list[str]) -> int:
+    """A descriptor on `folder`/`parts`, entering no symbolic link on the way (NotOurs if one
+    is there; FileNotFoundError if a part is missing)."""
+    try:
+        fd = os.open(folder, _DIR_FLAGS)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise NotOurs(f"{folder} is not a real folder") from None
+        raise
+    for part in parts:
+        try:
+            child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise NotOurs(f"folder {part!r} is a symbolic link or a file") from None
+            raise
+        os.close(fd)
+        fd = child
+    return fd
+
+
+def claim(folder: Path, rel: str, dst: Path, expect: tuple[int, int] | None = None) -> Moved:
+    """Move the regular file `folder`/`rel` to `dst`, never through a symbolic link. `expect`
+    is the (size, mtime) the scan saw (see `move`).
+
+    The folders are entered by descriptor, so a session folder or subfolder swapped for a link
+    is never followed. A source that is not a regular file raises NotOurs and stays; one that
+    was swapped for a non-regular file between the check and the rename is put back.
+    """
+    *parents, name = rel.split("/")
+    try:
+        fd = open_dir(folder, parents)
+    except FileNotFoundError:
+        return Moved.GONE
+    try:
+        st = _lstat_retrying(name, fd)
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            raise NotOurs(f"a {kind_of(st.st_mode)}, not a regular file")
+        moved = move(name, dst, src_dir_fd=fd, expect=expect)
+        if moved is Moved.DONE:
+            got = _lstat_retrying(dst)
+            if got is not None and not stat.S_ISREG(got.st_mode):
+                _put_back(dst, name, fd)
+                raise NotOurs(f"a {kind_of(got.st_mode)}, swapped in while it was claimed")
+        return moved
+    finally:
+        os.close(fd)
+
+
+def _put_back(src: Path, name: str, dir_fd: int) -> None:
+    """Return something that is not ours to where it came from, if that name is still free."""
+    with _MOVE_LOCK:
+        if _lstat_retrying(name, dir_fd) is None:
+            os.rename(src, name, dst_dir_fd=dir_fd)
+
+
+def return_to(src: Path, dst: Path) -> bool:
+    """Move an entry that is not ours (found in .processing) back to incoming, never over
+    anything; False when the name there is taken (then it stays where it is)."""
+    with _MOVE_LOCK:
+        if _lstat_retrying(dst) is not None:
+            return False
+        os.makedirs(dst.parent, exist_ok=True)
+        os.rename(src, dst)
+        return True
+
+
+# --- copying -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class Copied:
-    """What was read from NFS: its size, its MD5, and the MD5 of each block of `block_size`
-    bytes (empty when the file was small enough to go up in one request)."""
+    """What was read from NFS: its size and mtime at open, its MD5, and the MD5 of each block
+    of `block_size` bytes (empty when the file was small enough to go up in one request)."""
 
     size: int
     md5: bytes
@@ -159,6 +439,27 @@ class Copied:
     block_md5s: tuple[bytes, ...] = ()
     # Small files are staged in memory rather than on disk (see copy_and_hash).
     data: bytes | None = None
+    mtime_ns: int = 0
+
+
+def open_regular(path: Path) -> int:
+    """Open `path` for reading if it is a regular file: no symbolic link is followed and a FIFO
+    cannot block the open (O_NONBLOCK); the type is checked on the descriptor itself."""
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NotOurs("a symbolic link, not a regular file") from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotOurs(f"a {kind_of(mode)}, not a regular file")
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def copy_and_hash(
@@ -179,19 +480,23 @@ def copy_and_hash(
     from NFS. No fsync: the staged copy is a cache of the NFS file, which stays the source of
     truth until the blob is committed (after a crash everything is staged again).
     """
-    with open(src, "rb", buffering=0) as fin:
-        expected = os.fstat(fin.fileno()).st_size
+    with FileIO(open_regular(src), "rb", closefd=True) as fin:
+        st = os.fstat(fin.fileno())
+        expected = st.st_size
         if expected <= in_memory_max:
             data = _read_all(fin, expected)
-            _check_complete(fin.fileno(), len(data), expected, src)
+            _check_complete(fin.fileno(), len(data), st, src)
             progress()
-            return Copied(len(data), hashlib.md5(data, usedforsecurity=False).digest(), data=data)
+            md5 = hashlib.md5(data, usedforsecurity=False).digest()
+            return Copied(len(data), md5, data=data, mtime_ns=st.st_mtime_ns)
         dst.parent.mkdir(parents=True, exist_ok=True)
-        with open(dst, "wb", buffering=0) as fout:
+        with FileIO(os.open(dst, _WRITE_FLAGS, 0o600), "wb", closefd=True) as fout:
             blocked = block_size > 0 and expected > single_put_size
             copied = _copy_hashing(fin, fout, block_size if blocked else 0, progress)
-        _check_complete(fin.fileno(), copied.size, expected, src)
-    return copied
+        _check_complete(fin.fileno(), copied.size, st, src)
+    return Copied(
+        copied.size, copied.md5, copied.block_size, copied.block_md5s, mtime_ns=st.st_mtime_ns
+    )
 
 
 def _read_all(fin: FileIO, expected: int) -> bytes:
@@ -234,14 +539,28 @@ def _copy_hashing(
     return Copied(size, md5.digest(), block_size, tuple(block_md5s))
 
 
-def _check_complete(fd: int, got: int, expected: int, src: Path) -> None:
+def _check_complete(fd: int, got: int, at_open: os.stat_result, src: Path) -> None:
     """A read error on NFS (or FUSE) readahead can surface as an early end of file rather than
-    as EIO: never take a short read for the whole file."""
-    now = os.fstat(fd).st_size
-    if got != expected or now != expected:
+    as EIO: never take a short read for the whole file. A file written to while it was read is
+    read again later."""
+    now = os.fstat(fd)
+    if got != at_open.st_size or now.st_size != at_open.st_size:
         raise OSError(
-            errno.EIO, f"short read: {got} bytes read, size {expected} at open, {now} now", str(src)
+            errno.EIO,
+            f"short read: {got} bytes read, size {at_open.st_size} at open, {now.st_size} now",
+            str(src),
         )
+    if now.st_mtime_ns != at_open.st_mtime_ns:
+        raise OSError(errno.EAGAIN, "the file was written to while it was read", str(src))
+
+
+def unchanged(path: Path, size: int, mtime_ns: int) -> bool:
+    """True when `path` still has the size and mtime it had when it was read."""
+    st = os.stat(path, follow_symlinks=False)
+    return (st.st_size, st.st_mtime_ns) == (size, mtime_ns)
+
+
+# --- state files and trees -----------------------------------------------------------------
 
 
 def write_atomic(path: Path, data: bytes, tmp_prefix: str) -> None:
@@ -264,49 +583,67 @@ def write_atomic(path: Path, data: bytes, tmp_prefix: str) -> None:
         os.close(dir_fd)
 
 
-def iter_tree_files(root: Path) -> Iterator[tuple[str, str, Path]]:
-    """Yield (date_prefix, session_name, path) for files in `root/<YYYYMMDD>/<session>/`."""
+def iter_tree_files(root: Path) -> Iterator[tuple[str, str, str, Path]]:
+    """Yield (date_prefix, session_name, rel, path) for regular files anywhere below
+    `root/<YYYYMMDD>/<session>/`, in name order; symbolic links are not followed."""
+    for date_dir in _listdir(root):
+        if DATE_DIR_RE.fullmatch(date_dir.name) and date_dir.is_dir(follow_symlinks=False):
+            for session_dir in _listdir(Path(date_dir.path)):
+                if session_dir.is_dir(follow_symlinks=False):
+                    for rel, path in _walk_files(Path(session_dir.path), ""):
+                        yield date_dir.name, session_dir.name, rel, path
+
+
+def _listdir(folder: Path) -> list[os.DirEntry[str]]:
+    """The entries of `folder` in name order; none if it is missing."""
     try:
-        date_dirs = sorted(
-            (e for e in os.scandir(root) if DATE_DIR_RE.fullmatch(e.name)), key=lambda e: e.name
-        )
+        with os.scandir(folder) as it:
+            return sorted(it, key=lambda e: e.name)
     except FileNotFoundError:
-        return
-    for date_dir in date_dirs:
-        if not date_dir.is_dir(follow_symlinks=False):
-            continue
-        for session_dir in sorted(os.scandir(date_dir.path), key=lambda e: e.name):
-            if not session_dir.is_dir(follow_symlinks=False):
-                continue
-            for entry in sorted(os.scandir(session_dir.path), key=lambda e: e.name):
-                if entry.is_file(follow_symlinks=False):
-                    yield date_dir.name, session_dir.name, Path(entry.path)
+        return []
+
+
+def files_below(folder: Path) -> list[str]:
+    """The paths, relative to `folder`, of the regular files anywhere below it."""
+    return [rel for rel, _ in _walk_files(folder, "")]
+
+
+def _walk_files(folder: Path, prefix: str) -> Iterator[tuple[str, Path]]:
+    for entry in _listdir(folder):
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk_files(Path(entry.path), f"{prefix}{entry.name}/")
+        elif entry.is_file(follow_symlinks=False):
+            yield prefix + entry.name, Path(entry.path)
 
 
 def prune_empty_dirs(root: Path, keep: Callable[[str, str], bool]) -> int:
-    """Remove empty `root/<date>/<session>/` folders (and then empty date folders) unless
-    `keep(date, session)`. Returns how many folders were removed."""
+    """Remove empty folders below `root/<date>/<session>/` (then the session and date folders
+    when they are empty) unless `keep(date, session)`. Returns how many were removed."""
     removed = 0
-    try:
-        date_dirs = [e for e in os.scandir(root) if DATE_DIR_RE.fullmatch(e.name)]
-    except FileNotFoundError:
-        return 0
-    for date_dir in date_dirs:
-        if not date_dir.is_dir(follow_symlinks=False):
+    for date_dir in _listdir(root):
+        if not DATE_DIR_RE.fullmatch(date_dir.name) or not date_dir.is_dir(follow_symlinks=False):
             continue
-        for session_dir in os.scandir(date_dir.path):
-            if not session_dir.is_dir(follow_symlinks=False):
-                continue
-            if keep(date_dir.name, session_dir.name):
-                continue
-            try:
-                os.rmdir(session_dir.path)
-                removed += 1
-            except OSError:
-                pass  # not empty, or gone: both fine
-        try:
-            os.rmdir(date_dir.path)
-            removed += 1
-        except OSError:
-            pass
+        for session_dir in _listdir(Path(date_dir.path)):
+            if session_dir.is_dir(follow_symlinks=False) and not keep(
+                date_dir.name, session_dir.name
+            ):
+                removed += _prune(Path(session_dir.path))
+        removed += _rmdir(Path(date_dir.path))
     return removed
+
+
+def _prune(folder: Path) -> int:
+    """Remove the empty folders in `folder`, bottom up, then `folder` itself if empty."""
+    removed = 0
+    for entry in _listdir(folder):
+        if entry.is_dir(follow_symlinks=False):
+            removed += _prune(Path(entry.path))
+    return removed + _rmdir(folder)
+
+
+def _rmdir(folder: Path) -> int:
+    try:
+        os.rmdir(folder)
+        return 1
+    except OSError:
+        return 0  # not empty, or gone: both fine

@@ -1,37 +1,72 @@
-"""Garbage collection: delete completed markers and prune folders no live session needs.
+"""Garbage collection: delete completed files once they are proven unchanged; prune folders.
 
-Only files under `.processing/_completed/` are ever deleted: each got there by a rename made
-after its blob was committed. Empty session folders are pruned only for sessions that are not
-watched and have no work pending, so GC can never pull a folder out from under a claim (and
-`fsops.move` recreates a destination folder anyway).
+Only files in `.processing/_completed/` are ever deleted, and only when they still have the size
+and mtime of the bytes committed to their blob. One that changed was written to after it was
+claimed (a writer that paused longer than APP_MIN_FILE_AGE_S): it goes back to `.processing` and
+is uploaded again, whole, over the same blob. Completed files left by a previous run are not
+deleted at all: what was committed is not known here, so they are uploaded again (a blob with
+the same bytes is recognised and nothing is sent).
+
+Empty folders are pruned only for sessions that are not watched and have no work pending, so GC
+never pulls a folder out from under a claim (and `fsops.move` recreates a missing one anyway).
 """
 
 import asyncio
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio.to_thread
 
 from nfs_watcher_uploader import fsops
 from nfs_watcher_uploader.config import Settings
-from nfs_watcher_uploader.constants import COMPLETED_DIR, FAILED_DIR, FAILED_REASONS_DIR
-from nfs_watcher_uploader.fsops import Nfs
+from nfs_watcher_uploader.fsops import Moved, Nfs
+from nfs_watcher_uploader.layout import Layout
+from nfs_watcher_uploader.models import WorkItem
 from nfs_watcher_uploader.sessions import Sessions
+from nfs_watcher_uploader.worker import Completed, MoveFn, Pipeline
 
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class _Sweep:
+    """What one sweep did, for the event loop to act on."""
+
+    forgotten: list[Path] = field(default_factory=list[Path])  # deleted, or gone
+    changed: list[Path] = field(default_factory=list[Path])  # back in .processing: late write
+    adopted: list[Path] = field(default_factory=list[Path])  # back in .processing to verify
+    adopted_gone: list[Path] = field(default_factory=list[Path])
+    deleted: int = 0
+
+
 class GarbageCollector:
-    def __init__(self, settings: Settings, sessions: Sessions, nfs: Nfs) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: Sessions,
+        pipeline: Pipeline,
+        nfs: Nfs,
+        move: MoveFn = fsops.move,
+    ) -> None:
         self.settings = settings
+        self.layout = Layout.from_settings(settings)
         self.sessions = sessions
+        self.pipeline = pipeline
         self.nfs = nfs
+        self._move = move
+        # Completed files found at start-up, committed by a previous run.
+        self._adopted: dict[Path, WorkItem] = {}
         self.markers_deleted = 0
 
     def __repr__(self) -> str:
         return f"GarbageCollector(markers_deleted={self.markers_deleted})"
+
+    def adopt(self, items: list[WorkItem]) -> None:
+        """Completed files of a previous run: check them again before anything is deleted."""
+        self._adopted = {self.layout.completed(item): item for item in items}
 
     async def run(self) -> None:
         while True:
@@ -42,48 +77,77 @@ class GarbageCollector:
                 logger.warning("GC sweep failed", exc_info=True)
 
     def _live_sessions(self) -> frozenset[str]:
-        """Sessions whose folders must stay: watched, or with work pending. Taken on the event
-        loop, so that the threads below never read state the loop is changing."""
+        """Sessions whose folders must stay: watched, or with work pending."""
         return frozenset(s.name for s in self.sessions.by_name.values() if s.watched or s.pending)
 
     async def sweep_once(self) -> int:
-        """Delete completed markers and prune idle folders. Returns markers deleted."""
-        root = self.settings.nfs_processing_root
-        completed = root / COMPLETED_DIR
+        """Delete unchanged completed files, send changed ones again, prune idle folders.
+        Returns how many files were deleted."""
+        # Taken on the event loop, so that the thread below never reads state the loop changes.
+        records = dict(self.pipeline.completed)
+        adopted = dict(self._adopted)
         names = self._live_sessions()
 
         def live(date_prefix: str, name: str) -> bool:
             return name in names
 
-        def sweep() -> int:
-            deleted = _delete_markers(completed)
-            fsops.prune_empty_dirs(completed, lambda d, s: False)
-            fsops.prune_empty_dirs(root / FAILED_DIR, lambda d, s: False)
-            fsops.prune_empty_dirs(root / FAILED_REASONS_DIR, lambda d, s: False)
+        def sweep() -> _Sweep:
+            done = _Sweep()
+            for path, record in records.items():
+                self._check(path, record, done)
+            for path, item in adopted.items():
+                moved = self._move(path, self.layout.processing(item), None)
+                if moved is Moved.DONE:
+                    done.adopted.append(path)
+                elif moved is Moved.GONE:
+                    done.adopted_gone.append(path)
+            root = self.layout.processing_root
+            for folder in (self.layout.completed_root, self.layout.failed_root):
+                fsops.prune_empty_dirs(folder, lambda d, s: False)
+            fsops.prune_empty_dirs(self.layout.reasons_root, lambda d, s: False)
             fsops.prune_empty_dirs(root, live)
-            return deleted
+            return done
 
-        # One thread call for the whole NFS sweep, not one round trip per marker.
-        deleted = await self.nfs.call(sweep, timeout=self.nfs.timeout * 10)
-        self.markers_deleted += deleted
+        # One thread call for the whole NFS sweep, not one round trip per file.
+        done = await self.nfs.call(sweep, timeout=self.nfs.timeout * 10)
+        await self._apply(done, records)
+        self.markers_deleted += done.deleted
         await anyio.to_thread.run_sync(_prune_staging, self.settings.local_staging_root, live)
-        return deleted
+        return done.deleted
 
+    async def _apply(self, done: _Sweep, records: dict[Path, Completed]) -> None:
+        """Back on the event loop: forget what is gone, send again what changed."""
+        for path in done.forgotten + done.changed:
+            if self.pipeline.completed.get(path) is records[path]:  # not completed anew since
+                del self.pipeline.completed[path]
+        for path in done.changed:
+            await self.pipeline.put(self.pipeline.late_write(records[path].item))
+        for path in done.adopted_gone:
+            self._adopted.pop(path, None)
+        for path in done.adopted:
+            await self.pipeline.put(self._adopted.pop(path))
 
-def _delete_markers(completed: Path) -> int:
-    deleted = 0
-    for _, _, path in list(fsops.iter_tree_files(completed)):
+    def _check(self, path: Path, record: Completed, done: _Sweep) -> None:
         try:
-            os.unlink(path)
-            deleted += 1
+            same = fsops.unchanged(path, record.size, record.mtime_ns)
+            if same:
+                os.unlink(path)
+                done.deleted += 1
         except FileNotFoundError:
-            pass
-    return deleted
+            same = True
+        if same:
+            done.forgotten.append(path)
+            return
+        moved = self._move(path, self.layout.processing(record.item), None)
+        if moved is Moved.DONE:
+            done.changed.append(path)
+        elif moved is Moved.GONE:
+            done.forgotten.append(path)
 
 
 def _prune_staging(root: Path, live: Callable[[str, str], bool]) -> None:
     """Staged copies of sessions that are no longer live are leftovers of cancelled work."""
-    for date_prefix, name, path in list(fsops.iter_tree_files(root)):
+    for date_prefix, name, _, path in list(fsops.iter_tree_files(root)):
         if not live(date_prefix, name):
             path.unlink(missing_ok=True)
     fsops.prune_empty_dirs(root, live)

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 
 from nfs_watcher_uploader import api
-from nfs_watcher_uploader.config import Settings
+from nfs_watcher_uploader.config import Settings, unsafe_paths
 from nfs_watcher_uploader.service import Service
 from nfs_watcher_uploader.telemetry import Telemetry, configure_logging, setup_telemetry
 
@@ -22,6 +22,8 @@ def create_app(settings: Settings, **service_options: Any) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncGenerator[None]:
+        if problems := unsafe_paths(settings):
+            raise RuntimeError("unsafe settings: " + "; ".join(problems))
         telemetry = Telemetry(providers.tracer_provider, providers.meter_provider)
         service = Service(settings, telemetry=telemetry, **service_options)
         app.state.service = service
@@ -42,9 +44,10 @@ def create_app(settings: Settings, **service_options: Any) -> FastAPI:
 
 def load_settings() -> Settings:
     """Settings from the environment, or exit with a message that names each bad variable
-    (never echoing values: some are secrets)."""
+    (never echoing values: some are secrets) or each unsafe combination of folders, before
+    anything is touched."""
     try:
-        return Settings()  # pyright: ignore[reportCallIssue]
+        settings = Settings()  # pyright: ignore[reportCallIssue]
     except ValidationError as exc:
         lines: list[str] = []
         for err in exc.errors():
@@ -52,6 +55,12 @@ def load_settings() -> Settings:
             name = f"APP_{loc}" if loc else "settings"
             lines.append(f"  {name}: {err['msg']}")
         sys.exit("nfs-watcher-uploader: invalid configuration\n" + "\n".join(lines))
+    if problems := unsafe_paths(settings):
+        sys.exit(
+            "nfs-watcher-uploader: unsafe settings, nothing was touched\n"
+            + "\n".join(f"  {p}" for p in problems)
+        )
+    return settings
 
 
 def _return_freed_memory() -> None:

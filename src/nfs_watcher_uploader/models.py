@@ -1,34 +1,54 @@
 """The work item that flows from watcher to workers, and the API's request and response bodies."""
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, field_validator
 
 from nfs_watcher_uploader.constants import SESSION_NAME_MAX, SESSION_NAME_RE
 
 
 @dataclass(frozen=True, slots=True)
 class WorkItem:
-    """One file to upload. `claimed` is False while it still sits in incoming."""
+    """One file to upload: `rel` is its path below `incoming/<session>/` ('cam2/rec1.bin').
+    `claimed` is False while it still sits in incoming; `Layout` says where it is."""
 
-    source_path: Path
     session_name: str
     date_prefix: str
-    filename: str
+    rel: str
     claimed: bool
+    # (size, mtime_ns) the watcher saw: lets a claim retried after a timeout recognise that
+    # the earlier, abandoned attempt did move the file.
+    seen: tuple[int, int] | None = None
     attempt: int = 0
-    # The blob is committed; only the "completed" rename is left to do.
-    uploaded: bool = False
+    # (size, mtime_ns) of the bytes committed, once the blob is: only the "completed" rename
+    # is left to do, after checking that the file still has that size and mtime.
+    committed: tuple[int, int] | None = None
+    # The blob it goes to, once that is not the default `<date>/<session>/<rel>`: a name
+    # conflict chose another, or a late write sends the whole file again over the same blob.
+    blob_name: str | None = None
+    overwrite: bool = False
 
-    @property
-    def blob_name(self) -> str:
-        return f"{self.date_prefix}/{self.session_name}/{self.filename}"
 
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.session_name, self.filename)
+def printable(text: str) -> str:
+    """`text` with everything that is not printable escaped: the bytes of a file name that is
+    not valid UTF-8 (which Python holds as lone surrogates) as \\xNN, control characters as
+    \\n, \\x00 and so on. Names reach JSON and logs only through this."""
+    if text.isprintable():
+        return text
+    out: list[str] = []
+    for ch in text:
+        if ch.isprintable():
+            out.append(ch)
+        elif "\udc80" <= ch <= "\udcff":  # an undecodable byte (surrogateescape)
+            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
+        else:
+            out.append(ch.encode("unicode_escape", "backslashreplace").decode("ascii"))
+    return "".join(out)
+
+
+# A string that reaches a response: made printable whatever it holds.
+Printable = Annotated[str, AfterValidator(printable)]
 
 
 def check_session_name(name: str) -> str:
@@ -94,7 +114,19 @@ class SessionView(BaseModel):
     bytes_uploaded: int
     retrying: int
     failed: int
-    last_error: str | None
+    # Left in incoming and never uploaded: entries that are not regular files (symbolic links,
+    # FIFOs, devices), and folders deeper than the depth limit (these block `drained`).
+    ignored: int
+    too_deep: int
+    # Files waiting in incoming because an earlier file of the same name is still in progress.
+    held: int
+    # Uploaded under a new name because a blob with other bytes had theirs.
+    renamed: int
+    # Written to after they were claimed, and uploaded again whole.
+    late_writes: int
+    last_error: Printable | None
+    # The latest things worth a look (ignored entries, renames, late writes), newest last.
+    notices: list[Printable]
 
 
 class SessionList(BaseModel):
@@ -106,7 +138,7 @@ class StatusResponse(BaseModel):
     active_session: str | None
     processed_ok: int
     processed_err: int
-    last_error: str | None
+    last_error: Printable | None
     ready: bool
     queue_depth: int
     in_flight: int
@@ -114,14 +146,20 @@ class StatusResponse(BaseModel):
     failed: int
     retries: int
     draining_sessions: list[str]
-    state_error: str | None
+    state_error: Printable | None
+    # NFS calls given up at their deadline whose threads are still blocked (a hung mount).
+    nfs_calls_hung: int
 
 
 class FailedFile(BaseModel):
     date_prefix: str
     session_name: str
-    filename: str
-    reason: str
+    # The file's path below its session folder, as the recorder wrote it.
+    filename: Printable
+    # Where it is parked below `_failed/<date>/<session>/`: the same, unless a parked file of
+    # that name was already there.
+    parked_as: Printable
+    reason: Printable
 
 
 class FailedList(BaseModel):
@@ -138,7 +176,7 @@ class RetryResponse(BaseModel):
 
 class HealthResponse(BaseModel):
     ok: bool = True
-    detail: str | None = None
+    detail: Printable | None = None
 
 
 class ReadyResponse(BaseModel):

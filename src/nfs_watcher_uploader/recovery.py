@@ -1,8 +1,10 @@
 """Recovery: on start, queue every file a previous run left in `.processing`.
 
 Files under `.processing/<YYYYMMDD>/<session>/` were claimed but not completed; their upload is
-repeated (overwriting a blob is idempotent). Parked files under `_failed/` are counted, not
-retried. A session found only through such files is resumed: as the active session when no
+repeated (a blob already there with the same bytes is recognised, not sent again). Parked files
+under `_failed/` are counted, not retried. Files in `_completed/` were committed by the previous
+run, which took with it what it knew of them: GC checks each once more (`adopt`) before any is
+deleted. A session found only through such files is resumed: as the active session when no
 state file was ever written (the original design's auto-resume), else as draining.
 """
 
@@ -12,8 +14,10 @@ from pathlib import Path
 
 from nfs_watcher_uploader import fsops
 from nfs_watcher_uploader.config import Settings
-from nfs_watcher_uploader.constants import DATE_DIR_RE, FAILED_DIR
+from nfs_watcher_uploader.constants import DATE_DIR_RE
 from nfs_watcher_uploader.fsops import Nfs
+from nfs_watcher_uploader.gc import GarbageCollector
+from nfs_watcher_uploader.layout import Layout
 from nfs_watcher_uploader.models import WorkItem
 from nfs_watcher_uploader.sessions import Sessions
 from nfs_watcher_uploader.worker import Pipeline
@@ -33,29 +37,43 @@ def clear_staging(root: Path) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
-async def recover(settings: Settings, sessions: Sessions, pipeline: Pipeline, nfs: Nfs) -> int:
-    """Queue unfinished files and count parked ones. Returns how many files were queued."""
-    root = settings.nfs_processing_root
-    left = await nfs.call(lambda: list(fsops.iter_tree_files(root)), timeout=nfs.timeout * 10)
-    parked = await nfs.call(
-        lambda: list(fsops.iter_tree_files(root / FAILED_DIR)), timeout=nfs.timeout * 10
-    )
+async def recover(
+    settings: Settings, sessions: Sessions, pipeline: Pipeline, gc: GarbageCollector, nfs: Nfs
+) -> int:
+    """Queue unfinished files, count parked ones, hand completed ones to GC. Returns how many
+    files were queued."""
+    layout = Layout.from_settings(settings)
+
+    def listing() -> tuple[list[WorkItem], list[WorkItem], list[WorkItem]]:
+        def items(root: Path) -> list[WorkItem]:
+            return [
+                WorkItem(name, date, rel, claimed=True)
+                for date, name, rel, _ in fsops.iter_tree_files(root)
+            ]
+
+        return (
+            items(layout.processing_root),
+            items(layout.failed_root),
+            items(layout.completed_root),
+        )
+
+    left, parked, completed = await nfs.call(listing, timeout=nfs.timeout * 10)
     fresh_install = sessions.loaded and not sessions.by_name
-    for date_prefix, name, path in parked:
-        sessions.register_recovered(date_prefix, name).parked.add(path.name)
-    for date_prefix, name, _ in left:
-        sessions.register_recovered(date_prefix, name)
+    for item in parked:
+        sessions.for_item(item).parked.add(item.rel)
+    for item in left:
+        sessions.for_item(item)
     if fresh_install and left:
-        newest = max(left, key=lambda t: (t[0], t[1]))
-        resumed = sessions.by_name[newest[1]]
-        resumed.state, resumed.stopped_at = "active", None
+        newest = max(left, key=lambda i: (i.date_prefix, i.session_name))
+        sessions.resume(newest.session_name)
     if left or parked:
         try:
             await sessions.save()
         except OSError:
             logger.warning("Could not save session state after recovery", exc_info=True)
-    for date_prefix, name, path in left:
-        await pipeline.put(WorkItem(path, name, date_prefix, path.name, claimed=True))
+    gc.adopt(completed)
+    for item in left:
+        await pipeline.put(item)
     if left:
-        logger.info("Recovery: queued %d files left in %s", len(left), root)
+        logger.info("Recovery: queued %d files left in %s", len(left), layout.processing_root)
     return len(left)

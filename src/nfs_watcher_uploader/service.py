@@ -2,13 +2,15 @@
 
 Start:    load sessions -> clear staging -> connect storage (retrying) -> workers -> recovery
           -> ready -> watcher and GC.  The API serves from the first moment; /readyz is 503
-          until recovery is done and the container is reachable.
+          until recovery is done and the container is reachable. With APP_EXIT_ON_STALL_S, a
+          watchdog ends the process once liveness has failed that long (for Docker/compose).
 Shutdown: stop intake (watcher, GC) -> in-flight uploads get APP_SHUTDOWN_GRACE_S -> cancel the
           rest (recovered on the next start) -> close the storage client.
 """
 
 import asyncio
 import logging
+import os
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -25,7 +27,17 @@ from nfs_watcher_uploader.sessions import Session, Sessions
 from nfs_watcher_uploader.storage import Storage, TokenCredentialFactory, default_token_credential
 from nfs_watcher_uploader.telemetry import Gauges, Telemetry
 from nfs_watcher_uploader.watcher import ScanFn, Watcher
-from nfs_watcher_uploader.worker import CopyFn, MoveFn, Pipeline, StagedHook, backoff_delay
+from nfs_watcher_uploader.worker import (
+    ClaimFn,
+    CopyFn,
+    MoveFn,
+    Pipeline,
+    StagedHook,
+    backoff_delay,
+)
+
+# Exit status when the watchdog ends a stalled process (EX_SOFTWARE).
+STALL_EXIT_CODE = 70
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +52,14 @@ class Service:
         telemetry: Telemetry | None = None,
         token_credential: TokenCredentialFactory = default_token_credential,
         on_staged: StagedHook | None = None,
-        scan: ScanFn = fsops.scan_dir,
+        scan: ScanFn = fsops.scan_session,
+        claim: ClaimFn = fsops.claim,
         move: MoveFn = fsops.move,
         copy: CopyFn = fsops.copy_and_hash,
+        exit_process: Callable[[int], object] = os._exit,
     ) -> None:
         self.settings = settings
-        self.nfs = Nfs(settings.nfs_timeout_s)
+        self.nfs = Nfs(settings.nfs_timeout_s, copy_threads=settings.worker_concurrency)
         self.telemetry = telemetry or Telemetry()
         self.sessions = Sessions(settings.nfs_processing_root, self.nfs)
         self.storage = Storage(settings, token_credential)
@@ -56,11 +70,12 @@ class Service:
             self.nfs,
             self.telemetry,
             on_staged,
+            claim=claim,
             move=move,
             copy=copy,
         )
         self.watcher = Watcher(settings, self.sessions, self.pipeline, self.nfs, scan)
-        self.gc = GarbageCollector(settings, self.sessions, self.nfs)
+        self.gc = GarbageCollector(settings, self.sessions, self.pipeline, self.nfs, move)
         self.telemetry.observe(
             Gauges(
                 queue_depth=self.pipeline.queue.qsize,
@@ -68,6 +83,7 @@ class Service:
                 parked=lambda: sum(len(s.parked) for s in self.sessions.by_name.values()),
                 oldest_waiting_age=self.watcher.oldest_waiting_age,
                 last_scan=lambda: self.watcher.last_scan_ok,
+                nfs_hung=lambda: self.nfs.abandoned,
             )
         )
         self.ready = False
@@ -76,6 +92,8 @@ class Service:
         self._run_task: asyncio.Task[None] | None = None
         self._intake: list[asyncio.Task[None]] = []
         self._pipeline_task: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self._exit = exit_process
 
     def __repr__(self) -> str:
         return f"Service(phase={self.phase!r} {self.pipeline!r} {self.sessions!r})"
@@ -84,6 +102,33 @@ class Service:
 
     def start(self) -> None:
         self._run_task = asyncio.create_task(self._run(), name="service")
+        if self.settings.exit_on_stall_s is not None:
+            self._watchdog = asyncio.create_task(
+                self._watch(self.settings.exit_on_stall_s), name="watchdog"
+            )
+
+    async def _watch(self, limit: float) -> None:
+        """End the process once liveness has failed for `limit` seconds. Docker and compose
+        restart a container that exits (`restart: unless-stopped`), never one that is only
+        unhealthy; a hung NFS call cannot be cancelled, so no graceful exit is attempted."""
+        failing_since: float | None = None
+        while True:
+            await asyncio.sleep(min(1.0, limit / 4))
+            problem = self.liveness()
+            if problem is None:
+                failing_since = None
+                continue
+            now = time.monotonic()
+            failing_since = failing_since or now
+            if now - failing_since >= limit:
+                logger.critical(
+                    "Liveness failing for %.0f s (%s); exiting with %d (APP_EXIT_ON_STALL_S)",
+                    now - failing_since,
+                    problem,
+                    STALL_EXIT_CODE,
+                )
+                self._exit(STALL_EXIT_CODE)
+                return
 
     async def _run(self) -> None:
         self.phase = "loading sessions"
@@ -95,7 +140,8 @@ class Service:
         self._pipeline_task = asyncio.create_task(self.pipeline.run(), name="pipeline")
         self.phase = "recovering"
         await self._until_ok(
-            lambda: recover(self.settings, self.sessions, self.pipeline, self.nfs), "recover"
+            lambda: recover(self.settings, self.sessions, self.pipeline, self.gc, self.nfs),
+            "recover",
         )
         self.watcher.heartbeat = time.monotonic()
         self._intake = [
@@ -132,6 +178,8 @@ class Service:
     async def shutdown(self) -> None:
         self.ready = False
         self.phase = "stopping"
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         # 1. Stop intake: no new scans, no GC.
         for task in self._intake:
             task.cancel()
@@ -167,11 +215,15 @@ class Service:
     # --- operations the API calls ----------------------------------------------------------
 
     async def start_session(self, name: str) -> Session:
-        s = self.settings
+        """Start watching `incoming/<name>/`, creating it if needed. Raises NotOurs when it
+        exists but is not a real folder (a symbolic link to a folder elsewhere, say)."""
+        layout = self.pipeline.layout
 
         def prepare(session: Session) -> None:
-            (s.nfs_incoming_dir / session.name).mkdir(parents=True, exist_ok=True)
-            processing = s.nfs_processing_root / session.date_prefix / session.name
+            folder = layout.session_folder(session.name)
+            folder.mkdir(parents=True, exist_ok=True)
+            os.close(fsops.open_dir(folder, []))
+            processing = layout.processing_root / session.date_prefix / session.name
             processing.mkdir(parents=True, exist_ok=True)
 
         session = await self.sessions.start(name, prepare)

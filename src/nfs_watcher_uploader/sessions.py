@@ -7,9 +7,11 @@ written to `<processing root>/sessions.json` (temp file, fsync, rename) on every
 resumed on start, so a restart neither forgets a session nor the answer to "is it drained?".
 """
 
+import asyncio
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,12 +27,19 @@ from nfs_watcher_uploader.constants import (
     STATE_TMP_PREFIX,
 )
 from nfs_watcher_uploader.fsops import Nfs, write_atomic
-from nfs_watcher_uploader.models import SessionStateName, SessionView, check_session_name
+from nfs_watcher_uploader.models import (
+    SessionStateName,
+    SessionView,
+    WorkItem,
+    check_session_name,
+    printable,
+)
 
 logger = logging.getLogger(__name__)
 
 WATCHED_STATES = ("active", "draining")
 STATE_VERSION = 1
+NOTICES_KEPT = 20
 
 
 class SessionConflict(Exception):
@@ -50,13 +59,19 @@ class Session:
     uploaded: int = 0
     bytes_uploaded: int = 0
     waiting: int = 0
+    renamed: int = 0
+    late_writes: int = 0
     last_error: str | None = None
-    # filename -> "queued" | "in_flight" | "retrying": work this process owns for the session.
+    # rel -> "queued" | "in_flight" | "retrying": work this process owns for the session.
     pending: dict[str, str] = field(default_factory=dict[str, str])
     # Files parked in the failed folder.
     parked: set[str] = field(default_factory=set[str])
-    # Monotonic time of the last complete scan of the incoming folder.
-    last_scan: float | None = None
+    # From the last scan: entries that are not regular files, folders too deep to upload.
+    ignored: dict[str, str] = field(default_factory=dict[str, str])
+    too_deep: list[str] = field(default_factory=list[str])
+    # Files left in incoming because an earlier file of the same name is still in progress.
+    held: set[str] = field(default_factory=set[str])
+    notices: deque[str] = field(default_factory=lambda: deque[str](maxlen=NOTICES_KEPT))
 
     @property
     def watched(self) -> bool:
@@ -82,8 +97,18 @@ class Session:
             bytes_uploaded=self.bytes_uploaded,
             retrying=self.count("retrying"),
             failed=len(self.parked),
+            ignored=len(self.ignored),
+            too_deep=len(self.too_deep),
+            held=len(self.held),
+            renamed=self.renamed,
+            late_writes=self.late_writes,
             last_error=self.last_error,
+            notices=list(self.notices),
         )
+
+    def notice(self, text: str) -> None:
+        """Keep `text` (made printable) among the session's latest notices."""
+        self.notices.append(printable(text))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -115,6 +140,10 @@ class Sessions:
         self.by_name: dict[str, Session] = {}
         self.state_error: str | None = None
         self.loaded = False
+        # Start and stop check the sessions and change them with NFS calls in between: one at
+        # a time. Saves write the latest state, in order.
+        self._changing = asyncio.Lock()
+        self._saving = asyncio.Lock()
 
     @property
     def active(self) -> Session | None:
@@ -155,14 +184,16 @@ class Sessions:
                 logger.exception("Could not move the damaged state file aside")
 
     async def save(self) -> None:
-        """Write the sessions worth keeping to the state file, atomically."""
-        drained = [s for s in self.by_name.values() if not s.watched]
-        for old in drained[:-DRAINED_SESSIONS_KEPT]:
-            del self.by_name[old.name]
-        doc = {"version": STATE_VERSION, "sessions": [s.to_json() for s in self.by_name.values()]}
-        data = json.dumps(doc, indent=1).encode()
-        await self._nfs.call(lambda: write_atomic(self.state_path, data, STATE_TMP_PREFIX))
-        self.state_error = None
+        """Write the sessions worth keeping to the state file, atomically. The state is taken
+        once the previous save is done, so the file always ends with the latest state."""
+        async with self._saving:
+            drained = [s for s in self.by_name.values() if not s.watched]
+            for old in drained[:-DRAINED_SESSIONS_KEPT]:
+                del self.by_name[old.name]
+            sessions = [s.to_json() for s in self.by_name.values()]
+            data = json.dumps({"version": STATE_VERSION, "sessions": sessions}, indent=1).encode()
+            await self._nfs.call(lambda: write_atomic(self.state_path, data, STATE_TMP_PREFIX))
+            self.state_error = None
 
     def register_recovered(self, date_prefix: str, name: str) -> Session:
         """A session found only through files left in `.processing`: drain it."""
@@ -172,40 +203,54 @@ class Sessions:
             self.by_name[name] = session
         return session
 
+    def resume(self, name: str) -> None:
+        """Make a recovered session the active one again (a first start after a crash)."""
+        session = self.by_name[name]
+        session.state, session.stopped_at = "active", None
+
+    def for_item(self, item: WorkItem) -> Session:
+        """The session a file belongs to (registered as draining if this process never saw it:
+        a file recovered from `.processing`, or unparked)."""
+        return self.register_recovered(item.date_prefix, item.session_name)
+
     async def start(self, name: str, prepare: Callable[[Session], None]) -> Session:
         """Make `name` the active session. `prepare` creates its folders (runs on NFS)."""
         check_session_name(name)
-        if (current := self.active) is not None:
-            raise SessionConflict(f"session {current.name!r} is already active; stop it first")
-        old = self.by_name.get(name)
-        if old is not None and old.state == "draining":
-            raise SessionConflict(f"session {name!r} is still draining; wait for it or pick a name")
-        session = Session(name, today_utc(self._clock), "active", self._clock())
-        await self._nfs.call(lambda: prepare(session))
-        self.by_name[name] = session
-        try:
-            await self.save()
-        except BaseException:
-            if old is None:
-                del self.by_name[name]
-            else:
-                self.by_name[name] = old
-            raise
-        return session
+        async with self._changing:
+            if (current := self.active) is not None:
+                raise SessionConflict(f"session {current.name!r} is already active; stop it first")
+            old = self.by_name.get(name)
+            if old is not None and old.state == "draining":
+                raise SessionConflict(
+                    f"session {name!r} is still draining; wait for it or pick a name"
+                )
+            session = Session(name, today_utc(self._clock), "active", self._clock())
+            await self._nfs.call(lambda: prepare(session))
+            self.by_name[name] = session
+            try:
+                await self.save()
+            except BaseException:
+                if old is None:
+                    del self.by_name[name]
+                else:
+                    self.by_name[name] = old
+                raise
+            return session
 
     async def stop(self) -> Session | None:
         """Stop the active session: it drains from now on."""
-        session = self.active
-        if session is None:
-            return None
-        session.state = "draining"
-        session.stopped_at = self._clock()
-        try:
-            await self.save()
-        except BaseException:
-            session.state, session.stopped_at = "active", None
-            raise
-        return session
+        async with self._changing:
+            session = self.active
+            if session is None:
+                return None
+            session.state = "draining"
+            session.stopped_at = self._clock()
+            try:
+                await self.save()
+            except BaseException:
+                session.state, session.stopped_at = "active", None
+                raise
+            return session
 
     async def finish(self, session: Session, state: SessionStateName) -> None:
         """Record that a draining session is drained or timed out."""
@@ -254,6 +299,12 @@ def _parse_state(raw: bytes) -> list[Session]:
     sessions = [
         Session(e.name, e.date_prefix, e.state, e.started_at, e.stopped_at) for e in doc.sessions
     ]
-    if sum(s.state == "active" for s in sessions) > 1:
-        raise ValueError("more than one active session")
+    if len({s.name for s in sessions}) != len(sessions):
+        raise ValueError("a session name appears twice")
+    active = sorted((s for s in sessions if s.state == "active"), key=lambda s: s.started_at)
+    for extra in active[:-1]:
+        # Only one session can be active. Rather than forget them all (their files would sit in
+        # incoming for good), the newest stays active and the others drain.
+        logger.error("State file lists %s as active too; it drains now", extra.name)
+        extra.state, extra.stopped_at = "draining", extra.started_at
     return sessions

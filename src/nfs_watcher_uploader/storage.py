@@ -14,10 +14,11 @@ The whole-file MD5 is stored as the blob's Content-MD5.
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, cast
+from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
 import anyio.to_thread
@@ -31,10 +32,16 @@ from azure.core.exceptions import (
 from azure.storage.blob import ContentSettings
 from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClient
 
-from nfs_watcher_uploader.config import AzureAuth, Settings
-from nfs_watcher_uploader.constants import MAX_BLOB_NAME, MAX_BLOB_PATH_SEGMENTS, MAX_BLOCKS
+from nfs_watcher_uploader.config import AzureAuth, NameConflict, Settings
+from nfs_watcher_uploader.constants import (
+    MAX_BLOB_NAME,
+    MAX_BLOB_PATH_SEGMENTS,
+    MAX_BLOCKS,
+    MAX_NAME_VERSIONS,
+)
 from nfs_watcher_uploader.errors import IntegrityError, PermanentError, RetryableError, UploadError
 from nfs_watcher_uploader.fsops import Copied
+from nfs_watcher_uploader.layout import versioned
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +59,15 @@ _PERMANENT_CODES = frozenset(
     {"InvalidResourceName", "InvalidUri", "OutOfRangeInput", "InvalidBlobOrBlock", "InvalidInput"}
 )
 _PERMANENT_STATUS = frozenset({413, 414})
+# What Azure answers a create with If-None-Match: * when the name is taken.
+_TAKEN_CODES = frozenset({"BlobAlreadyExists", "ConditionNotMet"})
+
+
+class _Missing:
+    """No blob has the name."""
+
+
+_MISSING = _Missing()
 
 TokenCredentialFactory = Callable[[], AsyncTokenCredential]
 
@@ -70,6 +86,18 @@ def default_token_credential() -> AsyncTokenCredential:
 class _Candidate:
     label: str
     make: Callable[[], tuple[BlobServiceClient, _Closeable | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """Where a file went: `blob_name`, and whether it was already there with the same bytes."""
+
+    blob_name: str
+    already: bool = False
+
+
+class _NameTaken(Exception):
+    """The blob exists: the conditional create did not happen."""
 
 
 def account_name_from_url(url: str) -> str | None:
@@ -262,13 +290,21 @@ class Storage:
         blob_name: str,
         copied: Copied,
         progress: Callable[[], None],
+        overwrite: bool = False,
         log_extra: dict[str, str] | None = None,
-    ) -> None:
-        """Upload `local` as block blob `blob_name`; raise UploadError (see errors.py).
+    ) -> Sent:
+        """Upload `local` as a block blob named `blob_name`, or the next free version of that
+        name; raise UploadError (see errors.py).
 
         Every request carries the MD5 taken while reading NFS (per block, or of the whole file
         for a single put) as its transactional Content-MD5, so Azure refuses any byte that
         changed on the way (400 Md5Mismatch, raised here as IntegrityError).
+
+        The blob is created only if no blob has its name (If-None-Match: *). When one has, its
+        Content-MD5 decides: the same bytes mean the file is already up (a re-upload after a
+        crash: nothing is sent, `Sent.already`); other bytes mean another file had the name,
+        and this one goes up as `<stem>~2<ext>`, `~3`... (APP_ON_NAME_CONFLICT=keep-both), or
+        is parked (park). `overwrite` (or APP_ON_NAME_CONFLICT=overwrite) replaces the blob.
         """
         check_blob_name(blob_name)
         if copied.block_md5s and copied.size > MAX_BLOCKS * copied.block_size:
@@ -276,13 +312,59 @@ class Storage:
                 f"file is {copied.size} bytes; a block blob holds at most "
                 f"{MAX_BLOCKS} blocks of {copied.block_size} bytes"
             )
+        policy = self._settings.on_name_conflict
+        if overwrite or policy is NameConflict.OVERWRITE:
+            await self._send(local, blob_name, copied, progress, True, log_extra)
+            return Sent(blob_name)
+        for version in range(1, MAX_NAME_VERSIONS + 1):
+            name = versioned(blob_name, version)
+            check_blob_name(name)
+            # A file sent in blocks is looked for first: one request against many.
+            found = await self._md5_of(name) if copied.block_md5s else _MISSING
+            if found is _MISSING:
+                try:
+                    await self._send(local, name, copied, progress, False, log_extra)
+                    return Sent(name)
+                except _NameTaken:
+                    found = await self._md5_of(name)
+                    if found is _MISSING:
+                        raise RetryableError(f"blob {name} came and went; trying again") from None
+            if found == copied.md5:
+                return Sent(name, already=True)
+            if policy is NameConflict.PARK:
+                raise PermanentError(
+                    f"a blob named {name} with other bytes exists (APP_ON_NAME_CONFLICT=park)"
+                )
+        raise PermanentError(f"{MAX_NAME_VERSIONS} blobs named like {blob_name} exist")
+
+    async def _md5_of(self, name: str) -> bytes | _Missing | None:
+        """The Content-MD5 of blob `name` (None if it has none), or _MISSING."""
+        try:
+            props = await self.container.get_blob_client(name).get_blob_properties()
+        except ResourceNotFoundError:
+            return _MISSING
+        except Exception as exc:
+            raise classify(exc) from exc
+        md5 = props.content_settings.content_md5
+        return None if md5 is None else bytes(md5)
+
+    async def _send(
+        self,
+        local: Path,
+        blob_name: str,
+        copied: Copied,
+        progress: Callable[[], None],
+        overwrite: bool,
+        log_extra: dict[str, str] | None,
+    ) -> None:
         blob = self.container.get_blob_client(blob_name)
         settings = ContentSettings(content_md5=bytearray(copied.md5))
+        condition: dict[str, Any] = {} if overwrite else {"if_none_match": "*"}
         try:
             if copied.data is not None:
                 await blob.upload_blob(
                     copied.data,
-                    overwrite=True,
+                    overwrite=overwrite,
                     content_settings=settings,
                     transactional_content_md5=copied.md5,
                 )
@@ -294,57 +376,73 @@ class Storage:
                     _check_length(len(data), copied, log_extra)
                     await blob.upload_blob(
                         data,
-                        overwrite=True,
+                        overwrite=overwrite,
                         content_settings=settings,
                         transactional_content_md5=copied.md5,
                     )
                 else:
-                    ids = await self._put_blocks(blob, f, copied, progress, log_extra)
-                    await blob.commit_block_list(ids, content_settings=settings)  # pyright: ignore[reportArgumentType]
+                    ids = await self._put_blocks(blob, f.fileno(), copied, progress, log_extra)
+                    await blob.commit_block_list(ids, content_settings=settings, **condition)  # pyright: ignore[reportArgumentType]
         except FileNotFoundError:
             raise RetryableError(f"staged copy of {blob_name} vanished; staging again") from None
+        except ResourceExistsError as exc:
+            if _error_code(exc) in _TAKEN_CODES:
+                raise _NameTaken from exc
+            raise classify(exc) from exc
+        except HttpResponseError as exc:
+            if exc.status_code == 412 and not overwrite:
+                raise _NameTaken from exc
+            raise self._classified(exc, log_extra) from exc
         except Exception as exc:
-            error = classify(exc)
-            if isinstance(error, IntegrityError) and not isinstance(exc, IntegrityError):
-                _log_mismatch(str(error), log_extra)
-            raise error from exc
+            raise self._classified(exc, log_extra) from exc
         progress()
+
+    @staticmethod
+    def _classified(exc: BaseException, log_extra: dict[str, str] | None) -> UploadError:
+        error = classify(exc)
+        if isinstance(error, IntegrityError) and not isinstance(exc, IntegrityError):
+            _log_mismatch(str(error), log_extra)
+        return error
 
     async def _put_blocks(
         self,
         blob: BlobClient,
-        f: BinaryIO,
+        fd: int,
         copied: Copied,
         progress: Callable[[], None],
         log_extra: dict[str, str] | None,
     ) -> list[str]:
-        ids: list[str] = []
-        sent = 0
-        slots = asyncio.Semaphore(self.concurrency)
+        """Stage every block, at most `concurrency` at once for this file and the block budget
+        across all files. Each block is read only once its budget permit is held, and the
+        permit is released by `async with` on every path (failure, cancellation)."""
+        count = len(copied.block_md5s)
+        ids = [f"{index:08d}" for index in range(count)]
+        window = asyncio.Semaphore(self.concurrency)
 
-        async def put(block_id: str, data: bytes, md5: bytes) -> None:
-            try:
-                await blob.stage_block(block_id, data, transactional_content_md5=md5)
-                progress()
-            finally:
-                slots.release()
-                self._budget.release()
+        async def put(index: int) -> None:
+            offset = index * copied.block_size
+            length = min(copied.block_size, copied.size - offset)
+            async with self._budget:
+                data = await anyio.to_thread.run_sync(os.pread, fd, length, offset)
+                if len(data) != length:  # the staged copy is shorter than what was read
+                    _check_length(offset + len(data), copied, log_extra)
+                await blob.stage_block(
+                    ids[index], data, transactional_content_md5=copied.block_md5s[index]
+                )
+            progress()
 
         async with asyncio.TaskGroup() as tg:
-            for index, md5 in enumerate(copied.block_md5s):
-                await slots.acquire()
-                await self._budget.acquire()
-                data = await anyio.to_thread.run_sync(f.read, copied.block_size)
-                if not data:
-                    slots.release()
-                    self._budget.release()
-                    break
-                block_id = f"{index:08d}"
-                ids.append(block_id)
-                sent += len(data)
-                tg.create_task(put(block_id, data, md5))
-        _check_length(sent + len(f.read(1)), copied, log_extra)
+            for index in range(count):
+                await window.acquire()
+                tg.create_task(put(index)).add_done_callback(lambda _: window.release())
+        longer = await anyio.to_thread.run_sync(os.pread, fd, 1, copied.size)
+        _check_length(copied.size + len(longer), copied, log_extra)
         return ids
+
+    @property
+    def budget_free(self) -> int:
+        """Block permits not held right now (all of them when no upload is running)."""
+        return self._budget._value  # pyright: ignore[reportPrivateUsage]
 
 
 def _log_mismatch(reason: str, log_extra: dict[str, str] | None) -> None:

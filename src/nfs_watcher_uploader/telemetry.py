@@ -21,7 +21,8 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Span, Status, StatusCode
 from prometheus_client import CollectorRegistry
 
-from nfs_watcher_uploader.models import WorkItem
+from nfs_watcher_uploader.layout import Layout
+from nfs_watcher_uploader.models import WorkItem, printable
 
 METER_NAME = TRACER_NAME = "nfs_watcher_uploader"
 SERVICE_NAME = "nfs-watcher-uploader"
@@ -102,6 +103,7 @@ class Gauges:
     parked: Callable[[], int]
     oldest_waiting_age: Callable[[], float | None]
     last_scan: Callable[[], float | None]
+    nfs_hung: Callable[[], int]
 
 
 class Telemetry:
@@ -133,6 +135,16 @@ class Telemetry:
         self.file_size = meter.create_histogram(
             "file.size", unit="By", description="Size of uploaded files"
         )
+        self.files_renamed = meter.create_counter(
+            "files.renamed",
+            unit="{file}",
+            description="Files uploaded under a new name: their own held other bytes",
+        )
+        self.late_writes = meter.create_counter(
+            "files.late_writes",
+            unit="{file}",
+            description="Files written to after they were claimed, uploaded again whole",
+        )
         # A counter that was never added to is not exported at all; start them at 0 so that
         # "no failures" reads as 0, not as a missing series.
         for counter in (
@@ -140,6 +152,8 @@ class Telemetry:
             self.files_failed,
             self.upload_retries,
             self.bytes_uploaded,
+            self.files_renamed,
+            self.late_writes,
         ):
             counter.add(0)
 
@@ -178,6 +192,13 @@ class Telemetry:
                 gauges.last_scan,
                 True,
             ),
+            (
+                "nfs.calls.hung",
+                "{call}",
+                "NFS calls given up at their deadline whose threads are still blocked",
+                gauges.nfs_hung,
+                False,
+            ),
         ]
         for name, unit, description, fn, gauge in table:
             create = (
@@ -191,8 +212,8 @@ class Telemetry:
     def file_span(self, item: WorkItem) -> Generator[Span]:
         attrs = {
             "session.name": item.session_name,
-            "file.name": item.filename,
-            "blob.name": item.blob_name,
+            "file.name": printable(item.rel),
+            "blob.name": printable(Layout.blob_name(item)),
             "retry.attempt": item.attempt,
         }
         with self._tracer.start_as_current_span("file", attributes=attrs) as span:
@@ -230,6 +251,12 @@ class Telemetry:
 
     def failed(self) -> None:
         self.files_failed.add(1)
+
+    def renamed(self) -> None:
+        self.files_renamed.add(1)
+
+    def late_write(self) -> None:
+        self.late_writes.add(1)
 
 
 class _TraceContext(logging.Filter):

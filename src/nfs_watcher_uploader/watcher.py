@@ -4,9 +4,11 @@ A file is ready when two consecutive scans saw the same (size, mtime) and its mt
 APP_MIN_FILE_AGE_S old. On NFS, attributes are cached for `actimeo` seconds, so a growing file
 can look unchanged for that long: APP_MIN_FILE_AGE_S must exceed the mount's actimeo.
 
-Every watched session (the active one, and stopped ones still draining) is scanned each poll.
-A draining session becomes `drained` once a scan made after the stop finds its incoming folder
-empty and none of its files is queued, in flight, retrying or parked.
+Every watched session (the active one, and stopped ones still draining) is scanned each poll,
+down to MAX_DEPTH levels of subfolders. A draining session becomes `drained` once a scan made
+after the stop finds no file anywhere below its incoming folder (and no folder too deep to
+scan) and none of its files is queued, in flight, retrying or parked. Entries that are not
+regular files (symbolic links, FIFOs) are never taken: they are reported and do not count.
 """
 
 import asyncio
@@ -17,14 +19,14 @@ from pathlib import Path
 
 from nfs_watcher_uploader import fsops
 from nfs_watcher_uploader.config import Settings
-from nfs_watcher_uploader.fsops import Nfs, ScanMap
-from nfs_watcher_uploader.models import WorkItem
+from nfs_watcher_uploader.fsops import Nfs, Scan, ScanMap
+from nfs_watcher_uploader.models import WorkItem, printable
 from nfs_watcher_uploader.sessions import Session, Sessions
 from nfs_watcher_uploader.worker import Pipeline
 
 logger = logging.getLogger(__name__)
 
-ScanFn = Callable[[Path, frozenset[str], ScanMap, int], ScanMap]
+ScanFn = Callable[[Path, frozenset[str], ScanMap, int], Scan]
 
 
 def stable_files(
@@ -51,7 +53,7 @@ class Watcher:
         sessions: Sessions,
         pipeline: Pipeline,
         nfs: Nfs,
-        scan: ScanFn = fsops.scan_dir,
+        scan: ScanFn = fsops.scan_session,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -104,51 +106,104 @@ class Watcher:
         previous = self._previous.get(session.name, {})
         young_ns = int((started - self.settings.min_file_age_s) * 1e9)
         try:
-            current = await self.nfs.call(lambda: self._scan(folder, exts, previous, young_ns))
+            scan = await self.nfs.call(lambda: self._scan(folder, exts, previous, young_ns))
         except OSError as exc:
             self.scan_errors += 1
             logger.warning(
                 "Scan of %s failed: %s", folder, exc, extra={"session_name": session.name}
             )
             return False
-        session.last_scan = time.monotonic()
+        current = scan.files
         self._previous[session.name] = current
+        self._report(session, scan)
         ready = stable_files(
             previous, current, started, self.settings.min_file_age_s, session.pending
         )
-        self._offer(session, folder, ready)
+        self._offer(session, ready, current)
+        session.held &= current.keys()
         waiting = [mtime for name, (_, mtime) in current.items() if name not in session.pending]
         session.waiting = len(waiting)
         if waiting:
             self._oldest[session.name] = min(waiting)
         else:
             self._oldest.pop(session.name, None)
-        if session.state == "draining":
-            await self._check_drain(session, current, started)
+        if session.state == "draining" and scan.problem is None:
+            await self._check_drain(session, scan, started)
         return True
 
-    def _offer(self, session: Session, folder: Path, names: Iterable[str]) -> None:
-        for name in names:
-            item = WorkItem(folder / name, session.name, session.date_prefix, name, claimed=False)
+    def _report(self, session: Session, scan: Scan) -> None:
+        """Say once what the scan found that will never be uploaded."""
+        extra = {"session_name": session.name}
+        if scan.problem is not None and session.last_error != scan.problem:
+            session.last_error = scan.problem
+            session.notice(scan.problem)
+            logger.error("%s; nothing in it is taken", scan.problem, extra=extra)
+        for rel, kind in scan.ignored.items():
+            if session.ignored.get(rel) != kind:
+                session.notice(f"{rel}: a {kind}, not a regular file; left in incoming")
+                logger.warning(
+                    "Ignoring %s: a %s, not a regular file", printable(rel), kind, extra=extra
+                )
+        for rel in set(scan.too_deep) - set(session.too_deep):
+            session.notice(f"{rel}: folder too deep to upload; the session cannot drain")
+            logger.error(
+                "Folder %s is too deep to upload; the session cannot drain",
+                printable(rel),
+                extra=extra,
+            )
+        session.ignored = scan.ignored
+        session.too_deep = scan.too_deep
+
+    def _offer(self, session: Session, names: Iterable[str], seen: ScanMap) -> None:
+        for rel in names:
+            item = WorkItem(session.name, session.date_prefix, rel, False, seen=seen[rel])
             if not self.pipeline.offer(item):
                 break  # queue full: the rest are offered on a later scan
 
-    async def _check_drain(self, session: Session, current: ScanMap, scanned_at: float) -> None:
+    async def _requeue_strays(self, session: Session) -> int:
+        """Claimed files of the session that no work is pending for (a claim whose reply was
+        lost and never retried, say): queue them, so `drained` never hides one. Returns how
+        many were queued."""
+        folder = self.settings.nfs_processing_root / session.date_prefix / session.name
+        try:
+            strays = await self.nfs.call(lambda: fsops.files_below(folder))
+        except OSError as exc:
+            logger.warning("Cannot list %s: %s", folder, exc, extra={"session_name": session.name})
+            return 1  # not drained before it could look
+        queued = 0
+        for rel in strays:
+            item = WorkItem(session.name, session.date_prefix, rel, claimed=True)
+            queued += await self.pipeline.put(item)
+        if queued:
+            logger.warning(
+                "Session %s: %d claimed files were not in progress; uploading them first",
+                session.name,
+                queued,
+                extra={"session_name": session.name},
+            )
+        return queued
+
+    async def _check_drain(self, session: Session, scan: Scan, scanned_at: float) -> None:
+        extra = {"session_name": session.name}
         stopped = session.stopped_at or 0.0
         if scanned_at <= stopped:
             return
-        if not current and not session.pending and not session.parked:
-            logger.info("Session %s drained", session.name, extra={"session_name": session.name})
-            await self.sessions.finish(session, "drained")
+        if not scan.files and not scan.too_deep and not session.pending and not session.parked:
+            if await self._requeue_strays(session):
+                return
+            if not session.pending and not session.parked:  # nothing came up meanwhile
+                logger.info("Session %s drained", session.name, extra=extra)
+                await self.sessions.finish(session, "drained")
         elif self._clock() - stopped > self.settings.drain_timeout_s:
             logger.error(
-                "Session %s did not drain within %.0f s: %d waiting, %d pending, %d parked; "
-                "left in place",
+                "Session %s did not drain within %.0f s: %d waiting, %d pending, %d parked, "
+                "%d folders too deep; left in place",
                 session.name,
                 self.settings.drain_timeout_s,
-                len(current),
+                len(scan.files),
                 len(session.pending),
                 len(session.parked),
+                len(scan.too_deep),
                 extra={"session_name": session.name},
             )
             await self.sessions.finish(session, "drain_timed_out")

@@ -1,17 +1,23 @@
 """The worker pool: claim, stage, upload, complete, one file at a time per worker.
 
-    claim     rename incoming/<s>/<f> -> .processing/<d>/<s>/<f>  (lost race: skip)
+    claim     rename incoming/<s>/<rel> -> .processing/<d>/<s>/<rel>  (lost race: skip;
+              the name still taken by an earlier file: leave it in incoming for now)
     stage     copy to local staging, MD5 of the bytes read from NFS
-    upload    every request carries the MD5 read from NFS; Azure refuses changed bytes
-    complete  rename into .processing/_completed/<d>/<s>/<f>; GC deletes it later
+    upload    every request carries the MD5 read from NFS; Azure refuses changed bytes; a name
+              held by other bytes is kept, and this file goes up under the next free name
+    complete  if the file is unchanged since it was read, rename it into
+              .processing/_completed/<d>/<s>/<rel>; GC checks it again, then deletes it
 
 A RetryableError puts the (claimed) file on a backoff timer: 1 s, 2 s, 4 s ... capped at
 APP_RETRY_MAX_S, with jitter, for as long as it takes. A PermanentError parks the file in
 `.processing/_failed/` with its reason, never deleting it; `requeue_parked` brings it back.
+NotOurs (a symlink or a FIFO where a file was) leaves the entry in incoming and reports it.
+A file written to after it was claimed is sent again, whole, over the same blob.
 A file is counted as uploaded only after its blob is committed.
 """
 
 import asyncio
+import functools
 import heapq
 import json
 import logging
@@ -21,16 +27,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import anyio.to_thread
+
 from nfs_watcher_uploader import fsops
 from nfs_watcher_uploader.config import Settings
-from nfs_watcher_uploader.constants import COMPLETED_DIR, FAILED_DIR, FAILED_REASONS_DIR
+from nfs_watcher_uploader.constants import MAX_NAME_VERSIONS
 from nfs_watcher_uploader.errors import (
     CompletionPending,
+    NotOurs,
     PermanentError,
     RetryableError,
 )
-from nfs_watcher_uploader.fsops import Copied, Nfs
-from nfs_watcher_uploader.models import WorkItem
+from nfs_watcher_uploader.fsops import Copied, Moved, Nfs
+from nfs_watcher_uploader.layout import Layout, versioned
+from nfs_watcher_uploader.models import FailedFile, WorkItem, printable
 from nfs_watcher_uploader.sessions import Session, Sessions
 from nfs_watcher_uploader.storage import Storage
 from nfs_watcher_uploader.telemetry import Telemetry
@@ -38,9 +48,10 @@ from nfs_watcher_uploader.telemetry import Telemetry
 logger = logging.getLogger(__name__)
 
 # Test seams: called between stage and upload with the staged path and what was read (it may
-# return a replacement, to corrupt an in-memory copy); the rename; the copy.
+# return a replacement, to corrupt an in-memory copy); the claim; the other renames; the copy.
 StagedHook = Callable[[Path, Copied], Copied | None]
-MoveFn = Callable[[Path, Path], bool]
+ClaimFn = Callable[[Path, str, Path, tuple[int, int] | None], Moved]
+MoveFn = Callable[[Path, Path, tuple[int, int] | None], Moved]
 CopyFn = Callable[..., Copied]
 
 
@@ -55,14 +66,31 @@ class Slot:
         self.progress = time.monotonic()
 
 
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """A file in the completed tree: what was committed, for GC's last look before deleting."""
+
+    item: WorkItem
+    size: int
+    mtime_ns: int
+
+
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
     """Exponential backoff with jitter: base * 2**(attempt-1), capped, times 0.5-1.0."""
     raw = min(cap, base * 2 ** min(attempt - 1, 30))
     return raw * (0.5 + rng.random() / 2)
 
 
-def _log_extra(item: WorkItem) -> dict[str, str]:
-    return {"file_name": item.filename, "session_name": item.session_name}
+def log_extra(item: WorkItem) -> dict[str, str]:
+    return {"file_name": printable(item.rel), "session_name": item.session_name}
+
+
+class _LateWrite(Exception):
+    """The file changed after it was read: send it again, whole, over the same blob."""
+
+    def __init__(self, item: WorkItem) -> None:
+        super().__init__(item.rel)
+        self.item = item
 
 
 class Pipeline:
@@ -77,15 +105,18 @@ class Pipeline:
         telemetry: Telemetry,
         on_staged: StagedHook | None = None,
         rng: random.Random | None = None,
+        claim: ClaimFn = fsops.claim,
         move: MoveFn = fsops.move,
         copy: CopyFn = fsops.copy_and_hash,
     ) -> None:
         self.settings = settings
+        self.layout = Layout.from_settings(settings)
         self.sessions = sessions
         self.storage = storage
         self.nfs = nfs
         self.telemetry = telemetry
         self._on_staged = on_staged
+        self._claim_fn = claim
         self._move = move
         self._copy = copy
         self._rng = rng or random.Random()
@@ -97,16 +128,16 @@ class Pipeline:
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._retry_task: asyncio.Task[None] | None = None
+        # Two requeues at once would both list the same parked files.
+        self._requeuing = asyncio.Lock()
+        # completed path -> what was committed; GC reads a copy, checks and deletes.
+        self.completed: dict[Path, Completed] = {}
         self.processed_ok = 0
         self.processed_err = 0
         self.retries = 0
         self.bytes_uploaded = 0
+        self.late_writes = 0
         self.last_error: str | None = None
-        root = settings.nfs_processing_root
-        self._processing = root
-        self._completed = root / COMPLETED_DIR
-        self._failed = root / FAILED_DIR
-        self._reasons = root / FAILED_REASONS_DIR
 
     def __repr__(self) -> str:
         return (
@@ -127,24 +158,26 @@ class Pipeline:
         now = time.monotonic()
         return max((now - s.progress for s in self.slots if s.item is not None), default=0.0)
 
-    def _session(self, item: WorkItem) -> Session:
-        session = self.sessions.by_name.get(item.session_name)
-        if session is None:
-            session = self.sessions.register_recovered(item.date_prefix, item.session_name)
-        return session
-
     def offer(self, item: WorkItem) -> bool:
         """Queue `item` if there is room; the watcher offers it again next scan if not."""
         try:
             self.queue.put_nowait(item)
         except asyncio.QueueFull:
             return False
-        self._session(item).pending[item.filename] = "queued"
+        self.sessions.for_item(item).pending[item.rel] = "queued"
         return True
 
-    async def put(self, item: WorkItem) -> None:
-        """Queue `item`, waiting for room (recovery, retries)."""
-        self._session(item).pending[item.filename] = "queued"
+    async def put(self, item: WorkItem) -> bool:
+        """Queue `item`, waiting for room (recovery, GC, requeues of parked files). A file that
+        already has work queued, in flight or retrying is not queued twice: False."""
+        if item.rel in self.sessions.for_item(item).pending:
+            logger.debug("%s is already in progress", printable(item.rel), extra=log_extra(item))
+            return False
+        await self._enqueue(item)
+        return True
+
+    async def _enqueue(self, item: WorkItem) -> None:
+        self.sessions.for_item(item).pending[item.rel] = "queued"
         await self.queue.put(item)
 
     # --- running -------------------------------------------------------------------------
@@ -172,8 +205,8 @@ class Pipeline:
                     item = slot.item
                     logger.warning(
                         "Shutdown grace over; cancelling the upload of %s (recovered on restart)",
-                        item.filename if item else "?",
-                        extra=_log_extra(item) if item else None,
+                        printable(item.rel) if item else "?",
+                        extra=log_extra(item) if item else None,
                     )
                     task.cancel()
 
@@ -193,7 +226,7 @@ class Pipeline:
             now = time.monotonic()
             while self._retry_heap and self._retry_heap[0][0] <= now:
                 _, _, item = heapq.heappop(self._retry_heap)
-                await self.put(item)
+                await self._enqueue(item)
             timeout = self._retry_heap[0][0] - now if self._retry_heap else None
             self._retry_wakeup.clear()
             try:
@@ -204,16 +237,20 @@ class Pipeline:
     # --- one file --------------------------------------------------------------------------
 
     async def _handle(self, item: WorkItem, slot: Slot) -> None:
-        session = self._session(item)
-        session.pending[item.filename] = "in_flight"
+        session = self.sessions.for_item(item)
+        session.pending[item.rel] = "in_flight"
         with self.telemetry.file_span(item) as span:
             try:
                 if not item.claimed:
                     item = await self._claim(item, session)
                 await self.process(item, slot, session)
-            except CompletionPending as exc:
+            except NotOurs as exc:
+                await self._not_ours(item, session, str(exc))
+            except _LateWrite as exc:
+                await self._enqueue(self.late_write(exc.item))
+            except _Pending as exc:
                 self.telemetry.failed_attempt(span, exc)
-                self._retry_later(replace(item, uploaded=True), session, str(exc))
+                self._retry_later(exc.item, session, str(exc))
             except RetryableError as exc:
                 self.telemetry.failed_attempt(span, exc)
                 self._retry_later(item, session, str(exc))
@@ -221,86 +258,141 @@ class Pipeline:
                 self.telemetry.failed_attempt(span, exc)
                 await self._park(item, session, str(exc))
             except _Skip:
-                session.pending.pop(item.filename, None)
+                session.pending.pop(item.rel, None)
             except Exception as exc:  # a bug must cost one retry, never the worker
-                logger.exception("Unexpected error on %s", item.filename, extra=_log_extra(item))
+                logger.exception(
+                    "Unexpected error on %s", printable(item.rel), extra=log_extra(item)
+                )
                 self.telemetry.failed_attempt(span, exc)
                 self._retry_later(item, session, f"unexpected {type(exc).__name__}: {exc}")
 
     async def process(self, item: WorkItem, slot: Slot, session: Session) -> None:
         """Stage, upload and complete one claimed file. Raises UploadError."""
-        if item.uploaded:  # an earlier attempt committed the blob
-            await self._complete(item)
+        if item.committed is not None:  # an earlier attempt committed the blob
+            await self._complete(item, item.committed)
             self._count_uploaded(item, session, None)
             return
-        processing = item.source_path
-        staged = self.settings.local_staging_root / item.date_prefix / item.session_name
-        staged = staged / item.filename
+        staged = self.layout.staged(item)
         t = self.telemetry
         with t.step("stage"):
-            copied = await self._stage(item, processing, staged, slot)
+            copied = await self._stage(item, staged, slot)
+        if copied is None:  # an earlier attempt committed it and marked it completed
+            self._count_uploaded(item, session, None)
+            return
         t.set_file_size(copied.size)
         if item.attempt == 0:
             session.bytes_seen += copied.size
         if self._on_staged is not None:
             copied = self._on_staged(staged, copied) or copied
         start = time.monotonic()
-        with t.step("upload", **{"blob.name": item.blob_name, "file.size": copied.size}):
-            await self.storage.upload(
-                staged, item.blob_name, copied, slot.touch, log_extra=_log_extra(item)
+        blob_name = self.layout.blob_name(item)
+        with t.step("upload", **{"blob.name": printable(blob_name), "file.size": copied.size}):
+            sent = await self.storage.upload(
+                staged, blob_name, copied, slot.touch, item.overwrite, log_extra(item)
             )
-        t.uploaded(copied.size, time.monotonic() - start)
-        try:
-            if copied.data is None:  # small files were staged in memory
-                staged.unlink(missing_ok=True)
-        except OSError:
-            logger.warning("Could not delete staged copy %s", staged, extra=_log_extra(item))
-        await self._complete(item)
-        self._count_uploaded(item, session, copied.size)
+        committed = (copied.size, copied.mtime_ns)
+        item = replace(item, blob_name=sent.blob_name, committed=committed, overwrite=False)
+        if sent.already:
+            logger.info(
+                "%s is already in storage as %s with the same bytes",
+                printable(item.rel),
+                sent.blob_name,
+                extra=log_extra(item),
+            )
+        else:
+            t.uploaded(copied.size, time.monotonic() - start)
+        if sent.blob_name != blob_name:
+            self._renamed(item, session, blob_name)
+        if copied.data is None:  # small files were staged in memory
+            await anyio.to_thread.run_sync(_remove_staged, staged, item)
+        await self._complete(item, committed)
+        self._count_uploaded(item, session, 0 if sent.already else copied.size)
 
-    async def _complete(self, item: WorkItem) -> None:
-        """Move the claimed file into the completed tree (GC deletes it later)."""
-        done = self._completed / item.date_prefix / item.session_name / item.filename
+    async def _complete(self, item: WorkItem, committed: tuple[int, int]) -> None:
+        """Move the claimed file into the completed tree (GC deletes it later), if it still
+        has the size and mtime of the bytes committed; raise _LateWrite if not."""
+        src, done = self.layout.processing(item), self.layout.completed(item)
+
+        def complete() -> Moved | None:
+            try:
+                if not fsops.unchanged(src, *committed):
+                    return None
+            except FileNotFoundError:
+                pass  # already moved by an attempt that reported failure: `move` sees it
+            return self._move(src, done, committed)
+
         with self.telemetry.step("complete"):
             try:
-                moved = await self.nfs.call(lambda: self._move(item.source_path, done))
+                moved = await self.nfs.call(complete)
             except OSError as exc:
-                raise CompletionPending(f"blob committed, cannot mark completed: {exc}") from exc
-        if not moved:  # neither side is there: GC already took the marker
+                raise _Pending(item, f"blob committed, cannot mark completed: {exc}") from exc
+        if moved is None:
+            raise _LateWrite(item)
+        if moved is Moved.TAKEN:
+            raise _Pending(item, "an earlier file of the same name is not yet collected by GC")
+        if moved is Moved.GONE:  # neither side is there: GC already took the marker
             logger.info(
-                "Completed marker of %s already collected", item.filename, extra=_log_extra(item)
+                "Completed marker of %s already collected",
+                printable(item.rel),
+                extra=log_extra(item),
             )
+            return
+        self.completed[done] = Completed(item, *committed)
 
     def _count_uploaded(self, item: WorkItem, session: Session, size: int | None) -> None:
-        session.pending.pop(item.filename, None)
+        session.pending.pop(item.rel, None)
         session.uploaded += 1
         self.processed_ok += 1
         if size is not None:
             session.bytes_uploaded += size
             self.bytes_uploaded += size
+        blob_name = self.layout.blob_name(item)
         logger.info(
             "Uploaded %s",
-            item.blob_name,
-            extra={**_log_extra(item), "blob_name": item.blob_name, "size_bytes": size},
+            blob_name,
+            extra={**log_extra(item), "blob_name": printable(blob_name), "size_bytes": size},
         )
 
+    def _renamed(self, item: WorkItem, session: Session, wanted: str) -> None:
+        session.renamed += 1
+        self.telemetry.renamed()
+        text = (
+            f"{item.rel}: uploaded as {self.layout.blob_name(item)}; "
+            f"{wanted} holds other bytes (kept)"
+        )
+        session.notice(text)
+        logger.warning("Name conflict: %s", printable(text), extra=log_extra(item))
+
     async def _claim(self, item: WorkItem, session: Session) -> WorkItem:
-        """Rename the file from incoming into `.processing`. Raises _Skip if it is not ours."""
-        processing = self._processing / item.date_prefix / item.session_name / item.filename
+        """Rename the file from incoming into `.processing`. Raises _Skip if it is not ours
+        to take now, NotOurs if it is not a regular file."""
+        folder = self.layout.session_folder(item.session_name)
+        dst = self.layout.processing(item)
         with self.telemetry.step("claim"):
             try:
-                claimed = await self.nfs.call(lambda: self._move(item.source_path, processing))
+                moved = await self.nfs.call(
+                    lambda: self._claim_fn(folder, item.rel, dst, item.seen)
+                )
             except OSError as exc:
                 # Unknown whether the rename happened (NFS can report a failure for a rename
                 # that succeeded): retry it; `fsops.move` then sees where the file is.
                 raise RetryableError(f"claim failed: {exc}") from exc
-        if not claimed:
-            logger.debug("Lost the claim race for %s", item.filename, extra=_log_extra(item))
+        if moved is Moved.TAKEN:
+            if item.rel not in session.held:
+                session.held.add(item.rel)
+                text = f"{item.rel}: waits in incoming until an earlier file of that name is done"
+                session.notice(text)
+                logger.info("%s", printable(text), extra=log_extra(item))
+            raise _Skip
+        session.held.discard(item.rel)
+        if moved is Moved.GONE:
+            logger.debug("Lost the claim race for %s", printable(item.rel), extra=log_extra(item))
             raise _Skip
         session.files_seen += 1
-        return replace(item, source_path=processing, claimed=True)
+        return replace(item, claimed=True)
 
-    async def _stage(self, item: WorkItem, src: Path, dst: Path, slot: Slot) -> Copied:
+    async def _stage(self, item: WorkItem, dst: Path, slot: Slot) -> Copied | None:
+        src = self.layout.processing(item)
         try:
             return await self.nfs.call_watched(
                 lambda: self._copy(
@@ -314,22 +406,22 @@ class Pipeline:
                 lambda: slot.progress,
             )
         except FileNotFoundError as exc:
-            if exc.filename is not None and Path(exc.filename) == dst.parent:
-                raise RetryableError(f"staging folder missing: {exc}") from exc
+            if exc.filename is None or Path(exc.filename) != src:
+                raise RetryableError(f"staging copy failed: {exc}") from exc
             return await self._source_vanished(item, src, exc)
         except OSError as exc:
-            dst.unlink(missing_ok=True)
+            await anyio.to_thread.run_sync(_remove_staged, dst, item)
             raise RetryableError(f"staging copy failed: {exc}") from exc
 
-    async def _source_vanished(self, item: WorkItem, src: Path, exc: OSError) -> Copied:
-        done = self._completed / item.date_prefix / item.session_name / item.filename
+    async def _source_vanished(self, item: WorkItem, src: Path, exc: OSError) -> None:
+        done = self.layout.completed(item)
         try:
             completed = await self.nfs.call(lambda: fsops.exists(done))
             still_there = completed or await self.nfs.call(lambda: fsops.exists(src))
         except OSError:
             raise RetryableError(f"source not readable yet: {exc}") from exc
         if completed:  # an earlier attempt committed the blob and marked it completed
-            raise CompletionPending("already marked completed") from exc
+            return None
         if still_there:
             raise RetryableError(f"source not readable yet: {exc}") from exc
         raise PermanentError(f"claimed file vanished from {src.parent}") from exc
@@ -343,15 +435,15 @@ class Pipeline:
         )
         self.retries += 1
         self.telemetry.retried()
-        self.last_error = session.last_error = f"{item.filename}: {reason}"
-        session.pending[item.filename] = "retrying"
+        self.last_error = session.last_error = printable(f"{item.rel}: {reason}")
+        session.pending[item.rel] = "retrying"
         logger.warning(
             "Upload of %s failed (attempt %d): %s; retrying in %.1f s",
-            item.filename,
+            printable(item.rel),
             attempt,
-            reason,
+            printable(reason),
             delay,
-            extra=_log_extra(item),
+            extra=log_extra(item),
         )
         self._retry_seq += 1
         heapq.heappush(
@@ -360,62 +452,164 @@ class Pipeline:
         )
         self._retry_wakeup.set()
 
-    async def _park(self, item: WorkItem, session: Session, reason: str) -> None:
-        rel = Path(item.date_prefix) / item.session_name / item.filename
-        record = json.dumps({"reason": reason, "blob_name": item.blob_name, "at": time.time()})
+    async def _not_ours(self, item: WorkItem, session: Session, what: str) -> None:
+        """Not a regular file of ours: leave it (or put it back) in incoming, and say so."""
+        session.pending.pop(item.rel, None)
+        session.ignored[item.rel] = what
+        text = f"{item.rel}: {what}; left in incoming, not uploaded"
+        if item.claimed:
+            src, back = self.layout.processing(item), self.layout.incoming(item)
+            try:
+                returned = await self.nfs.call(lambda: fsops.return_to(src, back))
+            except (OSError, NotOurs) as exc:
+                returned, text = False, f"{text} (could not put it back: {exc})"
+            if not returned:
+                text = f"{item.rel}: {what}; left in {src.parent}, not uploaded"
+        session.notice(text)
+        logger.warning("Not a regular file: %s", printable(text), extra=log_extra(item))
 
-        def park() -> bool:
-            moved = self._move(item.source_path, self._failed / rel)
-            if moved:
-                fsops.write_atomic(self._reasons / rel, record.encode(), ".reason.tmp-")
-            return moved
+    def late_write(self, item: WorkItem) -> WorkItem:
+        """The file changed after its bytes were read: what went up is not the whole file.
+        Say so, and return the item that sends it again, whole, over the same blob."""
+        session = self.sessions.for_item(item)
+        session.late_writes += 1
+        self.late_writes += 1
+        self.telemetry.late_write()
+        blob_name = self.layout.blob_name(item)
+        text = (
+            f"{item.rel} was written to after it was claimed; uploading the whole file again "
+            f"over {blob_name} (APP_MIN_FILE_AGE_S is shorter than the writer's pauses)"
+        )
+        session.notice(text)
+        logger.error("LATE WRITE: %s", printable(text), extra=log_extra(item))
+        return replace(item, committed=None, overwrite=True, blob_name=blob_name)
+
+    async def _park(self, item: WorkItem, session: Session, reason: str) -> None:
+        """Move the file into the failed tree with its reason; never over a parked file of the
+        same name (that one is kept: this one takes the next free name)."""
+        record = json.dumps(
+            {
+                "reason": reason,
+                "rel": item.rel,
+                "blob_name": self.layout.blob_name(item),
+                "at": time.time(),
+            }
+        ).encode()
+        src = self.layout.processing(item)
+
+        def park() -> tuple[Moved, str]:
+            # The reason is written first, so the file is never listed without it.
+            for version in range(1, MAX_NAME_VERSIONS + 1):
+                rel = versioned(item.rel, version)
+                if fsops.exists(self.layout.failed(item, rel)):
+                    continue
+                reason_file = self.layout.reason(item, rel)
+                fsops.write_atomic(reason_file, record, ".reason.tmp-")
+                moved = self._move(src, self.layout.failed(item, rel), None)
+                if moved is not Moved.DONE:
+                    reason_file.unlink(missing_ok=True)
+                if moved is not Moved.TAKEN:
+                    return moved, rel
+            raise OSError(f"{MAX_NAME_VERSIONS} parked files are named like {item.rel}")
 
         try:
-            moved = await self.nfs.call(park) if item.claimed else False
+            moved, parked_as = await self.nfs.call(park) if item.claimed else (Moved.GONE, "")
         except OSError as exc:
             self._retry_later(item, session, f"{reason} (and parking failed: {exc})")
             return
-        session.pending.pop(item.filename, None)
-        staged = self.settings.local_staging_root / rel
-        staged.unlink(missing_ok=True)
-        if moved:
-            session.parked.add(item.filename)
+        session.pending.pop(item.rel, None)
+        await anyio.to_thread.run_sync(_remove_staged, self.layout.staged(item), item)
+        if moved is Moved.DONE:
+            session.parked.add(parked_as)
         self.processed_err += 1
         self.telemetry.failed()
-        self.last_error = session.last_error = f"{item.filename}: {reason}"
+        self.last_error = session.last_error = printable(f"{item.rel}: {reason}")
+        where = self.layout.failed(item, parked_as) if moved is Moved.DONE else None
         logger.error(
-            "Gave up on %s: %s%s",
-            item.filename,
-            reason,
-            "; parked in " + str(self._failed / rel.parent) if moved else "",
-            extra=_log_extra(item),
+            "Parked %s: %s%s",
+            printable(item.rel),
+            printable(reason),
+            f"; it is in {printable(str(where))}" if where else "; it had vanished",
+            extra=log_extra(item),
         )
+
+    # --- parked files ----------------------------------------------------------------------
+
+    async def list_parked(self) -> list[FailedFile]:
+        """Parked files with their reasons, read from the failed tree."""
+        return [
+            FailedFile(
+                date_prefix=p.item.date_prefix,
+                session_name=p.item.session_name,
+                filename=p.item.rel,
+                parked_as=p.parked_as,
+                reason=p.reason,
+            )
+            for p in await self.nfs.call(self._read_parked)
+        ]
+
+    def _read_parked(self) -> list["_Parked"]:
+        out: list[_Parked] = []
+        for date_prefix, name, parked_as, path in fsops.iter_tree_files(self.layout.failed_root):
+            item = WorkItem(name, date_prefix, parked_as, claimed=True)
+            try:
+                record = json.loads(self.layout.reason(item).read_bytes())
+                reason, rel = str(record["reason"]), str(record.get("rel", parked_as))
+            except (OSError, ValueError, KeyError, TypeError):
+                reason, rel = "(reason not recorded)", parked_as
+            out.append(_Parked(replace(item, rel=rel), parked_as, path, reason))
+        return out
 
     async def requeue_parked(self, session_name: str | None) -> int:
         """Move parked files back into `.processing` and queue them. Returns how many."""
-        found = await self.nfs.call(lambda: list(fsops.iter_tree_files(self._failed)))
-        count = 0
-        for date_prefix, name, path in found:
-            if session_name is not None and name != session_name:
-                continue
-            rel = Path(date_prefix) / name / path.name
-            target = self._processing / rel
-            reason = self._reasons / rel
+        async with self._requeuing:
+            count = 0
+            for parked in await self.nfs.call(self._read_parked):
+                item = parked.item
+                if session_name is not None and item.session_name != session_name:
+                    continue
+                moved = await self.nfs.call(functools.partial(self._unpark, parked))
+                if moved is Moved.TAKEN:
+                    logger.warning(
+                        "Parked %s stays parked: a file of that name is in progress",
+                        printable(item.rel),
+                        extra=log_extra(item),
+                    )
+                if moved is not Moved.DONE:
+                    continue
+                self.sessions.for_item(item).parked.discard(parked.parked_as)
+                await self.put(item)
+                count += 1
+            return count
 
-            def unpark(src: Path = path, dst: Path = target, why: Path = reason) -> bool:
-                moved = fsops.move(src, dst)
-                why.unlink(missing_ok=True)
-                return moved
+    def _unpark(self, parked: "_Parked") -> Moved:
+        moved = self._move(parked.path, self.layout.processing(parked.item), None)
+        if moved is Moved.DONE:
+            self.layout.reason(parked.item, parked.parked_as).unlink(missing_ok=True)
+        return moved
 
-            if not await self.nfs.call(unpark):
-                continue
-            session = self.sessions.by_name.get(name) or self.sessions.register_recovered(
-                date_prefix, name
-            )
-            session.parked.discard(path.name)
-            await self.put(WorkItem(target, name, date_prefix, path.name, claimed=True))
-            count += 1
-        return count
+
+@dataclass(frozen=True, slots=True)
+class _Parked:
+    item: WorkItem  # with the file's original rel
+    parked_as: str  # its rel in the failed tree
+    path: Path
+    reason: str
+
+
+def _remove_staged(staged: Path, item: WorkItem) -> None:
+    try:
+        staged.unlink(missing_ok=True)
+    except OSError:
+        logger.warning("Could not delete staged copy %s", staged, extra=log_extra(item))
+
+
+class _Pending(CompletionPending):
+    """The blob is committed; retry only the completion of `item`."""
+
+    def __init__(self, item: WorkItem, message: str) -> None:
+        super().__init__(message)
+        self.item = item
 
 
 class _Skip(Exception):

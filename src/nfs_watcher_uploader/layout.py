@@ -1,0 +1,89 @@
+"""Where each file of the pipeline lives, computed in one place.
+
+    incoming/<session>/<rel>                        written by the recorder
+    <processing>/<date>/<session>/<rel>             claimed (renamed here, same filesystem)
+    <processing>/_completed/<date>/<session>/<rel>  blob committed; GC deletes it
+    <processing>/_failed/<date>/<session>/<rel>     parked, never deleted; its reason in
+    <processing>/_failed_reasons/<date>/<session>/<rel>
+    <staging>/<date>/<session>/<rel>                the local copy that is uploaded
+    blob <date>/<session>/<rel>                     unless a name conflict chose another
+
+`rel` is the file's path relative to its session folder ('cam2/rec1.bin').
+"""
+
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path
+
+from nfs_watcher_uploader.config import Settings
+from nfs_watcher_uploader.constants import (
+    COMPLETED_DIR,
+    CONFLICT_MARK,
+    FAILED_DIR,
+    FAILED_REASONS_DIR,
+)
+from nfs_watcher_uploader.models import WorkItem
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    incoming_root: Path
+    processing_root: Path
+    staging_root: Path
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Layout":
+        return cls(
+            settings.nfs_incoming_dir, settings.nfs_processing_root, settings.local_staging_root
+        )
+
+    @property
+    def completed_root(self) -> Path:
+        return self.processing_root / COMPLETED_DIR
+
+    @property
+    def failed_root(self) -> Path:
+        return self.processing_root / FAILED_DIR
+
+    @property
+    def reasons_root(self) -> Path:
+        return self.processing_root / FAILED_REASONS_DIR
+
+    def session_folder(self, session_name: str) -> Path:
+        return self.incoming_root / session_name
+
+    def incoming(self, item: WorkItem) -> Path:
+        return self.incoming_root / item.session_name / item.rel
+
+    def processing(self, item: WorkItem) -> Path:
+        return self.processing_root / _tail(item)
+
+    def completed(self, item: WorkItem) -> Path:
+        return self.completed_root / _tail(item)
+
+    def failed(self, item: WorkItem, rel: str | None = None) -> Path:
+        return self.failed_root / _tail(item, rel)
+
+    def reason(self, item: WorkItem, rel: str | None = None) -> Path:
+        return self.reasons_root / _tail(item, rel)
+
+    def staged(self, item: WorkItem) -> Path:
+        return self.staging_root / _tail(item)
+
+    @staticmethod
+    def blob_name(item: WorkItem) -> str:
+        return item.blob_name or f"{item.date_prefix}/{item.session_name}/{item.rel}"
+
+
+def _tail(item: WorkItem, rel: str | None = None) -> Path:
+    return Path(item.date_prefix, item.session_name, rel or item.rel)
+
+
+def versioned(path: str, version: int) -> str:
+    """`d/s/chunk.bin` for version 1, then `d/s/chunk~2.bin`, `d/s/chunk~3.bin`...: the name a
+    file takes when another file already has its own (a blob, a parked file)."""
+    if version == 1:
+        return path
+    folder, leaf = posixpath.split(path)
+    stem, ext = posixpath.splitext(leaf)
+    return posixpath.join(folder, f"{stem}{CONFLICT_MARK}{version}{ext}")
