@@ -2,7 +2,7 @@
 
 It mounts a backing folder and, as the test says:
 - fails a fraction of getattr/open/rename/readdir calls with ESTALE, and of reads with EIO;
-- adds latency to every call;
+- adds latency to every call, or to reads only (a slow disk behind the server);
 - caches attributes and entries for N seconds (FUSE attr_timeout/entry_timeout, like `actimeo`);
 - stalls every call until released, like a hard mount whose server went away.
 Files are written by "another client" straight into the backing folder, as a recorder on the
@@ -36,6 +36,7 @@ class Faults:
         self.estale = 0.0  # fraction of getattr/open/rename/readdir calls
         self.eio = 0.0  # fraction of reads
         self.latency = 0.0  # seconds added to every call
+        self.read_latency = 0.0  # seconds added to every read
         self._running = threading.Event()
         self._running.set()
         self.injected: Counter[str] = Counter()
@@ -61,6 +62,13 @@ class Faults:
             if eio and roll < self.eio:
                 self.injected[f"{op}:EIO"] += 1
                 raise FuseOSError(errno.EIO)
+
+
+def _mode(entry: os.DirEntry[str]) -> int:
+    try:
+        return entry.stat(follow_symlinks=False).st_mode
+    except FileNotFoundError:
+        return 0
 
 
 def _oserror(fn: Any) -> Any:
@@ -96,9 +104,12 @@ class FaultFS(Operations):
         return attrs
 
     @_oserror
-    def readdir(self, path: str, fh: int) -> list[str]:
+    def readdir(self, path: str, fh: int) -> list[tuple[str, dict[str, int], int]]:
         self.f.gate("readdir", estale=True)
-        return [".", "..", *os.listdir(self._p(path))]
+        # With use_ino each entry needs its inode: glibc's readdir skips entries with d_ino 0.
+        with os.scandir(self._p(path)) as it:
+            entries = [(e.name, {"st_ino": e.inode(), "st_mode": _mode(e)}, 0) for e in it]
+        return [(".", {"st_ino": 1}, 0), ("..", {"st_ino": 1}, 0), *entries]
 
     @_oserror
     def open(self, path: str, flags: int) -> int:
@@ -113,6 +124,8 @@ class FaultFS(Operations):
     @_oserror
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
         self.f.gate("read", eio=True)
+        if self.f.read_latency:
+            time.sleep(self.f.read_latency)
         return os.pread(fh, size, offset)
 
     @_oserror
@@ -192,6 +205,10 @@ def mounted(
     mountpoint.mkdir(parents=True, exist_ok=True)
     ops = FaultFS(backing, faults)
     options = {
+        "use_ino": True,  # the backing inode numbers, stable like NFS file ids
+        # Enough threads that slow reads do not queue every other call behind them, as an
+        # NFS client's many RPC slots would not (libfuse's default is 10).
+        "max_threads": 64,
         "attr_timeout": cache_s,
         "entry_timeout": cache_s,
         "negative_timeout": 0,
@@ -211,7 +228,7 @@ def mounted(
         yield mountpoint
     finally:
         faults.release()
-        faults.estale = faults.eio = faults.latency = 0.0
+        faults.estale = faults.eio = faults.latency = faults.read_latency = 0.0
         subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
         thread.join(10)
 
