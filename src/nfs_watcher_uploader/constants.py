@@ -32,3 +32,7 @@ DRAINED_SESSIONS_KEPT = 200
 
 # Copy chunk for NFS -> staging; matches the rsize/wsize of the k8s mount options.
 COPY_CHUNK = 1024 * 1024
+
+# upload.rate averages the bytes committed over this window: long enough to smooth the steps a
+# file's commit makes, short enough to show a stall within a Prometheus scrape or two.
+UPLOAD_RATE_WINDOW_S = 30.0

@@ -1,4 +1,5 @@
-"""Garbage collection: delete completed markers and prune folders no live session needs.
+"""Garbage collection: delete completed markers and prune folders no live session needs; and,
+on the same beat, sample the staging disk's free space for the metrics.
 
 Only files under `.processing/_completed/` are ever deleted: each got there by a rename made
 after its blob was committed. Empty session folders are pruned only for sessions that are not
@@ -9,6 +10,7 @@ watched and have no work pending, so GC can never pull a folder out from under a
 import asyncio
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,17 +31,37 @@ class GarbageCollector:
         self.sessions = sessions
         self.nfs = nfs
         self.markers_deleted = 0
+        # Bytes free and total on the staging disk, from the last sample (None: not yet).
+        self.staging_free: int | None = None
+        self.staging_size: int | None = None
 
     def __repr__(self) -> str:
-        return f"GarbageCollector(markers_deleted={self.markers_deleted})"
+        return (
+            f"GarbageCollector(markers_deleted={self.markers_deleted} "
+            f"staging_free={self.staging_free})"
+        )
 
     async def run(self) -> None:
         while True:
+            # First, so that a sweep stuck on NFS cannot hold up the local disk's reading.
+            await self.sample_staging()
             await asyncio.sleep(self.settings.gc_interval_s)
             try:
                 await self.sweep_once()
             except OSError:
                 logger.warning("GC sweep failed", exc_info=True)
+
+    async def sample_staging(self) -> None:
+        """Read the staging disk's usage in a thread; the metrics report the cached values."""
+        try:
+            free, size = await anyio.to_thread.run_sync(
+                _disk_free_and_size, self.settings.local_staging_root
+            )
+        except OSError as exc:
+            logger.warning("Cannot read the staging disk's usage: %s", exc)
+            self.staging_free = self.staging_size = None
+            return
+        self.staging_free, self.staging_size = free, size
 
     def _live_sessions(self) -> frozenset[str]:
         """Sessions whose folders must stay: watched, or with work pending. Taken on the event
@@ -79,6 +101,16 @@ def _delete_markers(completed: Path) -> int:
         except FileNotFoundError:
             pass
     return deleted
+
+
+def _disk_free_and_size(root: Path) -> tuple[int, int]:
+    # Staging is created on first use; until then, the disk it will be on is its nearest
+    # existing parent's.
+    path = root
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    usage = shutil.disk_usage(path)
+    return usage.free, usage.total
 
 
 def _prune_staging(root: Path, live: Callable[[str, str], bool]) -> None:

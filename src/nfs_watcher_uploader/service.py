@@ -11,6 +11,7 @@ import asyncio
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 
 import anyio.to_thread
@@ -68,6 +69,11 @@ class Service:
                 parked=lambda: sum(len(s.parked) for s in self.sessions.by_name.values()),
                 oldest_waiting_age=self.watcher.oldest_waiting_age,
                 last_scan=lambda: self.watcher.last_scan_ok,
+                staging_free=lambda: self.gc.staging_free,
+                staging_size=lambda: self.gc.staging_size,
+                sessions=lambda: Counter(s.state for s in self.sessions.by_name.values()),
+                # No bandwidth cap yet: 0 means unlimited.
+                bandwidth_limit=lambda: 0.0,
             )
         )
         self.ready = False
