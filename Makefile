@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 AZURITE_VERSION := 3.35.0
 AZURITE := .tools/azurite/node_modules/.bin/azurite
 
-.PHONY: install run test check lint format typecheck pytest bench azurite azurite-stop \
+.PHONY: install run test check lint format typecheck pytest image-test check-arm64 bench \
+        azurite azurite-stop \
         dev-up dev-down docker-build docker-up docker-down k3s-apply k3s-delete lock clean \
         prometheusrule
 
@@ -68,12 +69,22 @@ typecheck: install
 	$(BIN)/pyright
 
 pytest: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not image"
 
 check: lint typecheck
 	$(BIN)/ruff format --check src tests bench
 
 test: check pytest
+
+# The Dockerfile built with podman and run like the pod (tests/test_image.py). On a machine with
+# no image registry it uses ../shared/tools/container-env (or $CONTAINER_ENV) for podman and a
+# stand-in base image. CI runs it after `make test`.
+image-test: install
+	$(BIN)/python -m pytest -m image
+
+# Every pinned runtime dependency has a wheel for linux/arm64 (the Jetson). Needs PyPI.
+check-arm64: install
+	PYTHON=$(BIN)/python scripts/check-arm64
 
 bench: install
 	$(BIN)/python -m bench.run
