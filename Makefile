@@ -6,10 +6,12 @@ BIN := $(VENV)/bin
 AZURITE_VERSION := 3.35.0
 AZURITE := .tools/azurite/node_modules/.bin/azurite
 
-.PHONY: install run test check lint format typecheck pytest bench azurite azurite-stop \
-        dev-up dev-down docker-build docker-up docker-down k3s-apply k3s-delete lock clean
+.PHONY: install run test check lint format typecheck pytest image-test check-arm64 bench \
+        azurite azurite-stop \
+        dev-up dev-down docker-build docker-up docker-down k3s-apply k3s-delete lock clean \
+        prometheusrule
 
-install: $(BIN)/.installed $(AZURITE) .tools/fuse3.ok
+install: $(BIN)/.installed $(AZURITE) .tools/fuse3.ok .tools/prometheus.ok
 
 $(BIN)/.installed: pyproject.toml requirements-dev.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +31,18 @@ $(AZURITE):
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 libfuse3-3; \
 	  else echo "fuse3 missing: the NFS fault tests will be skipped" >&2; fi; \
+	fi
+	touch $@
+
+# The alert rule tests and the live dashboard test run Debian's prometheus and promtool.
+# Installed here when missing and we are root; otherwise those tests say why they skip. Only
+# the binaries are used: the tests start their own Prometheus on a free loopback port.
+.tools/prometheus.ok:
+	mkdir -p .tools
+	if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
+	  else echo "prometheus missing: the alert and dashboard tests will be skipped" >&2; fi; \
 	fi
 	touch $@
 
@@ -55,12 +69,22 @@ typecheck: install
 	$(BIN)/pyright
 
 pytest: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not image"
 
 check: lint typecheck
 	$(BIN)/ruff format --check src tests bench
 
 test: check pytest
+
+# The Dockerfile built with podman and run like the pod (tests/test_image.py). On a machine with
+# no image registry it uses ../shared/tools/container-env (or $CONTAINER_ENV) for podman and a
+# stand-in base image. CI runs it after `make test`.
+image-test: install
+	$(BIN)/python -m pytest -m image
+
+# Every pinned runtime dependency has a wheel for linux/arm64 (the Jetson). Needs PyPI.
+check-arm64: install
+	PYTHON=$(BIN)/python scripts/check-arm64
 
 bench: install
 	$(BIN)/python -m bench.run
@@ -70,6 +94,13 @@ lock: install
 	$(BIN)/python -m pip install --quiet uv
 	$(BIN)/uv pip compile --quiet --python-version 3.12 --generate-hashes pyproject.toml -o requirements.lock
 	$(BIN)/uv pip compile --quiet --python-version 3.12 --extra dev pyproject.toml -o requirements-dev.lock
+
+# k8s/monitoring/prometheusrule.yaml carries deploy/prometheus/alerts.yaml's groups under
+# `spec:` (tests/test_alerts.py checks they are the same).
+prometheusrule:
+	f=k8s/monitoring/prometheusrule.yaml; \
+	{ sed '/^spec:/q' $$f; sed -n '/^groups:/,$$p' deploy/prometheus/alerts.yaml | sed 's/^./  &/'; } > $$f.tmp \
+	  && mv $$f.tmp $$f
 
 # --- Containers and cluster (need a Docker engine / kubectl) ---------------------------------
 

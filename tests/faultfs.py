@@ -217,6 +217,7 @@ def mounted(
     def serve() -> None:
         FUSE(ops, str(mountpoint), foreground=True, nothreads=False, **options)
 
+    cwd = os.getcwd()
     thread = threading.Thread(target=serve, daemon=True, name="faultfs")
     thread.start()
     deadline = time.monotonic() + 10
@@ -224,6 +225,11 @@ def mounted(
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("FUSE mount did not come up")
         time.sleep(0.02)
+    # libfuse's start-up changes the whole process's folder to / just after mounting.
+    moved = time.monotonic() + 2
+    while os.getcwd() == cwd and time.monotonic() < moved:
+        time.sleep(0.01)
+    os.chdir(cwd)
     try:
         yield mountpoint
     finally:

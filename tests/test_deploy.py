@@ -21,6 +21,8 @@ YAML_FILES = [
     ROOT / "docker-compose.dev.yaml",
     ROOT / "otel-collector-config.yaml",
     ROOT / ".yamllint",
+    *sorted((K8S / "monitoring").glob("*.yaml")),
+    *sorted((ROOT / "deploy" / "prometheus").glob("*.yaml")),
 ]
 
 

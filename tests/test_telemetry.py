@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 from collections.abc import Iterator
 from dataclasses import replace
@@ -10,6 +11,9 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from nfs_watcher_uploader.constants import UPLOAD_RATE_WINDOW_S
+from nfs_watcher_uploader.telemetry import RecentRate
 
 from .helpers import Azurite, ServiceProcess, blob_bytes, make_settings, wait_for, write_file
 from .otlp_receiver import OtlpReceiver
@@ -190,3 +194,47 @@ def test_no_endpoint_means_no_export_attempts(
     proc.signal(signal.SIGTERM)
     text = proc.log.read_text()
     assert "export" not in text.lower() and "4318" not in text
+
+
+def test_operations_metrics_sessions_staging_disk_and_rate(
+    service_factory: Any, settings_factory: Any, azurite: Azurite, tmp_path: Path
+) -> None:
+    settings = settings_factory()
+    running = service_factory(settings)
+    date = running.post("/v1/watch/start", json={"session_name": "one"}).json()["date_prefix"]
+    data = os.urandom(60_000)
+    write_file(settings.nfs_incoming_dir / "one" / "a.bin", data)
+    container = azurite.container(settings.azure_container)
+    wait_for(lambda: blob_bytes(container, f"{date}/one/a.bin") == data)
+    running.post("/v1/watch/stop")
+    wait_for(lambda: running.get("/v1/sessions/one").json()["state"] == "drained")
+    running.post("/v1/watch/start", json={"session_name": "two"})
+
+    def samples() -> dict[str, list[Any]]:
+        """The scrape, once the staging disk has been sampled (GC does it off the loop)."""
+        text = running.get("/metrics").text
+        found = {f.name: f.samples for f in text_string_to_metric_families(text)}
+        return found if "staging_disk_free_bytes" in found else {}
+
+    found = wait_for(samples, what="the staging disk's usage")
+    by_state = {s.labels["state"]: s.value for s in found["sessions"]}
+    assert by_state == {"active": 1, "draining": 0, "drained": 1, "drain_timed_out": 0}
+    disk = shutil.disk_usage(tmp_path)  # staging is under tmp_path: the same disk
+    assert found["staging_disk_size_bytes"][0].value == disk.total
+    assert abs(found["staging_disk_free_bytes"][0].value - disk.free) < disk.total * 0.05
+    rate = found["upload_rate_bytes_per_second"][0].value
+    assert 0 < rate <= len(data) / UPLOAD_RATE_WINDOW_S
+    assert found["upload_bandwidth_limit_bytes_per_second"][0].value == 0
+
+
+def test_recent_rate_forgets_what_left_the_window() -> None:
+    now = [100.0]
+    rate = RecentRate(window=10, clock=lambda: now[0])
+    rate.add(500)
+    now[0] += 5
+    rate.add(1500)
+    assert rate.per_second() == 200
+    now[0] += 6  # the first upload is out of the window
+    assert rate.per_second() == 150
+    now[0] += 10
+    assert rate.per_second() == 0

@@ -47,3 +47,6 @@ MAX_ABANDONED_THREADS = 32
 # A file whose name is taken in storage by different bytes goes up as `<stem>~2<ext>`, `~3`...
 CONFLICT_MARK = "~"
 MAX_NAME_VERSIONS = 1000
+# upload.rate averages the bytes committed over this window: long enough to smooth the steps a
+# file's commit makes, short enough to show a stall within a Prometheus scrape or two.
+UPLOAD_RATE_WINDOW_S = 30.0

@@ -1,4 +1,5 @@
-"""Garbage collection: delete completed files once they are proven unchanged; prune folders.
+"""Garbage collection: delete completed files once they are proven unchanged; prune folders;
+and, on the same beat, sample the staging disk's free space for the metrics.
 
 Only files in `.processing/_completed/` are ever deleted, and only when they still have the size
 and mtime of the bytes committed to their blob. One that changed was written to after it was
@@ -14,6 +15,7 @@ never pulls a folder out from under a claim (and `fsops.move` recreates a missin
 import asyncio
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,9 +62,15 @@ class GarbageCollector:
         # Completed files found at start-up, committed by a previous run.
         self._adopted: dict[Path, WorkItem] = {}
         self.markers_deleted = 0
+        # Bytes free and total on the staging disk, from the last sample (None: not yet).
+        self.staging_free: int | None = None
+        self.staging_size: int | None = None
 
     def __repr__(self) -> str:
-        return f"GarbageCollector(markers_deleted={self.markers_deleted})"
+        return (
+            f"GarbageCollector(markers_deleted={self.markers_deleted} "
+            f"staging_free={self.staging_free})"
+        )
 
     def adopt(self, items: list[WorkItem]) -> None:
         """Completed files of a previous run: check them again before anything is deleted."""
@@ -70,11 +78,25 @@ class GarbageCollector:
 
     async def run(self) -> None:
         while True:
+            # First, so that a sweep stuck on NFS cannot hold up the local disk's reading.
+            await self.sample_staging()
             await asyncio.sleep(self.settings.gc_interval_s)
             try:
                 await self.sweep_once()
             except OSError:
                 logger.warning("GC sweep failed", exc_info=True)
+
+    async def sample_staging(self) -> None:
+        """Read the staging disk's usage in a thread; the metrics report the cached values."""
+        try:
+            free, size = await anyio.to_thread.run_sync(
+                _disk_free_and_size, self.settings.local_staging_root
+            )
+        except OSError as exc:
+            logger.warning("Cannot read the staging disk's usage: %s", exc)
+            self.staging_free = self.staging_size = None
+            return
+        self.staging_free, self.staging_size = free, size
 
     def _live_sessions(self) -> frozenset[str]:
         """Sessions whose folders must stay: watched, or with work pending."""
@@ -143,6 +165,16 @@ class GarbageCollector:
             done.changed.append(path)
         elif moved is Moved.GONE:
             done.forgotten.append(path)
+
+
+def _disk_free_and_size(root: Path) -> tuple[int, int]:
+    # Staging is created on first use; until then, the disk it will be on is its nearest
+    # existing parent's.
+    path = root
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    usage = shutil.disk_usage(path)
+    return usage.free, usage.total
 
 
 def _prune_staging(root: Path, live: Callable[[str, str], bool]) -> None:

@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 
 import anyio.to_thread
@@ -84,6 +85,11 @@ class Service:
                 oldest_waiting_age=self.watcher.oldest_waiting_age,
                 last_scan=lambda: self.watcher.last_scan_ok,
                 nfs_hung=lambda: self.nfs.abandoned,
+                staging_free=lambda: self.gc.staging_free,
+                staging_size=lambda: self.gc.staging_size,
+                sessions=lambda: Counter(s.state for s in self.sessions.by_name.values()),
+                # No bandwidth cap yet: 0 means unlimited.
+                bandwidth_limit=lambda: 0.0,
             )
         )
         self.ready = False

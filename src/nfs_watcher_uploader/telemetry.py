@@ -10,10 +10,13 @@ provider every call is a no-op.
 
 import logging
 import os
-from collections.abc import Callable, Generator, Iterable
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 from fastapi import FastAPI
 from opentelemetry import metrics, trace
@@ -21,11 +24,13 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Span, Status, StatusCode
 from prometheus_client import CollectorRegistry
 
+from nfs_watcher_uploader.constants import UPLOAD_RATE_WINDOW_S
 from nfs_watcher_uploader.layout import Layout
-from nfs_watcher_uploader.models import WorkItem, printable
+from nfs_watcher_uploader.models import SessionStateName, WorkItem, printable
 
 METER_NAME = TRACER_NAME = "nfs_watcher_uploader"
 SERVICE_NAME = "nfs-watcher-uploader"
+SESSION_STATES: tuple[SessionStateName, ...] = get_args(SessionStateName)
 # Probes and scrapes are frequent and say nothing about the work: not traced.
 EXCLUDED_URLS = "healthz,readyz,metrics"
 
@@ -104,6 +109,38 @@ class Gauges:
     oldest_waiting_age: Callable[[], float | None]
     last_scan: Callable[[], float | None]
     nfs_hung: Callable[[], int]
+    staging_free: Callable[[], int | None]
+    staging_size: Callable[[], int | None]
+    sessions: Callable[[], Mapping[str, int]]
+    bandwidth_limit: Callable[[], float]
+
+
+class RecentRate:
+    """Bytes committed per second over the last `window` seconds. Written on the event loop,
+    read by whichever thread collects the metrics."""
+
+    def __init__(
+        self, window: float = UPLOAD_RATE_WINDOW_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.window = window
+        self._clock = clock
+        self._events: deque[tuple[float, int]] = deque()
+        self._lock = threading.Lock()
+
+    def add(self, size: int) -> None:
+        with self._lock:
+            now = self._clock()
+            self._events.append((now, size))
+            self._forget_before(now - self.window)
+
+    def per_second(self) -> float:
+        with self._lock:
+            self._forget_before(self._clock() - self.window)
+            return sum(size for _, size in self._events) / self.window
+
+    def _forget_before(self, start: float) -> None:
+        while self._events and self._events[0][0] < start:
+            self._events.popleft()
 
 
 class Telemetry:
@@ -145,6 +182,7 @@ class Telemetry:
             unit="{file}",
             description="Files written to after they were claimed, uploaded again whole",
         )
+        self.recent_rate = RecentRate()
         # A counter that was never added to is not exported at all; start them at 0 so that
         # "no failures" reads as 0, not as a missing series.
         for counter in (
@@ -199,6 +237,34 @@ class Telemetry:
                 gauges.nfs_hung,
                 False,
             ),
+            (
+                "staging.disk.free",
+                "By",
+                "Free bytes on the staging disk (sampled by GC)",
+                gauges.staging_free,
+                True,
+            ),
+            (
+                "staging.disk.size",
+                "By",
+                "Size of the staging disk (sampled by GC)",
+                gauges.staging_size,
+                True,
+            ),
+            (
+                "upload.rate",
+                "By/s",
+                f"Bytes committed per second over the last {UPLOAD_RATE_WINDOW_S:.0f} s",
+                self.recent_rate.per_second,
+                True,
+            ),
+            (
+                "upload.bandwidth.limit",
+                "By/s",
+                "Upload bandwidth limit (0: unlimited)",
+                gauges.bandwidth_limit,
+                True,
+            ),
         ]
         for name, unit, description, fn, gauge in table:
             create = (
@@ -207,6 +273,19 @@ class Telemetry:
                 else self.meter.create_observable_up_down_counter
             )
             create(name, [reading(fn)], unit=unit, description=description)
+
+        def sessions_by_state(options: CallbackOptions) -> Iterable[Observation]:
+            # Every state, 0 included: a series that appears only when it turns non-zero cannot
+            # be compared with its own past (the drain timeout alert does).
+            counts = gauges.sessions()
+            return [Observation(counts.get(s, 0), {"state": s}) for s in SESSION_STATES]
+
+        self.meter.create_observable_gauge(
+            "sessions",
+            [sessions_by_state],
+            unit="{session}",
+            description="Sessions this service knows, by state",
+        )
 
     @contextmanager
     def file_span(self, item: WorkItem) -> Generator[Span]:
@@ -243,6 +322,7 @@ class Telemetry:
     def uploaded(self, size: int, duration: float) -> None:
         self.files_processed.add(1)
         self.bytes_uploaded.add(size)
+        self.recent_rate.add(size)
         self.upload_duration.record(duration)
         self.file_size.record(size)
 
