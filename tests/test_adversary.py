@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from nfs_watcher_uploader.errors import PermanentError
-from nfs_watcher_uploader.fsops import Copied, copy_and_hash
+from nfs_watcher_uploader.fsops import Staged, copy_and_hash
 
 from .faultfs import Faults, fuse_available, mounted
 from .helpers import (
@@ -47,7 +47,7 @@ class HeldCopy:
         self.started = threading.Event()
         self.release = threading.Event()
 
-    def __call__(self, src: Path, dst: Path, *args: Any) -> Copied:
+    def __call__(self, src: Path, dst: Path, *args: Any) -> Staged:
         if src.name == self.name:
             self.started.set()
             self.release.wait(30)
@@ -300,7 +300,7 @@ def test_8_concurrent_retries_upload_and_count_a_file_once(
     names = {f"x{i}.bin" for i in range(10)}
     refuse = set(names)
 
-    def refuse_once(staged: Path, copied: Copied) -> None:
+    def refuse_once(staged: Path, copied: Staged) -> None:
         if staged.name in refuse:
             refuse.discard(staged.name)
             raise PermanentError("injected: refused once")
@@ -327,7 +327,7 @@ def test_8_concurrent_retries_upload_and_count_a_file_once(
     view = _view(running, "twice")
     assert view["uploaded"] == len(names)
     assert view["bytes_uploaded"] == sum(map(len, data.values()))
-    assert running.service.pipeline.processed_ok == len(names)
+    assert running.service.pipeline.stats.uploaded == len(names)
 
 
 def _idle(running: RunningService) -> bool:

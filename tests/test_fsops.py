@@ -74,8 +74,8 @@ def test_copy_and_hash(tmp_path: Path) -> None:
     src.write_bytes(data)
     ticks: list[int] = []
     copied = fsops.copy_and_hash(src, tmp_path / "deep" / "dst", lambda: ticks.append(1))
-    assert copied.size == len(data)
-    assert copied.md5 == hashlib.md5(data).digest()
+    assert copied.read.size == len(data)
+    assert copied.read.md5 == hashlib.md5(data).digest()
     assert (tmp_path / "deep" / "dst").read_bytes() == data
     assert len(ticks) >= 3
 
@@ -89,7 +89,7 @@ def test_copy_hashes_each_block_of_a_large_file(tmp_path: Path) -> None:
     expected = [hashlib.md5(data[i : i + block]).digest() for i in range(0, len(data), block)]
     assert copied.block_md5s == tuple(expected) and copied.block_size == block
     small = fsops.copy_and_hash(src, tmp_path / "dst2", block_size=block, single_put_size=len(data))
-    assert small.block_md5s == () and small.md5 == hashlib.md5(data).digest()
+    assert small.block_md5s == () and small.read.md5 == hashlib.md5(data).digest()
 
 
 def test_a_short_read_is_an_error_not_the_end_of_the_file(

@@ -100,7 +100,7 @@ def test_estale_and_eio_lose_nothing(
         expected[f"{date}/flaky/f{i:03d}.bin"] = data
         nfs.write("flaky", f"f{i:03d}.bin", data)
     container = azurite.container(container_name)
-    wait_for(lambda: running.service.pipeline.processed_ok >= 300, timeout=240, interval=0.5)
+    wait_for(lambda: running.service.pipeline.stats.uploaded >= 300, timeout=240, interval=0.5)
     injected = dict(nfs.faults.injected)
     nfs.faults.estale = nfs.faults.eio = 0.0
     blobs = {b.name: container.download_blob(b.name).readall() for b in container.list_blobs()}
@@ -137,7 +137,7 @@ def test_growing_files_behind_attribute_cache_are_never_claimed_early(
                 handles[name].flush()
             time.sleep(0.3)
             assert all((folder / n).exists() for n in chunks), "claimed while still growing"
-            assert running.service.pipeline.processed_ok == 0
+            assert running.service.pipeline.stats.uploaded == 0
     finally:
         for handle in handles.values():
             handle.close()
@@ -145,7 +145,7 @@ def test_growing_files_behind_attribute_cache_are_never_claimed_early(
     for name, parts in chunks.items():
         data = wait_for(lambda n=name: blob_bytes(container, f"{date}/grow/{n}"), timeout=30)
         assert data == b"".join(parts), name
-    assert running.service.pipeline.processed_ok == 4
+    assert running.service.pipeline.stats.uploaded == 4
 
 
 def test_stalled_nfs_keeps_the_api_answering_and_recovers(
@@ -165,7 +165,7 @@ def test_stalled_nfs_keeps_the_api_answering_and_recovers(
     names = list(expected)
     for name in names[:40]:
         nfs.write("stall", name, expected[name])
-    wait_for(lambda: running.service.pipeline.processed_ok >= 10, timeout=60)
+    wait_for(lambda: running.service.pipeline.stats.uploaded >= 10, timeout=60)
     nfs.faults.stall()
     for name in names[40:]:  # the recorder keeps writing on the server meanwhile
         nfs.write("stall", name, expected[name])
@@ -191,7 +191,7 @@ def test_stalled_nfs_keeps_the_api_answering_and_recovers(
         timeout=90,
         interval=0.5,
     )
-    assert running.service.pipeline.processed_ok == 80
+    assert running.service.pipeline.stats.uploaded == 80
     print(f"\nstall scenario: {stall_s:.0f} s stall, slowest probe {slowest * 1000:.0f} ms")
 
 

@@ -28,12 +28,12 @@ def test_file_still_being_written_is_not_claimed_early(
             f.write(chunk)
             f.flush()
             time.sleep(0.4)
-            assert running.service.pipeline.processed_ok == 0
+            assert running.service.pipeline.stats.uploaded == 0
             assert path.exists(), "claimed while the recorder was still writing"
     container = azurite.container(settings.azure_container)
     data = wait_for(lambda: blob_bytes(container, f"{date}/grow/growing.bin"), timeout=20)
     assert data == b"".join(chunks)
-    assert running.service.pipeline.processed_ok == 1
+    assert running.service.pipeline.stats.uploaded == 1
 
 
 def test_claim_races_are_skipped_not_counted(
@@ -112,10 +112,11 @@ async def test_gc_deletes_markers_only_and_keeps_live_folders(settings_factory: 
     (root / "20260101" / "active").mkdir(parents=True)
     nfs = fsops.Nfs(5)
     from nfs_watcher_uploader.models import WorkItem
+    from nfs_watcher_uploader.pipeline import Pipeline
     from nfs_watcher_uploader.sessions import Sessions
     from nfs_watcher_uploader.storage import Storage
     from nfs_watcher_uploader.telemetry import Telemetry
-    from nfs_watcher_uploader.worker import Completed, Pipeline
+    from nfs_watcher_uploader.transfer import Completed
 
     sessions = Sessions(root, nfs)
     sessions.by_name["active"] = Session("active", "20260101", "active", 0.0)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from nfs_watcher_uploader.errors import PermanentError
-from nfs_watcher_uploader.fsops import Copied
+from nfs_watcher_uploader.fsops import Staged
 
 from .helpers import (
     Azurite,
@@ -107,7 +107,7 @@ def test_storage_outage_is_ridden_out_without_restart(
     names = list(expected)
     for name in names[:10]:
         write_file(incoming / name, expected[name])
-    wait_for(lambda: running.service.pipeline.processed_ok == 10, timeout=30)
+    wait_for(lambda: running.service.pipeline.stats.uploaded == 10, timeout=30)
     own_azurite.stop()
     for name in names[10:]:
         write_file(incoming / name, expected[name])
@@ -124,7 +124,7 @@ def test_storage_outage_is_ridden_out_without_restart(
         timeout=60,
     )
     assert running.get("/v1/status").json()["retries"] > 0
-    assert running.service.pipeline.processed_ok == 30
+    assert running.service.pipeline.stats.uploaded == 30
 
 
 @pytest.fixture
@@ -173,7 +173,7 @@ def test_staging_disk_full_waits_and_lands(
     for name, data in expected.items():
         write_file(settings.nfs_incoming_dir / "full" / name, data)
     wait_for(lambda: running.get("/v1/status").json()["retrying"] > 0, timeout=30)
-    assert running.service.pipeline.processed_ok == 0
+    assert running.service.pipeline.stats.uploaded == 0
     assert "No space left" in (running.get("/v1/status").json()["last_error"] or "")
     filler.unlink(missing_ok=True)
     full["on"] = False
@@ -244,7 +244,7 @@ def test_corrupted_staging_copy_is_never_committed(
 ) -> None:
     corrupted: list[str] = []
 
-    def corrupt_once(staged: Path, copied: Copied) -> Copied | None:
+    def corrupt_once(staged: Path, copied: Staged) -> Staged | None:
         if staged.name in corrupted:
             return None
         corrupted.append(staged.name)
@@ -268,7 +268,7 @@ def test_corrupted_staging_copy_is_never_committed(
         timeout=30,
     )
     assert sorted(corrupted) == sorted(expected)
-    assert running.service.pipeline.retries >= 2
+    assert running.service.pipeline.stats.retries >= 2
     assert sum("INTEGRITY MISMATCH" in r.getMessage() for r in caplog.records) >= 2
 
 
@@ -277,7 +277,7 @@ def test_permanent_errors_park_and_retry_on_request(
 ) -> None:
     refuse = {"refused-once.bin"}
 
-    def refuse_once(staged: Path, copied: Copied) -> None:
+    def refuse_once(staged: Path, copied: Staged) -> None:
         if staged.name in refuse:
             refuse.discard(staged.name)
             raise PermanentError("injected: storage refused this file")

@@ -6,11 +6,11 @@ import pytest
 
 from nfs_watcher_uploader.config import Settings
 from nfs_watcher_uploader.fsops import Nfs, Scan, ScanMap
+from nfs_watcher_uploader.pipeline import Pipeline
 from nfs_watcher_uploader.sessions import Session, Sessions
 from nfs_watcher_uploader.storage import Storage
 from nfs_watcher_uploader.telemetry import Telemetry
 from nfs_watcher_uploader.watcher import Watcher, stable_files
-from nfs_watcher_uploader.worker import Pipeline
 
 S = 1_000_000_000  # ns per second
 

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from uuid_utils import uuid7
 
-from nfs_watcher_uploader.errors import NotOurs
+from nfs_watcher_uploader.errors import NotOurs, SessionConflict
 from nfs_watcher_uploader.models import (
     FailedList,
     HealthResponse,
@@ -26,7 +26,6 @@ from nfs_watcher_uploader.models import (
     check_session_name,
 )
 from nfs_watcher_uploader.service import Service
-from nfs_watcher_uploader.sessions import SessionConflict
 
 logger = logging.getLogger(__name__)
 
@@ -106,15 +105,15 @@ async def status(service: ServiceDep) -> StatusResponse:
     return StatusResponse(
         enabled=active is not None,
         active_session=active.name if active else None,
-        processed_ok=pipeline.processed_ok,
-        processed_err=pipeline.processed_err,
-        last_error=pipeline.last_error,
+        processed_ok=pipeline.stats.uploaded,
+        processed_err=pipeline.stats.parked,
+        last_error=pipeline.stats.last_error,
         ready=service.ready,
         queue_depth=pipeline.queue.qsize(),
         in_flight=pipeline.in_flight,
         retrying=pipeline.retrying,
-        failed=sum(len(s.parked) for s in sessions.by_name.values()),
-        retries=pipeline.retries,
+        failed=sessions.parked(),
+        retries=pipeline.stats.retries,
         draining_sessions=[s.name for s in sessions.by_name.values() if s.state == "draining"],
         state_error=sessions.state_error,
         nfs_calls_hung=service.nfs.abandoned,
@@ -141,7 +140,7 @@ async def get_session(service: ServiceDep, name: str) -> SessionView:
 @router.get("/v1/files/failed", responses={503: {}})
 async def failed_files(service: ServiceDep) -> FailedList:
     try:
-        return FailedList(files=await service.pipeline.list_parked())
+        return FailedList(files=await service.pipeline.parked.listing())
     except OSError as exc:
         raise _unavailable("listing parked files", exc) from None
 
@@ -151,7 +150,7 @@ async def retry_failed(service: ServiceDep, body: RetryRequest | None = None) ->
     if not service.ready:
         raise HTTPException(503, f"service is not ready ({service.phase}); retry shortly")
     try:
-        count = await service.pipeline.requeue_parked(body.session_name if body else None)
+        count = await service.pipeline.parked.requeue(body.session_name if body else None)
     except OSError as exc:
         raise _unavailable("moving parked files back", exc) from None
     return RetryResponse(requeued=count)

@@ -9,8 +9,8 @@ import re
 COMPLETED_DIR = "_completed"
 # Files that cannot succeed by retrying are parked here, their reason in a parallel tree with the
 # same relative path, so that no suffix is added to a name already at NAME_MAX.
-FAILED_DIR = "_failed"
-FAILED_REASONS_DIR = "_failed_reasons"
+PARKED_DIR = "_failed"
+PARKED_REASONS_DIR = "_failed_reasons"
 # Sessions (active, draining, recently drained) survive restarts in this file.
 STATE_FILE = "sessions.json"
 STATE_TMP_PREFIX = ".sessions.json.tmp-"

@@ -429,17 +429,25 @@ def return_to(src: Path, dst: Path) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class Copied:
-    """What was read from NFS: its size and mtime at open, its MD5, and the MD5 of each block
-    of `block_size` bytes (empty when the file was small enough to go up in one request)."""
+class Read:
+    """What was read from NFS: the file's size and mtime when it was opened, and the MD5 of the
+    very bytes read."""
 
     size: int
     md5: bytes
+    mtime_ns: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """How the bytes read go out: from memory (`data`: small files are not written to the
+    staging disk), or from the staging file in one request, or in blocks of `block_size`, each
+    sent with its MD5 (`block_md5s`) so that Azure itself checks it."""
+
+    read: Read
+    data: bytes | None = None
     block_size: int = 0
     block_md5s: tuple[bytes, ...] = ()
-    # Small files are staged in memory rather than on disk (see copy_and_hash).
-    data: bytes | None = None
-    mtime_ns: int = 0
 
 
 def open_regular(path: Path) -> int:
@@ -469,10 +477,10 @@ def copy_and_hash(
     block_size: int = 0,
     single_put_size: int = 0,
     in_memory_max: int = 0,
-) -> Copied:
+) -> Staged:
     """Copy `src` to `dst`, hashing the very buffers read from `src`.
 
-    A file of at most `in_memory_max` bytes is kept in memory instead (`Copied.data`): writing
+    A file of at most `in_memory_max` bytes is kept in memory instead (`Staged.data`): writing
     it to disk only to read it back at once buys nothing, the NFS copy being the source of truth.
 
     Files larger than `single_put_size` also get an MD5 per block of `block_size` bytes: each
@@ -488,15 +496,14 @@ def copy_and_hash(
             _check_complete(fin.fileno(), len(data), st, src)
             progress()
             md5 = hashlib.md5(data, usedforsecurity=False).digest()
-            return Copied(len(data), md5, data=data, mtime_ns=st.st_mtime_ns)
+            return Staged(Read(len(data), md5, st.st_mtime_ns), data=data)
         dst.parent.mkdir(parents=True, exist_ok=True)
         with FileIO(os.open(dst, _WRITE_FLAGS, 0o600), "wb", closefd=True) as fout:
             blocked = block_size > 0 and expected > single_put_size
-            copied = _copy_hashing(fin, fout, block_size if blocked else 0, progress)
-        _check_complete(fin.fileno(), copied.size, st, src)
-    return Copied(
-        copied.size, copied.md5, copied.block_size, copied.block_md5s, mtime_ns=st.st_mtime_ns
-    )
+            size, md5, block_md5s = _copy_hashing(fin, fout, block_size if blocked else 0, progress)
+        _check_complete(fin.fileno(), size, st, src)
+    read = Read(size, md5, st.st_mtime_ns)
+    return Staged(read, block_size=block_size if blocked else 0, block_md5s=block_md5s)
 
 
 def _read_all(fin: FileIO, expected: int) -> bytes:
@@ -509,7 +516,8 @@ def _read_all(fin: FileIO, expected: int) -> bytes:
 
 def _copy_hashing(
     fin: FileIO, fout: FileIO, block_size: int, progress: Callable[[], None]
-) -> Copied:
+) -> tuple[int, bytes, tuple[bytes, ...]]:
+    """Copy, returning the size, the MD5, and the MD5 of each block when `block_size`."""
     md5 = hashlib.md5(usedforsecurity=False)
     block = hashlib.md5(usedforsecurity=False)
     block_md5s: list[bytes] = []
@@ -536,7 +544,7 @@ def _copy_hashing(
         progress()
     if in_block:
         block_md5s.append(block.digest())
-    return Copied(size, md5.digest(), block_size, tuple(block_md5s))
+    return size, md5.digest(), tuple(block_md5s)
 
 
 def _check_complete(fd: int, got: int, at_open: os.stat_result, src: Path) -> None:

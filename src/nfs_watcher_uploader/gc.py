@@ -27,8 +27,9 @@ from nfs_watcher_uploader.config import Settings
 from nfs_watcher_uploader.fsops import Moved, Nfs
 from nfs_watcher_uploader.layout import Layout
 from nfs_watcher_uploader.models import WorkItem
+from nfs_watcher_uploader.pipeline import Pipeline
 from nfs_watcher_uploader.sessions import Sessions
-from nfs_watcher_uploader.worker import Completed, MoveFn, Pipeline
+from nfs_watcher_uploader.transfer import Completed, MoveFn
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ class GarbageCollector:
                 elif moved is Moved.GONE:
                     done.adopted_gone.append(path)
             root = self.layout.processing_root
-            for folder in (self.layout.completed_root, self.layout.failed_root):
+            for folder in (self.layout.completed_root, self.layout.parked_root):
                 fsops.prune_empty_dirs(folder, lambda d, s: False)
             fsops.prune_empty_dirs(self.layout.reasons_root, lambda d, s: False)
             fsops.prune_empty_dirs(root, live)
@@ -143,7 +144,7 @@ class GarbageCollector:
             if self.pipeline.completed.get(path) is records[path]:  # not completed anew since
                 del self.pipeline.completed[path]
         for path in done.changed:
-            await self.pipeline.put(self.pipeline.late_write(records[path].item))
+            await self.pipeline.put(self.pipeline.transfer.late_write(records[path].item))
         for path in done.adopted_gone:
             self._adopted.pop(path, None)
         for path in done.adopted:

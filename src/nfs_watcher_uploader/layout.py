@@ -19,8 +19,8 @@ from nfs_watcher_uploader.config import Settings
 from nfs_watcher_uploader.constants import (
     COMPLETED_DIR,
     CONFLICT_MARK,
-    FAILED_DIR,
-    FAILED_REASONS_DIR,
+    PARKED_DIR,
+    PARKED_REASONS_DIR,
 )
 from nfs_watcher_uploader.models import WorkItem
 
@@ -42,12 +42,12 @@ class Layout:
         return self.processing_root / COMPLETED_DIR
 
     @property
-    def failed_root(self) -> Path:
-        return self.processing_root / FAILED_DIR
+    def parked_root(self) -> Path:
+        return self.processing_root / PARKED_DIR
 
     @property
     def reasons_root(self) -> Path:
-        return self.processing_root / FAILED_REASONS_DIR
+        return self.processing_root / PARKED_REASONS_DIR
 
     def session_folder(self, session_name: str) -> Path:
         return self.incoming_root / session_name
@@ -61,8 +61,8 @@ class Layout:
     def completed(self, item: WorkItem) -> Path:
         return self.completed_root / _tail(item)
 
-    def failed(self, item: WorkItem, rel: str | None = None) -> Path:
-        return self.failed_root / _tail(item, rel)
+    def parked(self, item: WorkItem, rel: str | None = None) -> Path:
+        return self.parked_root / _tail(item, rel)
 
     def reason(self, item: WorkItem, rel: str | None = None) -> Path:
         return self.reasons_root / _tail(item, rel)

@@ -182,3 +182,25 @@ class HealthResponse(BaseModel):
 class ReadyResponse(BaseModel):
     ready: bool = True
     detail: str | None = None
+
+
+@dataclass
+class Stats:
+    """The pipeline's counters, in one place: /v1/status and the metrics read them."""
+
+    uploaded: int = 0
+    bytes_uploaded: int = 0
+    parked: int = 0
+    retries: int = 0
+    late_writes: int = 0
+    last_error: str | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"Stats(uploaded={self.uploaded} parked={self.parked} retries={self.retries} "
+            f"late_writes={self.late_writes})"
+        )
+
+    def count_uploaded(self, size: int | None) -> None:
+        self.uploaded += 1
+        self.bytes_uploaded += size or 0

@@ -19,8 +19,8 @@ from nfs_watcher_uploader.fsops import Nfs
 from nfs_watcher_uploader.gc import GarbageCollector
 from nfs_watcher_uploader.layout import Layout
 from nfs_watcher_uploader.models import WorkItem
+from nfs_watcher_uploader.pipeline import Pipeline
 from nfs_watcher_uploader.sessions import Sessions
-from nfs_watcher_uploader.worker import Pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ async def recover(
 
         return (
             items(layout.processing_root),
-            items(layout.failed_root),
+            items(layout.parked_root),
             items(layout.completed_root),
         )
 

@@ -23,19 +23,13 @@ from nfs_watcher_uploader.config import Settings
 from nfs_watcher_uploader.errors import RetryableError
 from nfs_watcher_uploader.fsops import Nfs
 from nfs_watcher_uploader.gc import GarbageCollector
+from nfs_watcher_uploader.pipeline import Pipeline, backoff_delay
 from nfs_watcher_uploader.recovery import clear_staging, recover
 from nfs_watcher_uploader.sessions import Session, Sessions
 from nfs_watcher_uploader.storage import Storage, TokenCredentialFactory, default_token_credential
 from nfs_watcher_uploader.telemetry import Gauges, Telemetry
+from nfs_watcher_uploader.transfer import ClaimFn, CopyFn, MoveFn, StagedHook
 from nfs_watcher_uploader.watcher import ScanFn, Watcher
-from nfs_watcher_uploader.worker import (
-    ClaimFn,
-    CopyFn,
-    MoveFn,
-    Pipeline,
-    StagedHook,
-    backoff_delay,
-)
 
 # Exit status when the watchdog ends a stalled process (EX_SOFTWARE).
 STALL_EXIT_CODE = 70
@@ -70,7 +64,7 @@ class Service:
             self.storage,
             self.nfs,
             self.telemetry,
-            on_staged,
+            on_staged=on_staged,
             claim=claim,
             move=move,
             copy=copy,
@@ -81,7 +75,7 @@ class Service:
             Gauges(
                 queue_depth=self.pipeline.queue.qsize,
                 in_flight=lambda: self.pipeline.in_flight,
-                parked=lambda: sum(len(s.parked) for s in self.sessions.by_name.values()),
+                parked=self.sessions.parked,
                 oldest_waiting_age=self.watcher.oldest_waiting_age,
                 last_scan=lambda: self.watcher.last_scan_ok,
                 nfs_hung=lambda: self.nfs.abandoned,

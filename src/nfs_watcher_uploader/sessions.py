@@ -26,6 +26,7 @@ from nfs_watcher_uploader.constants import (
     STATE_FILE,
     STATE_TMP_PREFIX,
 )
+from nfs_watcher_uploader.errors import SessionConflict
 from nfs_watcher_uploader.fsops import Nfs, write_atomic
 from nfs_watcher_uploader.models import (
     SessionStateName,
@@ -37,13 +38,12 @@ from nfs_watcher_uploader.models import (
 
 logger = logging.getLogger(__name__)
 
+# Where a file this process works on is: waiting in the queue, being transferred, or waiting
+# for its next attempt.
+Phase = Literal["queued", "in_flight", "retrying"]
 WATCHED_STATES = ("active", "draining")
 STATE_VERSION = 1
 NOTICES_KEPT = 20
-
-
-class SessionConflict(Exception):
-    """The request conflicts with a session that exists (HTTP 409)."""
 
 
 @dataclass
@@ -62,8 +62,8 @@ class Session:
     renamed: int = 0
     late_writes: int = 0
     last_error: str | None = None
-    # rel -> "queued" | "in_flight" | "retrying": work this process owns for the session.
-    pending: dict[str, str] = field(default_factory=dict[str, str])
+    # rel -> phase: work this process owns for the session.
+    pending: dict[str, Phase] = field(default_factory=dict[str, Phase])
     # Files parked in the failed folder.
     parked: set[str] = field(default_factory=set[str])
     # From the last scan: entries that are not regular files, folders too deep to upload.
@@ -77,8 +77,26 @@ class Session:
     def watched(self) -> bool:
         return self.state in WATCHED_STATES
 
-    def count(self, phase: str) -> int:
+    def count(self, phase: Phase) -> int:
         return sum(1 for p in self.pending.values() if p == phase)
+
+    def mark(self, rel: str, phase: Phase) -> None:
+        self.pending[rel] = phase
+
+    def release(self, rel: str) -> None:
+        """No work on `rel` any more (done, parked, skipped)."""
+        self.pending.pop(rel, None)
+
+    def count_uploaded(self, rel: str, size: int | None) -> None:
+        self.release(rel)
+        self.uploaded += 1
+        self.bytes_uploaded += size or 0
+
+    def park(self, rel: str, parked_as: str | None) -> None:
+        """`rel` is parked as `parked_as` (None: it had vanished, nothing was parked)."""
+        self.release(rel)
+        if parked_as is not None:
+            self.parked.add(parked_as)
 
     def view(self) -> SessionView:
         return SessionView(
@@ -151,6 +169,10 @@ class Sessions:
 
     def watched(self) -> list[Session]:
         return [s for s in self.by_name.values() if s.watched]
+
+    def parked(self) -> int:
+        """Files parked, over all sessions."""
+        return sum(len(s.parked) for s in self.by_name.values())
 
     def __repr__(self) -> str:
         return f"Sessions({list(self.by_name.values())!r})"

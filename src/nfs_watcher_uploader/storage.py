@@ -40,7 +40,7 @@ from nfs_watcher_uploader.constants import (
     MAX_NAME_VERSIONS,
 )
 from nfs_watcher_uploader.errors import IntegrityError, PermanentError, RetryableError, UploadError
-from nfs_watcher_uploader.fsops import Copied
+from nfs_watcher_uploader.fsops import Staged
 from nfs_watcher_uploader.layout import versioned
 
 logger = logging.getLogger(__name__)
@@ -288,7 +288,7 @@ class Storage:
         self,
         local: Path,
         blob_name: str,
-        copied: Copied,
+        staged: Staged,
         progress: Callable[[], None],
         overwrite: bool = False,
         log_extra: dict[str, str] | None = None,
@@ -307,29 +307,29 @@ class Storage:
         is parked (park). `overwrite` (or APP_ON_NAME_CONFLICT=overwrite) replaces the blob.
         """
         check_blob_name(blob_name)
-        if copied.block_md5s and copied.size > MAX_BLOCKS * copied.block_size:
+        if staged.block_md5s and staged.read.size > MAX_BLOCKS * staged.block_size:
             raise PermanentError(
-                f"file is {copied.size} bytes; a block blob holds at most "
-                f"{MAX_BLOCKS} blocks of {copied.block_size} bytes"
+                f"file is {staged.read.size} bytes; a block blob holds at most "
+                f"{MAX_BLOCKS} blocks of {staged.block_size} bytes"
             )
         policy = self._settings.on_name_conflict
         if overwrite or policy is NameConflict.OVERWRITE:
-            await self._send(local, blob_name, copied, progress, True, log_extra)
+            await self._send(local, blob_name, staged, progress, True, log_extra)
             return Sent(blob_name)
         for version in range(1, MAX_NAME_VERSIONS + 1):
             name = versioned(blob_name, version)
             check_blob_name(name)
             # A file sent in blocks is looked for first: one request against many.
-            found = await self._md5_of(name) if copied.block_md5s else _MISSING
+            found = await self._md5_of(name) if staged.block_md5s else _MISSING
             if found is _MISSING:
                 try:
-                    await self._send(local, name, copied, progress, False, log_extra)
+                    await self._send(local, name, staged, progress, False, log_extra)
                     return Sent(name)
                 except _NameTaken:
                     found = await self._md5_of(name)
                     if found is _MISSING:
                         raise RetryableError(f"blob {name} came and went; trying again") from None
-            if found == copied.md5:
+            if found == staged.read.md5:
                 return Sent(name, already=True)
             if policy is NameConflict.PARK:
                 raise PermanentError(
@@ -352,37 +352,35 @@ class Storage:
         self,
         local: Path,
         blob_name: str,
-        copied: Copied,
+        staged: Staged,
         progress: Callable[[], None],
         overwrite: bool,
         log_extra: dict[str, str] | None,
     ) -> None:
         blob = self.container.get_blob_client(blob_name)
-        settings = ContentSettings(content_md5=bytearray(copied.md5))
+        settings = ContentSettings(content_md5=bytearray(staged.read.md5))
         condition: dict[str, Any] = {} if overwrite else {"if_none_match": "*"}
         try:
-            if copied.data is not None:
-                await blob.upload_blob(
-                    copied.data,
-                    overwrite=overwrite,
-                    content_settings=settings,
-                    transactional_content_md5=copied.md5,
-                )
-                progress()
-                return
-            with open(local, "rb", buffering=0) as f:
-                if not copied.block_md5s:
-                    data = await anyio.to_thread.run_sync(f.read)
-                    _check_length(len(data), copied, log_extra)
-                    await blob.upload_blob(
-                        data,
-                        overwrite=overwrite,
-                        content_settings=settings,
-                        transactional_content_md5=copied.md5,
-                    )
-                else:
-                    ids = await self._put_blocks(blob, f.fileno(), copied, progress, log_extra)
-                    await blob.commit_block_list(ids, content_settings=settings, **condition)  # pyright: ignore[reportArgumentType]
+            if staged.data is not None:
+                data = staged.data
+            else:
+                fd = await anyio.to_thread.run_sync(os.open, local, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    if staged.block_md5s:
+                        ids = await self._put_blocks(blob, fd, staged, progress, log_extra)
+                        await blob.commit_block_list(ids, content_settings=settings, **condition)  # pyright: ignore[reportArgumentType]
+                        progress()
+                        return
+                    data = await anyio.to_thread.run_sync(os.pread, fd, staged.read.size + 1, 0)
+                finally:
+                    os.close(fd)
+                _check_length(len(data), staged, log_extra)
+            await blob.upload_blob(
+                data,
+                overwrite=overwrite,
+                content_settings=settings,
+                transactional_content_md5=staged.read.md5,
+            )
         except FileNotFoundError:
             raise RetryableError(f"staged copy of {blob_name} vanished; staging again") from None
         except ResourceExistsError as exc:
@@ -408,26 +406,26 @@ class Storage:
         self,
         blob: BlobClient,
         fd: int,
-        copied: Copied,
+        staged: Staged,
         progress: Callable[[], None],
         log_extra: dict[str, str] | None,
     ) -> list[str]:
         """Stage every block, at most `concurrency` at once for this file and the block budget
         across all files. Each block is read only once its budget permit is held, and the
         permit is released by `async with` on every path (failure, cancellation)."""
-        count = len(copied.block_md5s)
+        count = len(staged.block_md5s)
         ids = [f"{index:08d}" for index in range(count)]
         window = asyncio.Semaphore(self.concurrency)
 
         async def put(index: int) -> None:
-            offset = index * copied.block_size
-            length = min(copied.block_size, copied.size - offset)
+            offset = index * staged.block_size
+            length = min(staged.block_size, staged.read.size - offset)
             async with self._budget:
                 data = await anyio.to_thread.run_sync(os.pread, fd, length, offset)
                 if len(data) != length:  # the staged copy is shorter than what was read
-                    _check_length(offset + len(data), copied, log_extra)
+                    _check_length(offset + len(data), staged, log_extra)
                 await blob.stage_block(
-                    ids[index], data, transactional_content_md5=copied.block_md5s[index]
+                    ids[index], data, transactional_content_md5=staged.block_md5s[index]
                 )
             progress()
 
@@ -435,8 +433,8 @@ class Storage:
             for index in range(count):
                 await window.acquire()
                 tg.create_task(put(index)).add_done_callback(lambda _: window.release())
-        longer = await anyio.to_thread.run_sync(os.pread, fd, 1, copied.size)
-        _check_length(copied.size + len(longer), copied, log_extra)
+        longer = await anyio.to_thread.run_sync(os.pread, fd, 1, staged.read.size)
+        _check_length(staged.read.size + len(longer), staged, log_extra)
         return ids
 
     @property
@@ -449,9 +447,9 @@ def _log_mismatch(reason: str, log_extra: dict[str, str] | None) -> None:
     logger.error("INTEGRITY MISMATCH: %s; not committing", reason, extra=log_extra)
 
 
-def _check_length(sent: int, copied: Copied, log_extra: dict[str, str] | None) -> None:
-    if sent != copied.size:
-        reason = f"staged copy has {sent} bytes, {copied.size} were read from NFS"
+def _check_length(sent: int, staged: Staged, log_extra: dict[str, str] | None) -> None:
+    if sent != staged.read.size:
+        reason = f"staged copy has {sent} bytes, {staged.read.size} were read from NFS"
         _log_mismatch(reason, log_extra)
         raise IntegrityError(reason)
 

@@ -329,7 +329,7 @@ class Telemetry:
     def retried(self) -> None:
         self.upload_retries.add(1)
 
-    def failed(self) -> None:
+    def parked(self) -> None:
         self.files_failed.add(1)
 
     def renamed(self) -> None:

@@ -21,8 +21,8 @@ from nfs_watcher_uploader import fsops
 from nfs_watcher_uploader.config import Settings
 from nfs_watcher_uploader.fsops import Nfs, Scan, ScanMap
 from nfs_watcher_uploader.models import WorkItem, printable
+from nfs_watcher_uploader.pipeline import Pipeline
 from nfs_watcher_uploader.sessions import Session, Sessions
-from nfs_watcher_uploader.worker import Pipeline
 
 logger = logging.getLogger(__name__)
 

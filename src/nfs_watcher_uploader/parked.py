@@ -1,0 +1,159 @@
+"""Parked files: files that cannot succeed by retrying, kept with their reason, never deleted.
+
+    .processing/_failed/<d>/<s>/<rel>          the file
+    .processing/_failed_reasons/<d>/<s>/<rel>  {"reason", "rel", "blob_name", "at"}
+
+A second file parked under a name already parked takes the next free name (`name~2`); the
+reason file keeps its original path, so a requeue puts it back where it came from.
+"""
+
+import asyncio
+import functools
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from nfs_watcher_uploader import fsops
+from nfs_watcher_uploader.constants import MAX_NAME_VERSIONS
+from nfs_watcher_uploader.fsops import Moved, Nfs
+from nfs_watcher_uploader.layout import Layout, versioned
+from nfs_watcher_uploader.models import FailedFile, Stats, WorkItem, printable
+from nfs_watcher_uploader.sessions import Sessions
+from nfs_watcher_uploader.telemetry import Telemetry
+from nfs_watcher_uploader.transfer import MoveFn, log_extra
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Parked:
+    item: WorkItem  # with the file's original rel
+    parked_as: str  # its rel in the parked tree
+    path: Path
+    reason: str
+
+
+class ParkedFiles:
+    """Park, list and requeue parked files. `requeue` queues an item (Pipeline.put)."""
+
+    def __init__(
+        self,
+        layout: Layout,
+        sessions: Sessions,
+        nfs: Nfs,
+        telemetry: Telemetry,
+        stats: Stats,
+        requeue: Callable[[WorkItem], Awaitable[bool]],
+        move: MoveFn = fsops.move,
+    ) -> None:
+        self.layout = layout
+        self.sessions = sessions
+        self.nfs = nfs
+        self.telemetry = telemetry
+        self.stats = stats
+        self._requeue = requeue
+        self._move = move
+        # Two requeues at once would both list the same parked files.
+        self._requeuing = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"ParkedFiles(parked={self.sessions.parked()})"
+
+    async def park(self, item: WorkItem, reason: str) -> None:
+        """Move the claimed file into the parked tree with its reason. Raises OSError when NFS
+        fails (the caller retries later); nothing is ever parked over another parked file."""
+        record = json.dumps(
+            {
+                "reason": reason,
+                "rel": item.rel,
+                "blob_name": self.layout.blob_name(item),
+                "at": time.time(),
+            }
+        ).encode()
+        moved, parked_as = await self.nfs.call(lambda: self._park(item, record))
+        self.sessions.for_item(item).park(item.rel, parked_as if moved is Moved.DONE else None)
+        self.stats.parked += 1
+        self.telemetry.parked()
+        self.stats.last_error = self.sessions.for_item(item).last_error = printable(
+            f"{item.rel}: {reason}"
+        )
+        where = self.layout.parked(item, parked_as) if moved is Moved.DONE else None
+        logger.error(
+            "Parked %s: %s%s",
+            printable(item.rel),
+            printable(reason),
+            f"; it is in {printable(str(where))}" if where else "; it had vanished",
+            extra=log_extra(item),
+        )
+
+    def _park(self, item: WorkItem, record: bytes) -> tuple[Moved, str]:
+        src = self.layout.processing(item)
+        # The reason is written first, so the file is never listed without it.
+        for version in range(1, MAX_NAME_VERSIONS + 1):
+            rel = versioned(item.rel, version)
+            if fsops.exists(self.layout.parked(item, rel)):
+                continue
+            reason_file = self.layout.reason(item, rel)
+            fsops.write_atomic(reason_file, record, ".reason.tmp-")
+            moved = self._move(src, self.layout.parked(item, rel), None)
+            if moved is not Moved.DONE:
+                reason_file.unlink(missing_ok=True)
+            if moved is not Moved.TAKEN:
+                return moved, rel
+        raise OSError(f"{MAX_NAME_VERSIONS} parked files are named like {item.rel}")
+
+    async def listing(self) -> list[FailedFile]:
+        """Parked files with their reasons, read from the parked tree."""
+        return [
+            FailedFile(
+                date_prefix=p.item.date_prefix,
+                session_name=p.item.session_name,
+                filename=p.item.rel,
+                parked_as=p.parked_as,
+                reason=p.reason,
+            )
+            for p in await self.nfs.call(self._read)
+        ]
+
+    def _read(self) -> list[_Parked]:
+        out: list[_Parked] = []
+        for date_prefix, name, parked_as, path in fsops.iter_tree_files(self.layout.parked_root):
+            item = WorkItem(name, date_prefix, parked_as, claimed=True)
+            try:
+                record = json.loads(self.layout.reason(item).read_bytes())
+                reason, rel = str(record["reason"]), str(record.get("rel", parked_as))
+            except (OSError, ValueError, KeyError, TypeError):
+                reason, rel = "(reason not recorded)", parked_as
+            out.append(_Parked(replace(item, rel=rel), parked_as, path, reason))
+        return out
+
+    async def requeue(self, session_name: str | None) -> int:
+        """Move parked files back into `.processing` and queue them. Returns how many."""
+        async with self._requeuing:
+            count = 0
+            for parked in await self.nfs.call(self._read):
+                item = parked.item
+                if session_name is not None and item.session_name != session_name:
+                    continue
+                moved = await self.nfs.call(functools.partial(self._unpark, parked))
+                if moved is Moved.TAKEN:
+                    logger.warning(
+                        "Parked %s stays parked: a file of that name is in progress",
+                        printable(item.rel),
+                        extra=log_extra(item),
+                    )
+                if moved is not Moved.DONE:
+                    continue
+                self.sessions.for_item(item).parked.discard(parked.parked_as)
+                await self._requeue(item)
+                count += 1
+            return count
+
+    def _unpark(self, parked: _Parked) -> Moved:
+        moved = self._move(parked.path, self.layout.processing(parked.item), None)
+        if moved is Moved.DONE:
+            self.layout.reason(parked.item, parked.parked_as).unlink(missing_ok=True)
+        return moved

@@ -1,0 +1,293 @@
+"""The pipeline: a queue of files, workers that each take one at a time through `Transfer`,
+and what happens to a file that does not go up at once.
+
+    RetryableError     back on the retry timer: 1 s, 2 s, 4 s ... capped at APP_RETRY_MAX_S,
+                       with jitter, for as long as it takes
+    PermanentError     parked with its reason (`ParkedFiles`), never deleted
+    NotOurs            left in (or put back into) incoming, reported
+    LateWrite          queued again to go up whole over the same blob
+    Skip               dropped; the watcher offers it again if it is still there
+
+A file has at most one piece of work at a time: `put` refuses a file already queued, in
+flight or retrying.
+"""
+
+import asyncio
+import heapq
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import anyio.to_thread
+
+from nfs_watcher_uploader import fsops
+from nfs_watcher_uploader.config import Settings
+from nfs_watcher_uploader.errors import (
+    CompletionPending,
+    LateWrite,
+    NotOurs,
+    PermanentError,
+    RetryableError,
+    Skip,
+)
+from nfs_watcher_uploader.fsops import Nfs
+from nfs_watcher_uploader.layout import Layout
+from nfs_watcher_uploader.models import Stats, WorkItem, printable
+from nfs_watcher_uploader.parked import ParkedFiles
+from nfs_watcher_uploader.sessions import Sessions
+from nfs_watcher_uploader.storage import Storage
+from nfs_watcher_uploader.telemetry import Telemetry
+from nfs_watcher_uploader.transfer import (
+    ClaimFn,
+    Completed,
+    CopyFn,
+    MoveFn,
+    StagedHook,
+    Transfer,
+    log_extra,
+    remove_staged,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Slot:
+    """One worker: its task, the file it is on, and when it last made progress."""
+
+    task: asyncio.Task[None] | None = None
+    item: WorkItem | None = None
+    progress: float = field(default_factory=time.monotonic)
+
+    def touch(self) -> None:
+        self.progress = time.monotonic()
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """Exponential backoff with jitter: base * 2**(attempt-1), capped, times 0.5-1.0."""
+    raw = min(cap, base * 2 ** min(attempt - 1, 30))
+    return raw * (0.5 + rng.random() / 2)
+
+
+class RetryTimer:
+    """Files waiting for their next attempt; each goes back to `due` when its time comes."""
+
+    def __init__(self, due: Callable[[WorkItem], Awaitable[None]]) -> None:
+        self._due = due
+        self._heap: list[tuple[float, int, WorkItem]] = []
+        self._seq = 0
+        self._wakeup = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def schedule(self, item: WorkItem, delay: float) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (time.monotonic() + delay, self._seq, item))
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        while True:
+            now = time.monotonic()
+            while self._heap and self._heap[0][0] <= now:
+                _, _, item = heapq.heappop(self._heap)
+                await self._due(item)
+            timeout = self._heap[0][0] - now if self._heap else None
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+            except TimeoutError:
+                pass
+
+
+class Pipeline:
+    """The queue, the workers and the counters that /v1/status reports."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: Sessions,
+        storage: Storage,
+        nfs: Nfs,
+        telemetry: Telemetry,
+        rng: random.Random | None = None,
+        *,
+        on_staged: StagedHook | None = None,
+        claim: ClaimFn = fsops.claim,
+        move: MoveFn = fsops.move,
+        copy: CopyFn = fsops.copy_and_hash,
+    ) -> None:
+        self.settings = settings
+        self.layout = Layout.from_settings(settings)
+        self.sessions = sessions
+        self.telemetry = telemetry
+        self.stats = Stats()
+        # completed path -> what was committed; GC reads a copy, checks and deletes.
+        self.completed: dict[Path, Completed] = {}
+        self.transfer = Transfer(
+            self.layout,
+            sessions,
+            storage,
+            nfs,
+            telemetry,
+            self.stats,
+            self.completed,
+            on_staged=on_staged,
+            claim=claim,
+            move=move,
+            copy=copy,
+        )
+        self.parked = ParkedFiles(self.layout, sessions, nfs, telemetry, self.stats, self.put, move)
+        self._rng = rng or random.Random()
+        self.queue: asyncio.Queue[WorkItem] = asyncio.Queue(maxsize=settings.max_queue_size)
+        self.slots = [Slot() for _ in range(settings.worker_concurrency)]
+        self.retry_timer = RetryTimer(self._enqueue)
+        self._timer_task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def __repr__(self) -> str:
+        return (
+            f"Pipeline({self.stats!r} queued={self.queue.qsize()} in_flight={self.in_flight} "
+            f"retrying={self.retrying})"
+        )
+
+    @property
+    def in_flight(self) -> int:
+        return sum(1 for s in self.slots if s.item is not None)
+
+    @property
+    def retrying(self) -> int:
+        return len(self.retry_timer)
+
+    def stalled_for(self) -> float:
+        """Seconds since the slowest busy worker last made progress (0 when all are idle)."""
+        now = time.monotonic()
+        return max((now - s.progress for s in self.slots if s.item is not None), default=0.0)
+
+    def offer(self, item: WorkItem) -> bool:
+        """Queue `item` if there is room; the watcher offers it again next scan if not."""
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            return False
+        self.sessions.for_item(item).mark(item.rel, "queued")
+        return True
+
+    async def put(self, item: WorkItem) -> bool:
+        """Queue `item`, waiting for room (recovery, GC, requeues of parked files). A file that
+        already has work queued, in flight or retrying is not queued twice: False."""
+        if item.rel in self.sessions.for_item(item).pending:
+            logger.debug("%s is already in progress", printable(item.rel), extra=log_extra(item))
+            return False
+        await self._enqueue(item)
+        return True
+
+    async def _enqueue(self, item: WorkItem) -> None:
+        self.sessions.for_item(item).mark(item.rel, "queued")
+        await self.queue.put(item)
+
+    # --- running -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run the workers and the retry timer until cancelled or `shutdown`."""
+        async with asyncio.TaskGroup() as tg:
+            for slot in self.slots:
+                slot.task = tg.create_task(self._worker(slot))
+            self._timer_task = tg.create_task(self.retry_timer.run())
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop taking work, let in-flight files finish within `grace`, then cancel the rest
+        (they stay in `.processing` and are recovered on the next start)."""
+        self._stopping = True
+        if self._timer_task is not None:
+            self._timer_task.cancel()
+        for slot in self.slots:
+            if slot.item is None and slot.task is not None:
+                slot.task.cancel()
+        busy = {s.task for s in self.slots if s.task is not None and not s.task.done()}
+        if not busy:
+            return
+        _, late = await asyncio.wait(busy, timeout=grace)
+        for slot in self.slots:
+            if slot.task in late:
+                item = slot.item
+                logger.warning(
+                    "Shutdown grace over; cancelling the upload of %s (recovered on restart)",
+                    printable(item.rel) if item else "?",
+                    extra=log_extra(item) if item else None,
+                )
+                slot.task.cancel()
+
+    async def _worker(self, slot: Slot) -> None:
+        while not self._stopping:
+            item = await self.queue.get()
+            slot.item = item
+            slot.touch()
+            try:
+                await self._handle(item, slot)
+            finally:
+                slot.item = None
+                self.queue.task_done()
+
+    async def _handle(self, item: WorkItem, slot: Slot) -> None:
+        session = self.sessions.for_item(item)
+        session.mark(item.rel, "in_flight")
+        with self.telemetry.file_span(item) as span:
+            try:
+                if not item.claimed:
+                    item = await self.transfer.claim(item, session)
+                await self.transfer.process(item, slot, session)
+            except Skip:
+                session.release(item.rel)
+            except NotOurs as exc:
+                await self.transfer.put_back(item, session, str(exc))
+            except LateWrite as exc:
+                await self._enqueue(self.transfer.late_write(exc.item))
+            except CompletionPending as exc:
+                self.telemetry.failed_attempt(span, exc)
+                self._retry_later(exc.item, str(exc))
+            except RetryableError as exc:
+                self.telemetry.failed_attempt(span, exc)
+                self._retry_later(item, str(exc))
+            except PermanentError as exc:
+                self.telemetry.failed_attempt(span, exc)
+                await self._park(item, str(exc))
+            except Exception as exc:  # a bug must cost one retry, never the worker
+                logger.exception(
+                    "Unexpected error on %s", printable(item.rel), extra=log_extra(item)
+                )
+                self.telemetry.failed_attempt(span, exc)
+                self._retry_later(item, f"unexpected {type(exc).__name__}: {exc}")
+
+    def _retry_later(self, item: WorkItem, reason: str) -> None:
+        session = self.sessions.for_item(item)
+        attempt = item.attempt + 1
+        s = self.settings
+        delay = backoff_delay(attempt, s.retry_base_s, s.retry_max_s, self._rng)
+        self.stats.retries += 1
+        self.telemetry.retried()
+        self.stats.last_error = session.last_error = printable(f"{item.rel}: {reason}")
+        session.mark(item.rel, "retrying")
+        logger.warning(
+            "Upload of %s failed (attempt %d): %s; retrying in %.1f s",
+            printable(item.rel),
+            attempt,
+            printable(reason),
+            delay,
+            extra=log_extra(item),
+        )
+        self.retry_timer.schedule(replace(item, attempt=attempt), delay)
+
+    async def _park(self, item: WorkItem, reason: str) -> None:
+        if not item.claimed:  # nothing of ours to park
+            self.sessions.for_item(item).release(item.rel)
+            return
+        try:
+            await self.parked.park(item, reason)
+        except OSError as exc:
+            self._retry_later(item, f"{reason} (and parking failed: {exc})")
+            return
+        await anyio.to_thread.run_sync(remove_staged, self.layout.staged(item), item)

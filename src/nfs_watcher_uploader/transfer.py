@@ -1,0 +1,293 @@
+"""One file's transfer, step by step, top to bottom.
+
+    claim     rename incoming/<s>/<rel> -> .processing/<d>/<s>/<rel>, never through a link
+              (lost race: Skip; the name still taken by an earlier file: Skip, it waits)
+    stage     copy to local staging, hashing the bytes read from NFS (per block too)
+    upload    every request carries the MD5 read from NFS, so Azure refuses changed bytes; a
+              name held by other bytes is kept, and this file goes up under the next free name
+    complete  if the file still has the size and mtime that were read, rename it into
+              .processing/_completed/<d>/<s>/<rel>; GC looks once more, then deletes it
+
+Each step raises what errors.py says the caller should do; `Pipeline` acts on it. A file is
+counted as uploaded only after its blob is committed and the file is marked completed.
+"""
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol
+
+import anyio.to_thread
+
+from nfs_watcher_uploader import fsops
+from nfs_watcher_uploader.errors import (
+    CompletionPending,
+    LateWrite,
+    NotOurs,
+    PermanentError,
+    RetryableError,
+    Skip,
+    nfs_errors,
+)
+from nfs_watcher_uploader.fsops import Moved, Nfs, Staged
+from nfs_watcher_uploader.layout import Layout
+from nfs_watcher_uploader.models import Stats, WorkItem, printable
+from nfs_watcher_uploader.sessions import Session, Sessions
+from nfs_watcher_uploader.storage import Storage
+from nfs_watcher_uploader.telemetry import Telemetry
+
+logger = logging.getLogger(__name__)
+
+# Test seams: called between stage and upload with the staged path and what was staged (it
+# may return a replacement, to corrupt an in-memory copy); the claim; the other renames; the
+# copy.
+StagedHook = Callable[[Path, Staged], Staged | None]
+ClaimFn = Callable[[Path, str, Path, tuple[int, int] | None], Moved]
+MoveFn = Callable[[Path, Path, tuple[int, int] | None], Moved]
+CopyFn = Callable[..., Staged]
+
+
+class Progress(Protocol):
+    """Where a long step reports that it is still moving (a worker's slot)."""
+
+    progress: float
+
+    def touch(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """A file in the completed tree: what was committed, for GC's last look before deleting."""
+
+    item: WorkItem
+    size: int
+    mtime_ns: int
+
+
+def log_extra(item: WorkItem) -> dict[str, str]:
+    return {"file_name": printable(item.rel), "session_name": item.session_name}
+
+
+class Transfer:
+    """The steps of one file. `completed` is shared with GC."""
+
+    def __init__(
+        self,
+        layout: Layout,
+        sessions: Sessions,
+        storage: Storage,
+        nfs: Nfs,
+        telemetry: Telemetry,
+        stats: Stats,
+        completed: dict[Path, Completed],
+        *,
+        on_staged: StagedHook | None = None,
+        claim: ClaimFn = fsops.claim,
+        move: MoveFn = fsops.move,
+        copy: CopyFn = fsops.copy_and_hash,
+    ) -> None:
+        self.layout = layout
+        self.sessions = sessions
+        self.storage = storage
+        self.nfs = nfs
+        self.telemetry = telemetry
+        self.stats = stats
+        self.completed = completed
+        self._on_staged = on_staged
+        self._claim = claim
+        self._move = move
+        self._copy = copy
+
+    async def claim(self, item: WorkItem, session: Session) -> WorkItem:
+        """Rename the file from incoming into `.processing`. Raises Skip if it is not ours to
+        take now, NotOurs if it is not a regular file."""
+        folder = self.layout.session_folder(item.session_name)
+        dst = self.layout.processing(item)
+        # Unknown whether a failed rename happened (NFS can report a failure for a rename
+        # that succeeded): it is retried, and `fsops.move` then sees where the file is.
+        with self.telemetry.step("claim"), nfs_errors("claim"):
+            moved = await self.nfs.call(lambda: self._claim(folder, item.rel, dst, item.seen))
+        if moved is Moved.TAKEN:
+            if item.rel not in session.held:
+                session.held.add(item.rel)
+                text = f"{item.rel}: waits in incoming until an earlier file of that name is done"
+                session.notice(text)
+                logger.info("%s", printable(text), extra=log_extra(item))
+            raise Skip
+        session.held.discard(item.rel)
+        if moved is Moved.GONE:
+            logger.debug("Lost the claim race for %s", printable(item.rel), extra=log_extra(item))
+            raise Skip
+        session.files_seen += 1
+        return replace(item, claimed=True)
+
+    async def process(self, item: WorkItem, slot: Progress, session: Session) -> None:
+        """Stage, upload and complete one claimed file."""
+        sent_bytes = None
+        if item.committed is None:
+            staged = await self._stage(item, slot)
+            if staged is None:  # an earlier attempt committed it and marked it completed
+                self._count_uploaded(item, session, None)
+                return
+            if item.attempt == 0:
+                session.bytes_seen += staged.read.size
+            item, sent_bytes = await self._upload(item, staged, slot, session)
+        await self._complete(item)
+        self._count_uploaded(item, session, sent_bytes)
+
+    async def _stage(self, item: WorkItem, slot: Progress) -> Staged | None:
+        src, dst = self.layout.processing(item), self.layout.staged(item)
+        s = self.storage
+        with self.telemetry.step("stage"):
+            try:
+                staged = await self.nfs.call_watched(
+                    lambda: self._copy(
+                        src, dst, slot.touch, s.block_size, s.single_put_size, s.in_memory_max
+                    ),
+                    lambda: slot.progress,
+                )
+            except FileNotFoundError as exc:
+                if exc.filename is None or Path(exc.filename) != src:
+                    raise RetryableError(f"staging copy failed: {exc}") from exc
+                return await self._source_vanished(item, src, exc)
+            except OSError as exc:
+                await anyio.to_thread.run_sync(remove_staged, dst, item)
+                raise RetryableError(f"staging copy failed: {exc}") from exc
+        self.telemetry.set_file_size(staged.read.size)
+        if self._on_staged is not None:
+            staged = self._on_staged(dst, staged) or staged
+        return staged
+
+    async def _source_vanished(self, item: WorkItem, src: Path, exc: OSError) -> None:
+        """The claimed file is gone: done by an earlier attempt, or lost to someone else."""
+        done = self.layout.completed(item)
+        with nfs_errors("looking for the claimed file"):
+            completed = await self.nfs.call(lambda: fsops.exists(done))
+            still_there = completed or await self.nfs.call(lambda: fsops.exists(src))
+        if completed:
+            return None
+        if still_there:
+            raise RetryableError(f"source not readable yet: {exc}") from exc
+        raise PermanentError(f"claimed file vanished from {src.parent}") from exc
+
+    async def _upload(
+        self, item: WorkItem, staged: Staged, slot: Progress, session: Session
+    ) -> tuple[WorkItem, int]:
+        """Upload; returns the item with its blob and what was committed, and the bytes sent."""
+        wanted = self.layout.blob_name(item)
+        local = self.layout.staged(item)
+        start = time.monotonic()
+        attrs = {"blob.name": printable(wanted), "file.size": staged.read.size}
+        with self.telemetry.step("upload", **attrs):
+            sent = await self.storage.upload(
+                local, wanted, staged, slot.touch, item.overwrite, log_extra(item)
+            )
+        committed = (staged.read.size, staged.read.mtime_ns)
+        item = replace(item, blob_name=sent.blob_name, committed=committed, overwrite=False)
+        if sent.already:
+            logger.info(
+                "%s is already in storage as %s with the same bytes",
+                printable(item.rel),
+                printable(sent.blob_name),
+                extra=log_extra(item),
+            )
+        else:
+            self.telemetry.uploaded(staged.read.size, time.monotonic() - start)
+        if sent.blob_name != wanted:
+            self._renamed(item, session, wanted)
+        if staged.data is None:
+            await anyio.to_thread.run_sync(remove_staged, local, item)
+        return item, 0 if sent.already else staged.read.size
+
+    async def _complete(self, item: WorkItem) -> None:
+        """Move the claimed file into the completed tree if it still has the size and mtime of
+        the bytes committed; raise LateWrite if not."""
+        assert item.committed is not None
+        committed = item.committed
+        src, done = self.layout.processing(item), self.layout.completed(item)
+
+        def complete() -> Moved | None:
+            try:
+                if not fsops.unchanged(src, *committed):
+                    return None
+            except FileNotFoundError:
+                pass  # already moved by an attempt that reported failure: `move` sees it
+            return self._move(src, done, committed)
+
+        with self.telemetry.step("complete"):
+            try:
+                moved = await self.nfs.call(complete)
+            except OSError as exc:
+                raise CompletionPending(item, f"cannot mark completed: {exc}") from exc
+        if moved is None:
+            raise LateWrite(item)
+        if moved is Moved.TAKEN:
+            raise CompletionPending(item, "an earlier file of this name is not yet collected")
+        if moved is Moved.DONE:
+            self.completed[done] = Completed(item, *committed)
+        else:  # neither side is there: GC already took it
+            logger.info("%s already collected", printable(item.rel), extra=log_extra(item))
+
+    def _count_uploaded(self, item: WorkItem, session: Session, size: int | None) -> None:
+        session.count_uploaded(item.rel, size)
+        self.stats.count_uploaded(size)
+        blob_name = self.layout.blob_name(item)
+        logger.info(
+            "Uploaded %s",
+            printable(blob_name),
+            extra={**log_extra(item), "blob_name": printable(blob_name), "size_bytes": size},
+        )
+
+    def _renamed(self, item: WorkItem, session: Session, wanted: str) -> None:
+        session.renamed += 1
+        self.telemetry.renamed()
+        text = (
+            f"{item.rel}: uploaded as {self.layout.blob_name(item)}; "
+            f"{wanted} holds other bytes (kept)"
+        )
+        session.notice(text)
+        logger.warning("Name conflict: %s", printable(text), extra=log_extra(item))
+
+    # --- what is not a plain success -------------------------------------------------------
+
+    async def put_back(self, item: WorkItem, session: Session, what: str) -> None:
+        """Not a regular file of ours: leave it (or put it back) in incoming, and say so."""
+        session.release(item.rel)
+        session.ignored[item.rel] = what
+        text = f"{item.rel}: {what}; left in incoming, not uploaded"
+        if item.claimed:
+            src, back = self.layout.processing(item), self.layout.incoming(item)
+            try:
+                returned = await self.nfs.call(lambda: fsops.return_to(src, back))
+            except (OSError, NotOurs) as exc:
+                returned, text = False, f"{text} (could not put it back: {exc})"
+            if not returned:
+                text = f"{item.rel}: {what}; left in {src.parent}, not uploaded"
+        session.notice(text)
+        logger.warning("Not a regular file: %s", printable(text), extra=log_extra(item))
+
+    def late_write(self, item: WorkItem) -> WorkItem:
+        """The file changed after its bytes were read: what went up is not the whole file.
+        Say so, and return the item that sends it again, whole, over the same blob."""
+        session = self.sessions.for_item(item)
+        session.late_writes += 1
+        self.stats.late_writes += 1
+        self.telemetry.late_write()
+        blob_name = self.layout.blob_name(item)
+        text = (
+            f"{item.rel} was written to after it was claimed; uploading the whole file again "
+            f"over {blob_name} (APP_MIN_FILE_AGE_S is shorter than the writer's pauses)"
+        )
+        session.notice(text)
+        logger.error("LATE WRITE: %s", printable(text), extra=log_extra(item))
+        return replace(item, committed=None, overwrite=True, blob_name=blob_name)
+
+
+def remove_staged(staged: Path, item: WorkItem) -> None:
+    """Delete a staged copy (in a thread: the staging disk may be slow too)."""
+    try:
+        staged.unlink(missing_ok=True)
+    except OSError:
+        logger.warning("Could not delete staged copy %s", staged, extra=log_extra(item))
