@@ -74,13 +74,13 @@ class ParkedFiles:
             }
         ).encode()
         moved, parked_as = await self.nfs.call(lambda: self._park(item, record))
-        self.sessions.for_item(item).park(item.rel, parked_as if moved is Moved.DONE else None)
+        error = f"{item.rel}: {reason}"
+        done = moved is Moved.DONE
+        self.sessions.for_item(item).park(item.rel, parked_as if done else None, error)
         self.stats.parked += 1
+        self.stats.last_error = printable(error)
         self.telemetry.parked()
-        self.stats.last_error = self.sessions.for_item(item).last_error = printable(
-            f"{item.rel}: {reason}"
-        )
-        where = self.layout.parked(item, parked_as) if moved is Moved.DONE else None
+        where = self.layout.parked(item, parked_as) if done else None
         logger.error(
             "Parked %s: %s%s",
             printable(item.rel),
@@ -147,7 +147,7 @@ class ParkedFiles:
                     )
                 if moved is not Moved.DONE:
                     continue
-                self.sessions.for_item(item).parked.discard(parked.parked_as)
+                self.sessions.for_item(item).unpark(parked.parked_as)
                 await self._requeue(item)
                 count += 1
             return count

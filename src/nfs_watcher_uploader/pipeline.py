@@ -269,7 +269,8 @@ class Pipeline:
         delay = backoff_delay(attempt, s.retry_base_s, s.retry_max_s, self._rng)
         self.stats.retries += 1
         self.telemetry.retried()
-        self.stats.last_error = session.last_error = printable(f"{item.rel}: {reason}")
+        self.stats.last_error = printable(f"{item.rel}: {reason}")
+        session.fail(f"{item.rel}: {reason}")
         session.mark(item.rel, "retrying")
         logger.warning(
             "Upload of %s failed (attempt %d): %s; retrying in %.1f s",

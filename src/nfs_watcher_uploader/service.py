@@ -183,6 +183,7 @@ class Service:
         # 1. Stop intake: no new scans, no GC.
         for task in self._intake:
             task.cancel()
+        await asyncio.gather(*self._intake, return_exceptions=True)
         # 2. Let in-flight files finish within the grace period, then cancel them.
         if self._pipeline_task is not None:
             await self.pipeline.shutdown(self.settings.shutdown_grace_s)

@@ -27,7 +27,7 @@ from nfs_watcher_uploader.constants import (
     STATE_TMP_PREFIX,
 )
 from nfs_watcher_uploader.errors import SessionConflict
-from nfs_watcher_uploader.fsops import Nfs, write_atomic
+from nfs_watcher_uploader.fsops import Nfs, Scan, write_atomic
 from nfs_watcher_uploader.models import (
     SessionStateName,
     SessionView,
@@ -92,11 +92,65 @@ class Session:
         self.uploaded += 1
         self.bytes_uploaded += size or 0
 
-    def park(self, rel: str, parked_as: str | None) -> None:
+    def park(self, rel: str, parked_as: str | None, error: str) -> None:
         """`rel` is parked as `parked_as` (None: it had vanished, nothing was parked)."""
         self.release(rel)
         if parked_as is not None:
             self.parked.add(parked_as)
+        self.fail(error)
+
+    def unpark(self, parked_as: str) -> None:
+        self.parked.discard(parked_as)
+
+    def fail(self, error: str) -> None:
+        self.last_error = printable(error)
+
+    def hold(self, rel: str) -> bool:
+        """`rel` waits in incoming for an earlier file of its name; True the first time."""
+        first = rel not in self.held
+        self.held.add(rel)
+        return first
+
+    def claimed(self, rel: str, taken: bool) -> None:
+        """A claim of `rel` ended: `taken` when the file is now ours."""
+        self.held.discard(rel)
+        self.files_seen += taken
+
+    def staged(self, size: int) -> None:
+        self.bytes_seen += size
+
+    def count_renamed(self, text: str) -> None:
+        self.renamed += 1
+        self.notice(text)
+
+    def count_late_write(self, text: str) -> None:
+        self.late_writes += 1
+        self.notice(text)
+
+    def ignore(self, rel: str, what: str, text: str) -> None:
+        """`rel` is not a regular file of ours: no work on it, and it is reported."""
+        self.release(rel)
+        self.ignored[rel] = what
+        self.notice(text)
+
+    def observe(self, scan: Scan) -> list[tuple[int, str]]:
+        """Take what a scan found that will never be uploaded; return what is new, as (log
+        level, message) for the watcher to log."""
+        new: list[tuple[int, str]] = []
+        if scan.problem is not None and self.last_error != scan.problem:
+            new.append((logging.ERROR, f"{scan.problem}; nothing in it is taken"))
+            self.fail(scan.problem)
+        for rel, kind in scan.ignored.items():
+            if self.ignored.get(rel) != kind:
+                new.append((logging.WARNING, f"{rel}: a {kind}, not a regular file; left alone"))
+        for rel in set(scan.too_deep) - set(self.too_deep):
+            new.append((logging.ERROR, f"{rel}: folder too deep to upload; cannot drain"))
+        for _, text in new:
+            self.notice(text)
+        self.ignored, self.too_deep = scan.ignored, scan.too_deep
+        self.held &= scan.files.keys()
+        self.waiting = sum(1 for rel in scan.files if rel not in self.pending)
+        return new
 
     def view(self) -> SessionView:
         return SessionView(

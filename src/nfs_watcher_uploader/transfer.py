@@ -110,17 +110,15 @@ class Transfer:
         with self.telemetry.step("claim"), nfs_errors("claim"):
             moved = await self.nfs.call(lambda: self._claim(folder, item.rel, dst, item.seen))
         if moved is Moved.TAKEN:
-            if item.rel not in session.held:
-                session.held.add(item.rel)
+            if session.hold(item.rel):
                 text = f"{item.rel}: waits in incoming until an earlier file of that name is done"
                 session.notice(text)
                 logger.info("%s", printable(text), extra=log_extra(item))
             raise Skip
-        session.held.discard(item.rel)
+        session.claimed(item.rel, moved is Moved.DONE)
         if moved is Moved.GONE:
             logger.debug("Lost the claim race for %s", printable(item.rel), extra=log_extra(item))
             raise Skip
-        session.files_seen += 1
         return replace(item, claimed=True)
 
     async def process(self, item: WorkItem, slot: Progress, session: Session) -> None:
@@ -132,7 +130,7 @@ class Transfer:
                 self._count_uploaded(item, session, None)
                 return
             if item.attempt == 0:
-                session.bytes_seen += staged.read.size
+                session.staged(staged.read.size)
             item, sent_bytes = await self._upload(item, staged, slot, session)
         await self._complete(item)
         self._count_uploaded(item, session, sent_bytes)
@@ -241,21 +239,18 @@ class Transfer:
         )
 
     def _renamed(self, item: WorkItem, session: Session, wanted: str) -> None:
-        session.renamed += 1
         self.telemetry.renamed()
         text = (
             f"{item.rel}: uploaded as {self.layout.blob_name(item)}; "
             f"{wanted} holds other bytes (kept)"
         )
-        session.notice(text)
+        session.count_renamed(text)
         logger.warning("Name conflict: %s", printable(text), extra=log_extra(item))
 
     # --- what is not a plain success -------------------------------------------------------
 
     async def put_back(self, item: WorkItem, session: Session, what: str) -> None:
         """Not a regular file of ours: leave it (or put it back) in incoming, and say so."""
-        session.release(item.rel)
-        session.ignored[item.rel] = what
         text = f"{item.rel}: {what}; left in incoming, not uploaded"
         if item.claimed:
             src, back = self.layout.processing(item), self.layout.incoming(item)
@@ -265,14 +260,12 @@ class Transfer:
                 returned, text = False, f"{text} (could not put it back: {exc})"
             if not returned:
                 text = f"{item.rel}: {what}; left in {src.parent}, not uploaded"
-        session.notice(text)
+        session.ignore(item.rel, what, text)
         logger.warning("Not a regular file: %s", printable(text), extra=log_extra(item))
 
     def late_write(self, item: WorkItem) -> WorkItem:
         """The file changed after its bytes were read: what went up is not the whole file.
         Say so, and return the item that sends it again, whole, over the same blob."""
-        session = self.sessions.for_item(item)
-        session.late_writes += 1
         self.stats.late_writes += 1
         self.telemetry.late_write()
         blob_name = self.layout.blob_name(item)
@@ -280,7 +273,7 @@ class Transfer:
             f"{item.rel} was written to after it was claimed; uploading the whole file again "
             f"over {blob_name} (APP_MIN_FILE_AGE_S is shorter than the writer's pauses)"
         )
-        session.notice(text)
+        self.sessions.for_item(item).count_late_write(text)
         logger.error("LATE WRITE: %s", printable(text), extra=log_extra(item))
         return replace(item, committed=None, overwrite=True, blob_name=blob_name)
 

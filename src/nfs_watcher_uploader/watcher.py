@@ -100,7 +100,7 @@ class Watcher:
             self.last_scan_ok = self._clock()
 
     async def _scan_session(self, session: Session) -> bool:
-        folder = self.settings.nfs_incoming_dir / session.name
+        folder = self.pipeline.layout.session_folder(session.name)
         started = self._clock()
         exts = self.settings.file_extensions
         previous = self._previous.get(session.name, {})
@@ -115,14 +115,13 @@ class Watcher:
             return False
         current = scan.files
         self._previous[session.name] = current
-        self._report(session, scan)
         ready = stable_files(
             previous, current, started, self.settings.min_file_age_s, session.pending
         )
         self._offer(session, ready, current)
-        session.held &= current.keys()
-        waiting = [mtime for name, (_, mtime) in current.items() if name not in session.pending]
-        session.waiting = len(waiting)
+        for level, text in session.observe(scan):
+            logger.log(level, "%s", printable(text), extra={"session_name": session.name})
+        waiting = [mtime for rel, (_, mtime) in current.items() if rel not in session.pending]
         if waiting:
             self._oldest[session.name] = min(waiting)
         else:
@@ -130,29 +129,6 @@ class Watcher:
         if session.state == "draining" and scan.problem is None:
             await self._check_drain(session, scan, started)
         return True
-
-    def _report(self, session: Session, scan: Scan) -> None:
-        """Say once what the scan found that will never be uploaded."""
-        extra = {"session_name": session.name}
-        if scan.problem is not None and session.last_error != scan.problem:
-            session.last_error = scan.problem
-            session.notice(scan.problem)
-            logger.error("%s; nothing in it is taken", scan.problem, extra=extra)
-        for rel, kind in scan.ignored.items():
-            if session.ignored.get(rel) != kind:
-                session.notice(f"{rel}: a {kind}, not a regular file; left in incoming")
-                logger.warning(
-                    "Ignoring %s: a %s, not a regular file", printable(rel), kind, extra=extra
-                )
-        for rel in set(scan.too_deep) - set(session.too_deep):
-            session.notice(f"{rel}: folder too deep to upload; the session cannot drain")
-            logger.error(
-                "Folder %s is too deep to upload; the session cannot drain",
-                printable(rel),
-                extra=extra,
-            )
-        session.ignored = scan.ignored
-        session.too_deep = scan.too_deep
 
     def _offer(self, session: Session, names: Iterable[str], seen: ScanMap) -> None:
         for rel in names:
@@ -164,7 +140,7 @@ class Watcher:
         """Claimed files of the session that no work is pending for (a claim whose reply was
         lost and never retried, say): queue them, so `drained` never hides one. Returns how
         many were queued."""
-        folder = self.settings.nfs_processing_root / session.date_prefix / session.name
+        folder = self.pipeline.layout.processing_root / session.date_prefix / session.name
         try:
             strays = await self.nfs.call(lambda: fsops.files_below(folder))
         except OSError as exc:
