@@ -123,7 +123,7 @@ async def test_gc_deletes_markers_only_and_keeps_live_folders(settings_factory: 
     pipeline = Pipeline(settings, sessions, Storage(settings), nfs, Telemetry())
     item = WorkItem("done", "20260101", "x.bin", claimed=True)
     pipeline.completed[marker] = Completed(item, 4, marker.stat().st_mtime_ns)
-    gc = GarbageCollector(settings, sessions, pipeline, nfs)
+    gc = GarbageCollector(pipeline, nfs)
     assert await gc.sweep_once() == 1
     assert not marker.exists()
     assert user_file.read_bytes() == b"data"

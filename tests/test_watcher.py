@@ -82,11 +82,11 @@ def parts(tmp_path: Path) -> tuple[Settings, Sessions, Pipeline]:
 async def test_watcher_offers_each_stable_file_once(
     parts: tuple[Settings, Sessions, Pipeline],
 ) -> None:
-    settings, sessions, pipeline = parts
+    _, sessions, pipeline = parts
     sessions.by_name["s"] = Session("s", "20260101", "active", 0.0)
     scan = FakeScan()
     now = [1000.0]
-    watcher = Watcher(settings, sessions, pipeline, Nfs(5), scan=scan, clock=lambda: now[0])
+    watcher = Watcher(pipeline, Nfs(5), scan=scan, clock=lambda: now[0])
     scan.maps["s"] = {"a": (1, 900 * S), "young": (1, 999 * S)}
     await watcher.scan_once()
     assert pipeline.queue.qsize() == 0  # seen once only
@@ -106,11 +106,11 @@ async def test_watcher_offers_each_stable_file_once(
 async def test_watcher_stops_offering_when_queue_is_full(
     parts: tuple[Settings, Sessions, Pipeline],
 ) -> None:
-    settings, sessions, pipeline = parts
+    _, sessions, pipeline = parts
     sessions.by_name["s"] = Session("s", "20260101", "active", 0.0)
     scan = FakeScan()
     scan.maps["s"] = {f"f{i}": (1, i * S) for i in range(10)}
-    watcher = Watcher(settings, sessions, pipeline, Nfs(5), scan=scan, clock=lambda: 1000.0)
+    watcher = Watcher(pipeline, Nfs(5), scan=scan, clock=lambda: 1000.0)
     await watcher.scan_once()
     await watcher.scan_once()
     assert pipeline.queue.qsize() == 3
@@ -118,13 +118,13 @@ async def test_watcher_stops_offering_when_queue_is_full(
 
 
 async def test_scan_error_keeps_heartbeat_stale(parts: tuple[Settings, Sessions, Pipeline]) -> None:
-    settings, sessions, pipeline = parts
+    _, sessions, pipeline = parts
     sessions.by_name["s"] = Session("s", "20260101", "active", 0.0)
 
     def broken(path: Path, extensions: frozenset[str], known: ScanMap, young_ns: int) -> Scan:
         raise OSError(116, "Stale file handle")
 
-    watcher = Watcher(settings, sessions, pipeline, Nfs(5), scan=broken)
+    watcher = Watcher(pipeline, Nfs(5), scan=broken)
     before = watcher.heartbeat
     await watcher.scan_once()
     assert watcher.heartbeat == before
@@ -134,7 +134,7 @@ async def test_scan_error_keeps_heartbeat_stale(parts: tuple[Settings, Sessions,
 async def test_drained_only_after_scan_after_stop(
     parts: tuple[Settings, Sessions, Pipeline],
 ) -> None:
-    settings, sessions, pipeline = parts
+    _, sessions, pipeline = parts
     session = Session("s", "20260101", "draining", 0.0, stopped_at=500.0)
     session.pending["x"] = "in_flight"
     sessions.by_name["s"] = session
@@ -147,7 +147,7 @@ async def test_drained_only_after_scan_after_stop(
     sessions.finish = finish  # type: ignore[method-assign]
     scan = FakeScan()
     now = [400.0]
-    watcher = Watcher(settings, sessions, pipeline, Nfs(5), scan=scan, clock=lambda: now[0])
+    watcher = Watcher(pipeline, Nfs(5), scan=scan, clock=lambda: now[0])
     await watcher.scan_once()  # scan started before the stop: proves nothing
     assert saved == []
     now[0] = 600.0

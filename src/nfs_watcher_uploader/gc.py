@@ -23,12 +23,9 @@ from pathlib import Path
 import anyio.to_thread
 
 from nfs_watcher_uploader import fsops
-from nfs_watcher_uploader.config import Settings
 from nfs_watcher_uploader.fsops import Moved, Nfs
-from nfs_watcher_uploader.layout import Layout
 from nfs_watcher_uploader.models import WorkItem
 from nfs_watcher_uploader.pipeline import Pipeline
-from nfs_watcher_uploader.sessions import Sessions
 from nfs_watcher_uploader.transfer import Completed, MoveFn
 
 logger = logging.getLogger(__name__)
@@ -46,18 +43,10 @@ class _Sweep:
 
 
 class GarbageCollector:
-    def __init__(
-        self,
-        settings: Settings,
-        sessions: Sessions,
-        pipeline: Pipeline,
-        nfs: Nfs,
-        move: MoveFn = fsops.move,
-    ) -> None:
-        self.settings = settings
-        self.layout = Layout.from_settings(settings)
-        self.sessions = sessions
+    def __init__(self, pipeline: Pipeline, nfs: Nfs, move: MoveFn = fsops.move) -> None:
         self.pipeline = pipeline
+        self.settings, self.layout = pipeline.settings, pipeline.layout
+        self.sessions = pipeline.sessions
         self.nfs = nfs
         self._move = move
         # Completed files found at start-up, committed by a previous run.

@@ -190,10 +190,10 @@ class Stats:
 
     uploaded: int = 0
     bytes_uploaded: int = 0
+    last_error: str | None = None
     parked: int = 0
     retries: int = 0
     late_writes: int = 0
-    last_error: str | None = None
 
     def __repr__(self) -> str:
         return (

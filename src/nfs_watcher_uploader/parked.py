@@ -18,12 +18,10 @@ from pathlib import Path
 
 from nfs_watcher_uploader import fsops
 from nfs_watcher_uploader.constants import MAX_NAME_VERSIONS
-from nfs_watcher_uploader.fsops import Moved, Nfs
-from nfs_watcher_uploader.layout import Layout, versioned
-from nfs_watcher_uploader.models import FailedFile, Stats, WorkItem, printable
-from nfs_watcher_uploader.sessions import Sessions
-from nfs_watcher_uploader.telemetry import Telemetry
-from nfs_watcher_uploader.transfer import MoveFn, log_extra
+from nfs_watcher_uploader.fsops import Moved
+from nfs_watcher_uploader.layout import versioned
+from nfs_watcher_uploader.models import FailedFile, WorkItem, printable
+from nfs_watcher_uploader.transfer import Context, MoveFn, log_extra
 
 logger = logging.getLogger(__name__)
 
@@ -41,21 +39,13 @@ class ParkedFiles:
 
     def __init__(
         self,
-        layout: Layout,
-        sessions: Sessions,
-        nfs: Nfs,
-        telemetry: Telemetry,
-        stats: Stats,
+        context: Context,
         requeue: Callable[[WorkItem], Awaitable[bool]],
         move: MoveFn = fsops.move,
     ) -> None:
-        self.layout = layout
-        self.sessions = sessions
-        self.nfs = nfs
-        self.telemetry = telemetry
-        self.stats = stats
-        self._requeue = requeue
-        self._move = move
+        self.layout, self.sessions, self.nfs = context.layout, context.sessions, context.nfs
+        self.telemetry, self.stats = context.telemetry, context.stats
+        self._requeue, self._move = requeue, move
         # Two requeues at once would both list the same parked files.
         self._requeuing = asyncio.Lock()
 

@@ -23,16 +23,8 @@ from pathlib import Path
 
 import anyio.to_thread
 
-from nfs_watcher_uploader import fsops
+from nfs_watcher_uploader import errors
 from nfs_watcher_uploader.config import Settings
-from nfs_watcher_uploader.errors import (
-    CompletionPending,
-    LateWrite,
-    NotOurs,
-    PermanentError,
-    RetryableError,
-    Skip,
-)
 from nfs_watcher_uploader.fsops import Nfs
 from nfs_watcher_uploader.layout import Layout
 from nfs_watcher_uploader.models import Stats, WorkItem, printable
@@ -41,11 +33,9 @@ from nfs_watcher_uploader.sessions import Sessions
 from nfs_watcher_uploader.storage import Storage
 from nfs_watcher_uploader.telemetry import Telemetry
 from nfs_watcher_uploader.transfer import (
-    ClaimFn,
     Completed,
-    CopyFn,
-    MoveFn,
-    StagedHook,
+    Context,
+    Seams,
     Transfer,
     log_extra,
     remove_staged,
@@ -114,11 +104,7 @@ class Pipeline:
         nfs: Nfs,
         telemetry: Telemetry,
         rng: random.Random | None = None,
-        *,
-        on_staged: StagedHook | None = None,
-        claim: ClaimFn = fsops.claim,
-        move: MoveFn = fsops.move,
-        copy: CopyFn = fsops.copy_and_hash,
+        seams: Seams | None = None,
     ) -> None:
         self.settings = settings
         self.layout = Layout.from_settings(settings)
@@ -127,20 +113,10 @@ class Pipeline:
         self.stats = Stats()
         # completed path -> what was committed; GC reads a copy, checks and deletes.
         self.completed: dict[Path, Completed] = {}
-        self.transfer = Transfer(
-            self.layout,
-            sessions,
-            storage,
-            nfs,
-            telemetry,
-            self.stats,
-            self.completed,
-            on_staged=on_staged,
-            claim=claim,
-            move=move,
-            copy=copy,
-        )
-        self.parked = ParkedFiles(self.layout, sessions, nfs, telemetry, self.stats, self.put, move)
+        context = Context(self.layout, sessions, nfs, telemetry, self.stats)
+        seams = seams or Seams()
+        self.transfer = Transfer(context, storage, self.completed, seams)
+        self.parked = ParkedFiles(context, self.put, seams.move)
         self._rng = rng or random.Random()
         self.queue: asyncio.Queue[WorkItem] = asyncio.Queue(maxsize=settings.max_queue_size)
         self.slots = [Slot() for _ in range(settings.worker_concurrency)]
@@ -240,19 +216,19 @@ class Pipeline:
                 if not item.claimed:
                     item = await self.transfer.claim(item, session)
                 await self.transfer.process(item, slot, session)
-            except Skip:
+            except errors.Skip:
                 session.release(item.rel)
-            except NotOurs as exc:
+            except errors.NotOurs as exc:
                 await self.transfer.put_back(item, session, str(exc))
-            except LateWrite as exc:
+            except errors.LateWrite as exc:
                 await self._enqueue(self.transfer.late_write(exc.item))
-            except CompletionPending as exc:
+            except errors.CompletionPending as exc:
                 self.telemetry.failed_attempt(span, exc)
                 self._retry_later(exc.item, str(exc))
-            except RetryableError as exc:
+            except errors.RetryableError as exc:
                 self.telemetry.failed_attempt(span, exc)
                 self._retry_later(item, str(exc))
-            except PermanentError as exc:
+            except errors.PermanentError as exc:
                 self.telemetry.failed_attempt(span, exc)
                 await self._park(item, str(exc))
             except Exception as exc:  # a bug must cost one retry, never the worker

@@ -28,7 +28,7 @@ from nfs_watcher_uploader.recovery import clear_staging, recover
 from nfs_watcher_uploader.sessions import Session, Sessions
 from nfs_watcher_uploader.storage import Storage, TokenCredentialFactory, default_token_credential
 from nfs_watcher_uploader.telemetry import Gauges, Telemetry
-from nfs_watcher_uploader.transfer import ClaimFn, CopyFn, MoveFn, StagedHook
+from nfs_watcher_uploader.transfer import ClaimFn, CopyFn, MoveFn, Seams, StagedHook
 from nfs_watcher_uploader.watcher import ScanFn, Watcher
 
 # Exit status when the watchdog ends a stalled process (EX_SOFTWARE).
@@ -58,19 +58,12 @@ class Service:
         self.telemetry = telemetry or Telemetry()
         self.sessions = Sessions(settings.nfs_processing_root, self.nfs)
         self.storage = Storage(settings, token_credential)
+        seams = Seams(on_staged, claim, move, copy)
         self.pipeline = Pipeline(
-            settings,
-            self.sessions,
-            self.storage,
-            self.nfs,
-            self.telemetry,
-            on_staged=on_staged,
-            claim=claim,
-            move=move,
-            copy=copy,
+            settings, self.sessions, self.storage, self.nfs, self.telemetry, seams=seams
         )
-        self.watcher = Watcher(settings, self.sessions, self.pipeline, self.nfs, scan)
-        self.gc = GarbageCollector(settings, self.sessions, self.pipeline, self.nfs, move)
+        self.watcher = Watcher(self.pipeline, self.nfs, scan)
+        self.gc = GarbageCollector(self.pipeline, self.nfs, move)
         self.telemetry.observe(
             Gauges(
                 queue_depth=self.pipeline.queue.qsize,

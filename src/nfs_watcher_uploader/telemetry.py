@@ -143,6 +143,17 @@ class RecentRate:
             self._events.popleft()
 
 
+# (name, unit, description) of each counter.
+_COUNTERS = [
+    ("files.processed", "{file}", "Files uploaded and committed"),
+    ("files.failed", "{file}", "Files parked after a permanent error"),
+    ("upload.retries", "{retry}", "Retries after a transient error"),
+    ("upload.bytes", "By", "Bytes uploaded and committed"),
+    ("files.renamed", "{file}", "Files uploaded under a new name: their own held other bytes"),
+    ("files.late_writes", "{file}", "Files written to after their claim, uploaded again whole"),
+]
+
+
 class Telemetry:
     """Spans for each file and its steps, and the pipeline's instruments."""
 
@@ -154,46 +165,27 @@ class Telemetry:
         self._tracer = trace.get_tracer(TRACER_NAME, tracer_provider=tracer_provider)
         meter = metrics.get_meter(METER_NAME, meter_provider=meter_provider)
         self.meter = meter
-        self.files_processed = meter.create_counter(
-            "files.processed", unit="{file}", description="Files uploaded and committed"
-        )
-        self.files_failed = meter.create_counter(
-            "files.failed", unit="{file}", description="Files parked after a permanent error"
-        )
-        self.upload_retries = meter.create_counter(
-            "upload.retries", unit="{retry}", description="Retries after a transient error"
-        )
-        self.bytes_uploaded = meter.create_counter(
-            "upload.bytes", unit="By", description="Bytes uploaded and committed"
-        )
+        counters = {
+            name: meter.create_counter(name, unit=unit, description=description)
+            for name, unit, description in _COUNTERS
+        }
+        # A counter that was never added to is not exported at all; start them at 0 so that
+        # "no failures" reads as 0, not as a missing series.
+        for counter in counters.values():
+            counter.add(0)
+        self.files_processed = counters["files.processed"]
+        self.files_failed = counters["files.failed"]
+        self.upload_retries = counters["upload.retries"]
+        self.bytes_uploaded = counters["upload.bytes"]
+        self.files_renamed = counters["files.renamed"]
+        self.late_writes = counters["files.late_writes"]
         self.upload_duration = meter.create_histogram(
             "upload.duration", unit="s", description="Time to upload one file"
         )
         self.file_size = meter.create_histogram(
             "file.size", unit="By", description="Size of uploaded files"
         )
-        self.files_renamed = meter.create_counter(
-            "files.renamed",
-            unit="{file}",
-            description="Files uploaded under a new name: their own held other bytes",
-        )
-        self.late_writes = meter.create_counter(
-            "files.late_writes",
-            unit="{file}",
-            description="Files written to after they were claimed, uploaded again whole",
-        )
         self.recent_rate = RecentRate()
-        # A counter that was never added to is not exported at all; start them at 0 so that
-        # "no failures" reads as 0, not as a missing series.
-        for counter in (
-            self.files_processed,
-            self.files_failed,
-            self.upload_retries,
-            self.bytes_uploaded,
-            self.files_renamed,
-            self.late_writes,
-        ):
-            counter.add(0)
 
     def observe(self, gauges: Gauges) -> None:
         """Register the instruments that read the service's state when collected."""

@@ -49,6 +49,16 @@ MoveFn = Callable[[Path, Path, tuple[int, int] | None], Moved]
 CopyFn = Callable[..., Staged]
 
 
+@dataclass(frozen=True, slots=True)
+class Seams:
+    """What a test may put in place of the real steps (see the types above)."""
+
+    on_staged: StagedHook | None = None
+    claim: ClaimFn = fsops.claim
+    move: MoveFn = fsops.move
+    copy: CopyFn = fsops.copy_and_hash
+
+
 class Progress(Protocol):
     """Where a long step reports that it is still moving (a worker's slot)."""
 
@@ -66,6 +76,17 @@ class Completed:
     mtime_ns: int
 
 
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What the steps of a file share: where files go, whose they are, NFS, the counters."""
+
+    layout: Layout
+    sessions: Sessions
+    nfs: Nfs
+    telemetry: Telemetry
+    stats: Stats
+
+
 def log_extra(item: WorkItem) -> dict[str, str]:
     return {"file_name": printable(item.rel), "session_name": item.session_name}
 
@@ -75,30 +96,16 @@ class Transfer:
 
     def __init__(
         self,
-        layout: Layout,
-        sessions: Sessions,
+        context: Context,
         storage: Storage,
-        nfs: Nfs,
-        telemetry: Telemetry,
-        stats: Stats,
         completed: dict[Path, Completed],
-        *,
-        on_staged: StagedHook | None = None,
-        claim: ClaimFn = fsops.claim,
-        move: MoveFn = fsops.move,
-        copy: CopyFn = fsops.copy_and_hash,
+        seams: Seams,
     ) -> None:
-        self.layout = layout
-        self.sessions = sessions
-        self.storage = storage
-        self.nfs = nfs
-        self.telemetry = telemetry
-        self.stats = stats
-        self.completed = completed
-        self._on_staged = on_staged
-        self._claim = claim
-        self._move = move
-        self._copy = copy
+        self.layout, self.sessions, self.nfs = context.layout, context.sessions, context.nfs
+        self.telemetry, self.stats = context.telemetry, context.stats
+        self.storage, self.completed = storage, completed
+        self._on_staged, self._claim = seams.on_staged, seams.claim
+        self._move, self._copy = seams.move, seams.copy
 
     async def claim(self, item: WorkItem, session: Session) -> WorkItem:
         """Rename the file from incoming into `.processing`. Raises Skip if it is not ours to

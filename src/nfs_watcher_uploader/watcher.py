@@ -18,11 +18,10 @@ from collections.abc import Callable, Container, Iterable
 from pathlib import Path
 
 from nfs_watcher_uploader import fsops
-from nfs_watcher_uploader.config import Settings
 from nfs_watcher_uploader.fsops import Nfs, Scan, ScanMap
 from nfs_watcher_uploader.models import WorkItem, printable
 from nfs_watcher_uploader.pipeline import Pipeline
-from nfs_watcher_uploader.sessions import Session, Sessions
+from nfs_watcher_uploader.sessions import Session
 
 logger = logging.getLogger(__name__)
 
@@ -49,16 +48,13 @@ class Watcher:
 
     def __init__(
         self,
-        settings: Settings,
-        sessions: Sessions,
         pipeline: Pipeline,
         nfs: Nfs,
         scan: ScanFn = fsops.scan_session,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.settings = settings
-        self.sessions = sessions
         self.pipeline = pipeline
+        self.settings, self.sessions = pipeline.settings, pipeline.sessions
         self.nfs = nfs
         self._scan = scan
         self._clock = clock
