@@ -60,7 +60,7 @@ async def recover(
     left, parked, completed = await nfs.call(listing, timeout=nfs.timeout * 10)
     fresh_install = sessions.loaded and not sessions.by_name
     for item in parked:
-        sessions.for_item(item).parked.add(item.rel)  # found parked by a previous run
+        sessions.for_item(item).found_parked(item.rel)
     for item in left:
         sessions.for_item(item)
     if fresh_install and left:

@@ -99,6 +99,10 @@ class Session:
             self.parked.add(parked_as)
         self.fail(error)
 
+    def found_parked(self, parked_as: str) -> None:
+        """A file parked by an earlier run."""
+        self.parked.add(parked_as)
+
     def unpark(self, parked_as: str) -> None:
         self.parked.discard(parked_as)
 
