@@ -11,7 +11,7 @@ AZURITE := .tools/azurite/node_modules/.bin/azurite
         dev-up dev-down docker-build docker-up docker-down k3s-apply k3s-delete lock clean \
         prometheusrule
 
-install: $(BIN)/.installed $(AZURITE) .tools/fuse3.ok .tools/prometheus.ok
+install: $(BIN)/.installed $(AZURITE) .tools/fuse3.ok .tools/prometheus.ok .tools/tinyproxy.ok
 
 $(BIN)/.installed: pyproject.toml requirements-dev.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,18 @@ $(AZURITE):
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
 	  else echo "prometheus missing: the alert and dashboard tests will be skipped" >&2; fi; \
+	fi
+	touch $@
+
+# The proxy test sends storage traffic through Debian's tinyproxy (the binary alone, no daemon), started by the test on a
+# loopback port. Installed here when missing and we are root; otherwise that test says why it
+# skips.
+.tools/tinyproxy.ok:
+	mkdir -p .tools
+	if ! command -v tinyproxy >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends tinyproxy-bin; \
+	  else echo "tinyproxy missing: the proxy test will be skipped" >&2; fi; \
 	fi
 	touch $@
 

@@ -208,8 +208,10 @@ def service_env(settings: Settings) -> dict[str, str]:
     """The environment that configures a service subprocess like `settings`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("APP_", "OTEL_"))}
     for name, value in settings.model_dump(exclude_none=True).items():
-        if name == "file_extensions":
+        if isinstance(value, frozenset):
             value = ",".join(sorted(value))
+        elif isinstance(value, tuple):
+            value = ",".join(value)
         elif hasattr(value, "get_secret_value"):
             value = value.get_secret_value()
         env[f"APP_{name.upper()}"] = str(value)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from nfs_watcher_uploader.config import Settings
-from nfs_watcher_uploader.fsops import Nfs, Scan, ScanMap
+from nfs_watcher_uploader.fsops import Nfs, Scan, ScanMap, Wanted
 from nfs_watcher_uploader.pipeline import Pipeline
 from nfs_watcher_uploader.sessions import Session, Sessions
 from nfs_watcher_uploader.storage import Storage
@@ -55,9 +55,7 @@ class FakeScan:
         self.maps: dict[str, ScanMap] = {}
         self.calls = 0
 
-    def __call__(
-        self, path: Path, extensions: frozenset[str], known: ScanMap, young_ns: int
-    ) -> Scan:
+    def __call__(self, path: Path, wanted: Wanted, known: ScanMap, young_ns: int) -> Scan:
         self.calls += 1
         return Scan(dict(self.maps.get(path.name, {})))
 
@@ -121,7 +119,7 @@ async def test_scan_error_keeps_heartbeat_stale(parts: tuple[Settings, Sessions,
     _, sessions, pipeline = parts
     sessions.by_name["s"] = Session("s", "20260101", "active", 0.0)
 
-    def broken(path: Path, extensions: frozenset[str], known: ScanMap, young_ns: int) -> Scan:
+    def broken(path: Path, wanted: Wanted, known: ScanMap, young_ns: int) -> Scan:
         raise OSError(116, "Stale file handle")
 
     watcher = Watcher(pipeline, Nfs(5), scan=broken)

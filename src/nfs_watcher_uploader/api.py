@@ -12,6 +12,8 @@ from uuid_utils import uuid7
 
 from nfs_watcher_uploader.errors import NotOurs, SessionConflict
 from nfs_watcher_uploader.models import (
+    BandwidthRequest,
+    BandwidthView,
     FailedList,
     HealthResponse,
     ReadyResponse,
@@ -25,6 +27,7 @@ from nfs_watcher_uploader.models import (
     WatchStopResponse,
     check_session_name,
 )
+from nfs_watcher_uploader.rates import format_rate
 from nfs_watcher_uploader.service import Service
 
 logger = logging.getLogger(__name__)
@@ -154,6 +157,55 @@ async def retry_failed(service: ServiceDep, body: RetryRequest | None = None) ->
     except OSError as exc:
         raise _unavailable("moving parked files back", exc) from None
     return RetryResponse(requeued=count)
+
+
+def _bandwidth_view(service: Service) -> BandwidthView:
+    bandwidth = service.bandwidth
+    limit = bandwidth.in_force()
+    override = bandwidth.override
+    return BandwidthView(
+        limit=format_rate(limit.rate),
+        limit_bytes_per_second=limit.rate,
+        source=limit.source,
+        schedule_entry=limit.entry,
+        override=None if override is None else format_rate(override[0]),
+        setting=format_rate(bandwidth.setting),
+        schedule=None if bandwidth.schedule is None else str(bandwidth.schedule),
+        timezone=service.settings.timezone,
+        rate_bytes_per_second=round(service.storage.meter.sent.per_second(), 1),
+    )
+
+
+def _require_bandwidth(service: Service) -> None:
+    if not service.bandwidth.loaded:
+        raise HTTPException(503, f"service is starting ({service.phase}); retry shortly")
+
+
+@router.get("/v1/bandwidth")
+async def get_bandwidth(service: ServiceDep) -> BandwidthView:
+    return _bandwidth_view(service)
+
+
+@router.put("/v1/bandwidth", responses={422: {}, 503: {}})
+async def put_bandwidth(service: ServiceDep, body: BandwidthRequest) -> BandwidthView:
+    """Override the limit until DELETE, across restarts; in force within a second."""
+    _require_bandwidth(service)
+    try:
+        await service.bandwidth.set_override(body.rate)
+    except OSError as exc:
+        raise _unavailable("saving the bandwidth override", exc) from None
+    return _bandwidth_view(service)
+
+
+@router.delete("/v1/bandwidth", responses={503: {}})
+async def delete_bandwidth(service: ServiceDep) -> BandwidthView:
+    """Clear the override: the schedule or the setting decides again."""
+    _require_bandwidth(service)
+    try:
+        await service.bandwidth.clear_override()
+    except OSError as exc:
+        raise _unavailable("removing the bandwidth override", exc) from None
+    return _bandwidth_view(service)
 
 
 @router.get("/metrics", response_class=PlainTextResponse)

@@ -8,6 +8,8 @@ from typing import Annotated, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from nfs_watcher_uploader.rates import Schedule, parse_rate, zone
+
 
 class AzureAuth(StrEnum):
     AUTO = "auto"
@@ -22,6 +24,21 @@ class NameConflict(StrEnum):
     KEEP_BOTH = "keep-both"
     OVERWRITE = "overwrite"
     PARK = "park"
+
+
+class UploadOrder(StrEnum):
+    """Which waiting files go first (see order.py)."""
+
+    OLDEST = "oldest"
+    NEWEST = "newest"
+    NAME = "name"
+
+
+def _words(v: object) -> object:
+    """'a, b,,c' -> ('a', 'b', 'c'): comma-separated settings."""
+    if isinstance(v, str):
+        return tuple(p.strip() for p in v.split(",") if p.strip())
+    return v
 
 
 class Settings(BaseSettings):
@@ -62,6 +79,18 @@ class Settings(BaseSettings):
     azure_max_concurrency: int = Field(default=8, ge=1)
     on_name_conflict: NameConflict = NameConflict.KEEP_BOTH
 
+    # Which files below a session folder are uploaded (filters.py): glob patterns on the path
+    # relative to the session folder; excluded files stay in incoming and are counted.
+    include: Annotated[tuple[str, ...], NoDecode] = ()
+    exclude: Annotated[tuple[str, ...], NoDecode] = ()
+    exclude_defaults: bool = True
+    upload_order: UploadOrder = UploadOrder.OLDEST
+
+    # Bandwidth (bandwidth.py): bytes per second for all uploads together, or a timetable.
+    bandwidth_limit: Annotated[int | None, NoDecode] = None
+    bandwidth_schedule: str | None = None
+    timezone: str = "UTC"
+
     # GC
     gc_interval_s: float = Field(default=30.0, gt=0)
 
@@ -84,6 +113,39 @@ class Settings(BaseSettings):
             parts = (p.strip().lower() for p in v.split(","))
             return frozenset(p if p.startswith(".") else f".{p}" for p in parts if p)
         return v
+
+    @field_validator("include", "exclude", mode="before")
+    @classmethod
+    def parse_patterns(cls, v: object) -> object:
+        return _words(v)
+
+    @field_validator("bandwidth_limit", mode="before")
+    @classmethod
+    def parse_bandwidth(cls, v: object) -> object:
+        return parse_rate(v) if isinstance(v, str) else v
+
+    @field_validator("bandwidth_schedule")
+    @classmethod
+    def check_schedule(cls, v: str | None) -> str | None:
+        if v is not None and v.strip():
+            Schedule.parse(v)
+            return v
+        return None
+
+    @field_validator("timezone")
+    @classmethod
+    def check_timezone(cls, v: str) -> str:
+        zone(v)
+        return v
+
+    @model_validator(mode="after")
+    def _check_bandwidth(self) -> Self:
+        if self.bandwidth_limit is not None and self.bandwidth_schedule is not None:
+            raise ValueError(
+                "set APP_BANDWIDTH_LIMIT or APP_BANDWIDTH_SCHEDULE, not both (a schedule covers "
+                "every hour of the day)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_auth(self) -> Self:

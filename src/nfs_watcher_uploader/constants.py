@@ -50,3 +50,20 @@ MAX_NAME_VERSIONS = 1000
 # upload.rate averages the bytes committed over this window: long enough to smooth the steps a
 # file's commit makes, short enough to show a stall within a Prometheus scrape or two.
 UPLOAD_RATE_WINDOW_S = 30.0
+
+# The bandwidth cap (bandwidth.py, wire.py). The bucket holds this many seconds of the rate, so
+# a pause is followed by no burst larger than that: the cap holds over short windows too.
+BANDWIDTH_BURST_S = 0.1
+# How often the schedule is read again: a boundary takes effect within this long.
+BANDWIDTH_REFRESH_S = 0.25
+# The override set through the API survives restarts in this file (next to STATE_FILE).
+BANDWIDTH_FILE = "bandwidth.json"
+BANDWIDTH_TMP_PREFIX = ".bandwidth.json.tmp-"
+# A request body goes out in chunks that each take their tokens: small under a cap, so that 16
+# uploads at once stay smooth; larger without one, where only a new cap needs to catch up.
+CAPPED_CHUNK = 64 * 1024
+UNCAPPED_CHUNK = 1024 * 1024
+# What a request's line and headers add on the wire, beyond the ones we can count.
+REQUEST_OVERHEAD = 200
+# The measured send rate (GET /v1/bandwidth) is averaged over this window.
+SEND_RATE_WINDOW_S = 5.0

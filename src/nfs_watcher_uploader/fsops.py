@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from io import FileIO
 from pathlib import Path
+from typing import Protocol
 
 import anyio
 import anyio.to_thread
@@ -163,11 +164,22 @@ class _Call:
 # --- scanning ------------------------------------------------------------------------------
 
 
+class Wanted(Protocol):
+    """Which files a scan takes (filters.FileFilter)."""
+
+    def folder_excluded(self, name: str) -> bool: ...
+
+    def wanted(self, rel: str, name: str) -> bool: ...
+
+
 @dataclass
 class Scan:
     """What one pass over a session folder found."""
 
     files: ScanMap = field(default_factory=ScanMap)
+    # Files the filter excludes (APP_INCLUDE, APP_EXCLUDE, APP_FILE_EXTENSIONS): left in
+    # incoming, counted, never claimed.
+    excluded: list[str] = field(default_factory=list[str])
     # rel path -> what it is ("symbolic link", "FIFO", ...): never ours, never touched.
     ignored: dict[str, str] = field(default_factory=dict[str, str])
     # Folders deeper than MAX_DEPTH: not uploaded, so the session cannot be drained.
@@ -178,13 +190,15 @@ class Scan:
 
 def scan_session(
     folder: Path,
-    extensions: frozenset[str],
+    wanted: Wanted,
     known: ScanMap | None = None,
     young_ns: int = 0,
     max_depth: int = MAX_DEPTH,
 ) -> Scan:
     """Regular files below `folder`, up to `max_depth` levels, keyed by their path relative to
-    it ('cam2/rec1.bin'), filtered by extension. Symbolic links are reported, never followed.
+    it ('cam2/rec1.bin'), that `wanted` takes (the others are listed as excluded, without a
+    stat). Symbolic links are reported, never followed. A name in `known` was taken before,
+    so the filter is not asked again.
 
     A name in `known` whose mtime is after `young_ns` keeps its known (size, mtime) without a
     stat: it is too young to be claimed now, and a write would only make it younger. (The stat
@@ -201,43 +215,50 @@ def scan_session(
             return scan
         raise
     try:
-        _scan_dir(fd, "", 1, scan, extensions, known or {}, young_ns, max_depth)
+        _scan_dir(fd, "", 1, scan, _Filter(wanted, known or {}, young_ns, max_depth))
     finally:
         os.close(fd)
     return scan
 
 
+@dataclass(frozen=True, slots=True)
+class _Filter:
+    """What a scan takes, and what it already knows."""
+
+    wanted: Wanted
+    known: ScanMap
+    young_ns: int
+    max_depth: int
+
+
 def _scan_dir(
-    fd: int,
-    prefix: str,
-    depth: int,
-    scan: Scan,
-    extensions: frozenset[str],
-    known: ScanMap,
-    young_ns: int,
-    max_depth: int,
+    fd: int, prefix: str, depth: int, scan: Scan, how: _Filter, excluded: bool = False
 ) -> None:
+    """Scan one folder. Below an excluded folder every file is listed as excluded, unread."""
     with os.scandir(fd) as it:
         entries = list(it)
     for entry in entries:
         rel = prefix + entry.name
         if entry.is_dir(follow_symlinks=False):
-            if depth >= max_depth:
-                scan.too_deep.append(rel)
+            if depth >= how.max_depth:
+                if not excluded:
+                    scan.too_deep.append(rel)
                 continue
             try:
                 child = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
             except FileNotFoundError:
                 continue
+            below = excluded or how.wanted.folder_excluded(entry.name)
             try:
-                _scan_dir(child, rel + "/", depth + 1, scan, extensions, known, young_ns, max_depth)
+                _scan_dir(child, rel + "/", depth + 1, scan, how, below)
             finally:
                 os.close(child)
             continue
-        if extensions and os.path.splitext(entry.name)[1].lower() not in extensions:
+        seen = how.known.get(rel)
+        if excluded or (seen is None and not how.wanted.wanted(rel, entry.name)):
+            scan.excluded.append(rel)
             continue
-        seen = known.get(rel)
-        if seen is not None and seen[1] > young_ns:
+        if seen is not None and seen[1] > how.young_ns:
             scan.files[rel] = seen
             continue
         try:
@@ -589,6 +610,14 @@ def write_atomic(path: Path, data: bytes, tmp_prefix: str) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def read_or_none(path: Path) -> bytes | None:
+    """The bytes of a small state file; None when there is none."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
 
 
 def iter_tree_files(root: Path) -> Iterator[tuple[str, str, str, Path]]:

@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, field_validator
 
 from nfs_watcher_uploader.constants import SESSION_NAME_MAX, SESSION_NAME_RE
+from nfs_watcher_uploader.rates import parse_rate
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +118,9 @@ class SessionView(BaseModel):
     # Left in incoming and never uploaded: entries that are not regular files (symbolic links,
     # FIFOs, devices), and folders deeper than the depth limit (these block `drained`).
     ignored: int
+    # Files the include/exclude patterns leave in incoming: never uploaded, never blocking
+    # `drained`.
+    excluded: int
     too_deep: int
     # Files waiting in incoming because an earlier file of the same name is still in progress.
     held: int
@@ -182,6 +186,37 @@ class HealthResponse(BaseModel):
 class ReadyResponse(BaseModel):
     ready: bool = True
     detail: str | None = None
+
+
+class BandwidthRequest(_Strict):
+    """An override of the bandwidth limit: 'off', '512K', '10M', '1.5G', or bytes per second."""
+
+    limit: str | int
+
+    @field_validator("limit")
+    @classmethod
+    def _validate(cls, v: str | int) -> str | int:
+        parse_rate(str(v))
+        return v
+
+    @property
+    def rate(self) -> int | None:
+        return parse_rate(str(self.limit))
+
+
+class BandwidthView(BaseModel):
+    # The limit in force ('off': none) and where it comes from: the override (PUT), the
+    # schedule (`schedule_entry` says which entry), the setting, or none.
+    limit: str
+    limit_bytes_per_second: int | None
+    source: Literal["override", "schedule", "setting", "none"]
+    schedule_entry: str | None
+    override: str | None
+    setting: str
+    schedule: str | None
+    timezone: str
+    # Bytes sent to storage per second over the last few seconds (headers included).
+    rate_bytes_per_second: float
 
 
 @dataclass

@@ -28,6 +28,7 @@ from nfs_watcher_uploader.config import Settings
 from nfs_watcher_uploader.fsops import Nfs
 from nfs_watcher_uploader.layout import Layout
 from nfs_watcher_uploader.models import Stats, WorkItem, printable
+from nfs_watcher_uploader.order import WorkQueue
 from nfs_watcher_uploader.parked import ParkedFiles
 from nfs_watcher_uploader.sessions import Sessions
 from nfs_watcher_uploader.storage import Storage
@@ -118,7 +119,10 @@ class Pipeline:
         self.transfer = Transfer(context, storage, self.completed, seams)
         self.parked = ParkedFiles(context, self.put, seams.move)
         self._rng = rng or random.Random()
-        self.queue: asyncio.Queue[WorkItem] = asyncio.Queue(maxsize=settings.max_queue_size)
+        # Hands files to the workers in APP_UPLOAD_ORDER.
+        self.queue: asyncio.Queue[WorkItem] = WorkQueue(
+            settings.max_queue_size, settings.upload_order
+        )
         self.slots = [Slot() for _ in range(settings.worker_concurrency)]
         self.retry_timer = RetryTimer(self._enqueue)
         self._timer_task: asyncio.Task[None] | None = None

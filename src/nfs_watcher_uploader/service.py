@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 import anyio.to_thread
 
 from nfs_watcher_uploader import fsops
+from nfs_watcher_uploader.bandwidth import Bandwidth
 from nfs_watcher_uploader.config import Settings
 from nfs_watcher_uploader.errors import RetryableError
 from nfs_watcher_uploader.fsops import Nfs
@@ -30,6 +31,7 @@ from nfs_watcher_uploader.storage import Storage, TokenCredentialFactory, defaul
 from nfs_watcher_uploader.telemetry import Gauges, Telemetry
 from nfs_watcher_uploader.transfer import ClaimFn, CopyFn, MoveFn, Seams, StagedHook
 from nfs_watcher_uploader.watcher import ScanFn, Watcher
+from nfs_watcher_uploader.wire import Meter
 
 # Exit status when the watchdog ends a stalled process (EX_SOFTWARE).
 STALL_EXIT_CODE = 70
@@ -57,7 +59,8 @@ class Service:
         self.nfs = Nfs(settings.nfs_timeout_s, copy_threads=settings.worker_concurrency)
         self.telemetry = telemetry or Telemetry()
         self.sessions = Sessions(settings.nfs_processing_root, self.nfs)
-        self.storage = Storage(settings, token_credential)
+        self.bandwidth = Bandwidth.from_settings(settings, self.nfs)
+        self.storage = Storage(settings, token_credential, Meter(self.bandwidth.bucket))
         seams = Seams(on_staged, claim, move, copy)
         self.pipeline = Pipeline(
             settings, self.sessions, self.storage, self.nfs, self.telemetry, seams=seams
@@ -75,8 +78,8 @@ class Service:
                 staging_free=lambda: self.gc.staging_free,
                 staging_size=lambda: self.gc.staging_size,
                 sessions=lambda: Counter(s.state for s in self.sessions.by_name.values()),
-                # No bandwidth cap yet: 0 means unlimited.
-                bandwidth_limit=lambda: 0.0,
+                # 0 means unlimited.
+                bandwidth_limit=lambda: float(self.bandwidth.bucket.rate or 0),
             )
         )
         self.ready = False
@@ -85,6 +88,7 @@ class Service:
         self._run_task: asyncio.Task[None] | None = None
         self._intake: list[asyncio.Task[None]] = []
         self._pipeline_task: asyncio.Task[None] | None = None
+        self._bandwidth_task: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._exit = exit_process
 
@@ -128,6 +132,10 @@ class Service:
         await self._until_ok(self.sessions.load, "load sessions", lambda: self.sessions.loaded)
         # Staging may hold many GiB from before a crash: remove it off the event loop.
         await anyio.to_thread.run_sync(clear_staging, self.settings.local_staging_root)
+        # Before any upload: an override kept across a restart (a metered link) must hold.
+        self.phase = "loading the bandwidth override"
+        await self._until_ok(self.bandwidth.load, "load the bandwidth override")
+        self._bandwidth_task = asyncio.create_task(self.bandwidth.run(), name="bandwidth")
         self.phase = "connecting to storage"
         await self._until_ok(self.storage.connect, "connect to storage")
         self._pipeline_task = asyncio.create_task(self.pipeline.run(), name="pipeline")
@@ -184,9 +192,10 @@ class Service:
         if self._run_task is not None:
             self._run_task.cancel()
             await asyncio.gather(self._run_task, return_exceptions=True)
-        if self._pipeline_task is not None:
-            self._pipeline_task.cancel()
-            await asyncio.gather(self._pipeline_task, return_exceptions=True)
+        for task in (self._pipeline_task, self._bandwidth_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         # 4. Close the storage client.
         await self.storage.close()
         logger.info("Stopped: %r", self)

@@ -27,7 +27,7 @@ from nfs_watcher_uploader.constants import (
     STATE_TMP_PREFIX,
 )
 from nfs_watcher_uploader.errors import SessionConflict
-from nfs_watcher_uploader.fsops import Nfs, Scan, write_atomic
+from nfs_watcher_uploader.fsops import Nfs, Scan, read_or_none, write_atomic
 from nfs_watcher_uploader.models import (
     SessionStateName,
     SessionView,
@@ -59,6 +59,8 @@ class Session:
     uploaded: int = 0
     bytes_uploaded: int = 0
     waiting: int = 0
+    # Files the filter leaves in incoming, from the last scan.
+    excluded: int = 0
     renamed: int = 0
     late_writes: int = 0
     last_error: str | None = None
@@ -154,6 +156,7 @@ class Session:
         self.ignored, self.too_deep = scan.ignored, scan.too_deep
         self.held &= scan.files.keys()
         self.waiting = sum(1 for rel in scan.files if rel not in self.pending)
+        self.excluded = len(scan.excluded)
         return new
 
     def view(self) -> SessionView:
@@ -174,6 +177,7 @@ class Session:
             retrying=self.count("retrying"),
             failed=len(self.parked),
             ignored=len(self.ignored),
+            excluded=self.excluded,
             too_deep=len(self.too_deep),
             held=len(self.held),
             renamed=self.renamed,
@@ -238,7 +242,7 @@ class Sessions:
     async def load(self) -> None:
         """Read the state file. A damaged one is moved aside and reported, never fatal."""
         try:
-            raw = await self._nfs.call(lambda: _read_or_none(self.state_path))
+            raw = await self._nfs.call(lambda: read_or_none(self.state_path))
         except OSError as exc:
             self.state_error = f"cannot read {self.state_path}: {exc.strerror or exc}"
             logger.error("Session state unreadable: %s", self.state_error)
@@ -339,13 +343,6 @@ class Sessions:
             await self.save()
         except OSError:
             logger.warning("Could not save session state; will retry on the next change")
-
-
-def _read_or_none(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
 
 
 class _StoredSession(BaseModel):

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
+import aiohttp
 import anyio.to_thread
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import (
@@ -32,6 +33,7 @@ from azure.core.exceptions import (
 from azure.storage.blob import ContentSettings
 from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClient
 
+from nfs_watcher_uploader.bandwidth import TokenBucket
 from nfs_watcher_uploader.config import AzureAuth, NameConflict, Settings
 from nfs_watcher_uploader.constants import (
     MAX_BLOB_NAME,
@@ -42,6 +44,8 @@ from nfs_watcher_uploader.constants import (
 from nfs_watcher_uploader.errors import IntegrityError, PermanentError, RetryableError, UploadError
 from nfs_watcher_uploader.fsops import Staged
 from nfs_watcher_uploader.layout import versioned
+from nfs_watcher_uploader.models import printable
+from nfs_watcher_uploader.wire import Meter, MeteredTransport, new_session
 
 logger = logging.getLogger(__name__)
 
@@ -166,9 +170,13 @@ class Storage:
         self,
         settings: Settings,
         token_credential: TokenCredentialFactory = default_token_credential,
+        meter: Meter | None = None,
     ) -> None:
         self._settings = settings
         self._token_credential = token_credential
+        # Every request goes through the meter (the bandwidth cap), on one shared session.
+        self.meter = meter or Meter(TokenBucket())
+        self._session: aiohttp.ClientSession | None = None
         self.block_size = settings.azure_max_block_size or DEFAULT_BLOCK_SIZE
         single = settings.azure_max_single_put_size
         self.single_put_size = DEFAULT_SINGLE_PUT_SIZE if single is None else single
@@ -196,7 +204,16 @@ class Storage:
         return self._container
 
     def _client_kwargs(self) -> dict[str, Any]:
+        if self._session is None:
+            self._session = new_session()
         return {
+            "transport": MeteredTransport(
+                self.meter,
+                session=self._session,
+                session_owner=False,
+                connection_timeout=20,
+                read_timeout=120,
+            ),
             "max_single_put_size": max(self.single_put_size, 1),
             "max_block_size": self.block_size,
             # The SDK's own retries ride out blips (1 s, then 3 s); longer outages are retried by
@@ -244,6 +261,13 @@ class Storage:
 
         Raises RetryableError when none does yet: the caller keeps trying, the API keeps serving.
         """
+        try:
+            await self._connect()
+        except BaseException:
+            await self._close_session()
+            raise
+
+    async def _connect(self) -> None:
         failures: list[str] = []
         candidates = self._candidates()
         if not candidates:
@@ -283,6 +307,12 @@ class Storage:
         if self._client is not None:
             await _close(self._client, self._credential)
         self._client = self._credential = self._container = None
+        await self._close_session()
+
+    async def _close_session(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     async def upload(
         self,
@@ -410,16 +440,27 @@ class Storage:
         progress: Callable[[], None],
         log_extra: dict[str, str] | None,
     ) -> list[str]:
-        """Stage every block, at most `concurrency` at once for this file and the block budget
-        across all files. Each block is read only once its budget permit is held, and the
-        permit is released by `async with` on every path (failure, cancellation)."""
+        """Stage every block Azure does not hold yet, at most `concurrency` at once for this
+        file and the block budget across all files. Each block is read only once its budget
+        permit is held, and the permit is released by `async with` on every path (failure,
+        cancellation).
+
+        A block's id is its index and MD5, so an uncommitted block of this blob with the same
+        id and size holds the same bytes (Azure checked its MD5 when it was staged): after a
+        retry or a restart, those are not sent again."""
         count = len(staged.block_md5s)
-        ids = [f"{index:08d}" for index in range(count)]
+        ids = [block_id(index, md5) for index, md5 in enumerate(staged.block_md5s)]
+        held = await _uncommitted(blob)
         window = asyncio.Semaphore(self.concurrency)
+        resumed = 0
 
         async def put(index: int) -> None:
+            nonlocal resumed
             offset = index * staged.block_size
             length = min(staged.block_size, staged.read.size - offset)
+            if held.get(ids[index]) == length:
+                resumed += 1
+                return
             async with self._budget:
                 data = await anyio.to_thread.run_sync(os.pread, fd, length, offset)
                 if len(data) != length:  # the staged copy is shorter than what was read
@@ -435,12 +476,37 @@ class Storage:
                 tg.create_task(put(index)).add_done_callback(lambda _: window.release())
         longer = await anyio.to_thread.run_sync(os.pread, fd, 1, staged.read.size)
         _check_length(staged.read.size + len(longer), staged, log_extra)
+        if resumed:
+            logger.info(
+                "Resumed %s: %d of %d blocks were already staged in storage",
+                printable(blob.blob_name),
+                resumed,
+                count,
+                extra=log_extra,
+            )
         return ids
 
     @property
     def budget_free(self) -> int:
         """Block permits not held right now (all of them when no upload is running)."""
         return self._budget._value  # pyright: ignore[reportPrivateUsage]
+
+
+def block_id(index: int, md5: bytes) -> str:
+    """The id of block `index` with MD5 `md5`: one length for every block of a blob (Azure
+    requires it), at most 64 bytes."""
+    return f"{index:05d}-{md5.hex()}"
+
+
+async def _uncommitted(blob: BlobClient) -> dict[str, int]:
+    """The blob's uncommitted blocks: id -> size (none when the blob does not exist)."""
+    try:
+        _, uncommitted = await blob.get_block_list("uncommitted")
+    except ResourceNotFoundError:
+        return {}
+    except Exception as exc:
+        raise classify(exc) from exc
+    return {b.id: b.size for b in uncommitted}
 
 
 def _log_mismatch(reason: str, log_extra: dict[str, str] | None) -> None:

@@ -18,27 +18,35 @@ from collections.abc import Callable, Container, Iterable
 from pathlib import Path
 
 from nfs_watcher_uploader import fsops
-from nfs_watcher_uploader.fsops import Nfs, Scan, ScanMap
+from nfs_watcher_uploader.config import UploadOrder
+from nfs_watcher_uploader.filters import FileFilter
+from nfs_watcher_uploader.fsops import Nfs, Scan, ScanMap, Wanted
 from nfs_watcher_uploader.models import WorkItem, printable
+from nfs_watcher_uploader.order import Key, sort_key
 from nfs_watcher_uploader.pipeline import Pipeline
 from nfs_watcher_uploader.sessions import Session
 
 logger = logging.getLogger(__name__)
 
-ScanFn = Callable[[Path, frozenset[str], ScanMap, int], Scan]
+ScanFn = Callable[[Path, Wanted, ScanMap, int], Scan]
 
 
 def stable_files(
-    previous: ScanMap, current: ScanMap, now: float, min_age: float, skip: Container[str] = ()
+    previous: ScanMap,
+    current: ScanMap,
+    now: float,
+    min_age: float,
+    skip: Container[str] = (),
+    order: UploadOrder = UploadOrder.OLDEST,
 ) -> list[str]:
-    """Names in `current` that are ready to claim, oldest first."""
-    ready: list[tuple[int, str]] = []
+    """Names in `current` that are ready to claim, in `order` (oldest first by default)."""
+    ready: list[tuple[Key, str]] = []
     for name, (size, mtime_ns) in current.items():
         if name in skip or mtime_ns < 0 or previous.get(name) != (size, mtime_ns):
             continue
         if now - mtime_ns / 1e9 < min_age:
             continue
-        ready.append((mtime_ns, name))
+        ready.append((sort_key(order, name, mtime_ns), name))
     ready.sort()
     return [name for _, name in ready]
 
@@ -57,6 +65,7 @@ class Watcher:
         self.settings, self.sessions = pipeline.settings, pipeline.sessions
         self.nfs = nfs
         self._scan = scan
+        self.wanted = FileFilter.from_settings(self.settings)
         self._clock = clock
         self._previous: dict[str, ScanMap] = {}
         self.heartbeat = time.monotonic()
@@ -98,11 +107,11 @@ class Watcher:
     async def _scan_session(self, session: Session) -> bool:
         folder = self.pipeline.layout.session_folder(session.name)
         started = self._clock()
-        exts = self.settings.file_extensions
+        wanted = self.wanted
         previous = self._previous.get(session.name, {})
         young_ns = int((started - self.settings.min_file_age_s) * 1e9)
         try:
-            scan = await self.nfs.call(lambda: self._scan(folder, exts, previous, young_ns))
+            scan = await self.nfs.call(lambda: self._scan(folder, wanted, previous, young_ns))
         except OSError as exc:
             self.scan_errors += 1
             logger.warning(
@@ -112,7 +121,12 @@ class Watcher:
         current = scan.files
         self._previous[session.name] = current
         ready = stable_files(
-            previous, current, started, self.settings.min_file_age_s, session.pending
+            previous,
+            current,
+            started,
+            self.settings.min_file_age_s,
+            session.pending,
+            self.settings.upload_order,
         )
         self._offer(session, ready, current)
         for level, text in session.observe(scan):
@@ -165,6 +179,13 @@ class Watcher:
                 return
             if not session.pending and not session.parked:  # nothing came up meanwhile
                 logger.info("Session %s drained", session.name, extra=extra)
+                if scan.excluded:
+                    text = (
+                        f"drained; {len(scan.excluded)} excluded files stay in incoming, "
+                        "not uploaded (APP_INCLUDE, APP_EXCLUDE)"
+                    )
+                    session.notice(text)
+                    logger.warning("Session %s %s", session.name, text, extra=extra)
                 await self.sessions.finish(session, "drained")
         elif self._clock() - stopped > self.settings.drain_timeout_s:
             logger.error(

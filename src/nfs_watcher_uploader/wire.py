@@ -1,0 +1,97 @@
+"""What goes over the wire to storage: every request takes its bytes from the bandwidth bucket,
+and its body leaves as a stream of chunks that each take theirs, so that a cap (or a new cap)
+holds within a chunk, also on a block already in flight.
+
+The SDK hands the transport a request whose body is bytes (a block, a small file, a block
+list); for one attempt, the transport sends it as a stream of memoryview chunks, with the
+Content-Length the SDK set. A retry comes through here again, with the original bytes. Nothing
+is copied and nothing about the bytes changes: each request still carries the MD5 that Azure
+checks.
+
+Proxies: the aiohttp session trusts the environment, so HTTPS_PROXY, HTTP_PROXY and NO_PROXY
+apply to every request to storage.
+"""
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, cast
+
+import aiohttp
+from azure.core.pipeline.transport import AioHttpTransport
+
+from nfs_watcher_uploader.bandwidth import TokenBucket
+from nfs_watcher_uploader.constants import (
+    CAPPED_CHUNK,
+    REQUEST_OVERHEAD,
+    SEND_RATE_WINDOW_S,
+    UNCAPPED_CHUNK,
+)
+from nfs_watcher_uploader.telemetry import RecentRate
+
+_BYTES = (bytes, bytearray, memoryview)
+
+
+class Meter:
+    """The bucket every request takes from, and what was sent."""
+
+    def __init__(self, bucket: TokenBucket) -> None:
+        self.bucket = bucket
+        self.sent = RecentRate(SEND_RATE_WINDOW_S)
+        self.total_sent = 0
+
+    def __repr__(self) -> str:
+        return f"Meter({self.bucket!r} sent={self.total_sent})"
+
+    async def take(self, size: int, priority: float) -> None:
+        await self.bucket.take(size, priority)
+        self.sent.add(size)
+        self.total_sent += size
+
+    async def stream(self, body: memoryview, priority: float) -> AsyncIterator[memoryview]:
+        """`body` in chunks, each sent once the bucket allows; the chunk size follows the cap
+        in force at each chunk."""
+        offset = 0
+        while offset < len(body):
+            size = UNCAPPED_CHUNK if self.bucket.rate is None else CAPPED_CHUNK
+            piece = body[offset : offset + size]
+            await self.take(len(piece), priority)
+            yield piece
+            offset += len(piece)
+
+
+def new_session() -> aiohttp.ClientSession:
+    """One session for every storage client, as the SDK would make it, environment proxies
+    included (trust_env)."""
+    return aiohttp.ClientSession(
+        trust_env=True, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False
+    )
+
+
+class MeteredTransport(AioHttpTransport):
+    """The SDK's aiohttp transport, metered by `meter`."""
+
+    def __init__(self, meter: Meter, **kwargs: Any) -> None:
+        super().__init__(**kwargs)  # pyright: ignore[reportUnknownMemberType]
+        self._meter = meter
+
+    async def send(self, request: Any, **config: Any) -> Any:  # pyright: ignore[reportIncompatibleMethodOverride]
+        meter = self._meter
+        send = cast(Callable[..., Awaitable[Any]], super().send)  # pyright: ignore[reportUnknownMemberType]
+        # The request that asked first is served first (see TokenBucket).
+        priority = time.monotonic()
+        data: object = request.data
+        head = len(request.method) + len(request.url) + REQUEST_OVERHEAD
+        head += sum(len(k) + len(v) + 4 for k, v in request.headers.items())
+        await meter.take(head, priority)
+        if not isinstance(data, _BYTES):  # no body (or one we do not split): take it whole
+            await meter.take(int(request.headers.get("Content-Length") or 0), priority)
+            return await send(request, **config)
+        body = memoryview(cast(bytes, data))
+        if len(body) <= UNCAPPED_CHUNK and meter.bucket.rate is None:  # one chunk anyway
+            await meter.take(len(body), priority)
+            return await send(request, **config)
+        request.data = meter.stream(body, priority)
+        try:
+            return await send(request, **config)
+        finally:
+            request.data = data

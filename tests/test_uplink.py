@@ -1,0 +1,243 @@
+"""Made for the edge uplink (issue #13): the bandwidth cap measured on the wire, a cap changed
+while uploads run, resumed large uploads after a SIGKILL, and uploads through a real proxy.
+
+What went over the wire is counted by a relay between the service and Azurite (relay.py).
+Caps are a few MiB/s, so that a loaded 2-core machine is never the bottleneck.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nfs_watcher_uploader.config import Settings
+
+from .helpers import (
+    Azurite,
+    RunningService,
+    ServiceProcess,
+    blob_bytes,
+    free_port,
+    make_settings,
+    wait_for,
+    write_file,
+)
+from .relay import Relay
+from .tools import require
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def relay(azurite: Azurite) -> Iterator[Relay]:
+    r = Relay(azurite.port).start()
+    yield r
+    r.stop()
+
+
+def through(relay: Relay, azurite: Azurite, tmp_path: Path, container: str, **kw: Any) -> Settings:
+    """Settings that reach Azurite only through `relay`."""
+    return make_settings(
+        tmp_path,
+        azurite,
+        container,
+        azure_account_url=relay.url,
+        azure_connection_string=azurite.connection_string.replace(azurite.url, relay.url),
+        **kw,
+    )
+
+
+def _busy_windows(relay: Relay, start: float, end: float) -> list[float]:
+    return [r / MIB for r in relay.windows(start, end)]
+
+
+def _assert_within(rates: list[float], cap_mib: float, what: str) -> None:
+    assert rates, f"{what}: the upload took less than one window"
+    low, high = min(rates), max(rates)
+    print(f"\n{what}: {len(rates)} windows of 2 s, {low:.2f}..{high:.2f} MiB/s, cap {cap_mib}")
+    assert high <= cap_mib * 1.10, f"{what}: {high:.2f} MiB/s over a 2 s window, cap {cap_mib}"
+    assert low >= cap_mib * 0.90, f"{what}: {low:.2f} MiB/s over a 2 s window, cap {cap_mib}"
+
+
+def _start(running: RunningService, name: str) -> str:
+    r = running.post("/v1/watch/start", json={"session_name": name})
+    assert r.status_code == 200, r.text
+    return r.json()["date_prefix"]
+
+
+@pytest.mark.parametrize(("files", "size"), [(1, 24 * MIB), (300, 64 * 1024)])
+def test_cap_holds_over_every_2s_window(
+    tmp_path: Path,
+    azurite: Azurite,
+    container_name: str,
+    relay: Relay,
+    service_factory: Any,
+    files: int,
+    size: int,
+) -> None:
+    """One large file (sent in blocks) and many small ones (one request each): every 2 s
+    window from the first byte to the last is within 10 % of the cap, the first seconds too."""
+    cap = 4
+    settings = through(relay, azurite, tmp_path, container_name, bandwidth_limit=cap * MIB)
+    data = {f"f{i:03d}.bin": os.urandom(size) for i in range(files)}
+    for name, content in data.items():
+        write_file(settings.nfs_incoming_dir / "cap" / name, content)
+    running = service_factory(settings)
+    assert running.get("/v1/bandwidth").json()["limit"] == "4M"
+    started = time.monotonic()
+    date = _start(running, "cap")
+    wait_for(lambda: running.service.pipeline.stats.uploaded == files, timeout=60)
+    first, last = relay.first_and_last(after=started)
+    _assert_within(_busy_windows(relay, first, last), cap, f"{files} x {size} B")
+    container = azurite.container(container_name)
+    assert all(blob_bytes(container, f"{date}/cap/{n}") == d for n, d in data.items())
+
+
+def test_a_new_cap_takes_effect_within_a_second_on_uploads_in_flight(
+    tmp_path: Path, azurite: Azurite, container_name: str, relay: Relay, service_factory: Any
+) -> None:
+    """PUT /v1/bandwidth while two large files are in flight: the next 2 s run at the new cap,
+    from one second after the answer. The override survives a restart until DELETE."""
+    settings = through(relay, azurite, tmp_path, container_name, bandwidth_limit=6 * MIB)
+    running = service_factory(settings)
+    date = _start(running, "change")
+    data = {f"big{i}.bin": os.urandom(20 * MIB) for i in range(2)}
+    for name, content in data.items():
+        write_file(settings.nfs_incoming_dir / "change" / name, content)
+    wait_for(lambda: relay.total > 14 * MIB, timeout=30, interval=0.01, what="2 s of uploads")
+    asked = time.monotonic()
+    r = running.client.put("/v1/bandwidth", json={"limit": "2M"})
+    answered = time.monotonic()
+    assert r.status_code == 200, r.text
+    assert r.json()["limit"] == "2M" and r.json()["source"] == "override"
+    wait_for(lambda: time.monotonic() > answered + 3, timeout=5, interval=0.01)
+    assert running.service.pipeline.in_flight > 0, "the files were done before the measurement"
+    before = relay.rate(asked - 1.5, asked) / MIB
+    after = relay.rate(answered + 1, answered + 3) / MIB
+    print(f"\nbefore the change {before:.2f} MiB/s (cap 6), after {after:.2f} MiB/s (cap 2)")
+    assert 6 * 0.9 <= before <= 6 * 1.1
+    assert 2 * 0.9 <= after <= 2 * 1.1
+    assert running.get("/v1/bandwidth").json()["rate_bytes_per_second"] > 0
+    # 'off' is an override too: no limit, even though the setting has one.
+    assert running.client.put("/v1/bandwidth", json={"limit": "off"}).json()["limit"] == "off"
+    container = azurite.container(container_name)
+    wait_for(
+        lambda: all(blob_bytes(container, f"{date}/change/{n}") == d for n, d in data.items()),
+        timeout=60,
+    )
+    running.stop()
+    again = service_factory(settings)
+    view = again.get("/v1/bandwidth").json()
+    assert (view["limit"], view["source"], view["override"]) == ("off", "override", "off")
+    view = again.client.delete("/v1/bandwidth").json()
+    assert (view["limit"], view["source"], view["override"]) == ("6M", "setting", None)
+    assert not (settings.nfs_processing_root / "bandwidth.json").exists()
+
+
+@pytest.mark.slow
+def test_a_killed_large_upload_resumes_without_sending_its_blocks_again(
+    tmp_path: Path, azurite: Azurite, container_name: str, relay: Relay
+) -> None:
+    """256 MiB under a 32 MiB/s cap, SIGKILL at ~60 %, restart: the blocks Azure already holds
+    are not sent again; all the bytes that reached storage are at most 1.15 x the file."""
+    size = 256 * MIB
+    settings = through(relay, azurite, tmp_path, container_name, bandwidth_limit=32 * MIB)
+    proc = ServiceProcess(settings, tmp_path / "service.log")
+    proc.start()
+    with proc.client as c:
+        date = c.post("/v1/watch/start", json={"session_name": "big"}).json()["date_prefix"]
+    data = os.urandom(size)
+    before = relay.total  # start-up requests
+    write_file(settings.nfs_incoming_dir / "big" / "large.bin", data)
+    wait_for(lambda: relay.total - before >= 0.6 * size, timeout=120, interval=0.01)
+    assert proc.signal(signal.SIGKILL) == -signal.SIGKILL
+    at_kill = relay.total - before
+    proc.start()
+    container = azurite.container(container_name)
+    blob = f"{date}/big/large.bin"
+    wait_for(lambda: container.get_blob_client(blob).exists(), timeout=120, interval=0.2)
+    assert blob_bytes(container, blob) == data
+    sent = relay.total - before
+    print(f"\nresume: killed at {at_kill / size:.2f} x the file; {sent / size:.3f} x sent in all")
+    assert "Resumed" in proc.log.read_text()
+    assert sent <= 1.15 * size
+    proc.signal(signal.SIGTERM)
+
+
+def _tinyproxy(tmp_path: Path, bind: str) -> tuple[subprocess.Popen[bytes], int]:
+    """Debian's tinyproxy on a loopback port; its connections out leave from `bind`."""
+    program = require("tinyproxy", "make install installs Debian's tinyproxy-bin (as root)")
+    port = free_port()
+    conf = tmp_path / "tinyproxy.conf"
+    conf.write_text(
+        f"Port {port}\nListen 127.0.0.1\nBind {bind}\nTimeout 60\nAllow 127.0.0.1\n"
+        f"MaxClients 64\nLogLevel Connect\n"
+    )
+    with open(tmp_path / "tinyproxy.log", "wb") as log:
+        proc = subprocess.Popen([program, "-d", "-c", str(conf)], stdout=log, stderr=log)
+    wait_for(lambda: _accepting(port), timeout=10, what="tinyproxy to listen")
+    return proc, port
+
+
+def _accepting(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def test_uploads_go_through_an_http_proxy(
+    tmp_path: Path, azurite: Azurite, container_name: str
+) -> None:
+    """HTTP_PROXY is honoured: the relay in front of Azurite accepts only tinyproxy's outgoing
+    address, so an upload that lands went through the proxy. Without HTTP_PROXY, the same
+    service cannot reach storage."""
+    proxy_from = "127.0.0.3"
+    relay = Relay(azurite.port, allow=frozenset({proxy_from})).start()
+    proxy, port = _tinyproxy(tmp_path, proxy_from)
+    settings = through(
+        relay,
+        azurite,
+        tmp_path,
+        container_name,
+        azure_max_block_size=1 * MIB,
+        azure_max_single_put_size=1 * MIB,
+    )
+    service = ServiceProcess(
+        settings, tmp_path / "service.log", extra_env={"HTTP_PROXY": f"http://127.0.0.1:{port}"}
+    )
+    try:
+        service.start()
+        with service.client as c:
+            date = c.post("/v1/watch/start", json={"session_name": "px"}).json()["date_prefix"]
+        data = {"small.bin": os.urandom(5000), "blocks.bin": os.urandom(3 * MIB + 7)}
+        for name, content in data.items():
+            write_file(settings.nfs_incoming_dir / "px" / name, content)
+        container = azurite.container(container_name)
+        wait_for(
+            lambda: all(blob_bytes(container, f"{date}/px/{n}") == d for n, d in data.items()),
+            timeout=60,
+        )
+        assert relay.connections > 0 and relay.refused == 0
+        assert (
+            f"127.0.0.1:{relay.port}/devstoreaccount1" in (tmp_path / "tinyproxy.log").read_text()
+        )
+        service.signal(signal.SIGTERM)
+        # The control: no proxy, no way to storage.
+        direct = ServiceProcess(settings, tmp_path / "direct.log")
+        direct.start(wait_ready=False)
+        wait_for(lambda: relay.refused > 0, timeout=30, what="a direct connection refused")
+        with direct.client as c:
+            assert c.get("/readyz").status_code == 503
+        direct.signal(signal.SIGTERM)
+    finally:
+        proxy.terminate()
+        proxy.wait(10)
+        relay.stop()
