@@ -1,0 +1,145 @@
+"""The files users mean: include and exclude patterns, the default excludes, and the order
+files go up in; the rules, then through the real service, files and Azurite."""
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nfs_watcher_uploader.filters import FileFilter
+from nfs_watcher_uploader.fsops import Staged
+
+from .helpers import Azurite, RunningService, wait_for, write_file
+
+
+def _wanted(f: FileFilter, rel: str) -> bool:
+    return not any(f.folder_excluded(p) for p in rel.split("/")[:-1]) and f.wanted(
+        rel, rel.rsplit("/", 1)[-1]
+    )
+
+
+@pytest.mark.parametrize(
+    ("rel", "wanted"),
+    [
+        ("rec.bin", True),
+        ("cam1/rec.bin", True),
+        ("rec~2.bin", True),  # a name conflict's new name is not an editor backup
+        ("cam~1/rec.bin", True),
+        ("rec.bin~", False),
+        (".rec.bin.Xy12Ab", False),  # rsync's temporary file
+        ("cam1/.hidden", False),
+        (".cache/rec.bin", False),  # a dot folder and all below it
+        ("cam1/.cache/deep/rec.bin", False),
+        ("rec.tmp", False),
+        ("rec.part", False),
+        ("rec.partial", False),
+        ("rec.swp", False),
+        ("rec.crdownload", False),
+        ("rec.TMP", True),  # patterns are case-sensitive, like the file system
+    ],
+)
+def test_default_excludes(rel: str, wanted: bool) -> None:
+    assert _wanted(FileFilter(), rel) is wanted
+
+
+def test_include_exclude_and_extensions() -> None:
+    f = FileFilter(include=["cam1/*", "*.mp4"], exclude=["*.log", "cam1/skip/*"])
+    assert _wanted(f, "cam1/a.bin") and _wanted(f, "cam1/x/y.bin")
+    assert _wanted(f, "b.mp4") and _wanted(f, "cam2/b.mp4")
+    assert not _wanted(f, "cam2/a.bin")  # not included
+    assert not _wanted(f, "cam1/a.log")  # exclude wins over include
+    assert not _wanted(f, "cam1/skip/a.bin")
+    assert not _wanted(f, "cam1/a.tmp")  # the defaults still apply
+    shorthand = FileFilter(extensions=frozenset({".bin"}))
+    assert _wanted(shorthand, "a.BIN") and not _wanted(shorthand, "a.txt")
+    nothing_left_out = FileFilter(defaults=False)
+    assert _wanted(nothing_left_out, ".cache/a.tmp")
+
+
+def _view(running: RunningService, name: str) -> dict[str, Any]:
+    return running.get(f"/v1/sessions/{name}").json()
+
+
+def test_excluded_files_stay_in_incoming_are_counted_and_do_not_block_drained(
+    service_factory: Any, settings_factory: Any, azurite: Azurite
+) -> None:
+    settings = settings_factory(exclude=("*.log",))
+    running = service_factory(settings)
+    date = running.post("/v1/watch/start", json={"session_name": "mean"}).json()["date_prefix"]
+    incoming = settings.nfs_incoming_dir / "mean"
+    wanted = ["a.bin", "cam1/b.bin", "a~2.bin"]
+    excluded = [
+        ".hidden",
+        "x.tmp",
+        "y.part",
+        "z.partial",
+        "w~",
+        "c.swp",
+        "d.crdownload",
+        ".cache/e.bin",
+        "cam1/f.tmp",
+        "notes.log",
+    ]
+    for rel in wanted + excluded:
+        write_file(incoming / rel, rel.encode())
+    wait_for(lambda: _view(running, "mean")["uploaded"] == len(wanted))
+    running.post("/v1/watch/stop")
+    view = wait_for(lambda: (v := _view(running, "mean"))["drained"] and v, timeout=20)
+    assert view["excluded"] == len(excluded)
+    assert any(f"{len(excluded)} excluded files stay in incoming" in n for n in view["notices"])
+    container = azurite.container(settings.azure_container)
+    assert sorted(b.name for b in container.list_blobs()) == sorted(
+        f"{date}/mean/{rel}" for rel in wanted
+    )
+    for rel in excluded:  # never claimed, never deleted
+        assert (incoming / rel).read_bytes() == rel.encode()
+
+
+def test_only_included_files_go_up(
+    service_factory: Any, settings_factory: Any, azurite: Azurite
+) -> None:
+    settings = settings_factory(include=("cam1/*", "*.mp4"))
+    running = service_factory(settings)
+    date = running.post("/v1/watch/start", json={"session_name": "inc"}).json()["date_prefix"]
+    incoming = settings.nfs_incoming_dir / "inc"
+    for rel in ("cam1/a.bin", "cam2/b.mp4", "cam2/c.bin", "d.txt"):
+        write_file(incoming / rel, rel.encode())
+    view = wait_for(
+        lambda: (v := _view(running, "inc"))["uploaded"] == 2 and v["excluded"] == 2 and v
+    )
+    assert view["waiting"] == 0
+    container = azurite.container(settings.azure_container)
+    assert sorted(b.name for b in container.list_blobs()) == [
+        f"{date}/inc/cam1/a.bin",
+        f"{date}/inc/cam2/b.mp4",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("order", "expected"),
+    [
+        ("oldest", ["b.bin", "c.bin", "a.bin"]),
+        ("newest", ["a.bin", "c.bin", "b.bin"]),
+        ("name", ["a.bin", "b.bin", "c.bin"]),
+    ],
+)
+def test_upload_order(
+    service_factory: Any, settings_factory: Any, tmp_path: Path, order: str, expected: list[str]
+) -> None:
+    """One worker, three files with distinct mtimes, all found by the same scan."""
+    staged: list[str] = []
+
+    def record(path: Path, copied: Staged) -> None:
+        staged.append(path.name)
+
+    settings = settings_factory(worker_concurrency=1, upload_order=order)
+    incoming = settings.nfs_incoming_dir / "order"
+    for name, age in (("a.bin", 10), ("b.bin", 300), ("c.bin", 200)):
+        path = write_file(incoming / name, name.encode())
+        old = path.stat().st_mtime - age
+        os.utime(path, (old, old))
+    running = service_factory(settings, on_staged=record)
+    running.post("/v1/watch/start", json={"session_name": "order"})
+    wait_for(lambda: _view(running, "order")["uploaded"] == 3)
+    assert staged == expected
