@@ -5,7 +5,10 @@ Per file set (small: 1,000 x 64 KiB; large: 4 x 128 MiB; `--scale` multiplies th
            made after the clock starts) until the service has committed the last blob;
   rclone   `rclone copy` with its defaults;
   raw      the async SDK uploading straight from the files (the limit of machine and Azurite).
-Then the cost of watching 10,000 waiting files at a 1 s poll (CPU and RSS over time).
+Then the cost of watching 10,000 waiting files at a 1 s poll (CPU and RSS over time), and the
+uplink figures, counted on the wire by a relay between the service and Azurite: throughput
+under a 20 MiB/s cap (how close to the cap), and the resume figure (a 256 MiB file under a
+32 MiB/s cap, SIGKILLed at 60 %, restarted: all bytes sent / file size).
 Prints a table and writes the same figures as JSON. No assertions: the figures are the output.
 """
 
@@ -29,7 +32,14 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.helpers import Azurite, free_port, make_settings, service_env  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    Azurite,
+    ServiceProcess,
+    free_port,
+    make_settings,
+    service_env,
+)
+from tests.relay import Relay  # noqa: E402
 
 BIN = Path(sys.executable).parent
 MIB = 1024 * 1024
@@ -224,6 +234,90 @@ def idle_watch(root: Path, azurite: Azurite, files: int, seconds: float) -> dict
     }
 
 
+def _through(relay: Relay, azurite: Azurite, root: Path, container: str, **kw: Any) -> Any:
+    return make_settings(
+        root,
+        azurite,
+        container,
+        azure_account_url=relay.url,
+        azure_connection_string=azurite.connection_string.replace(azurite.url, relay.url),
+        poll_interval_s=0.1,
+        min_file_age_s=0,
+        **kw,
+    )
+
+
+def _wait(condition: Any, timeout: float, interval: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError("benchmark: timed out")
+        time.sleep(interval)
+
+
+def capped(root: Path, azurite: Azurite, files: int, size: int, cap: int) -> dict[str, Any]:
+    """Files uploaded under APP_BANDWIDTH_LIMIT=`cap`: the rate on the wire from the first byte
+    to the last, against the cap, and the slowest and fastest 2 s window."""
+    relay = Relay(azurite.port).start()
+    settings = _through(relay, azurite, root, "capped", bandwidth_limit=cap)
+    svc = ServiceProcess(settings, root / "capped.log")
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        svc.start()
+        with svc.client as c:
+            c.post("/v1/watch/start", json={"session_name": "cap"}).raise_for_status()
+            started = time.monotonic()
+            for i in range(files):
+                (settings.nfs_incoming_dir / "cap" / f"c{i:03d}.bin").write_bytes(os.urandom(size))
+            _wait(lambda: c.get("/v1/status").json()["processed_ok"] >= files, 600)
+        first, last = relay.first_and_last(after=started)
+        rate = relay.rate(first, last)
+        windows = relay.windows(first, last)
+        svc.signal(signal.SIGTERM)
+    finally:
+        relay.stop()
+    return {
+        "files": files,
+        "bytes": files * size,
+        "cap_mib_s": cap / MIB,
+        "wire_mib_s": round(rate / MIB, 2),
+        "of_cap": round(rate / cap, 3),
+        "window_2s_min_mib_s": round(min(windows) / MIB, 2) if windows else None,
+        "window_2s_max_mib_s": round(max(windows) / MIB, 2) if windows else None,
+    }
+
+
+def resume(root: Path, azurite: Azurite, size: int, cap: int) -> dict[str, Any]:
+    """One file of `size` under `cap`, SIGKILLed once 60 % of it went out, restarted: what
+    reached storage in all, against the file's size."""
+    relay = Relay(azurite.port).start()
+    settings = _through(relay, azurite, root, "resume", bandwidth_limit=cap)
+    root.mkdir(parents=True, exist_ok=True)
+    svc = ServiceProcess(settings, root / "resume.log")
+    try:
+        svc.start()
+        with svc.client as c:
+            c.post("/v1/watch/start", json={"session_name": "big"}).raise_for_status()
+        before = relay.total
+        (settings.nfs_incoming_dir / "big" / "large.bin").write_bytes(os.urandom(size))
+        _wait(lambda: relay.total - before >= 0.6 * size, 600, 0.005)
+        svc.signal(signal.SIGKILL)
+        at_kill = relay.total - before
+        svc.start()
+        with svc.client as c:
+            _wait(lambda: c.get("/v1/status").json()["processed_ok"] >= 1, 600)
+        sent = relay.total - before
+        svc.signal(signal.SIGTERM)
+    finally:
+        relay.stop()
+    return {
+        "bytes": size,
+        "cap_mib_s": cap / MIB,
+        "killed_at": round(at_kill / size, 3),
+        "sent_x_size": round(sent / size, 3),
+    }
+
+
 def print_table(results: list[Result], peak_rss: float, idle: dict[str, Any]) -> None:
     print(
         f"\n{'set':<6} {'way':<8} {'files':>6} {'MiB':>8} {'seconds':>8} {'MiB/s':>8} "
@@ -261,6 +355,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--idle-files", type=int, default=10_000)
     parser.add_argument("--idle-seconds", type=float, default=20.0)
     parser.add_argument("--sets", default="small,large")
+    parser.add_argument("--no-uplink", action="store_true", help="skip the cap and resume rows")
     parser.add_argument(
         "--service-env",
         action="append",
@@ -271,9 +366,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
 
     sets = {"small": (1000, 64 * 1024), "large": (4, 128 * MIB)}
+    # (files, size, cap) under a cap; (size, cap) for the resume.
+    cap_set, resume_set = (4, 32 * MIB, 20 * MIB), (256 * MIB, 32 * MIB)
     if args.tiny:
         sets = {"small": (20, 64 * 1024), "large": (2, 2 * MIB)}
         args.idle_files, args.idle_seconds = 200, 2.0
+        cap_set, resume_set = (2, 4 * MIB, 4 * MIB), (16 * MIB, 4 * MIB)
     chosen = [s for s in args.sets.split(",") if s]
     work = Path(tempfile.mkdtemp(prefix="nwu-bench-"))
     azurite = Azurite()
@@ -294,10 +392,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             results.append(raw(name, src, total, azurite))
         peak_rss = service.stop()
         idle = idle_watch(work / "idle", azurite, args.idle_files, args.idle_seconds)
+        uplink: dict[str, Any] = {}
+        if not args.no_uplink:
+            uplink["capped"] = capped(work / "capped", azurite, *cap_set)
+            uplink["resume"] = resume(work / "resume", azurite, *resume_set)
     finally:
         azurite.stop()
         shutil.rmtree(work, ignore_errors=True)
     print_table(results, peak_rss, idle)
+    if "capped" in uplink:
+        c, r = uplink["capped"], uplink["resume"]
+        each = c["bytes"] // c["files"] // MIB
+        print(
+            f"under a {c['cap_mib_s']:g} MiB/s cap: {c['files']} x {each}"
+            f" MiB at {c['wire_mib_s']} MiB/s on the wire ({c['of_cap']:.3f} of the cap; 2 s "
+            f"windows {c['window_2s_min_mib_s']}..{c['window_2s_max_mib_s']} MiB/s)"
+        )
+        print(
+            f"resume: {r['bytes'] // MIB} MiB under a {r['cap_mib_s']:g} MiB/s cap, killed at "
+            f"{r['killed_at']:.2f}: {r['sent_x_size']:.3f} x the file sent in all"
+        )
     report = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -311,6 +425,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ],
         "service_peak_rss_mib": peak_rss,
         "idle_watch": idle,
+        "uplink": uplink,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))

@@ -18,5 +18,7 @@ def test_benchmark_runs_and_reports(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert all(r["seconds"] > 0 and r["files"] > 0 for r in report["results"])
     assert report["service_peak_rss_mib"] > 0
     assert report["idle_watch"]["waiting_seen"] == report["idle_watch"]["files"]
+    assert 0.8 < report["uplink"]["capped"]["of_cap"] <= 1.1
+    assert 1.0 <= report["uplink"]["resume"]["sent_x_size"]
     printed = capsys.readouterr().out
     assert "time service/rclone" in printed and "idle watch" in printed

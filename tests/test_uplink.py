@@ -28,6 +28,7 @@ from .helpers import (
     wait_for,
     write_file,
 )
+from .otlp_receiver import OtlpReceiver
 from .relay import Relay
 from .tools import require
 
@@ -196,11 +197,13 @@ def _accepting(port: int) -> bool:
 def test_uploads_go_through_an_http_proxy(
     tmp_path: Path, azurite: Azurite, container_name: str
 ) -> None:
-    """HTTP_PROXY is honoured: the relay in front of Azurite accepts only tinyproxy's outgoing
-    address, so an upload that lands went through the proxy. Without HTTP_PROXY, the same
-    service cannot reach storage."""
+    """HTTP_PROXY is honoured, by storage and by the OTLP exporter: the relays in front of
+    Azurite and of an OTLP receiver accept only tinyproxy's outgoing address, so what lands
+    went through the proxy. Without HTTP_PROXY, the same service cannot reach storage."""
     proxy_from = "127.0.0.3"
     relay = Relay(azurite.port, allow=frozenset({proxy_from})).start()
+    receiver = OtlpReceiver().start()
+    otlp = Relay(receiver.server.server_address[1], allow=frozenset({proxy_from})).start()
     proxy, port = _tinyproxy(tmp_path, proxy_from)
     settings = through(
         relay,
@@ -211,7 +214,14 @@ def test_uploads_go_through_an_http_proxy(
         azure_max_single_put_size=1 * MIB,
     )
     service = ServiceProcess(
-        settings, tmp_path / "service.log", extra_env={"HTTP_PROXY": f"http://127.0.0.1:{port}"}
+        settings,
+        tmp_path / "service.log",
+        extra_env={
+            "HTTP_PROXY": f"http://127.0.0.1:{port}",
+            "OTEL_SDK_DISABLED": "false",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp.port}",
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+        },
     )
     try:
         service.start()
@@ -226,6 +236,8 @@ def test_uploads_go_through_an_http_proxy(
             timeout=60,
         )
         assert relay.connections > 0 and relay.refused == 0
+        wait_for(lambda: receiver.traces, timeout=30, what="spans exported through the proxy")
+        assert otlp.refused == 0
         assert (
             f"127.0.0.1:{relay.port}/devstoreaccount1" in (tmp_path / "tinyproxy.log").read_text()
         )
@@ -240,4 +252,6 @@ def test_uploads_go_through_an_http_proxy(
     finally:
         proxy.terminate()
         proxy.wait(10)
-        relay.stop()
+        for r in (relay, otlp):
+            r.stop()
+        receiver.stop()
