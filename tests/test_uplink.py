@@ -255,3 +255,30 @@ def test_uploads_go_through_an_http_proxy(
         for r in (relay, otlp):
             r.stop()
         receiver.stop()
+
+
+def test_waiting_for_bandwidth_is_not_a_stall(
+    service_factory: Any, settings_factory: Any, azurite: Azurite
+) -> None:
+    """Four files share a cap that sends one block at a time: the last worker waits for the
+    link far longer than APP_LIVENESS_TIMEOUT_S, and /healthz stays 200 all along."""
+    settings = settings_factory(
+        bandwidth_limit=512 * 1024,
+        liveness_timeout_s=1.5,
+        worker_concurrency=4,
+        azure_max_block_size=256 * 1024,
+        azure_max_single_put_size=256 * 1024,
+    )
+    running = service_factory(settings)
+    date = _start(running, "slowlink")
+    data = {f"f{i}.bin": os.urandom(MIB) for i in range(4)}
+    for name, content in data.items():
+        write_file(settings.nfs_incoming_dir / "slowlink" / name, content)
+    wait_for(lambda: running.service.pipeline.in_flight == 4, timeout=10, interval=0.01)
+    codes: list[int] = []
+    while running.service.pipeline.stats.uploaded < 4:
+        codes.append(running.get("/healthz").status_code)
+        time.sleep(0.1)
+    assert len(codes) > 40 and set(codes) == {200}, codes  # ~8 s of probes, none failing
+    container = azurite.container(settings.azure_container)
+    assert all(blob_bytes(container, f"{date}/slowlink/{n}") == d for n, d in data.items())

@@ -28,6 +28,7 @@ from nfs_watcher_uploader.constants import (
     BANDWIDTH_FILE,
     BANDWIDTH_REFRESH_S,
     BANDWIDTH_TMP_PREFIX,
+    BANDWIDTH_WAIT_TICK_S,
 )
 from nfs_watcher_uploader.fsops import Nfs, read_or_none, write_atomic
 from nfs_watcher_uploader.rates import Schedule, format_rate, parse_rate, zone
@@ -107,8 +108,11 @@ class TokenBucket:
         if self._waiters:
             self._waiters[0].wake.set()
 
-    async def take(self, size: int, priority: float) -> None:
-        """Wait until `size` bytes may be sent."""
+    async def take(
+        self, size: int, priority: float, waiting: Callable[[], None] | None = None
+    ) -> None:
+        """Wait until `size` bytes may be sent; `waiting` is called at least once a second
+        meanwhile (waiting for bandwidth is not a stalled upload)."""
         if self._rate is None and not self._waiters:
             return
         me = _Waiter(priority, next(self._seq), size)
@@ -126,6 +130,13 @@ class TokenBucket:
                         self._wake_first()
                         return
                     delay = -self._tokens / self._rate
+                if waiting is not None:
+                    waiting()
+                    delay = (
+                        BANDWIDTH_WAIT_TICK_S
+                        if delay is None
+                        else min(delay, BANDWIDTH_WAIT_TICK_S)
+                    )
                 try:
                     await asyncio.wait_for(me.wake.wait(), delay)
                 except TimeoutError:

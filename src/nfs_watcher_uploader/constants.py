@@ -56,6 +56,8 @@ UPLOAD_RATE_WINDOW_S = 30.0
 BANDWIDTH_BURST_S = 0.1
 # How often the schedule is read again: a boundary takes effect within this long.
 BANDWIDTH_REFRESH_S = 0.25
+# A request waiting for bandwidth says so this often (its worker is waiting, not stalled).
+BANDWIDTH_WAIT_TICK_S = 1.0
 # The override set through the API survives restarts in this file (next to STATE_FILE).
 BANDWIDTH_FILE = "bandwidth.json"
 BANDWIDTH_TMP_PREFIX = ".bandwidth.json.tmp-"

@@ -45,7 +45,7 @@ from nfs_watcher_uploader.errors import IntegrityError, PermanentError, Retryabl
 from nfs_watcher_uploader.fsops import Staged
 from nfs_watcher_uploader.layout import versioned
 from nfs_watcher_uploader.models import printable
-from nfs_watcher_uploader.wire import Meter, MeteredTransport, new_session
+from nfs_watcher_uploader.wire import WAITING, Meter, MeteredTransport, new_session
 
 logger = logging.getLogger(__name__)
 
@@ -315,6 +315,22 @@ class Storage:
             self._session = None
 
     async def upload(
+        self,
+        local: Path,
+        blob_name: str,
+        staged: Staged,
+        progress: Callable[[], None],
+        overwrite: bool = False,
+        log_extra: dict[str, str] | None = None,
+    ) -> Sent:
+        """See `_upload`. Waiting for bandwidth counts as `progress` (wire.WAITING)."""
+        token = WAITING.set(progress)
+        try:
+            return await self._upload(local, blob_name, staged, progress, overwrite, log_extra)
+        finally:
+            WAITING.reset(token)
+
+    async def _upload(
         self,
         local: Path,
         blob_name: str,

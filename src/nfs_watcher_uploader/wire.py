@@ -14,6 +14,7 @@ apply to every request to storage.
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any, cast
 
 import aiohttp
@@ -30,6 +31,11 @@ from nfs_watcher_uploader.telemetry import RecentRate
 
 _BYTES = (bytes, bytearray, memoryview)
 
+# The progress callback of the upload this task works for (Storage.upload sets it): a request
+# waiting its turn for bandwidth touches it, so that /healthz does not take a worker that waits
+# for the link for one that hangs.
+WAITING: ContextVar[Callable[[], None] | None] = ContextVar("waiting_for_bandwidth", default=None)
+
 
 class Meter:
     """The bucket every request takes from, and what was sent."""
@@ -43,7 +49,7 @@ class Meter:
         return f"Meter({self.bucket!r} sent={self.total_sent})"
 
     async def take(self, size: int, priority: float) -> None:
-        await self.bucket.take(size, priority)
+        await self.bucket.take(size, priority, WAITING.get())
         self.sent.add(size)
         self.total_sent += size
 
