@@ -213,8 +213,10 @@ def idle_watch(root: Path, azurite: Azurite, files: int, seconds: float) -> dict
     svc.http.post("/v1/watch/start", json={"session_name": "idle"}).raise_for_status()
     incoming = svc.settings.nfs_incoming_dir / "idle"
     for i in range(files):
-        (incoming / f"w{i:05d}.bin").write_bytes(b"x")
-    time.sleep(3)  # let the first scans see every file before measuring
+        (incoming / f"w{i:06d}.bin").write_bytes(b"x")
+    # Every file seen by a scan, and a second scan past, before measuring.
+    svc._wait(lambda: svc.http.get("/v1/sessions/idle").json()["waiting"] == files, 300, 0.5)
+    time.sleep(2)
     rss: list[float] = []
     cpu0, started = proc_cpu(svc.proc.pid), time.perf_counter()
     while time.perf_counter() - started < seconds:
@@ -354,6 +356,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     parser.add_argument("--idle-files", type=int, default=10_000)
     parser.add_argument("--idle-seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--idle-files-large", type=int, default=100_000, help="a second idle row (0: none)"
+    )
     parser.add_argument("--sets", default="small,large")
     parser.add_argument("--no-uplink", action="store_true", help="skip the cap and resume rows")
     parser.add_argument(
@@ -370,7 +375,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cap_set, resume_set = (4, 32 * MIB, 20 * MIB), (256 * MIB, 32 * MIB)
     if args.tiny:
         sets = {"small": (20, 64 * 1024), "large": (2, 2 * MIB)}
-        args.idle_files, args.idle_seconds = 200, 2.0
+        args.idle_files, args.idle_seconds, args.idle_files_large = 200, 2.0, 1000
         cap_set, resume_set = (2, 4 * MIB, 4 * MIB), (16 * MIB, 4 * MIB)
     chosen = [s for s in args.sets.split(",") if s]
     work = Path(tempfile.mkdtemp(prefix="nwu-bench-"))
@@ -392,6 +397,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             results.append(raw(name, src, total, azurite))
         peak_rss = service.stop()
         idle = idle_watch(work / "idle", azurite, args.idle_files, args.idle_seconds)
+        idle_large = None
+        if args.idle_files_large:
+            large = work / "idle-large"
+            idle_large = idle_watch(large, azurite, args.idle_files_large, args.idle_seconds)
         uplink: dict[str, Any] = {}
         if not args.no_uplink:
             uplink["capped"] = capped(work / "capped", azurite, *cap_set)
@@ -400,6 +409,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         azurite.stop()
         shutil.rmtree(work, ignore_errors=True)
     print_table(results, peak_rss, idle)
+    if idle_large is not None:
+        print(
+            f"idle watch of {idle_large['files']} waiting files: {idle_large['core_percent']:.2f}%"
+            f" of a core; RSS first {idle_large['rss_mib_first']} MiB, last "
+            f"{idle_large['rss_mib_last']} MiB"
+        )
     if "capped" in uplink:
         c, r = uplink["capped"], uplink["resume"]
         each = c["bytes"] // c["files"] // MIB
@@ -425,6 +440,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ],
         "service_peak_rss_mib": peak_rss,
         "idle_watch": idle,
+        "idle_watch_large": idle_large,
         "uplink": uplink,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -69,3 +69,8 @@ UNCAPPED_CHUNK = 1024 * 1024
 REQUEST_OVERHEAD = 200
 # The measured send rate (GET /v1/bandwidth) is averaged over this window.
 SEND_RATE_WINDOW_S = 5.0
+
+# Files of at least this size are sent while they are read (early.py): each block goes out as
+# soon as it was read from NFS and hashed. Below it, the whole copy takes milliseconds from a
+# local disk, so there is nothing worth overlapping and the HEAD request first is saved.
+OVERLAP_MIN_BYTES = 16 * 1024 * 1024

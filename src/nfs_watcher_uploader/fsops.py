@@ -474,6 +474,10 @@ class Read:
     mtime_ns: int = 0
 
 
+# Takes each block of a file being copied: (index, bytes, MD5). Called in the copy's thread.
+BlockSink = Callable[[int, bytes, bytes], None]
+
+
 @dataclass(frozen=True, slots=True)
 class Staged:
     """How the bytes read go out: from memory (`data`: small files are not written to the
@@ -513,6 +517,7 @@ def copy_and_hash(
     block_size: int = 0,
     single_put_size: int = 0,
     in_memory_max: int = 0,
+    on_block: BlockSink | None = None,
 ) -> Staged:
     """Copy `src` to `dst`, hashing the very buffers read from `src`.
 
@@ -523,6 +528,10 @@ def copy_and_hash(
     block is later sent with it, so Azure itself checks that what it receives is what was read
     from NFS. No fsync: the staged copy is a cache of the NFS file, which stays the source of
     truth until the blob is committed (after a crash everything is staged again).
+
+    With `on_block`, each block of such a file is handed to it (index, bytes, MD5) as soon as it
+    was read, hashed and written to staging, so that it can go out while the rest is read; the
+    size and mtime checks still come after the whole file.
     """
     with FileIO(open_regular(src), "rb", closefd=True) as fin:
         st = os.fstat(fin.fileno())
@@ -536,7 +545,12 @@ def copy_and_hash(
         dst.parent.mkdir(parents=True, exist_ok=True)
         with FileIO(os.open(dst, _WRITE_FLAGS, 0o600), "wb", closefd=True) as fout:
             blocked = block_size > 0 and expected > single_put_size
-            size, md5, block_md5s = _copy_hashing(fin, fout, block_size if blocked else 0, progress)
+            if blocked and on_block is not None:
+                size, md5, block_md5s = _copy_blocks(fin, fout, block_size, progress, on_block)
+            else:
+                size, md5, block_md5s = _copy_hashing(
+                    fin, fout, block_size if blocked else 0, progress
+                )
         _check_complete(fin.fileno(), size, st, src)
     read = Read(size, md5, st.st_mtime_ns)
     return Staged(read, block_size=block_size if blocked else 0, block_md5s=block_md5s)
@@ -573,14 +587,48 @@ def _copy_hashing(
                 block_md5s.append(block.digest())
                 block = hashlib.md5(usedforsecurity=False)
                 in_block = 0
-        written = 0
-        while written < n:
-            written += fout.write(chunk[written:]) or 0
+        _write_all(fout, chunk)
         size += n
         progress()
     if in_block:
         block_md5s.append(block.digest())
     return size, md5.digest(), tuple(block_md5s)
+
+
+def _copy_blocks(
+    fin: FileIO, fout: FileIO, block_size: int, progress: Callable[[], None], on_block: BlockSink
+) -> tuple[int, bytes, tuple[bytes, ...]]:
+    """Like `_copy_hashing` with blocks, reading each block into its own buffer and handing it
+    to `on_block` once it is complete (the last one may be shorter)."""
+    md5 = hashlib.md5(usedforsecurity=False)
+    block_md5s: list[bytes] = []
+    size = 0
+    while True:
+        buf = bytearray(block_size)
+        view = memoryview(buf)
+        block = hashlib.md5(usedforsecurity=False)
+        filled = 0
+        while filled < block_size and (n := fin.readinto(view[filled : filled + COPY_CHUNK])):
+            chunk = view[filled : filled + n]
+            md5.update(chunk)
+            block.update(chunk)
+            _write_all(fout, chunk)
+            filled += n
+            progress()
+        if not filled:
+            break
+        block_md5s.append(block.digest())
+        size += filled
+        on_block(len(block_md5s) - 1, bytes(view[:filled]), block_md5s[-1])
+        if filled < block_size:
+            break
+    return size, md5.digest(), tuple(block_md5s)
+
+
+def _write_all(fout: FileIO, chunk: memoryview) -> None:
+    written = 0
+    while written < len(chunk):
+        written += fout.write(chunk[written:]) or 0
 
 
 def _check_complete(fd: int, got: int, at_open: os.stat_result, src: Path) -> None:

@@ -41,10 +41,12 @@ from nfs_watcher_uploader.constants import (
     MAX_BLOCKS,
     MAX_NAME_VERSIONS,
 )
+from nfs_watcher_uploader.early import EarlyBlocks
 from nfs_watcher_uploader.errors import IntegrityError, PermanentError, RetryableError, UploadError
 from nfs_watcher_uploader.fsops import Staged
 from nfs_watcher_uploader.layout import versioned
 from nfs_watcher_uploader.models import printable
+from nfs_watcher_uploader.single_put import SinglePut
 from nfs_watcher_uploader.wire import WAITING, Meter, MeteredTransport, new_session
 
 logger = logging.getLogger(__name__)
@@ -177,6 +179,8 @@ class Storage:
         # Every request goes through the meter (the bandwidth cap), on one shared session.
         self.meter = meter or Meter(TokenBucket())
         self._session: aiohttp.ClientSession | None = None
+        self._transport: MeteredTransport | None = None
+        self._single: SinglePut | None = None
         self.block_size = settings.azure_max_block_size or DEFAULT_BLOCK_SIZE
         single = settings.azure_max_single_put_size
         self.single_put_size = DEFAULT_SINGLE_PUT_SIZE if single is None else single
@@ -198,6 +202,12 @@ class Storage:
         return self._container is not None
 
     @property
+    def single(self) -> SinglePut:
+        if self._single is None:
+            raise RetryableError("storage is not connected yet")
+        return self._single
+
+    @property
     def container(self) -> ContainerClient:
         if self._container is None:
             raise RetryableError("storage is not connected yet")
@@ -206,14 +216,15 @@ class Storage:
     def _client_kwargs(self) -> dict[str, Any]:
         if self._session is None:
             self._session = new_session()
+        self._transport = MeteredTransport(
+            self.meter,
+            session=self._session,
+            session_owner=False,
+            connection_timeout=20,
+            read_timeout=120,
+        )
         return {
-            "transport": MeteredTransport(
-                self.meter,
-                session=self._session,
-                session_owner=False,
-                connection_timeout=20,
-                read_timeout=120,
-            ),
+            "transport": self._transport,
             "max_single_put_size": max(self.single_put_size, 1),
             "max_block_size": self.block_size,
             # The SDK's own retries ride out blips (1 s, then 3 s); longer outages are retried by
@@ -298,6 +309,8 @@ class Storage:
                     raise RetryableError(f"{candidate.label}: {_summary(exc)}") from None
                 raise
             self._client, self._credential, self._container = client, credential, container
+            assert self._transport is not None
+            self._single = SinglePut(client, container, self._transport)
             self.auth_used = candidate.label
             logger.info("Connected to storage with %s credentials", candidate.label)
             return
@@ -306,7 +319,7 @@ class Storage:
     async def close(self) -> None:
         if self._client is not None:
             await _close(self._client, self._credential)
-        self._client = self._credential = self._container = None
+        self._client = self._credential = self._container = self._single = None
         await self._close_session()
 
     async def _close_session(self) -> None:
@@ -383,6 +396,23 @@ class Storage:
                 )
         raise PermanentError(f"{MAX_NAME_VERSIONS} blobs named like {blob_name} exist")
 
+    async def early_blocks(
+        self, blob_name: str, overwrite: bool, progress: Callable[[], None]
+    ) -> EarlyBlocks | None:
+        """Where the blocks of a large file may go while it is still being read: its own name,
+        when no blob has it yet (or it is to be overwritten). None when another blob has the
+        name (the upload then decides where the file goes) or storage cannot say now."""
+        try:
+            check_blob_name(blob_name)
+            if not (overwrite or self._settings.on_name_conflict is NameConflict.OVERWRITE):
+                if await self._md5_of(blob_name) is not _MISSING:
+                    return None
+            blob = self.container.get_blob_client(blob_name)
+            held = await _uncommitted(blob)
+        except UploadError:
+            return None
+        return EarlyBlocks(blob, block_id, self._budget, self.concurrency, progress, held)
+
     async def _md5_of(self, name: str) -> bytes | _Missing | None:
         """The Content-MD5 of blob `name` (None if it has none), or _MISSING."""
         try:
@@ -403,7 +433,6 @@ class Storage:
         overwrite: bool,
         log_extra: dict[str, str] | None,
     ) -> None:
-        blob = self.container.get_blob_client(blob_name)
         settings = ContentSettings(content_md5=bytearray(staged.read.md5))
         condition: dict[str, Any] = {} if overwrite else {"if_none_match": "*"}
         try:
@@ -413,6 +442,7 @@ class Storage:
                 fd = await anyio.to_thread.run_sync(os.open, local, os.O_RDONLY | os.O_CLOEXEC)
                 try:
                     if staged.block_md5s:
+                        blob = self.container.get_blob_client(blob_name)
                         ids = await self._put_blocks(blob, fd, staged, progress, log_extra)
                         await blob.commit_block_list(ids, content_settings=settings, **condition)  # pyright: ignore[reportArgumentType]
                         progress()
@@ -421,12 +451,7 @@ class Storage:
                 finally:
                     os.close(fd)
                 _check_length(len(data), staged, log_extra)
-            await blob.upload_blob(
-                data,
-                overwrite=overwrite,
-                content_settings=settings,
-                transactional_content_md5=staged.read.md5,
-            )
+            await self.single.put(blob_name, data, staged.read.md5, overwrite)
         except FileNotFoundError:
             raise RetryableError(f"staged copy of {blob_name} vanished; staging again") from None
         except ResourceExistsError as exc:
@@ -494,7 +519,8 @@ class Storage:
         _check_length(staged.read.size + len(longer), staged, log_extra)
         if resumed:
             logger.info(
-                "Resumed %s: %d of %d blocks were already staged in storage",
+                "%s: %d of %d blocks already staged in storage (sent while the file was read, "
+                "or by an earlier attempt); not sent again",
                 printable(blob.blob_name),
                 resumed,
                 count,

@@ -22,6 +22,8 @@ from typing import Protocol
 import anyio.to_thread
 
 from nfs_watcher_uploader import fsops
+from nfs_watcher_uploader.constants import OVERLAP_MIN_BYTES
+from nfs_watcher_uploader.early import EarlyBlocks
 from nfs_watcher_uploader.errors import (
     CompletionPending,
     LateWrite,
@@ -143,16 +145,44 @@ class Transfer:
         self._count_uploaded(item, session, sent_bytes)
 
     async def _stage(self, item: WorkItem, slot: Progress) -> Staged | None:
+        early = await self._early(item, slot)
+        try:
+            return await self._copy_out(item, slot, early)
+        finally:
+            if early is not None:
+                await early.cancel()
+
+    async def _early(self, item: WorkItem, slot: Progress) -> EarlyBlocks | None:
+        """For a large file seen by the watcher: where its blocks go while it is read."""
+        size = item.seen[0] if item.seen else 0
+        if size < OVERLAP_MIN_BYTES or size <= self.storage.single_put_size:
+            return None
+        return await self.storage.early_blocks(
+            self.layout.blob_name(item), item.overwrite, slot.touch
+        )
+
+    async def _copy_out(
+        self, item: WorkItem, slot: Progress, early: EarlyBlocks | None
+    ) -> Staged | None:
         src, dst = self.layout.processing(item), self.layout.staged(item)
         s = self.storage
+        on_block = None if early is None else early.offer
         with self.telemetry.step("stage"):
             try:
                 staged = await self.nfs.call_watched(
                     lambda: self._copy(
-                        src, dst, slot.touch, s.block_size, s.single_put_size, s.in_memory_max
+                        src,
+                        dst,
+                        slot.touch,
+                        s.block_size,
+                        s.single_put_size,
+                        s.in_memory_max,
+                        on_block,
                     ),
                     lambda: slot.progress,
                 )
+                if early is not None:
+                    await early.settle()
             except FileNotFoundError as exc:
                 if exc.filename is None or Path(exc.filename) != src:
                     raise RetryableError(f"staging copy failed: {exc}") from exc
