@@ -58,6 +58,7 @@ class EarlyBlocks:
         self._window = asyncio.Semaphore(concurrency)
         self._progress = progress
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
         self.sent = self.failed = 0
 
     def __repr__(self) -> str:
@@ -78,6 +79,10 @@ class EarlyBlocks:
         except BaseException:
             self._window.release()
             raise
+        if self._closed:  # cancelled while this block waited: no task that nobody awaits
+            self._budget.release()
+            self._window.release()
+            raise RuntimeError("the transfer of this file was given up")
         task = asyncio.create_task(self._send(index, data, md5))
         self._tasks.add(task)
         # In a callback, not in the task: one cancelled before it ran gives its permits back too.
@@ -107,6 +112,7 @@ class EarlyBlocks:
 
     async def cancel(self) -> None:
         """Stop what is under way (the copy failed, or the worker is cancelled)."""
+        self._closed = True
         for task in self._tasks:
             task.cancel()
         while self._tasks:

@@ -598,29 +598,27 @@ def _copy_hashing(
 def _copy_blocks(
     fin: FileIO, fout: FileIO, block_size: int, progress: Callable[[], None], on_block: BlockSink
 ) -> tuple[int, bytes, tuple[bytes, ...]]:
-    """Like `_copy_hashing` with blocks, reading each block into its own buffer and handing it
-    to `on_block` once it is complete (the last one may be shorter)."""
+    """Like `_copy_hashing` with blocks, reading each block in one read (the kernel copies it
+    straight into the bytes object that is then hashed, written and handed to `on_block`; the
+    last block may be shorter)."""
     md5 = hashlib.md5(usedforsecurity=False)
     block_md5s: list[bytes] = []
     size = 0
-    while True:
-        buf = bytearray(block_size)
-        view = memoryview(buf)
-        block = hashlib.md5(usedforsecurity=False)
-        filled = 0
-        while filled < block_size and (n := fin.readinto(view[filled : filled + COPY_CHUNK])):
-            chunk = view[filled : filled + n]
-            md5.update(chunk)
-            block.update(chunk)
-            _write_all(fout, chunk)
-            filled += n
-            progress()
-        if not filled:
-            break
-        block_md5s.append(block.digest())
-        size += filled
-        on_block(len(block_md5s) - 1, bytes(view[:filled]), block_md5s[-1])
-        if filled < block_size:
+    while data := fin.read(block_size):
+        if len(data) < block_size:  # a short read before the end: read on, join once
+            parts = [data]
+            while (got := sum(map(len, parts))) < block_size and (
+                more := fin.read(block_size - got)
+            ):
+                parts.append(more)
+            data = b"".join(parts)
+        md5.update(data)
+        block_md5s.append(hashlib.md5(data, usedforsecurity=False).digest())
+        _write_all(fout, memoryview(data))
+        size += len(data)
+        progress()
+        on_block(len(block_md5s) - 1, data, block_md5s[-1])
+        if len(data) < block_size:
             break
     return size, md5.digest(), tuple(block_md5s)
 
