@@ -8,10 +8,16 @@ from typing import Annotated, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from nfs_watcher_uploader.constants import API_TOKEN_MIN_LENGTH
+
 
 class AzureAuth(StrEnum):
     AUTO = "auto"
+    # Workload identity, then managed identity: what a pod has (storage.workload_or_managed).
     IDENTITY = "identity"
+    # azure-identity's DefaultAzureCredential, which also tries developer tools: for a laptop.
+    IDENTITY_DEFAULT = "identity-default"
+    SAS = "sas"
     CONNECTION_STRING = "connection-string"
     ACCOUNT_KEY = "account-key"
 
@@ -30,6 +36,11 @@ class Settings(BaseSettings):
     # Server
     host: str = "0.0.0.0"
     port: int = Field(default=8000, ge=0, le=65535)
+    # Bearer token for /v1/* (and /metrics with metrics_require_token): inline, or a file that
+    # is read again when it changes (a mounted Secret). Neither: the API is open.
+    api_token: SecretStr | None = None
+    api_token_file: Path | None = None
+    metrics_require_token: bool = False
 
     # Azure
     azure_account_url: str
@@ -38,6 +49,10 @@ class Settings(BaseSettings):
     azure_connection_string: SecretStr | None = None
     azure_account_name: str | None = None
     azure_account_key: SecretStr | None = None
+    azure_sas_token: SecretStr | None = None
+    # False: start-up neither creates the container nor reads its properties, so a credential
+    # that may only create and write blobs (a `cw` SAS) is enough.
+    azure_create_container: bool = True
 
     # NFS paths
     nfs_incoming_dir: Path = Path("/mnt/nfs/incoming")
@@ -85,19 +100,60 @@ class Settings(BaseSettings):
             return frozenset(p if p.startswith(".") else f".{p}" for p in parts if p)
         return v
 
+    @field_validator("azure_account_url")
+    @classmethod
+    def _no_query(cls, v: str) -> str:
+        # A SAS pasted into the URL would be printed wherever the URL is.
+        if "?" in v:
+            raise ValueError(
+                "must not carry a query string: put a SAS in APP_AZURE_SAS_TOKEN (a secret)"
+            )
+        return v
+
+    @field_validator("api_token")
+    @classmethod
+    def _strong_token(cls, v: SecretStr | None) -> SecretStr | None:
+        return None if v is None else SecretStr(check_api_token(v.get_secret_value()))
+
     @model_validator(mode="after")
     def _check_auth(self) -> Self:
-        if self.azure_auth is AzureAuth.CONNECTION_STRING and not self.azure_connection_string:
-            raise ValueError("APP_AZURE_AUTH=connection-string needs APP_AZURE_CONNECTION_STRING")
-        if self.azure_auth is AzureAuth.ACCOUNT_KEY and not self.azure_account_key:
-            raise ValueError("APP_AZURE_AUTH=account-key needs APP_AZURE_ACCOUNT_KEY")
-        if self.azure_auth is AzureAuth.IDENTITY and not self.azure_account_url.startswith(
-            "https://"
+        needs = {
+            AzureAuth.CONNECTION_STRING: (
+                "APP_AZURE_CONNECTION_STRING",
+                self.azure_connection_string,
+            ),
+            AzureAuth.ACCOUNT_KEY: ("APP_AZURE_ACCOUNT_KEY", self.azure_account_key),
+            AzureAuth.SAS: ("APP_AZURE_SAS_TOKEN", self.azure_sas_token),
+        }
+        if self.azure_auth in needs and not needs[self.azure_auth][1]:
+            raise ValueError(f"APP_AZURE_AUTH={self.azure_auth} needs {needs[self.azure_auth][0]}")
+        if self.azure_auth in (AzureAuth.IDENTITY, AzureAuth.IDENTITY_DEFAULT) and (
+            not self.azure_account_url.startswith("https://")
         ):
-            raise ValueError("APP_AZURE_AUTH=identity needs an https:// APP_AZURE_ACCOUNT_URL")
+            raise ValueError(
+                f"APP_AZURE_AUTH={self.azure_auth} needs an https:// APP_AZURE_ACCOUNT_URL"
+            )
+        if self.api_token is not None and self.api_token_file is not None:
+            raise ValueError("set APP_API_TOKEN or APP_API_TOKEN_FILE, not both")
+        if self.metrics_require_token and self.api_token is None and self.api_token_file is None:
+            raise ValueError(
+                "APP_METRICS_REQUIRE_TOKEN=true needs APP_API_TOKEN or APP_API_TOKEN_FILE"
+            )
         if self.retry_max_s < self.retry_base_s:
             raise ValueError("APP_RETRY_MAX_S must not be below APP_RETRY_BASE_S")
         return self
+
+
+def check_api_token(token: str) -> str:
+    """The token without surrounding whitespace (a file written by `echo` ends in a newline), or
+    ValueError saying why it is refused. Never echoes it."""
+    token = token.strip()
+    if len(token) < API_TOKEN_MIN_LENGTH:
+        raise ValueError(
+            f"the API token has {len(token)} characters; use at least {API_TOKEN_MIN_LENGTH} "
+            "(e.g. `openssl rand -hex 32`), or unset it to leave the API open"
+        )
+    return token
 
 
 def unsafe_paths(settings: Settings) -> list[str]:

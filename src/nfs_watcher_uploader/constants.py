@@ -50,3 +50,18 @@ MAX_NAME_VERSIONS = 1000
 # upload.rate averages the bytes committed over this window: long enough to smooth the steps a
 # file's commit makes, short enough to show a stall within a Prometheus scrape or two.
 UPLOAD_RATE_WINDOW_S = 30.0
+
+# The control API (auth.py, limits.py). A shorter token can be guessed; 32 hex digits cannot.
+API_TOKEN_MIN_LENGTH = 16
+# How often APP_API_TOKEN_FILE is read again: a rotated Secret takes effect within this (the
+# kubelet itself takes up to a minute to update a mounted Secret).
+API_TOKEN_RELOAD_S = 1.0
+# The largest request body: every body of this API is a session name in JSON (~200 bytes).
+MAX_REQUEST_BODY = 4 * 1024
+# A request's head must arrive within this, its body within REQUEST_BODY_TIMEOUT_S; at most
+# MAX_CONNECTIONS are open at once (each holds up to MAX_REQUEST_HEAD bytes of a head). Together
+# they bound what slow or many clients can hold.
+REQUEST_HEAD_TIMEOUT_S = 10.0
+REQUEST_BODY_TIMEOUT_S = 10.0
+MAX_CONNECTIONS = 64
+MAX_REQUEST_HEAD = 16 * 1024

@@ -1,5 +1,6 @@
 """Entry points: the app factory (`create_app`) and the console script (`run`)."""
 
+import asyncio
 import logging
 import sys
 from collections.abc import AsyncGenerator
@@ -10,7 +11,9 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 
 from nfs_watcher_uploader import api
+from nfs_watcher_uploader.auth import ApiToken, TokenFileError
 from nfs_watcher_uploader.config import Settings, unsafe_paths
+from nfs_watcher_uploader.limits import server_options
 from nfs_watcher_uploader.service import Service
 from nfs_watcher_uploader.telemetry import Telemetry, configure_logging, setup_telemetry
 
@@ -18,25 +21,40 @@ logger = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings, **service_options: Any) -> FastAPI:
-    """Build the app. `service_options` are test seams passed on to `Service`."""
+    """Build the app. `service_options` are test seams passed on to `Service`. Raises
+    TokenFileError when APP_API_TOKEN_FILE holds no usable token."""
+    token = ApiToken.from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncGenerator[None]:
         if problems := unsafe_paths(settings):
             raise RuntimeError("unsafe settings: " + "; ".join(problems))
+        if token is None:
+            logger.warning(
+                "APP_API_TOKEN is not set: anyone who can reach port %d can start and stop "
+                "sessions and requeue files (README, Security)",
+                settings.port,
+            )
         telemetry = Telemetry(providers.tracer_provider, providers.meter_provider)
         service = Service(settings, telemetry=telemetry, **service_options)
         app.state.service = service
         service.start()
+        # A token from a file is read again as it changes (rotation without a restart).
+        rotation = None
+        if token is not None and token.path is not None:
+            rotation = asyncio.create_task(token.run(), name="api-token")
         try:
             yield
         finally:
+            if rotation is not None:
+                rotation.cancel()
+                await asyncio.gather(rotation, return_exceptions=True)
             await service.shutdown()
             # Last: flush spans and metrics of the shutdown itself.
             providers.shutdown()
 
     app = FastAPI(title="nfs-watcher-uploader", lifespan=lifespan)
-    api.install(app)
+    api.install(app, token, settings.metrics_require_token)
     providers = setup_telemetry(app)
     app.state.metrics_registry = providers.registry
     return app
@@ -85,11 +103,16 @@ def run() -> None:
     _return_freed_memory()
     configure_logging()
     settings = load_settings()
+    try:
+        app = create_app(settings)
+    except TokenFileError as exc:
+        sys.exit(f"nfs-watcher-uploader: {exc}")
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,
+        **server_options(),
         # Open HTTP requests get 5 s; then the lifespan gives uploads APP_SHUTDOWN_GRACE_S. The
         # sum must stay below the pod's terminationGracePeriodSeconds.
         timeout_graceful_shutdown=5,

@@ -26,7 +26,7 @@ from nfs_watcher_uploader.gc import GarbageCollector
 from nfs_watcher_uploader.pipeline import Pipeline, backoff_delay
 from nfs_watcher_uploader.recovery import clear_staging, recover
 from nfs_watcher_uploader.sessions import Session, Sessions
-from nfs_watcher_uploader.storage import Storage, TokenCredentialFactory, default_token_credential
+from nfs_watcher_uploader.storage import Storage, TokenCredentialFactory
 from nfs_watcher_uploader.telemetry import Gauges, Telemetry
 from nfs_watcher_uploader.transfer import ClaimFn, CopyFn, MoveFn, Seams, StagedHook
 from nfs_watcher_uploader.watcher import ScanFn, Watcher
@@ -45,7 +45,7 @@ class Service:
         settings: Settings,
         *,
         telemetry: Telemetry | None = None,
-        token_credential: TokenCredentialFactory = default_token_credential,
+        token_credential: TokenCredentialFactory | None = None,
         on_staged: StagedHook | None = None,
         scan: ScanFn = fsops.scan_session,
         claim: ClaimFn = fsops.claim,

@@ -201,7 +201,7 @@ class Transfer:
         else:
             self.telemetry.uploaded(staged.read.size, time.monotonic() - start)
         if sent.blob_name != wanted:
-            self._renamed(item, session, wanted)
+            self._renamed(item, session, wanted, sent.compared)
         if staged.data is None:
             await anyio.to_thread.run_sync(remove_staged, local, item)
         return item, 0 if sent.already else staged.read.size
@@ -245,12 +245,10 @@ class Transfer:
             extra={**log_extra(item), "blob_name": printable(blob_name), "size_bytes": size},
         )
 
-    def _renamed(self, item: WorkItem, session: Session, wanted: str) -> None:
+    def _renamed(self, item: WorkItem, session: Session, wanted: str, compared: bool) -> None:
         self.telemetry.renamed()
-        text = (
-            f"{item.rel}: uploaded as {self.layout.blob_name(item)}; "
-            f"{wanted} holds other bytes (kept)"
-        )
+        held = "holds other bytes" if compared else "is taken and the credential may not read it"
+        text = f"{item.rel}: uploaded as {self.layout.blob_name(item)}; {wanted} {held} (kept)"
         session.count_renamed(text)
         logger.warning("Name conflict: %s", printable(text), extra=log_extra(item))
 
