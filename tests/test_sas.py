@@ -4,6 +4,7 @@ that is taken when it may not read the blob that has it."""
 
 import hashlib
 import os
+import signal
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,16 @@ from nfs_watcher_uploader.config import NameConflict, Settings
 from nfs_watcher_uploader.errors import PermanentError, RetryableError
 from nfs_watcher_uploader.storage import Storage
 
-from .helpers import KEY, Azurite, RunningService, blob_bytes, wait_for, write_file
+from .helpers import (
+    KEY,
+    Azurite,
+    RunningService,
+    ServiceProcess,
+    blob_bytes,
+    leftover_files,
+    wait_for,
+    write_file,
+)
 
 BLOCK = 64 * 1024
 
@@ -247,3 +257,47 @@ def test_a_session_end_to_end_with_a_least_privilege_sas(
     assert any(held in notice for notice in view["notices"]), view["notices"]
     assert running.get("/v1/status").json()["processed_err"] == 0
     assert KEY not in str(running.service.storage)
+
+
+def test_a_restart_after_a_crash_with_a_cw_sas_loses_nothing(
+    azurite: Azurite,
+    container: str,
+    settings_factory: Callable[..., Settings],
+    tmp_path: Path,
+) -> None:
+    """Killed after the uploads, before GC collected the files: the next run uploads them again
+    and, unable to read the blobs to compare, keeps both (`~2`)."""
+    settings = settings_factory(
+        azure_container=container,
+        azure_connection_string=None,
+        azure_sas_token=_cw(azurite, container),
+        azure_create_container=False,
+        gc_interval_s=600,  # no collection before the kill
+    )
+    proc = ServiceProcess(settings, tmp_path / "service.log")
+    proc.start()
+    with proc.client as c:
+        date = c.post("/v1/watch/start", json={"session_name": "crash"}).json()["date_prefix"]
+    files = {f"f{i}.bin": os.urandom(1000 + i) for i in range(3)}
+    for name, data in files.items():
+        write_file(settings.nfs_incoming_dir / "crash" / name, data)
+    admin = azurite.container(container)
+    wait_for(lambda: all(blob_bytes(admin, f"{date}/crash/{n}") for n in files), what="the uploads")
+    completed = settings.nfs_processing_root / "_completed" / date / "crash"
+    wait_for(lambda: len(list(completed.glob("*.bin"))) == len(files), what="marked completed")
+    assert proc.signal(signal.SIGKILL) == -signal.SIGKILL
+
+    proc.settings = settings.model_copy(update={"gc_interval_s": 0.3})
+    proc.start()
+    copies = {name: f"{date}/crash/{name.removesuffix('.bin')}~2.bin" for name in files}
+    wait_for(
+        lambda: all(blob_bytes(admin, blob) for blob in copies.values()),
+        timeout=60,
+        what="the files uploaded again",
+    )
+    for name, data in files.items():
+        assert blob_bytes(admin, copies[name]) == data == blob_bytes(admin, f"{date}/crash/{name}")
+    wait_for(lambda: not leftover_files(tmp_path), timeout=30, what="NFS cleaned up")
+    wait_for(lambda: not list(completed.glob("*")), timeout=30, what="GC collected them")
+    proc.signal(signal.SIGTERM)
+    assert "Storage refuses this credential reads" in proc.log.read_text()

@@ -330,7 +330,9 @@ class Storage:
                 if not _refused(exc):
                     await _close(client, credential)
                     raise RetryableError(f"{candidate.label}: {_summary(exc)}") from None
-                failures.append(f"{candidate.label}: {_summary(exc)}{_hint(exc)}")
+                why = f"{_summary(exc)}{_hint(exc)}"
+                failures.append(f"{candidate.label}: {why}")
+                logger.warning("Storage refused the %s credentials: %s", candidate.label, why)
                 await _close(client, credential)
                 continue
             except BaseException as exc:
