@@ -5,6 +5,7 @@ from typing import Any
 import pytest
 from azure.core.credentials import AccessToken
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
+from azure.identity.aio import ChainedTokenCredential
 from pydantic import ValidationError
 
 from nfs_watcher_uploader.config import AzureAuth, Settings
@@ -136,6 +137,7 @@ async def test_pod_identity_is_workload_then_managed_identity(
     for name in ("AZURE_FEDERATED_TOKEN_FILE", "AZURE_CLIENT_ID", "AZURE_TENANT_ID"):
         monkeypatch.delenv(name, raising=False)
     chain = workload_or_managed_identity()
+    assert isinstance(chain, ChainedTokenCredential)
     assert [type(c).__name__ for c in chain.credentials] == ["ManagedIdentityCredential"]
     await chain.close()
     # What the workload identity webhook puts in the pod.
@@ -143,6 +145,7 @@ async def test_pod_identity_is_workload_then_managed_identity(
     monkeypatch.setenv("AZURE_CLIENT_ID", "00000000-0000-0000-0000-000000000001")
     monkeypatch.setenv("AZURE_TENANT_ID", "00000000-0000-0000-0000-000000000002")
     chain = workload_or_managed_identity()
+    assert isinstance(chain, ChainedTokenCredential)
     names = [type(c).__name__ for c in chain.credentials]
     assert names == ["WorkloadIdentityCredential", "ManagedIdentityCredential"]
     await chain.close()
@@ -151,13 +154,14 @@ async def test_pod_identity_is_workload_then_managed_identity(
 def test_auth_modes_choose_their_identity() -> None:
     url = "https://acct.blob.core.windows.net"
     for mode, factory in (
-        ("auto", workload_or_managed_identity),
-        ("identity", workload_or_managed_identity),
-        ("identity-default", developer_identity),
+        (AzureAuth.AUTO, workload_or_managed_identity),
+        (AzureAuth.IDENTITY, workload_or_managed_identity),
+        (AzureAuth.IDENTITY_DEFAULT, developer_identity),
     ):
         storage = Storage(Settings(azure_account_url=url, azure_container="c", azure_auth=mode))
         assert storage._token_credential is factory, mode
-        assert [c.label for c in storage._candidates()] == [mode if mode != "auto" else "identity"]
+        expected = AzureAuth.IDENTITY if mode is AzureAuth.AUTO else mode
+        assert [c.label for c in storage._candidates()] == [expected]
 
 
 @pytest.mark.parametrize(
