@@ -82,7 +82,10 @@ class ApiToken:
         """Read the file again every API_TOKEN_RELOAD_S (until cancelled)."""
         while True:
             await asyncio.sleep(API_TOKEN_RELOAD_S)
-            await self.reload_once()
+            try:
+                await self.reload_once()
+            except Exception:  # a bug must not end rotation: the token in force stays
+                logger.exception("Reading APP_API_TOKEN_FILE failed")
 
     async def reload_once(self) -> None:
         """Take the file's token if it changed. An unreadable or unusable file keeps the token
