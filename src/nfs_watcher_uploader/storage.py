@@ -7,7 +7,8 @@ key. A candidate that fails authentication (or that storage refuses: 401, 403) h
 next. `identity`, `identity-default`, `sas`, `connection-string` and `account-key` use exactly
 one. With APP_AZURE_CREATE_CONTAINER=false start-up neither creates nor reads the container: it
 asks for one blob that does not exist, and "not found" or "not allowed to read" both prove the
-credential (a `cw` SAS may not read).
+credential (a `cw` SAS may not read). The same question, asked after the container check
+otherwise, tells whether the credential may read blobs (`can_read`).
 
 Name conflicts need a read (the Content-MD5 of the blob that holds the name). A credential that
 may not read (AuthorizationPermissionMismatch) cannot tell "the same bytes, already up" from
@@ -324,8 +325,7 @@ class Storage:
                     await credential.get_token(STORAGE_SCOPE)
                 if self._settings.azure_create_container:
                     await _ensure_container(container)
-                else:
-                    await self._prove(container)
+                await self._prove(container)
             except (ClientAuthenticationError, HttpResponseError) as exc:
                 if not _refused(exc):
                     await _close(client, credential)
@@ -347,9 +347,10 @@ class Storage:
         raise RetryableError("no credential could authenticate: " + "; ".join(failures))
 
     async def _prove(self, container: ContainerClient) -> None:
-        """Show that storage accepts the credential without reading the container: ask for a
-        blob that does not exist. Not found, or not allowed to read (AuthorizationPermission-
-        Mismatch), both mean the signature is good; anything else is raised."""
+        """Show that storage accepts the credential without reading the container, and learn
+        whether it may read blobs: ask for a blob that does not exist. Not found, or not allowed
+        to read (AuthorizationPermissionMismatch), both mean the signature is good; anything
+        else is raised."""
         try:
             await container.get_blob_client(PROBE_BLOB).get_blob_properties()
         except ResourceNotFoundError as exc:
@@ -368,7 +369,8 @@ class Storage:
             logger.warning(
                 "Storage refuses this credential reads (%s): a blob name already taken cannot "
                 "be compared with the file, so the file goes up under the next free name "
-                "(name~2) and both are kept; a re-upload after a restart leaves a duplicate",
+                "(name~2) and both are kept; a file uploaded again after a crash leaves a "
+                "duplicate",
                 _NOT_PERMITTED,
             )
         self.can_read = False
@@ -409,7 +411,7 @@ class Storage:
             )
         policy = self._settings.on_name_conflict
         if overwrite:  # this file's own blob: replaced unless it holds these bytes already
-            if await self._md5_of(blob_name) == staged.read.md5:
+            if self.can_read and await self._md5_of(blob_name) == staged.read.md5:
                 return Sent(blob_name, already=True)
             await self._send(local, blob_name, staged, progress, True, log_extra)
             return Sent(blob_name)

@@ -196,9 +196,14 @@ class Transfer:
         local = self.layout.staged(item)
         start = time.monotonic()
         attrs = {"blob.name": printable(wanted), "file.size": staged.read.size}
+        # A file checked again in the completed tree went up as this very blob in a previous
+        # run. A credential that may not read cannot compare them: the blob is replaced with the
+        # file's bytes (the same, or the whole file after a late write), never copied under a
+        # new name, which would leave the file named after a blob it did not go to.
+        overwrite = item.overwrite or (item.completed and not self.storage.can_read)
         with self.telemetry.step("upload", **attrs):
             sent = await self.storage.upload(
-                local, wanted, staged, slot.touch, item.overwrite, log_extra(item)
+                local, wanted, staged, slot.touch, overwrite, log_extra(item)
             )
         committed = (staged.read.size, staged.read.mtime_ns)
         item = replace(item, blob_name=sent.blob_name, committed=committed, overwrite=False)
