@@ -44,7 +44,9 @@ def _digest(token: str) -> bytes:
 def _read_token_file(path: Path) -> str:
     try:
         return check_api_token(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except UnicodeDecodeError:  # its message would quote a byte of the file
+        raise TokenFileError(f"APP_API_TOKEN_FILE {path}: not UTF-8 text") from None
+    except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise TokenFileError(f"APP_API_TOKEN_FILE {path}: {reason}") from None
 
