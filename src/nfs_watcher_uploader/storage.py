@@ -32,6 +32,7 @@ from azure.core.exceptions import (
 from azure.storage.blob import ContentSettings
 from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClient
 
+from nfs_watcher_uploader.blobinfo import BlobInfo
 from nfs_watcher_uploader.config import AzureAuth, NameConflict, Settings
 from nfs_watcher_uploader.constants import (
     MAX_BLOB_NAME,
@@ -292,6 +293,7 @@ class Storage:
         progress: Callable[[], None],
         overwrite: bool = False,
         log_extra: dict[str, str] | None = None,
+        info: BlobInfo | None = None,
     ) -> Sent:
         """Upload `local` as a block blob named `blob_name`, or the next free version of that
         name; raise UploadError (see errors.py).
@@ -305,8 +307,10 @@ class Storage:
         crash: nothing is sent, `Sent.already`); other bytes mean another file had the name,
         and this one goes up as `<stem>~2<ext>`, `~3`... (APP_ON_NAME_CONFLICT=keep-both), or
         is parked (park). `overwrite` (or APP_ON_NAME_CONFLICT=overwrite) replaces the blob.
+        `info` is the Content-Type, metadata, tags and tier it is created with.
         """
         check_blob_name(blob_name)
+        info = info or BlobInfo()
         if staged.block_md5s and staged.read.size > MAX_BLOCKS * staged.block_size:
             raise PermanentError(
                 f"file is {staged.read.size} bytes; a block blob holds at most "
@@ -314,7 +318,7 @@ class Storage:
             )
         policy = self._settings.on_name_conflict
         if overwrite or policy is NameConflict.OVERWRITE:
-            await self._send(local, blob_name, staged, progress, True, log_extra)
+            await self._send(local, blob_name, staged, progress, True, log_extra, info)
             return Sent(blob_name)
         for version in range(1, MAX_NAME_VERSIONS + 1):
             name = versioned(blob_name, version)
@@ -323,7 +327,7 @@ class Storage:
             found = await self._md5_of(name) if staged.block_md5s else _MISSING
             if found is _MISSING:
                 try:
-                    await self._send(local, name, staged, progress, False, log_extra)
+                    await self._send(local, name, staged, progress, False, log_extra, info)
                     return Sent(name)
                 except _NameTaken:
                     found = await self._md5_of(name)
@@ -356,10 +360,14 @@ class Storage:
         progress: Callable[[], None],
         overwrite: bool,
         log_extra: dict[str, str] | None,
+        info: BlobInfo,
     ) -> None:
         blob = self.container.get_blob_client(blob_name)
-        settings = ContentSettings(content_md5=bytearray(staged.read.md5))
-        condition: dict[str, Any] = {} if overwrite else {"if_none_match": "*"}
+        settings = ContentSettings(
+            content_type=info.content_type, content_md5=bytearray(staged.read.md5)
+        )
+        extra = info.upload_kwargs()
+        commit: dict[str, Any] = extra if overwrite else {"if_none_match": "*", **extra}
         try:
             if staged.data is not None:
                 data = staged.data
@@ -368,7 +376,7 @@ class Storage:
                 try:
                     if staged.block_md5s:
                         ids = await self._put_blocks(blob, fd, staged, progress, log_extra)
-                        await blob.commit_block_list(ids, content_settings=settings, **condition)  # pyright: ignore[reportArgumentType]
+                        await blob.commit_block_list(ids, content_settings=settings, **commit)  # pyright: ignore[reportArgumentType]
                         progress()
                         return
                     data = await anyio.to_thread.run_sync(os.pread, fd, staged.read.size + 1, 0)
@@ -380,6 +388,7 @@ class Storage:
                 overwrite=overwrite,
                 content_settings=settings,
                 transactional_content_md5=staged.read.md5,
+                **extra,
             )
         except FileNotFoundError:
             raise RetryableError(f"staged copy of {blob_name} vanished; staging again") from None
