@@ -24,7 +24,8 @@ from nfs_watcher_uploader.models import WorkItem
 
 logger = logging.getLogger(__name__)
 
-_APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+# Read too: a ledger is checked for a torn last line before the first append to it.
+_APPEND_FLAGS = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class _Batch:

@@ -240,8 +240,8 @@ class Storage:
             )
         return out
 
-    async def connect(self) -> None:
-        """Try each credential until one reaches (or creates) the container.
+    async def connect(self, create: bool = True) -> None:
+        """Try each credential until one reaches (or, when `create`, creates) the container.
 
         Raises RetryableError when none does yet: the caller keeps trying, the API keeps serving.
         """
@@ -264,7 +264,7 @@ class Storage:
                     # Ask for a token first: the SDK's retry policy would otherwise retry an
                     # unavailable identity for a minute or more before we could fall back.
                     await credential.get_token(STORAGE_SCOPE)
-                await _ensure_container(container)
+                await _ensure_container(container, create)
             except ClientAuthenticationError as exc:
                 failures.append(f"{candidate.label}: {_summary(exc)}")
                 await _close(client, credential)
@@ -463,10 +463,12 @@ def _check_length(sent: int, staged: Staged, log_extra: dict[str, str] | None) -
         raise IntegrityError(reason)
 
 
-async def _ensure_container(container: ContainerClient) -> None:
+async def _ensure_container(container: ContainerClient, create: bool) -> None:
     try:
         await container.get_container_properties()
     except ResourceNotFoundError:
+        if not create:
+            raise
         try:
             await container.create_container()
         except ResourceExistsError:
