@@ -7,18 +7,24 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 from azure.storage.blob import ContainerClient
+from pydantic import ValidationError
 
 from nfs_watcher_uploader.blobinfo import iso_utc_ns, uploader_version
+from nfs_watcher_uploader.config import AccessTier, Settings, parse_tags
 from nfs_watcher_uploader.errors import PermanentError
 from nfs_watcher_uploader.fsops import Nfs, Staged
 from nfs_watcher_uploader.layout import Layout
 from nfs_watcher_uploader.ledger import Ledger
+from nfs_watcher_uploader.main import load_settings
 from nfs_watcher_uploader.models import WorkItem
+from nfs_watcher_uploader.webhooks import Webhooks
 
 from .helpers import (
     ROOT,
@@ -37,6 +43,20 @@ def manifest_of(container: ContainerClient, date: str, session: str) -> dict[str
     if not blob.exists():
         return None
     return json.loads(blob.download_blob().readall())
+
+
+def wait_manifest(
+    container: ContainerClient, date: str, session: str, complete: bool | None = None
+) -> dict[str, Any]:
+    """The session's manifest once it is there (and says `complete`, if given)."""
+
+    def ready() -> dict[str, Any] | None:
+        m = manifest_of(container, date, session)
+        return m if m is not None and complete in (None, m["complete"]) else None
+
+    found = wait_for(ready, timeout=120, what=f"the manifest of {session}")
+    assert found is not None
+    return found
 
 
 def blobs_of(container: ContainerClient, prefix: str) -> dict[str, bytes]:
@@ -79,7 +99,7 @@ def test_every_blob_carries_metadata_content_type_tier_and_tags(
         mtimes[rel] = path.stat().st_mtime_ns
     running.post("/v1/watch/stop")
     container = azurite.container(settings.azure_container)
-    manifest = wait_for(lambda: manifest_of(container, date, "props"), timeout=30)
+    manifest = wait_manifest(container, date, "props")
     tags = {"project": "p-14", "site": "lab 2:north", "session": "props"}
     for rel, (kind, data) in files.items():
         blob = container.get_blob_client(f"{date}/props/{rel}")
@@ -146,7 +166,7 @@ def test_complete_is_false_with_a_parked_file_and_true_after_its_retry(
     wait_for(lambda: running.get("/v1/sessions/park").json()["failed"] == 1, timeout=20)
     running.post("/v1/watch/stop")
     container = azurite.container(settings.azure_container)
-    first = wait_for(lambda: manifest_of(container, date, "park"), timeout=30)
+    first = wait_manifest(container, date, "park")
     assert first["state"] == "drain_timed_out" and first["complete"] is False
     assert [f["path"] for f in first["files"]] == ["good.bin"]
     assert first["parked"] == [
@@ -168,9 +188,7 @@ def test_complete_is_false_with_a_parked_file_and_true_after_its_retry(
     }
     # The retry reopens the session; it drains, and its manifest is written again.
     assert running.post("/v1/files/retry", json={"session_name": "park"}).json() == {"requeued": 1}
-    second = wait_for(
-        lambda: (m := manifest_of(container, date, "park")) and m["complete"] and m, timeout=30
-    )
+    second = wait_manifest(container, date, "park", complete=True)
     assert second["state"] == "drained"
     assert [f["path"] for f in second["files"]] == ["good.bin", "refused.bin"]
     assert second["parked"] == []
@@ -247,7 +265,7 @@ def _crash_in_the_middle(
         proc.start()
     with proc.client as c:
         assert c.post("/v1/watch/stop").json()["state"] == "draining"
-    manifest = wait_for(lambda: manifest_of(container, date, "crash"), timeout=120)
+    manifest = wait_manifest(container, date, "crash")
     blobs = blobs_of(container, prefix)
     assert blobs == expected
     files = manifest["files"]
@@ -297,3 +315,55 @@ async def test_ledger_groups_appends_skips_a_torn_line_and_keeps_the_last_of_a_b
     assert f3.size == len(b"other bytes") and f3.md5 == hashlib.md5(b"other bytes").hexdigest()
     assert f3.path == "f3.bin" and f3.source_mtime == "2023-11-14T22:13:20.000000Z"
     assert path.read_bytes().count(b"\n") == 20 + 1 + 2  # the torn line was ended
+
+
+def _settings(**values: Any) -> Settings:
+    return Settings.model_validate(
+        {"azure_account_url": "http://x/y", "azure_container": "c"} | values
+    )
+
+
+def test_tags_tier_and_source_id_settings_name_the_broken_rule() -> None:
+    assert parse_tags("") is None and parse_tags(" , ") is None
+    assert parse_tags("session") == {}  # the session tag alone
+    assert parse_tags("project=p-14, site=lab 2:north ,x=") == {
+        "project": "p-14",
+        "site": "lab 2:north",
+        "x": "",
+    }
+    for text, message in (
+        ("session=x", "set by the service"),
+        ("novalue", "is not key=value"),
+        ("=v", "is not key=value"),
+        ("k=v!", "only letters, digits"),
+        ("k=" + "v" * 257, "values 256"),
+        (",".join(f"k{i}=v" for i in range(10)), "at most 9 tags"),
+    ):
+        with pytest.raises(ValidationError, match=message):
+            _settings(azure_tags=text)
+    assert _settings(azure_access_tier="archive").azure_access_tier is AccessTier.ARCHIVE
+    assert _settings(azure_access_tier="").azure_access_tier is None
+    with pytest.raises(ValidationError, match="azure_access_tier"):
+        _settings(azure_access_tier="Glacier")
+    with pytest.raises(ValidationError, match="printable ASCII"):
+        _settings(source_id="jetson\n07")
+    assert _settings().source_id == socket.gethostname()
+
+
+def test_webhook_url_and_secret_stay_out_of_repr_and_errors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url = "https://hooks.example.invalid/h?token=TOPSECRET"
+    s = _settings(webhook_url=url, webhook_secret="TOPSECRET2")
+    assert "TOPSECRET" not in repr(s) and "TOPSECRET" not in str(s.model_dump())
+    layout = Layout.from_settings(s)
+    hooks = Webhooks(s, layout, Nfs(1.0))
+    assert "TOPSECRET" not in repr(hooks)
+    assert "to=https://hooks.example.invalid " in repr(hooks)
+    monkeypatch.setenv("APP_AZURE_ACCOUNT_URL", "http://x/y")
+    monkeypatch.setenv("APP_AZURE_CONTAINER", "c")
+    monkeypatch.setenv("APP_WEBHOOK_URL", "ftp://user:TOPSECRET@host/")
+    with pytest.raises(SystemExit) as info:
+        load_settings()
+    assert "APP_WEBHOOK_URL: Value error, must be an http:// or https:// URL" in str(info.value)
+    assert "TOPSECRET" not in str(info.value)

@@ -10,7 +10,7 @@ from typing import Any
 from nfs_watcher_uploader.webhooks import DELIVERY_TIMEOUT_S, sign
 
 from .helpers import Azurite, ServiceProcess, make_settings, wait_for, write_file
-from .test_cloud import manifest_of
+from .test_cloud import wait_manifest
 from .webhook_receiver import SilentReceiver, WebhookReceiver
 
 SECRET = "webhook-secret-not-for-logs"
@@ -84,7 +84,7 @@ def _scenario(
         write_file(incoming / "hooks2" / "a.bin", b"a")
         wait_for(lambda: c.get("/v1/sessions/hooks2").json()["uploaded"] == 1, timeout=30)
         c.post("/v1/watch/stop")
-    wait_for(lambda: manifest_of(container, date, "hooks2"), timeout=60)
+    wait_manifest(container, date, "hooks2")
     outbox = proc.settings.nfs_processing_root / "_outbox"
     wait_for(lambda: list(outbox.glob("*.json")), timeout=30, what="the event in the outbox")
     assert proc.signal(signal.SIGTERM) == -signal.SIGTERM
@@ -153,7 +153,7 @@ def test_a_webhook_that_hangs_never_holds_up_an_upload(
         for i in range(30):
             write_file(incoming / f"f{i:02d}.bin", b"%d" % i)
         running.post("/v1/watch/stop")
-        manifest = wait_for(lambda: manifest_of(container, date, "hang"), timeout=30)
+        manifest = wait_manifest(container, date, "hang")
         # Everything went up while the first delivery was still waiting for its answer.
         assert time.monotonic() - started < DELIVERY_TIMEOUT_S
         assert manifest["totals"]["files"] == 31
