@@ -158,5 +158,10 @@ def test_a_webhook_that_hangs_never_holds_up_an_upload(
         assert time.monotonic() - started < DELIVERY_TIMEOUT_S
         assert manifest["totals"]["files"] == 31
         assert webhooks.delivered == 0 and webhooks.pending == 2
+        metrics = running.get("/metrics").text
+        assert any(
+            line.startswith("webhook_events_pending") and line.endswith(" 2.0")
+            for line in metrics.splitlines()
+        ), metrics
     finally:
         silent.close()

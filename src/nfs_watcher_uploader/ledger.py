@@ -43,6 +43,7 @@ class Ledger:
         self._lock = asyncio.Lock()
         # Ledgers known to end with a whole line (touched only by the one writing thread).
         self._clean: set[Path] = set()
+        self._paths: dict[tuple[str, str], Path] = {}
         self.writes = 0
         self.lines = 0
 
@@ -54,7 +55,8 @@ class Ledger:
         return once it is on disk. Raises OSError when NFS failed."""
         assert item.committed is not None and item.md5 is not None
         size, mtime_ns = item.committed
-        entry = FileEntry(
+        # Built from values of known types: no validation on the hot path of small files.
+        entry = FileEntry.model_construct(
             blob=self.layout.blob_name(item),
             path=item.rel,
             size=size,
@@ -62,9 +64,11 @@ class Ledger:
             source_mtime=iso_utc_ns(mtime_ns),
             uploaded_at=iso_utc(self._clock()),
         )
-        path = self.layout.ledger(item.date_prefix, item.session_name)
+        key = (item.date_prefix, item.session_name)
+        path = self._paths.get(key) or self._paths.setdefault(key, self.layout.ledger(*key))
         batch = self._open = self._open or _Batch()
         batch.lines.setdefault(path, []).append(entry.model_dump_json().encode() + b"\n")
+        await asyncio.sleep(0)  # let the completions of this same turn join the batch
         async with self._lock:
             if batch.outcome is None:
                 self._open = None  # later lines go into the next batch

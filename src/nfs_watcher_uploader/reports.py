@@ -23,7 +23,6 @@ from typing import Any
 from nfs_watcher_uploader.blobinfo import BlobLabels, iso_utc
 from nfs_watcher_uploader.config import Settings
 from nfs_watcher_uploader.constants import MAX_DEPTH
-from nfs_watcher_uploader.errors import UploadError
 from nfs_watcher_uploader.fsops import Nfs, Read, Staged
 from nfs_watcher_uploader.jobs import DueQueue, Job, JobFiles
 from nfs_watcher_uploader.layout import Layout, manifest_blob
@@ -70,6 +69,8 @@ class Reports:
 
     async def ended(self, session: Session, state: SessionStateName) -> None:
         """Note that `session` ended as `state`. Raises OSError when NFS fails."""
+        if not self.enabled:  # APP_MANIFEST=off and no APP_WEBHOOK_URL: nothing to report
+            return
         job: Job = {
             "id": event_id(session.date_prefix, session.name, state, repr(session.drain_start)),
             "created": self._clock(),
@@ -93,7 +94,7 @@ class Reports:
             job_id, job = await self._queue.next()
             try:
                 await self._report(job)
-            except (OSError, UploadError) as exc:
+            except Exception as exc:  # storage, NFS, or a damaged job: try again later
                 attempt, delay = self._queue.failed(job_id)
                 logger.warning(
                     "Session %s: manifest or event not written (%s), attempt %d; again in %.1f s",

@@ -104,6 +104,7 @@ class Service:
                 sessions=lambda: Counter(s.state for s in self.sessions.by_name.values()),
                 # No bandwidth cap yet: 0 means unlimited.
                 bandwidth_limit=lambda: 0.0,
+                webhook_pending=lambda: self.delivery.webhooks.pending,
             )
         )
         self.ready = False
@@ -176,7 +177,7 @@ class Service:
         self.ready = True
         self.phase = "running"
         logger.info("Ready: %r", self)
-        await asyncio.gather(self._pipeline_task, *self._intake)
+        await asyncio.gather(self._pipeline_task, *self._intake, *self._outbound)
 
     async def _until_ok(
         self,

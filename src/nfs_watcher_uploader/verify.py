@@ -20,7 +20,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import TextIO
 
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.core.exceptions import AzureError, ResourceNotFoundError
 from azure.storage.blob.aio import BlobClient
 from pydantic import ValidationError
 from tqdm import tqdm
@@ -91,6 +91,9 @@ async def verify(
     except ValidationError as exc:
         report.problems.append(Problem(name, f"not a manifest: {exc.error_count()} errors"))
         return report
+    except AzureError as exc:  # archived by a lifecycle rule, say
+        report.problems.append(Problem(name, f"cannot read the manifest: {_why(exc)}"))
+        return report
     report.complete, report.files = manifest.complete, len(manifest.files)
     progress.total(report.files)
     if not manifest.complete:
@@ -106,8 +109,10 @@ async def verify(
     checks = asyncio.Semaphore(DOWNLOADS_AT_ONCE if download else CHECKS_AT_ONCE)
 
     async def check(entry: FileEntry) -> None:
-        async with checks:
+        try:
             problem = await _check(storage, entry, prefix, download)
+        finally:
+            checks.release()
         report.checked += 1
         if problem is None:
             report.bytes_checked += entry.size
@@ -117,14 +122,15 @@ async def verify(
 
     async with asyncio.TaskGroup() as tg:
         for entry in manifest.files:
+            await checks.acquire()  # a task per check in flight, not per file
             tg.create_task(check(entry))
     listed = {entry.blob for entry in manifest.files}
     try:
         async for blob in storage.container.list_blobs(name_starts_with=prefix):
             if blob.name not in listed:
                 report.problems.append(Problem(blob.name, "in the session's folder, not listed"))
-    except HttpResponseError as exc:
-        report.problems.append(Problem(prefix, f"cannot list the folder: {exc.reason}"))
+    except AzureError as exc:
+        report.problems.append(Problem(prefix, f"cannot list the folder: {_why(exc)}"))
     return report
 
 
@@ -151,8 +157,15 @@ async def _check(storage: Storage, entry: FileEntry, prefix: str, download: bool
         return await _hash_matches(blob, entry)
     except ResourceNotFoundError:
         return "missing"
-    except HttpResponseError as exc:
-        return f"cannot read it: {exc.status_code} {exc.reason}"
+    except AzureError as exc:
+        return f"cannot read it: {_why(exc)}"
+
+
+def _why(exc: AzureError) -> str:
+    """The status and the service's reason, or the kind of failure: never a URL or a key."""
+    status = getattr(exc, "status_code", None)
+    reason = getattr(exc, "reason", None)
+    return f"{status} {reason}" if status else type(exc).__name__
 
 
 async def _hash_matches(blob: BlobClient, entry: FileEntry) -> str | None:

@@ -179,7 +179,7 @@ class Webhooks:
             ) as answer:
                 await answer.content.read(ANSWER_READ_MAX)
                 return None if 200 <= answer.status < 300 else f"HTTP {answer.status}"
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except Exception as exc:  # any failure costs a retry, never the sender
             # Only the class and the OS reason: aiohttp's messages may repeat the URL.
             reason = getattr(getattr(exc, "os_error", None), "strerror", None)
             return type(exc).__name__ + (f": {reason}" if reason else "")
