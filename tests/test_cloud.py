@@ -367,3 +367,44 @@ def test_webhook_url_and_secret_stay_out_of_repr_and_errors(
         load_settings()
     assert "APP_WEBHOOK_URL: Value error, must be an http:// or https:// URL" in str(info.value)
     assert "TOPSECRET" not in str(info.value)
+
+
+def test_a_file_is_not_done_until_its_ledger_line_is_written(
+    service_factory: Any, settings_factory: Any, azurite: Azurite
+) -> None:
+    settings = settings_factory()
+    running = service_factory(settings)
+    date = start(running, "ledger")
+    # A folder where the ledger should be: every append fails, as on a failing NFS write.
+    ledger = settings.nfs_processing_root / "_ledgers" / date / "ledger.jsonl"
+    ledger.mkdir(parents=True)
+    write_file(settings.nfs_incoming_dir / "ledger" / "a.bin", b"committed first")
+    container = azurite.container(settings.azure_container)
+    status = wait_for(lambda: (s := running.get("/v1/status").json())["retrying"] and s, timeout=20)
+    assert "cannot write the ledger" in status["last_error"]
+    assert container.get_blob_client(f"{date}/ledger/a.bin").exists()  # committed...
+    claimed = settings.nfs_processing_root / date / "ledger" / "a.bin"
+    assert claimed.exists()  # ...but not marked done
+    assert running.get("/v1/sessions/ledger").json()["uploaded"] == 0
+    running.post("/v1/watch/stop")
+    assert running.get("/v1/sessions/ledger").json()["drained"] is False
+    ledger.rmdir()
+    manifest = wait_manifest(container, date, "ledger")
+    assert [f["blob"] for f in manifest["files"]] == [f"{date}/ledger/a.bin"]
+    assert manifest["complete"] is True
+
+
+def test_manifest_off_keeps_no_ledger_and_writes_no_manifest(
+    service_factory: Any, settings_factory: Any, azurite: Azurite
+) -> None:
+    settings = settings_factory(manifest="off")
+    running = service_factory(settings)
+    date = start(running, "quiet")
+    write_file(settings.nfs_incoming_dir / "quiet" / "a.bin", b"a")
+    wait_for(lambda: running.get("/v1/sessions/quiet").json()["uploaded"] == 1, timeout=20)
+    running.post("/v1/watch/stop")
+    wait_for(lambda: running.get("/v1/sessions/quiet").json()["drained"], timeout=20)
+    container = azurite.container(settings.azure_container)
+    assert [b.name for b in container.list_blobs()] == [f"{date}/quiet/a.bin"]
+    assert not (settings.nfs_processing_root / "_ledgers").exists()
+    assert not list((settings.nfs_processing_root / "_reports").glob("*"))

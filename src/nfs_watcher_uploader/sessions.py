@@ -356,11 +356,14 @@ class Sessions:
             return session
 
     async def finish(self, session: Session, state: SessionStateName) -> None:
-        """Record that a draining session is drained or timed out."""
+        """Record that a draining session is drained or timed out (the caller has just checked
+        that it is: the state changes before any await)."""
+        session.state = state
         if self._on_end is not None:
             try:
                 await self._on_end(session, state)
             except OSError as exc:
+                session.state = "draining"  # not ended until its end is on record
                 logger.warning(
                     "Session %s: cannot record its end (%s); trying again at the next scan",
                     session.name,
@@ -368,7 +371,6 @@ class Sessions:
                     extra={"session_name": session.name},
                 )
                 return
-        session.state = state
         try:
             await self.save()
         except OSError:
