@@ -44,13 +44,13 @@ def test_claim_races_are_skipped_not_counted(
     stale_once = {"flaky.bin"}
     vanish = {"vanish.bin"}
 
-    def claim(folder: Path, rel: str, dst: Path, expect: Any) -> fsops.Moved:
+    def claim(folder: Path, rel: str, dst: Path, *args: Any) -> fsops.Moved:
         if rel in vanish:
             (folder / rel).unlink(missing_ok=True)  # another claimant got there first
         if rel in stale_once:
             stale_once.discard(rel)
             raise OSError(errno.ESTALE, "Stale file handle", str(folder / rel))
-        return fsops.claim(folder, rel, dst, expect)
+        return fsops.claim(folder, rel, dst, *args)
 
     settings = settings_factory()
     running = service_factory(settings, claim=claim)

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     poll_interval_s: float = Field(default=2.0, ge=0)
     min_file_age_s: float = Field(default=5.0, ge=0)
     file_extensions: Annotated[frozenset[str], NoDecode] = frozenset()
+    # Files with more than one hard link are left alone unless this is set: on NFS anyone may
+    # link any file of the export into a session folder (see fsops.claim).
+    allow_hard_links: bool = False
 
     # Queue and workers
     max_queue_size: int = Field(default=2000, ge=1)
@@ -192,21 +195,24 @@ def parse_tags(text: str) -> dict[str, str] | None:
 def unsafe_paths(settings: Settings) -> list[str]:
     """What is wrong with the three roots, touching nothing: two of them equal or one inside
     another (start-up cleanup, claims and GC would then destroy each other's files), or the
-    processing root on another filesystem than incoming (the claim is a rename)."""
+    processing root on another filesystem than incoming (the claim is a rename). Folders are
+    compared by path and by device and inode, so a bind mount or a symlink that aliases one
+    root inside another is seen through."""
     roots = {
         "APP_NFS_INCOMING_DIR": settings.nfs_incoming_dir,
         "APP_NFS_PROCESSING_ROOT": settings.nfs_processing_root,
         "APP_LOCAL_STAGING_ROOT": settings.local_staging_root,
     }
     real = {name: Path(os.path.realpath(path)) for name, path in roots.items()}
+    chains = {name: _identities(path) for name, path in real.items()}
     problems: list[str] = []
     names = list(real)
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
-            if real[a] == real[b]:
-                problems.append(f"{a} and {b} are the same folder ({real[a]})")
-            elif real[a].is_relative_to(real[b]) or real[b].is_relative_to(real[a]):
-                inner, outer = (a, b) if real[a].is_relative_to(real[b]) else (b, a)
+            if real[a] == real[b] or _same_folder(real[a], real[b]):
+                problems.append(f"{a} and {b} are the same folder ({real[a]}, {real[b]})")
+            elif inside := _inside(a, b, real, chains) or _inside(b, a, real, chains):
+                inner, outer = inside
                 problems.append(f"{inner} ({real[inner]}) is inside {outer} ({real[outer]})")
     incoming = _device(real["APP_NFS_INCOMING_DIR"])
     processing = _device(real["APP_NFS_PROCESSING_ROOT"])
@@ -218,13 +224,41 @@ def unsafe_paths(settings: Settings) -> list[str]:
     return problems
 
 
-def _device(path: Path) -> int | None:
-    """The device of `path`, or of its nearest existing parent (what it would be created on)."""
+Identity = tuple[int, int]
+
+
+def _identities(path: Path) -> list[Identity]:
+    """(device, inode) of `path` if it exists, then of each existing parent, nearest first."""
+    out: list[Identity] = []
     for candidate in (path, *path.parents):
         try:
-            return os.stat(candidate).st_dev
-        except FileNotFoundError:
-            continue
+            st = os.stat(candidate)
         except OSError:
-            return None
+            continue
+        out.append((st.st_dev, st.st_ino))
+    return out
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet
+        return False
+
+
+def _inside(
+    inner: str, outer: str, real: dict[str, Path], chains: dict[str, list[Identity]]
+) -> tuple[str, str] | None:
+    """(inner, outer) when root `inner` is below root `outer`, by path or by identity."""
+    if real[inner].is_relative_to(real[outer]):
+        return inner, outer
+    ancestors = chains[inner][1:] if os.path.exists(real[inner]) else chains[inner]
+    if os.path.exists(real[outer]) and chains[outer][0] in ancestors:
+        return inner, outer
     return None
+
+
+def _device(path: Path) -> int | None:
+    """The device of `path`, or of its nearest existing parent (what it would be created on)."""
+    chain = _identities(path)
+    return chain[0][0] if chain else None

@@ -27,7 +27,12 @@ MANIFEST_SUFFIX = ".manifest.json"
 # Webhook events waiting at most: past this, new events are dropped, each with an error line.
 OUTBOX_MAX = 10_000
 
-DATE_DIR_RE = re.compile(r"^\d{8}$")
+# Only ASCII digits: \d would also take other scripts' digits.
+DATE_DIR_RE = re.compile(r"^[0-9]{8}$")
+
+# The service's own folder under APP_LOCAL_STAGING_ROOT: start-up and GC clean only this one,
+# so anything else on that disk is never touched.
+STAGING_DIR = "nfs-watcher-uploader"
 
 # Session names become folder names on NFS and path segments of blob names.
 SESSION_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -58,6 +63,8 @@ MAX_ABANDONED_THREADS = 32
 
 # A file whose name is taken in storage by different bytes goes up as `<stem>~2<ext>`, `~3`...
 CONFLICT_MARK = "~"
+# Bytes in one file name on Linux filesystems (NFS included).
+NAME_MAX = 255
 MAX_NAME_VERSIONS = 1000
 # upload.rate averages the bytes committed over this window: long enough to smooth the steps a
 # file's commit makes, short enough to show a stall within a Prometheus scrape or two.

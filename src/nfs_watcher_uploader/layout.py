@@ -2,10 +2,10 @@
 
     incoming/<session>/<rel>                        written by the recorder
     <processing>/<date>/<session>/<rel>             claimed (renamed here, same filesystem)
-    <processing>/_completed/<date>/<session>/<rel>  blob committed; GC deletes it
+    <processing>/_completed/<blob name>             blob committed; GC deletes it
     <processing>/_failed/<date>/<session>/<rel>     parked, never deleted; its reason in
     <processing>/_failed_reasons/<date>/<session>/<rel>
-    <staging>/<date>/<session>/<rel>                the local copy that is uploaded
+    <staging>/nfs-watcher-uploader/<date>/<session>/<rel>  the local copy that is uploaded
     blob <date>/<session>/<rel>                     unless a name conflict chose another
 
     <processing>/_ledgers/<date>/<session>.jsonl    one line per blob committed
@@ -19,6 +19,7 @@ session may be named like one (`models.is_manifest_like`), so no manifest shadow
 folder either.
 """
 
+import os
 import posixpath
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +31,12 @@ from nfs_watcher_uploader.constants import (
     LEDGER_SUFFIX,
     LEDGERS_DIR,
     MANIFEST_SUFFIX,
+    NAME_MAX,
     OUTBOX_DIR,
     PARKED_DIR,
     PARKED_REASONS_DIR,
     REPORTS_DIR,
+    STAGING_DIR,
 )
 from nfs_watcher_uploader.models import WorkItem
 
@@ -83,7 +86,20 @@ class Layout:
         return self.processing_root / _tail(item)
 
     def completed(self, item: WorkItem) -> Path:
-        return self.completed_root / _tail(item)
+        """Named after the file's blob, so no two completed files can want one name."""
+        return self.completed_root / self.blob_name(item)
+
+    def source(self, item: WorkItem) -> Path:
+        """Where the bytes of a claimed `item` are read from."""
+        return self.completed(item) if item.completed else self.processing(item)
+
+    def as_completed(self, item: WorkItem) -> WorkItem:
+        """The work that checks `item`'s file again in the completed tree, against its blob."""
+        blob = self.blob_name(item)
+        rel = blob.split("/", 2)[2]  # below <date>/<session>/
+        return WorkItem(
+            item.session_name, item.date_prefix, rel, True, blob_name=blob, completed=True
+        )
 
     def parked(self, item: WorkItem, rel: str | None = None) -> Path:
         return self.parked_root / _tail(item, rel)
@@ -91,8 +107,13 @@ class Layout:
     def reason(self, item: WorkItem, rel: str | None = None) -> Path:
         return self.reasons_root / _tail(item, rel)
 
+    @property
+    def staging_dir(self) -> Path:
+        """Our own folder on the staging disk: nothing else there is ever touched."""
+        return self.staging_root / STAGING_DIR
+
     def staged(self, item: WorkItem) -> Path:
-        return self.staging_root / _tail(item)
+        return self.staging_dir / _tail(item)
 
     @staticmethod
     def blob_name(item: WorkItem) -> str:
@@ -109,9 +130,16 @@ def _tail(item: WorkItem, rel: str | None = None) -> Path:
 
 def versioned(path: str, version: int) -> str:
     """`d/s/chunk.bin` for version 1, then `d/s/chunk~2.bin`, `d/s/chunk~3.bin`...: the name a
-    file takes when another file already has its own (a blob, a parked file)."""
+    file takes when another file already has its own (a blob, a parked file). The stem is
+    shortened where the name would pass NAME_MAX bytes (a parked file must fit on disk)."""
     if version == 1:
         return path
     folder, leaf = posixpath.split(path)
     stem, ext = posixpath.splitext(leaf)
-    return posixpath.join(folder, f"{stem}{CONFLICT_MARK}{version}{ext}")
+    mark = f"{CONFLICT_MARK}{version}"
+    while len(os.fsencode(stem + mark + ext)) > NAME_MAX:
+        if stem:
+            stem = stem[:-1]
+        else:
+            ext = ext[:-1]
+    return posixpath.join(folder, f"{stem}{mark}{ext}")

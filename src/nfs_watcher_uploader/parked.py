@@ -14,7 +14,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -42,7 +42,7 @@ class ParkedFiles:
     def __init__(
         self,
         context: Context,
-        requeue: Callable[[WorkItem], Awaitable[bool]],
+        requeue: Callable[[WorkItem], bool],
         move: MoveFn = fsops.move,
     ) -> None:
         self.layout, self.sessions, self.nfs = context.layout, context.sessions, context.nfs
@@ -65,7 +65,7 @@ class ParkedFiles:
         moved, parked_as = await self.nfs.call(lambda: self._park(item, record))
         error = f"{item.rel}: {reason}"
         done = moved is Moved.DONE
-        self.sessions.for_item(item).park(item.rel, parked_as if done else None, error)
+        self.sessions.for_item(item).park(item, parked_as if done else None, error)
         self.stats.parked += 1
         self.stats.last_error = printable(error)
         self.telemetry.parked()
@@ -149,7 +149,7 @@ class ParkedFiles:
                 session = self.sessions.for_item(item)
                 session.unpark(parked.parked_as)
                 await self.sessions.reopen(session)
-                await self._requeue(item)
+                self._requeue(item)
                 count += 1
             return count
 

@@ -90,7 +90,7 @@ class Service:
             self.pipeline.parked.listing,
         )
         self.watcher = Watcher(self.pipeline, self.nfs, scan)
-        self.gc = GarbageCollector(self.pipeline, self.nfs, move)
+        self.gc = GarbageCollector(self.pipeline, self.nfs)
         self.telemetry.observe(
             Gauges(
                 queue_depth=self.pipeline.queue.qsize,
@@ -159,14 +159,14 @@ class Service:
         self.phase = "loading sessions"
         await self._until_ok(self.sessions.load, "load sessions", lambda: self.sessions.loaded)
         # Staging may hold many GiB from before a crash: remove it off the event loop.
-        await anyio.to_thread.run_sync(clear_staging, self.settings.local_staging_root)
+        await anyio.to_thread.run_sync(clear_staging, self.pipeline.layout.staging_dir)
         self.phase = "connecting to storage"
         await self._until_ok(self.storage.connect, "connect to storage")
         self._pipeline_task = asyncio.create_task(self.pipeline.run(), name="pipeline")
         self._outbound.append(asyncio.create_task(self.reports.run(), name="reports"))
         self.phase = "recovering"
         await self._until_ok(
-            lambda: recover(self.settings, self.sessions, self.pipeline, self.gc, self.nfs),
+            lambda: recover(self.sessions, self.pipeline, self.nfs),
             "recover",
         )
         self.watcher.heartbeat = time.monotonic()
@@ -250,12 +250,11 @@ class Service:
         exists but is not a real folder (a symbolic link to a folder elsewhere, say)."""
         layout = self.pipeline.layout
 
-        def prepare(session: Session) -> None:
-            folder = layout.session_folder(session.name)
+        def prepare(name: str, date_prefix: str) -> None:
+            folder = layout.session_folder(name)
             folder.mkdir(parents=True, exist_ok=True)
             os.close(fsops.open_dir(folder, []))
-            processing = layout.processing_root / session.date_prefix / session.name
-            processing.mkdir(parents=True, exist_ok=True)
+            (layout.processing_root / date_prefix / name).mkdir(parents=True, exist_ok=True)
 
         session = await self.sessions.start(name, prepare)
         logger.info("Session %s started", name, extra={"session_name": name})

@@ -34,6 +34,7 @@ from nfs_watcher_uploader.fsops import Nfs, Scan, write_atomic
 from nfs_watcher_uploader.models import (
     SessionStateName,
     SessionView,
+    Where,
     WorkItem,
     check_session_name,
     printable,
@@ -47,6 +48,8 @@ Phase = Literal["queued", "in_flight", "retrying"]
 WATCHED_STATES = ("active", "draining")
 STATE_VERSION = 1
 NOTICES_KEPT = 20
+# A session's date, state, start and stop: what a restart changes.
+_Dates = tuple[str, SessionStateName, float, float | None]
 
 
 @dataclass
@@ -67,13 +70,18 @@ class Session:
     renamed: int = 0
     late_writes: int = 0
     last_error: str | None = None
-    # rel -> phase: work this process owns for the session.
-    pending: dict[str, Phase] = field(default_factory=dict[str, Phase])
+    # Work this process owns for the session: the file's place -> (phase, the work's ticket).
+    pending: dict[tuple[Where, str], tuple[Phase, int]] = field(
+        default_factory=dict[tuple[Where, str], tuple[Phase, int]]
+    )
     # Files parked in the failed folder.
     parked: set[str] = field(default_factory=set[str])
     # From the last scan: entries that are not regular files, folders too deep to upload.
     ignored: dict[str, str] = field(default_factory=dict[str, str])
     too_deep: list[str] = field(default_factory=list[str])
+    unreadable: list[str] = field(default_factory=list[str])
+    # Files dated in the future: judged by how long they stay unchanged here.
+    future: set[str] = field(default_factory=set[str])
     # Files left in incoming because an earlier file of the same name is still in progress.
     held: set[str] = field(default_factory=set[str])
     notices: deque[str] = field(default_factory=lambda: deque[str](maxlen=NOTICES_KEPT))
@@ -88,23 +96,33 @@ class Session:
         return self.redrained_at or self.stopped_at or 0.0
 
     def count(self, phase: Phase) -> int:
-        return sum(1 for p in self.pending.values() if p == phase)
+        return sum(1 for p, _ in self.pending.values() if p == phase)
 
-    def mark(self, rel: str, phase: Phase) -> None:
-        self.pending[rel] = phase
+    def busy(self) -> set[str]:
+        """Names that work is queued, in flight or retrying for, in incoming or claimed: a file
+        of such a name in incoming is not offered (again) until that work is done."""
+        return {rel for where, rel in self.pending if where != "completed"}
 
-    def release(self, rel: str) -> None:
-        """No work on `rel` any more (done, parked, skipped)."""
-        self.pending.pop(rel, None)
+    def in_progress(self, rel: str) -> bool:
+        return ("incoming", rel) in self.pending or ("claimed", rel) in self.pending
 
-    def count_uploaded(self, rel: str, size: int | None) -> None:
-        self.release(rel)
+    def mark(self, item: WorkItem, phase: Phase) -> None:
+        self.pending[item.place] = (phase, item.ticket)
+
+    def release(self, item: WorkItem) -> None:
+        """No more work on `item` (done, parked, skipped). Work that holds its place since
+        (another ticket) is left alone."""
+        if self.pending.get(item.place, (None, 0))[1] == item.ticket:
+            del self.pending[item.place]
+
+    def count_uploaded(self, item: WorkItem, size: int | None) -> None:
+        self.release(item)
         self.uploaded += 1
         self.bytes_uploaded += size or 0
 
-    def park(self, rel: str, parked_as: str | None, error: str) -> None:
-        """`rel` is parked as `parked_as` (None: it had vanished, nothing was parked)."""
-        self.release(rel)
+    def park(self, item: WorkItem, parked_as: str | None, error: str) -> None:
+        """`item` is parked as `parked_as` (None: it had vanished, nothing was parked)."""
+        self.release(item)
         if parked_as is not None:
             self.parked.add(parked_as)
         self.fail(error)
@@ -125,10 +143,13 @@ class Session:
         self.held.add(rel)
         return first
 
-    def claimed(self, rel: str, taken: bool) -> None:
-        """A claim of `rel` ended: `taken` when the file is now ours."""
-        self.held.discard(rel)
-        self.files_seen += taken
+    def claimed(self, before: WorkItem, after: WorkItem | None) -> None:
+        """A claim ended: `after` is the claimed item, None when the file was not taken."""
+        self.held.discard(before.rel)
+        self.release(before)
+        if after is not None:
+            self.files_seen += 1
+            self.mark(after, "in_flight")
 
     def staged(self, size: int) -> None:
         self.bytes_seen += size
@@ -141,30 +162,58 @@ class Session:
         self.late_writes += 1
         self.notice(text)
 
-    def ignore(self, rel: str, what: str, text: str) -> None:
-        """`rel` is not a regular file of ours: no work on it, and it is reported."""
-        self.release(rel)
-        self.ignored[rel] = what
+    def ignore(self, item: WorkItem, what: str, text: str) -> None:
+        """`item` is not a regular file of ours: no work on it, and it is reported."""
+        self.release(item)
+        self.ignored[item.rel] = what
         self.notice(text)
 
-    def observe(self, scan: Scan) -> list[tuple[int, str]]:
+    def observe(self, scan: Scan, future: list[str]) -> list[tuple[int, str]]:
         """Take what a scan found that will never be uploaded; return what is new, as (log
         level, message) for the watcher to log."""
         new: list[tuple[int, str]] = []
         if scan.problem is not None and self.last_error != scan.problem:
             new.append((logging.ERROR, f"{scan.problem}; nothing in it is taken"))
             self.fail(scan.problem)
-        for rel, kind in scan.ignored.items():
-            if self.ignored.get(rel) != kind:
-                new.append((logging.WARNING, f"{rel}: a {kind}, not a regular file; left alone"))
+        for rel, what in scan.ignored.items():
+            if self.ignored.get(rel) != what:
+                new.append((logging.WARNING, f"{rel}: {what}; left alone"))
         for rel in set(scan.too_deep) - set(self.too_deep):
             new.append((logging.ERROR, f"{rel}: folder too deep to upload; cannot drain"))
+        for rel in set(scan.unreadable) - set(self.unreadable):
+            new.append((logging.ERROR, f"{rel}: cannot be read (permissions); cannot drain"))
+        for rel in set(future) - self.future:
+            new.append(
+                (logging.WARNING, f"{rel}: its mtime is in the future (the writer's clock?)")
+            )
+        self.future = set(future)
         for _, text in new:
             self.notice(text)
         self.ignored, self.too_deep = scan.ignored, scan.too_deep
-        self.held &= scan.files.keys()
-        self.waiting = sum(1 for rel in scan.files if rel not in self.pending)
+        self.unreadable = scan.unreadable
+        # A file whose name an earlier, claimed file still holds waits in incoming.
+        waiting_for = {rel for rel in scan.files if ("claimed", rel) in self.pending}
+        for rel in sorted(waiting_for - self.held):
+            new.append((logging.INFO, f"{rel}: waits until an earlier file of that name is done"))
+            self.notice(new[-1][1])
+        self.held = (self.held & scan.files.keys()) | waiting_for
+        self.waiting = sum(1 for rel in scan.files if not self.in_progress(rel))
         return new
+
+    def restart(self, date_prefix: str, now: float) -> "_Dates":
+        """Make this drained (or timed out) session active again, keeping what it still owns
+        (parked files, work in progress). Returns what `undo` needs."""
+        before = (self.date_prefix, self.state, self.started_at, self.stopped_at)
+        self.date_prefix, self.state, self.started_at, self.stopped_at = (
+            date_prefix,
+            "active",
+            now,
+            None,
+        )
+        return before
+
+    def undo(self, before: "_Dates") -> None:
+        self.date_prefix, self.state, self.started_at, self.stopped_at = before
 
     def view(self) -> SessionView:
         return SessionView(
@@ -185,6 +234,7 @@ class Session:
             failed=len(self.parked),
             ignored=len(self.ignored),
             too_deep=len(self.too_deep),
+            unreadable=len(self.unreadable),
             held=len(self.held),
             renamed=self.renamed,
             late_writes=self.late_writes,
@@ -316,8 +366,9 @@ class Sessions:
         a file recovered from `.processing`, or unparked)."""
         return self.register_recovered(item.date_prefix, item.session_name)
 
-    async def start(self, name: str, prepare: Callable[[Session], None]) -> Session:
-        """Make `name` the active session. `prepare` creates its folders (runs on NFS)."""
+    async def start(self, name: str, prepare: Callable[[str, str], None]) -> Session:
+        """Make `name` the active session. `prepare(name, date)` creates its folders (runs on
+        NFS)."""
         check_session_name(name)
         async with self._changing:
             if (current := self.active) is not None:
@@ -327,16 +378,20 @@ class Sessions:
                 raise SessionConflict(
                     f"session {name!r} is still draining; wait for it or pick a name"
                 )
-            session = Session(name, today_utc(self._clock), "active", self._clock())
-            await self._nfs.call(lambda: prepare(session))
+            date = today_utc(self._clock)
+            await self._nfs.call(lambda: prepare(name, date))
+            # A name started again keeps its Session: its parked files and the work still in
+            # progress for it belong to it.
+            session = old or Session(name, date, "active", self._clock())
+            before = session.restart(date, self._clock()) if old is not None else None
             self.by_name[name] = session
             try:
                 await self.save()
             except BaseException:
-                if old is None:
+                if before is None:
                     del self.by_name[name]
                 else:
-                    self.by_name[name] = old
+                    session.undo(before)
                 raise
             return session
 

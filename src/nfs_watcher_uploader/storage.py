@@ -317,7 +317,12 @@ class Storage:
                 f"{MAX_BLOCKS} blocks of {staged.block_size} bytes"
             )
         policy = self._settings.on_name_conflict
-        if overwrite or policy is NameConflict.OVERWRITE:
+        if overwrite:  # this file's own blob: replaced unless it holds these bytes already
+            if await self._md5_of(blob_name) == staged.read.md5:
+                return Sent(blob_name, already=True)
+            await self._send(local, blob_name, staged, progress, True, log_extra, info)
+            return Sent(blob_name)
+        if policy is NameConflict.OVERWRITE:
             await self._send(local, blob_name, staged, progress, True, log_extra, info)
             return Sent(blob_name)
         for version in range(1, MAX_NAME_VERSIONS + 1):
@@ -422,8 +427,10 @@ class Storage:
         """Stage every block, at most `concurrency` at once for this file and the block budget
         across all files. Each block is read only once its budget permit is held, and the
         permit is released by `async with` on every path (failure, cancellation)."""
-        count = len(staged.block_md5s)
-        ids = [f"{index:08d}" for index in range(count)]
+        # A block's id is its index and its MD5: two uploads that stage blocks on one blob
+        # name at once (both found the name free) never mix their blocks in a commit.
+        ids = [f"{index:08d}-{md5.hex()}" for index, md5 in enumerate(staged.block_md5s)]
+        count = len(ids)
         window = asyncio.Semaphore(self.concurrency)
 
         async def put(index: int) -> None:

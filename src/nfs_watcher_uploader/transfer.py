@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 # may return a replacement, to corrupt an in-memory copy); the claim; the other renames; the
 # copy.
 StagedHook = Callable[[Path, Staged], Staged | None]
-ClaimFn = Callable[[Path, str, Path, tuple[int, int] | None], Moved]
+ClaimFn = Callable[[Path, str, Path, tuple[int, int] | None, bool], Moved]
 MoveFn = Callable[[Path, Path, tuple[int, int] | None], Moved]
 CopyFn = Callable[..., Staged]
 
@@ -104,11 +104,13 @@ class Transfer:
         storage: Storage,
         completed: dict[Path, Completed],
         seams: Seams,
+        allow_links: bool = False,
     ) -> None:
         self.layout, self.sessions, self.nfs = context.layout, context.sessions, context.nfs
         self.telemetry, self.stats = context.telemetry, context.stats
         self.delivery = context.delivery
         self.storage, self.completed = storage, completed
+        self.allow_links = allow_links
         self._on_staged, self._claim = seams.on_staged, seams.claim
         self._move, self._copy = seams.move, seams.copy
 
@@ -119,19 +121,26 @@ class Transfer:
         dst = self.layout.processing(item)
         # Unknown whether a failed rename happened (NFS can report a failure for a rename
         # that succeeded): it is retried, and `fsops.move` then sees where the file is.
+        links = self.allow_links
         with self.telemetry.step("claim"), nfs_errors("claim"):
-            moved = await self.nfs.call(lambda: self._claim(folder, item.rel, dst, item.seen))
+            moved = await self.nfs.call(
+                lambda: self._claim(folder, item.rel, dst, item.seen, links)
+            )
         if moved is Moved.TAKEN:
             if session.hold(item.rel):
                 text = f"{item.rel}: waits in incoming until an earlier file of that name is done"
                 session.notice(text)
                 logger.info("%s", printable(text), extra=log_extra(item))
             raise Skip
-        session.claimed(item.rel, moved is Moved.DONE)
-        if moved is Moved.GONE:
-            logger.debug("Lost the claim race for %s", printable(item.rel), extra=log_extra(item))
+        claimed = replace(item, claimed=True) if moved is Moved.DONE else None
+        session.claimed(item, claimed)
+        if claimed is None:
+            # GONE: another claimant took it; CHANGED: not the file judged complete any more.
+            logger.debug(
+                "Not claiming %s: %s", printable(item.rel), moved.value, extra=log_extra(item)
+            )
             raise Skip
-        return replace(item, claimed=True)
+        return claimed
 
     async def process(self, item: WorkItem, slot: Progress, session: Session) -> None:
         """Stage, upload and complete one claimed file."""
@@ -150,7 +159,7 @@ class Transfer:
         self._count_uploaded(item, session, sent_bytes)
 
     async def _stage(self, item: WorkItem, slot: Progress) -> Staged | None:
-        src, dst = self.layout.processing(item), self.layout.staged(item)
+        src, dst = self.layout.source(item), self.layout.staged(item)
         s = self.storage
         with self.telemetry.step("stage"):
             try:
@@ -174,6 +183,8 @@ class Transfer:
 
     async def _source_vanished(self, item: WorkItem, src: Path, exc: OSError) -> None:
         """The claimed file is gone: done by an earlier attempt, or lost to someone else."""
+        if item.completed:  # committed by a previous run, and since removed: nothing to do
+            return None
         done = self.layout.completed(item)
         with nfs_errors("looking for the claimed file"):
             completed = await self.nfs.call(lambda: fsops.exists(done))
@@ -236,7 +247,7 @@ class Transfer:
         the bytes committed; raise LateWrite if not."""
         assert item.committed is not None
         committed = item.committed
-        src, done = self.layout.processing(item), self.layout.completed(item)
+        src, done = self.layout.source(item), self.layout.completed(item)
 
         def complete() -> Moved | None:
             try:
@@ -244,6 +255,8 @@ class Transfer:
                     return None
             except FileNotFoundError:
                 pass  # already moved by an attempt that reported failure: `move` sees it
+            if item.completed:  # checked where it lies
+                return Moved.DONE
             return self._move(src, done, committed)
 
         with self.telemetry.step("complete"):
@@ -261,7 +274,10 @@ class Transfer:
             logger.info("%s already collected", printable(item.rel), extra=log_extra(item))
 
     def _count_uploaded(self, item: WorkItem, session: Session, size: int | None) -> None:
-        session.count_uploaded(item.rel, size)
+        if item.completed and not size:  # a previous run's upload, found intact: not counted
+            session.release(item)
+            return
+        session.count_uploaded(item, size)
         self.stats.count_uploaded(size)
         blob_name = self.layout.blob_name(item)
         logger.info(
@@ -301,7 +317,7 @@ class Transfer:
                 returned, text = False, f"{text} (could not put it back: {exc})"
             if not returned:
                 text = f"{item.rel}: {what}; left in {src.parent}, not uploaded"
-        session.ignore(item.rel, what, text)
+        session.ignore(item, what, text)
         logger.warning("Not a regular file: %s", printable(text), extra=log_extra(item))
 
     def late_write(self, item: WorkItem) -> WorkItem:
