@@ -281,8 +281,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results: list[Result] = []
     try:
         extra = dict(kv.split("=", 1) for kv in args.service_env)
+        # The files appear as hard links (instant, like a recorder's close): allowed here.
         service = Service(
-            work / "svc", azurite, "service", extra, poll_interval_s=0.1, min_file_age_s=0
+            work / "svc",
+            azurite,
+            "service",
+            extra,
+            poll_interval_s=0.1,
+            min_file_age_s=0,
+            allow_hard_links=True,
         )
         for i, name in enumerate(chosen):
             count, size = sets[name]

@@ -301,8 +301,9 @@ def test_permanent_errors_park_and_retry_on_request(
     assert reasons["refused-once.bin"] == "injected: storage refused this file"
     parked = settings.nfs_processing_root / "_failed" / date / "perm"
     assert (parked / "bad-name.").read_bytes() == b"a name Azure refuses"
-    view = running.get("/v1/sessions/perm").json()
-    assert view["failed"] == 2 and view["uploaded"] == 1
+    # fine.bin goes up on its own time: waited for, not assumed done with the parks.
+    view = wait_for(lambda: (v := running.get("/v1/sessions/perm").json())["uploaded"] == 1 and v)
+    assert view["failed"] == 2
     status = running.get("/v1/status").json()
     assert status["processed_err"] == 2 and status["failed"] == 2
     # Stop: the session cannot drain while files are parked.

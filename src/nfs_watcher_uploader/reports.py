@@ -189,8 +189,8 @@ class Reports:
 def _excluded(session: Session) -> list[dict[str, str]]:
     """What the session's last scan found that is never uploaded, with the reason."""
     out = [
-        {"path": printable(rel), "reason": f"a {kind}, not a regular file; left in incoming"}
-        for rel, kind in sorted(session.ignored.items())
+        {"path": printable(rel), "reason": f"{what}; left in incoming"}
+        for rel, what in sorted(session.ignored.items())
     ]
     out += [
         {"path": printable(rel), "reason": f"a folder deeper than {MAX_DEPTH} levels"}

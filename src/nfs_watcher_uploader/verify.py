@@ -195,7 +195,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """Run `verify` as the command line asked; returns the exit status."""
-    from nfs_watcher_uploader.main import load_settings
+    from nfs_watcher_uploader.main import load_settings  # here: main imports this module
 
     try:
         date, session = parse_target(args.target)
