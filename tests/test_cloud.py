@@ -24,6 +24,7 @@ from nfs_watcher_uploader.layout import Layout
 from nfs_watcher_uploader.ledger import Ledger
 from nfs_watcher_uploader.main import load_settings
 from nfs_watcher_uploader.models import WorkItem
+from nfs_watcher_uploader.sessions import Session
 from nfs_watcher_uploader.webhooks import Webhooks
 
 from .helpers import (
@@ -408,3 +409,16 @@ def test_manifest_off_keeps_no_ledger_and_writes_no_manifest(
     assert [b.name for b in container.list_blobs()] == [f"{date}/quiet/a.bin"]
     assert not (settings.nfs_processing_root / "_ledgers").exists()
     assert not list((settings.nfs_processing_root / "_reports").glob("*"))
+
+
+def test_a_restarted_session_drains_from_its_next_stop_not_from_an_old_reopening() -> None:
+    session = Session("s", "20261130", "drain_timed_out", 100.0, 200.0, redrained_at=300.0)
+    assert session.drain_start == 300.0
+    before = session.restart("20261201", 400.0)
+    assert session.redrained_at is None and session.drain_start == 0.0
+    session.undo(before)
+    assert (session.state, session.drain_start, session.date_prefix) == (
+        "drain_timed_out",
+        300.0,
+        "20261130",
+    )

@@ -48,8 +48,8 @@ Phase = Literal["queued", "in_flight", "retrying"]
 WATCHED_STATES = ("active", "draining")
 STATE_VERSION = 1
 NOTICES_KEPT = 20
-# A session's date, state, start and stop: what a restart changes.
-_Dates = tuple[str, SessionStateName, float, float | None]
+# A session's date, state, start, stop and reopening: what a restart changes.
+_Dates = tuple[str, SessionStateName, float, float | None, float | None]
 
 
 @dataclass
@@ -203,17 +203,30 @@ class Session:
     def restart(self, date_prefix: str, now: float) -> "_Dates":
         """Make this drained (or timed out) session active again, keeping what it still owns
         (parked files, work in progress). Returns what `undo` needs."""
-        before = (self.date_prefix, self.state, self.started_at, self.stopped_at)
+        before = (
+            self.date_prefix,
+            self.state,
+            self.started_at,
+            self.stopped_at,
+            self.redrained_at,
+        )
         self.date_prefix, self.state, self.started_at, self.stopped_at = (
             date_prefix,
             "active",
             now,
             None,
         )
+        self.redrained_at = None  # its next drain starts at its next stop
         return before
 
     def undo(self, before: "_Dates") -> None:
-        self.date_prefix, self.state, self.started_at, self.stopped_at = before
+        (
+            self.date_prefix,
+            self.state,
+            self.started_at,
+            self.stopped_at,
+            self.redrained_at,
+        ) = before
 
     def view(self) -> SessionView:
         return SessionView(
