@@ -242,6 +242,9 @@ def test_gc_readopting_a_completed_file_while_a_same_named_file_is_queued_strand
     container.create_container()
     _put_blob(container, f"{date}/ring/a.bin", b"old")
     running = service_factory(settings, copy=hold)
+    # Recovery found `ring` through the completed file: it drains first, and a draining name
+    # cannot be started (409). Started once that drain is over, not raced against it.
+    wait_for(lambda: _view(running, "ring")["state"] != "draining", what="ring's drain over")
     assert running.post("/v1/watch/start", json={"session_name": "ring"}).status_code == 200
     incoming = settings.nfs_incoming_dir / "ring"
     write_file(incoming / "hold.bin", b"hold")
