@@ -208,8 +208,12 @@ def blob_bytes(container: ContainerClient, name: str) -> bytes | None:
     return blob.download_blob().readall()
 
 
+KEPT_IN_PROCESSING = ("_completed", "sessions.json", "_ledgers", "_reports", "_outbox")
+
+
 def leftover_files(root: Path) -> list[str]:
-    """Files still in incoming or in `.processing` (markers excluded: GC deletes them)."""
+    """Files still in incoming or in `.processing` (markers excluded: GC deletes them; and the
+    ledgers, reports and webhook outbox, which are not files to upload)."""
     out: list[str] = []
     for sub in ("incoming", ".processing"):
         base = root / sub
@@ -217,7 +221,7 @@ def leftover_files(root: Path) -> list[str]:
             continue
         for p in base.rglob("*"):
             rel = p.relative_to(root)
-            if p.is_file() and rel.parts[1] not in ("_completed", "sessions.json"):
+            if p.is_file() and rel.parts[1] not in KEPT_IN_PROCESSING:
                 out.append(str(rel))
     return out
 

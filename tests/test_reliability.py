@@ -124,7 +124,8 @@ def test_storage_outage_is_ridden_out_without_restart(
         timeout=60,
     )
     assert running.get("/v1/status").json()["retries"] > 0
-    assert running.service.pipeline.stats.uploaded == 30
+    # Counted once marked done, a moment after the commit (its ledger line comes between).
+    wait_for(lambda: running.service.pipeline.stats.uploaded == 30, timeout=30)
 
 
 @pytest.fixture

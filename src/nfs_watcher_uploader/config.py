@@ -1,6 +1,7 @@
 """Settings, read once from `APP_*` environment variables (see the README's settings table)."""
 
 import os
+import socket
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Self
@@ -8,7 +9,15 @@ from typing import Annotated, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from nfs_watcher_uploader.constants import API_TOKEN_MIN_LENGTH
+from nfs_watcher_uploader.constants import (
+    API_TOKEN_MIN_LENGTH,
+    MAX_TAGS,
+    RESERVED_TAG,
+    SOURCE_ID_MAX,
+    TAG_KEY_MAX,
+    TAG_RE,
+    TAG_VALUE_MAX,
+)
 
 
 class AzureAuth(StrEnum):
@@ -28,6 +37,15 @@ class NameConflict(StrEnum):
     KEEP_BOTH = "keep-both"
     OVERWRITE = "overwrite"
     PARK = "park"
+
+
+class AccessTier(StrEnum):
+    """The access tier a blob is created in (set at upload: no later re-tier is paid)."""
+
+    HOT = "Hot"
+    COOL = "Cool"
+    COLD = "Cold"
+    ARCHIVE = "Archive"
 
 
 class Settings(BaseSettings):
@@ -94,6 +112,16 @@ class Settings(BaseSettings):
     # restart an unhealthy container themselves. None: never.
     exit_on_stall_s: float | None = Field(default=None, gt=0)
 
+    # What a consumer in the cloud gets (README "In the cloud")
+    source_id: str = Field(default_factory=socket.gethostname)
+    azure_access_tier: AccessTier | None = None
+    # None: no blob index tags (setting them needs the tags permission); else these, plus
+    # session=<name> on every blob.
+    azure_tags: Annotated[dict[str, str] | None, NoDecode] = None
+    manifest: bool = True
+    webhook_url: SecretStr | None = None
+    webhook_secret: SecretStr | None = None
+
     @field_validator("file_extensions", mode="before")
     @classmethod
     def parse_extensions(cls, v: object) -> object:
@@ -117,6 +145,33 @@ class Settings(BaseSettings):
     @classmethod
     def _strong_token(cls, v: SecretStr | None) -> SecretStr | None:
         return None if v is None else SecretStr(check_api_token(v.get_secret_value()))
+
+    @field_validator("source_id")
+    @classmethod
+    def _check_source_id(cls, v: str) -> str:
+        if not v or len(v) > SOURCE_ID_MAX or not (v.isascii() and v.isprintable()):
+            raise ValueError(f"must be 1 to {SOURCE_ID_MAX} printable ASCII characters")
+        return v
+
+    @field_validator("azure_access_tier", mode="before")
+    @classmethod
+    def _tier_any_case(cls, v: object) -> object:
+        if isinstance(v, str):
+            return {t.value.lower(): t for t in AccessTier}.get(v.strip().lower(), v) or None
+        return v
+
+    @field_validator("azure_tags", mode="before")
+    @classmethod
+    def _parse_tags(cls, v: object) -> object:
+        return parse_tags(v) if isinstance(v, str) else v
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _check_webhook_url(cls, v: SecretStr | None) -> SecretStr | None:
+        # The URL may hold a token: the message never repeats it.
+        if v is not None and not v.get_secret_value().startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return v
 
     @model_validator(mode="after")
     def _check_auth(self) -> Self:
@@ -157,6 +212,39 @@ def check_api_token(token: str) -> str:
             "(e.g. `openssl rand -hex 32`), or unset it to leave the API open"
         )
     return token
+
+
+def parse_tags(text: str) -> dict[str, str] | None:
+    """`k=v,k2=v2` -> {k: v, k2: v2}, checked against Azure's rules for blob index tags. Empty
+    means no tags; the bare word `session` asks for the session tag alone."""
+    entries = [e.strip() for e in text.split(",") if e.strip()]
+    if not entries:
+        return None
+    tags: dict[str, str] = {}
+    for entry in entries:
+        if entry == RESERVED_TAG:
+            continue
+        key, sep, value = entry.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key:
+            raise ValueError(f"{entry!r} is not key=value")
+        if key == RESERVED_TAG:
+            raise ValueError(f"the tag {RESERVED_TAG!r} is set by the service to the session name")
+        if len(key) > TAG_KEY_MAX or len(value) > TAG_VALUE_MAX:
+            raise ValueError(
+                f"tag {key[:TAG_KEY_MAX]!r}: keys hold at most {TAG_KEY_MAX} characters, "
+                f"values {TAG_VALUE_MAX}"
+            )
+        if not TAG_RE.fullmatch(key) or not TAG_RE.fullmatch(value):
+            raise ValueError(
+                f"tag {key!r}: only letters, digits, space and + - . / : = _ are allowed"
+            )
+        tags[key] = value
+    if len(tags) + 1 > MAX_TAGS:
+        raise ValueError(
+            f"at most {MAX_TAGS - 1} tags: a blob holds {MAX_TAGS}, one is the session"
+        )
+    return tags
 
 
 def unsafe_paths(settings: Settings) -> list[str]:

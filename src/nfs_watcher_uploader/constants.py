@@ -14,6 +14,18 @@ PARKED_REASONS_DIR = "_failed_reasons"
 # Sessions (active, draining, recently drained) survive restarts in this file.
 STATE_FILE = "sessions.json"
 STATE_TMP_PREFIX = ".sessions.json.tmp-"
+# What a consumer in the cloud relies on, kept until it is in storage or delivered: a ledger of
+# committed blobs per session (`<date>/<session>.jsonl`), sessions whose manifest and event are
+# due, and webhook events not yet delivered (one file each, named by the event's id).
+LEDGERS_DIR = "_ledgers"
+LEDGER_SUFFIX = ".jsonl"
+REPORTS_DIR = "_reports"
+OUTBOX_DIR = "_outbox"
+JOB_TMP_PREFIX = ".job.tmp-"
+# The manifest of session s is the blob `<date>/s.manifest.json`, beside the folder `<date>/s/`.
+MANIFEST_SUFFIX = ".manifest.json"
+# Webhook events waiting at most: past this, new events are dropped, each with an error line.
+OUTBOX_MAX = 10_000
 
 # Only ASCII digits: \d would also take other scripts' digits.
 DATE_DIR_RE = re.compile(r"^[0-9]{8}$")
@@ -72,3 +84,13 @@ REQUEST_HEAD_TIMEOUT_S = 10.0
 REQUEST_BODY_TIMEOUT_S = 10.0
 MAX_CONNECTIONS = 64
 MAX_REQUEST_HEAD = 16 * 1024
+# Blob index tags (https://learn.microsoft.com/azure/storage/blobs/storage-manage-find-blobs):
+# at most 10 per blob, keys up to 128 and values up to 256 of these characters. One is always
+# `session`, so that lifecycle rules and queries can select a session's blobs.
+MAX_TAGS = 10
+TAG_KEY_MAX = 128
+TAG_VALUE_MAX = 256
+TAG_RE = re.compile(r"^[A-Za-z0-9 +\-./:=_]*$")
+RESERVED_TAG = "session"
+# APP_SOURCE_ID goes into blob metadata, an HTTP header: printable ASCII only.
+SOURCE_ID_MAX = 256

@@ -8,7 +8,15 @@
     <staging>/nfs-watcher-uploader/<date>/<session>/<rel>  the local copy that is uploaded
     blob <date>/<session>/<rel>                     unless a name conflict chose another
 
-`rel` is the file's path relative to its session folder ('cam2/rec1.bin').
+    <processing>/_ledgers/<date>/<session>.jsonl    one line per blob committed
+    <processing>/_reports/<id>.json                 a session's end: manifest and event due
+    <processing>/_outbox/<id>.json                  a webhook event not yet delivered
+    blob <date>/<session>.manifest.json             the session's manifest
+
+`rel` is the file's path relative to its session folder ('cam2/rec1.bin'). A file's blob has
+at least three segments and a manifest's two, so no file is ever named like a manifest; and no
+session may be named like one (`models.is_manifest_like`), so no manifest shadows a session
+folder either.
 """
 
 import os
@@ -20,9 +28,14 @@ from nfs_watcher_uploader.config import Settings
 from nfs_watcher_uploader.constants import (
     COMPLETED_DIR,
     CONFLICT_MARK,
+    LEDGER_SUFFIX,
+    LEDGERS_DIR,
+    MANIFEST_SUFFIX,
     NAME_MAX,
+    OUTBOX_DIR,
     PARKED_DIR,
     PARKED_REASONS_DIR,
+    REPORTS_DIR,
     STAGING_DIR,
 )
 from nfs_watcher_uploader.models import WorkItem
@@ -51,6 +64,17 @@ class Layout:
     @property
     def reasons_root(self) -> Path:
         return self.processing_root / PARKED_REASONS_DIR
+
+    @property
+    def outbox_root(self) -> Path:
+        return self.processing_root / OUTBOX_DIR
+
+    @property
+    def reports_root(self) -> Path:
+        return self.processing_root / REPORTS_DIR
+
+    def ledger(self, date_prefix: str, session_name: str) -> Path:
+        return self.processing_root / LEDGERS_DIR / date_prefix / f"{session_name}{LEDGER_SUFFIX}"
 
     def session_folder(self, session_name: str) -> Path:
         return self.incoming_root / session_name
@@ -94,6 +118,10 @@ class Layout:
     @staticmethod
     def blob_name(item: WorkItem) -> str:
         return item.blob_name or f"{item.date_prefix}/{item.session_name}/{item.rel}"
+
+
+def manifest_blob(date_prefix: str, session_name: str) -> str:
+    return f"{date_prefix}/{session_name}{MANIFEST_SUFFIX}"
 
 
 def _tail(item: WorkItem, rel: str | None = None) -> Path:

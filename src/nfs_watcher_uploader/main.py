@@ -1,5 +1,7 @@
-"""Entry points: the app factory (`create_app`) and the console script (`run`)."""
+"""Entry points: the app factory (`create_app`) and the console script (`run`): the service,
+or `verify`."""
 
+import argparse
 import asyncio
 import logging
 import sys
@@ -10,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import ValidationError
 
-from nfs_watcher_uploader import api
+from nfs_watcher_uploader import api, verify
 from nfs_watcher_uploader.auth import ApiToken, TokenFileError
 from nfs_watcher_uploader.config import Settings, unsafe_paths
 from nfs_watcher_uploader.limits import server_options
@@ -96,8 +98,30 @@ def _return_freed_memory() -> None:
         pass  # not glibc: nothing to tune
 
 
-def run() -> None:
-    """Console script: serve the API on APP_HOST:APP_PORT (default 0.0.0.0:8000)."""
+def run(argv: list[str] | None = None) -> None:
+    """Console script: with no command (or `serve`), the service; `verify <date>/<session>`
+    checks a session in storage against its manifest."""
+    parser = argparse.ArgumentParser(
+        prog="nfs-watcher-uploader", description="Upload finished recordings from NFS to Azure."
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser("serve", help="watch, upload and serve the API (the default)")
+    verify.add_arguments(
+        commands.add_parser(
+            "verify",
+            help=verify.HELP,
+            description=verify.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+    )
+    args = parser.parse_args(argv)
+    if args.command == "verify":
+        sys.exit(verify.main(args))
+    serve()
+
+
+def serve() -> None:
+    """Serve the API on APP_HOST:APP_PORT (default 0.0.0.0:8000), and upload."""
     import uvicorn
 
     _return_freed_memory()

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, field_validator
 
-from nfs_watcher_uploader.constants import SESSION_NAME_MAX, SESSION_NAME_RE
+from nfs_watcher_uploader.constants import MANIFEST_SUFFIX, SESSION_NAME_MAX, SESSION_NAME_RE
 
 # Where the file of a piece of work lies: still in incoming, claimed into the processing
 # root, or in the completed tree (committed by a previous run, to be checked once more).
@@ -38,6 +38,9 @@ class WorkItem:
     # In the completed tree (`rel` is then its path there, below `<date>/<session>/`).
     completed: bool = False
     ticket: int = field(default_factory=lambda: next(_tickets))
+    # The MD5 of the bytes committed, and whether the session's ledger has their line yet.
+    md5: bytes | None = None
+    recorded: bool = False
 
     @property
     def place(self) -> tuple[Where, str]:
@@ -82,6 +85,13 @@ def check_session_name(name: str) -> str:
     return name
 
 
+def is_manifest_like(session_name: str) -> bool:
+    """A session of this name would have its folder where another session's manifest is
+    (`<date>/x.manifest.json/...` beside `<date>/x.manifest.json`): a hierarchical namespace
+    (Data Lake Storage) cannot hold both. Refused for new sessions."""
+    return session_name.lower().endswith(MANIFEST_SUFFIX)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -97,6 +107,16 @@ class _SessionNameBody(_Strict):
 
 class WatchStartRequest(_SessionNameBody):
     """Start watching `incoming/<session_name>/`; a name is generated when none is given."""
+
+    @field_validator("session_name")
+    @classmethod
+    def _not_a_manifest(cls, v: str | None) -> str | None:
+        if v is not None and is_manifest_like(v):
+            raise ValueError(
+                f"session_name must not end with {MANIFEST_SUFFIX!r}: "
+                "that is the name of a session's manifest"
+            )
+        return v
 
 
 class WatchStartResponse(BaseModel):

@@ -26,7 +26,9 @@ from pathlib import Path
 import anyio.to_thread
 
 from nfs_watcher_uploader import errors
+from nfs_watcher_uploader.backoff import backoff_delay
 from nfs_watcher_uploader.config import Settings
+from nfs_watcher_uploader.delivery import Delivery
 from nfs_watcher_uploader.fsops import Nfs
 from nfs_watcher_uploader.layout import Layout
 from nfs_watcher_uploader.models import Stats, WorkItem, printable
@@ -56,12 +58,6 @@ class Slot:
 
     def touch(self) -> None:
         self.progress = time.monotonic()
-
-
-def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
-    """Exponential backoff with jitter: base * 2**(attempt-1), capped, times 0.5-1.0."""
-    raw = min(cap, base * 2 ** min(attempt - 1, 30))
-    return raw * (0.5 + rng.random() / 2)
 
 
 class RetryTimer:
@@ -107,15 +103,17 @@ class Pipeline:
         telemetry: Telemetry,
         rng: random.Random | None = None,
         seams: Seams | None = None,
+        delivery: Delivery | None = None,
     ) -> None:
         self.settings = settings
         self.layout = Layout.from_settings(settings)
+        self.delivery = delivery or Delivery.from_settings(settings, self.layout, nfs)
         self.sessions = sessions
         self.telemetry = telemetry
         self.stats = Stats()
         # completed path -> what was committed; GC reads a copy, checks and deletes.
         self.completed: dict[Path, Completed] = {}
-        context = Context(self.layout, sessions, nfs, telemetry, self.stats)
+        context = Context(self.layout, sessions, nfs, telemetry, self.stats, self.delivery)
         seams = seams or Seams()
         self.transfer = Transfer(context, storage, self.completed, seams, settings.allow_hard_links)
         self.parked = ParkedFiles(context, self.put, seams.move)

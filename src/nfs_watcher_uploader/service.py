@@ -1,11 +1,13 @@
 """The service: builds the components, starts them in order, reports readiness and liveness.
 
-Start:    load sessions -> clear staging -> connect storage (retrying) -> workers -> recovery
-          -> ready -> watcher and GC.  The API serves from the first moment; /readyz is 503
+Start:    webhook deliveries; load sessions -> clear staging -> connect storage (retrying) ->
+          workers and session reports -> recovery -> ready -> watcher and GC.
+          The API serves from the first moment; /readyz is 503
           until recovery is done and the container is reachable. With APP_EXIT_ON_STALL_S, a
           watchdog ends the process once liveness has failed that long (for Docker/compose).
 Shutdown: stop intake (watcher, GC) -> in-flight uploads get APP_SHUTDOWN_GRACE_S -> cancel the
-          rest (recovered on the next start) -> close the storage client.
+          rest (recovered on the next start), reports and deliveries (their jobs stay on NFS)
+          -> close the storage client.
 """
 
 import asyncio
@@ -20,11 +22,14 @@ import anyio.to_thread
 
 from nfs_watcher_uploader import fsops
 from nfs_watcher_uploader.config import Settings
+from nfs_watcher_uploader.delivery import Delivery
 from nfs_watcher_uploader.errors import RetryableError
 from nfs_watcher_uploader.fsops import Nfs
 from nfs_watcher_uploader.gc import GarbageCollector
+from nfs_watcher_uploader.layout import Layout
 from nfs_watcher_uploader.pipeline import Pipeline, backoff_delay
 from nfs_watcher_uploader.recovery import clear_staging, recover
+from nfs_watcher_uploader.reports import Reports
 from nfs_watcher_uploader.sessions import Session, Sessions
 from nfs_watcher_uploader.storage import Storage, TokenCredentialFactory
 from nfs_watcher_uploader.telemetry import Gauges, Telemetry
@@ -56,11 +61,33 @@ class Service:
         self.settings = settings
         self.nfs = Nfs(settings.nfs_timeout_s, copy_threads=settings.worker_concurrency)
         self.telemetry = telemetry or Telemetry()
-        self.sessions = Sessions(settings.nfs_processing_root, self.nfs)
+        layout = Layout.from_settings(settings)
+        self.delivery = Delivery.from_settings(settings, layout, self.nfs)
+        # Told of each session's end: its manifest and event are due from then on.
+        self.sessions = Sessions(
+            settings.nfs_processing_root, self.nfs, on_end=lambda s, st: self.reports.ended(s, st)
+        )
         self.storage = Storage(settings, token_credential)
         seams = Seams(on_staged, claim, move, copy)
         self.pipeline = Pipeline(
-            settings, self.sessions, self.storage, self.nfs, self.telemetry, seams=seams
+            settings,
+            self.sessions,
+            self.storage,
+            self.nfs,
+            self.telemetry,
+            seams=seams,
+            delivery=self.delivery,
+        )
+        d = self.delivery
+        self.reports = Reports(
+            settings,
+            layout,
+            self.nfs,
+            self.storage,
+            d.ledger,
+            d.labels,
+            d.webhooks,
+            self.pipeline.parked.listing,
         )
         self.watcher = Watcher(self.pipeline, self.nfs, scan)
         self.gc = GarbageCollector(self.pipeline, self.nfs)
@@ -77,6 +104,7 @@ class Service:
                 sessions=lambda: Counter(s.state for s in self.sessions.by_name.values()),
                 # No bandwidth cap yet: 0 means unlimited.
                 bandwidth_limit=lambda: 0.0,
+                webhook_pending=lambda: self.delivery.webhooks.pending,
             )
         )
         self.ready = False
@@ -85,6 +113,9 @@ class Service:
         self._run_task: asyncio.Task[None] | None = None
         self._intake: list[asyncio.Task[None]] = []
         self._pipeline_task: asyncio.Task[None] | None = None
+        # Session reports and webhook deliveries: on their own, so that neither can hold up
+        # an upload.
+        self._outbound: list[asyncio.Task[None]] = []
         self._watchdog: asyncio.Task[None] | None = None
         self._exit = exit_process
 
@@ -124,6 +155,7 @@ class Service:
                 return
 
     async def _run(self) -> None:
+        self._outbound.append(asyncio.create_task(self.delivery.webhooks.run(), name="webhooks"))
         self.phase = "loading sessions"
         await self._until_ok(self.sessions.load, "load sessions", lambda: self.sessions.loaded)
         # Staging may hold many GiB from before a crash: remove it off the event loop.
@@ -131,6 +163,7 @@ class Service:
         self.phase = "connecting to storage"
         await self._until_ok(self.storage.connect, "connect to storage")
         self._pipeline_task = asyncio.create_task(self.pipeline.run(), name="pipeline")
+        self._outbound.append(asyncio.create_task(self.reports.run(), name="reports"))
         self.phase = "recovering"
         await self._until_ok(
             lambda: recover(self.sessions, self.pipeline, self.nfs),
@@ -144,7 +177,7 @@ class Service:
         self.ready = True
         self.phase = "running"
         logger.info("Ready: %r", self)
-        await asyncio.gather(self._pipeline_task, *self._intake)
+        await asyncio.gather(self._pipeline_task, *self._intake, *self._outbound)
 
     async def _until_ok(
         self,
@@ -187,7 +220,11 @@ class Service:
         if self._pipeline_task is not None:
             self._pipeline_task.cancel()
             await asyncio.gather(self._pipeline_task, return_exceptions=True)
-        # 4. Close the storage client.
+        # 4. Stop session reports and webhook deliveries: what is not done stays on NFS.
+        for task in self._outbound:
+            task.cancel()
+        await asyncio.gather(*self._outbound, return_exceptions=True)
+        # 5. Close the storage client.
         await self.storage.close()
         logger.info("Stopped: %r", self)
 

@@ -5,6 +5,9 @@ folder is in storage (`drained`), or until APP_DRAIN_TIMEOUT_S passes (`drain_ti
 is left stays where it is and is reported). Active, draining and recently drained sessions are
 written to `<processing root>/sessions.json` (temp file, fsync, rename) on every change and
 resumed on start, so a restart neither forgets a session nor the answer to "is it drained?".
+A session that ended with files parked drains again once they are retried (`reopen`), with a
+new APP_DRAIN_TIMEOUT_S from then. `on_end` is told of every end before it is recorded (the
+manifest and the event are due from then on).
 """
 
 import asyncio
@@ -12,7 +15,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,8 +48,8 @@ Phase = Literal["queued", "in_flight", "retrying"]
 WATCHED_STATES = ("active", "draining")
 STATE_VERSION = 1
 NOTICES_KEPT = 20
-# A session's date, state, start and stop: what a restart changes.
-_Dates = tuple[str, SessionStateName, float, float | None]
+# A session's date, state, start, stop and reopening: what a restart changes.
+_Dates = tuple[str, SessionStateName, float, float | None, float | None]
 
 
 @dataclass
@@ -56,6 +59,8 @@ class Session:
     state: SessionStateName
     started_at: float
     stopped_at: float | None = None
+    # Set when parked files of an ended session were retried: it drains again from then.
+    redrained_at: float | None = None
     # Progress since this process started (the files themselves are the durable record).
     files_seen: int = 0
     bytes_seen: int = 0
@@ -84,6 +89,11 @@ class Session:
     @property
     def watched(self) -> bool:
         return self.state in WATCHED_STATES
+
+    @property
+    def drain_start(self) -> float:
+        """When the current drain began: the stop, or the retry that reopened the session."""
+        return self.redrained_at or self.stopped_at or 0.0
 
     def count(self, phase: Phase) -> int:
         return sum(1 for p, _ in self.pending.values() if p == phase)
@@ -193,17 +203,30 @@ class Session:
     def restart(self, date_prefix: str, now: float) -> "_Dates":
         """Make this drained (or timed out) session active again, keeping what it still owns
         (parked files, work in progress). Returns what `undo` needs."""
-        before = (self.date_prefix, self.state, self.started_at, self.stopped_at)
+        before = (
+            self.date_prefix,
+            self.state,
+            self.started_at,
+            self.stopped_at,
+            self.redrained_at,
+        )
         self.date_prefix, self.state, self.started_at, self.stopped_at = (
             date_prefix,
             "active",
             now,
             None,
         )
+        self.redrained_at = None  # its next drain starts at its next stop
         return before
 
     def undo(self, before: "_Dates") -> None:
-        self.date_prefix, self.state, self.started_at, self.stopped_at = before
+        (
+            self.date_prefix,
+            self.state,
+            self.started_at,
+            self.stopped_at,
+            self.redrained_at,
+        ) = before
 
     def view(self) -> SessionView:
         return SessionView(
@@ -243,6 +266,7 @@ class Session:
             "state": self.state,
             "started_at": self.started_at,
             "stopped_at": self.stopped_at,
+            "redrained_at": self.redrained_at,
         }
 
     def __repr__(self) -> str:
@@ -256,13 +280,25 @@ def today_utc(clock: Callable[[], float] = time.time) -> str:
     return datetime.fromtimestamp(clock(), UTC).strftime("%Y%m%d")
 
 
+# Told that a session ended (drained or timed out), before that is saved; raises OSError when
+# it cannot take note (the session then goes on draining, and ends at a later scan).
+EndHook = Callable[["Session", SessionStateName], Awaitable[None]]
+
+
 class Sessions:
     """All sessions this service knows, and the one that is active."""
 
-    def __init__(self, processing_root: Path, nfs: Nfs, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        processing_root: Path,
+        nfs: Nfs,
+        clock: Callable[[], float] = time.time,
+        on_end: EndHook | None = None,
+    ):
         self.state_path = processing_root / STATE_FILE
         self._nfs = nfs
         self._clock = clock
+        self._on_end = on_end
         self.by_name: dict[str, Session] = {}
         self.state_error: str | None = None
         self.loaded = False
@@ -388,8 +424,36 @@ class Sessions:
             return session
 
     async def finish(self, session: Session, state: SessionStateName) -> None:
-        """Record that a draining session is drained or timed out."""
+        """Record that a draining session is drained or timed out (the caller has just checked
+        that it is: the state changes before any await)."""
         session.state = state
+        if self._on_end is not None:
+            try:
+                await self._on_end(session, state)
+            except OSError as exc:
+                session.state = "draining"  # not ended until its end is on record
+                logger.warning(
+                    "Session %s: cannot record its end (%s); trying again at the next scan",
+                    session.name,
+                    exc,
+                    extra={"session_name": session.name},
+                )
+                return
+        try:
+            await self.save()
+        except OSError:
+            logger.warning("Could not save session state; will retry on the next change")
+
+    async def reopen(self, session: Session) -> None:
+        """Files of an ended session were retried: it drains again, with a fresh timeout."""
+        if session.watched:
+            return
+        session.state, session.redrained_at = "draining", self._clock()
+        logger.info(
+            "Session %s drains again: its parked files were retried",
+            session.name,
+            extra={"session_name": session.name},
+        )
         try:
             await self.save()
         except OSError:
@@ -409,6 +473,7 @@ class _StoredSession(BaseModel):
     state: SessionStateName
     started_at: float
     stopped_at: float | None
+    redrained_at: float | None = None
 
     @field_validator("name")
     @classmethod
@@ -432,7 +497,8 @@ def _parse_state(raw: bytes) -> list[Session]:
     """Raises ValueError (pydantic's ValidationError is one) for anything but a valid file."""
     doc = _StateDoc.model_validate_json(raw)
     sessions = [
-        Session(e.name, e.date_prefix, e.state, e.started_at, e.stopped_at) for e in doc.sessions
+        Session(e.name, e.date_prefix, e.state, e.started_at, e.stopped_at, e.redrained_at)
+        for e in doc.sessions
     ]
     if len({s.name for s in sessions}) != len(sessions):
         raise ValueError("a session name appears twice")

@@ -44,6 +44,7 @@ from azure.core.exceptions import (
 from azure.storage.blob import ContentSettings
 from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClient
 
+from nfs_watcher_uploader.blobinfo import BlobInfo
 from nfs_watcher_uploader.config import AzureAuth, NameConflict, Settings
 from nfs_watcher_uploader.constants import (
     MAX_BLOB_NAME,
@@ -299,8 +300,9 @@ class Storage:
             )
         return out
 
-    async def connect(self) -> None:
-        """Try each credential until one reaches (or creates) the container.
+    async def connect(self, create: bool = True) -> None:
+        """Try each credential until one reaches the container (creating it when `create` and
+        APP_AZURE_CREATE_CONTAINER allow).
 
         Raises RetryableError when none does yet: the caller keeps trying, the API keeps serving.
         """
@@ -323,7 +325,7 @@ class Storage:
                     # Ask for a token first: the SDK's retry policy would otherwise retry an
                     # unavailable identity for a minute or more before we could fall back.
                     await credential.get_token(STORAGE_SCOPE)
-                if self._settings.azure_create_container:
+                if create and self._settings.azure_create_container:
                     await _ensure_container(container)
                 await self._prove(container)
             except (ClientAuthenticationError, HttpResponseError) as exc:
@@ -388,6 +390,7 @@ class Storage:
         progress: Callable[[], None],
         overwrite: bool = False,
         log_extra: dict[str, str] | None = None,
+        info: BlobInfo | None = None,
     ) -> Sent:
         """Upload `local` as a block blob named `blob_name`, or the next free version of that
         name; raise UploadError (see errors.py).
@@ -402,8 +405,10 @@ class Storage:
         and this one goes up as `<stem>~2<ext>`, `~3`... (APP_ON_NAME_CONFLICT=keep-both), or
         is parked (park). `overwrite` (or APP_ON_NAME_CONFLICT=overwrite) replaces the blob.
         A blob the credential may not read counts as other bytes (`Sent.compared` False).
+        `info` is the Content-Type, metadata, tags and tier it is created with.
         """
         check_blob_name(blob_name)
+        info = info or BlobInfo()
         if staged.block_md5s and staged.read.size > MAX_BLOCKS * staged.block_size:
             raise PermanentError(
                 f"file is {staged.read.size} bytes; a block blob holds at most "
@@ -413,10 +418,10 @@ class Storage:
         if overwrite:  # this file's own blob: replaced unless it holds these bytes already
             if self.can_read and await self._md5_of(blob_name) == staged.read.md5:
                 return Sent(blob_name, already=True)
-            await self._send(local, blob_name, staged, progress, True, log_extra)
+            await self._send(local, blob_name, staged, progress, True, log_extra, info)
             return Sent(blob_name)
         if policy is NameConflict.OVERWRITE:
-            await self._send(local, blob_name, staged, progress, True, log_extra)
+            await self._send(local, blob_name, staged, progress, True, log_extra, info)
             return Sent(blob_name)
         compared = True
         for version in range(1, MAX_NAME_VERSIONS + 1):
@@ -427,7 +432,7 @@ class Storage:
             found = await self._md5_of(name) if look_first else _MISSING
             if found is _MISSING or found is _UNREADABLE:
                 try:
-                    await self._send(local, name, staged, progress, False, log_extra)
+                    await self._send(local, name, staged, progress, False, log_extra, info)
                     return Sent(name, compared=compared)
                 except _NameTaken:
                     found = await self._md5_of(name)
@@ -469,10 +474,14 @@ class Storage:
         progress: Callable[[], None],
         overwrite: bool,
         log_extra: dict[str, str] | None,
+        info: BlobInfo,
     ) -> None:
         blob = self.container.get_blob_client(blob_name)
-        settings = ContentSettings(content_md5=bytearray(staged.read.md5))
-        condition: dict[str, Any] = {} if overwrite else {"if_none_match": "*"}
+        settings = ContentSettings(
+            content_type=info.content_type, content_md5=bytearray(staged.read.md5)
+        )
+        extra = info.upload_kwargs()
+        commit: dict[str, Any] = extra if overwrite else {"if_none_match": "*", **extra}
         try:
             if staged.data is not None:
                 data = staged.data
@@ -481,7 +490,7 @@ class Storage:
                 try:
                     if staged.block_md5s:
                         ids = await self._put_blocks(blob, fd, staged, progress, log_extra)
-                        await blob.commit_block_list(ids, content_settings=settings, **condition)  # pyright: ignore[reportArgumentType]
+                        await blob.commit_block_list(ids, content_settings=settings, **commit)  # pyright: ignore[reportArgumentType]
                         progress()
                         return
                     data = await anyio.to_thread.run_sync(os.pread, fd, staged.read.size + 1, 0)
@@ -493,6 +502,7 @@ class Storage:
                 overwrite=overwrite,
                 content_settings=settings,
                 transactional_content_md5=staged.read.md5,
+                **extra,
             )
         except FileNotFoundError:
             raise RetryableError(f"staged copy of {blob_name} vanished; staging again") from None

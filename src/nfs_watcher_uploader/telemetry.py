@@ -126,6 +126,7 @@ class Gauges:
     staging_size: Callable[[], int | None]
     sessions: Callable[[], Mapping[str, int]]
     bandwidth_limit: Callable[[], float]
+    webhook_pending: Callable[[], int] = lambda: 0
 
 
 class RecentRate:
@@ -269,6 +270,13 @@ class Telemetry:
                 "Upload bandwidth limit (0: unlimited)",
                 gauges.bandwidth_limit,
                 True,
+            ),
+            (
+                "webhook.events.pending",
+                "{event}",
+                "Webhook events in the outbox, not yet delivered",
+                gauges.webhook_pending,
+                False,
             ),
         ]
         for name, unit, description, fn, gauge in table:

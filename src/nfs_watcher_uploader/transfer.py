@@ -5,6 +5,7 @@
     stage     copy to local staging, hashing the bytes read from NFS (per block too)
     upload    every request carries the MD5 read from NFS, so Azure refuses changed bytes; a
               name held by other bytes is kept, and this file goes up under the next free name
+    record    append the blob's line to the session's ledger (for the manifest), fsynced
     complete  if the file still has the size and mtime that were read, rename it into
               .processing/_completed/<d>/<s>/<rel>; GC looks once more, then deletes it
 
@@ -22,6 +23,7 @@ from typing import Protocol
 import anyio.to_thread
 
 from nfs_watcher_uploader import fsops
+from nfs_watcher_uploader.delivery import Delivery
 from nfs_watcher_uploader.errors import (
     CompletionPending,
     LateWrite,
@@ -37,6 +39,7 @@ from nfs_watcher_uploader.models import Stats, WorkItem, printable
 from nfs_watcher_uploader.sessions import Session, Sessions
 from nfs_watcher_uploader.storage import Storage
 from nfs_watcher_uploader.telemetry import Telemetry
+from nfs_watcher_uploader.webhooks import event_id
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +88,7 @@ class Context:
     nfs: Nfs
     telemetry: Telemetry
     stats: Stats
+    delivery: Delivery
 
 
 def log_extra(item: WorkItem) -> dict[str, str]:
@@ -104,6 +108,7 @@ class Transfer:
     ) -> None:
         self.layout, self.sessions, self.nfs = context.layout, context.sessions, context.nfs
         self.telemetry, self.stats = context.telemetry, context.stats
+        self.delivery = context.delivery
         self.storage, self.completed = storage, completed
         self.allow_links = allow_links
         self._on_staged, self._claim = seams.on_staged, seams.claim
@@ -148,6 +153,8 @@ class Transfer:
             if item.attempt == 0:
                 session.staged(staged.read.size)
             item, sent_bytes = await self._upload(item, staged, slot, session)
+        if not item.recorded:
+            item = await self._record(item)
         await self._complete(item)
         self._count_uploaded(item, session, sent_bytes)
 
@@ -201,12 +208,16 @@ class Transfer:
         # file's bytes (the same, or the whole file after a late write), never copied under a
         # new name, which would leave the file named after a blob it did not go to.
         overwrite = item.overwrite or (item.completed and not self.storage.can_read)
+        read = staged.read
+        info = self.delivery.labels.for_file(item.session_name, wanted, read.md5, read.mtime_ns)
         with self.telemetry.step("upload", **attrs):
             sent = await self.storage.upload(
-                local, wanted, staged, slot.touch, overwrite, log_extra(item)
+                local, wanted, staged, slot.touch, overwrite, log_extra(item), info
             )
-        committed = (staged.read.size, staged.read.mtime_ns)
-        item = replace(item, blob_name=sent.blob_name, committed=committed, overwrite=False)
+        committed = (read.size, read.mtime_ns)
+        item = replace(
+            item, blob_name=sent.blob_name, committed=committed, overwrite=False, md5=read.md5
+        )
         if sent.already:
             logger.info(
                 "%s is already in storage as %s with the same bytes",
@@ -217,10 +228,24 @@ class Transfer:
         else:
             self.telemetry.uploaded(staged.read.size, time.monotonic() - start)
         if sent.blob_name != wanted:
-            self._renamed(item, session, wanted, sent.compared)
+            await self._renamed(item, session, wanted, sent.compared)
         if staged.data is None:
             await anyio.to_thread.run_sync(remove_staged, local, item)
         return item, 0 if sent.already else staged.read.size
+
+    async def _record(self, item: WorkItem) -> WorkItem:
+        """Append the committed blob to the session's ledger, before the file is marked
+        completed: a crash after this leaves a line the manifest reads once (the last line
+        of a blob wins), a crash before it a file that is uploaded, and recorded, again."""
+        ledger = self.delivery.ledger
+        if ledger is None:  # APP_MANIFEST=off
+            return item
+        with self.telemetry.step("record"):
+            try:
+                await ledger.record(item)
+            except OSError as exc:
+                raise CompletionPending(item, f"cannot write the ledger: {exc}") from exc
+        return replace(item, recorded=True)
 
     async def _complete(self, item: WorkItem) -> None:
         """Move the claimed file into the completed tree if it still has the size and mtime of
@@ -266,12 +291,24 @@ class Transfer:
             extra={**log_extra(item), "blob_name": printable(blob_name), "size_bytes": size},
         )
 
-    def _renamed(self, item: WorkItem, session: Session, wanted: str, compared: bool) -> None:
+    async def _renamed(self, item: WorkItem, session: Session, wanted: str, compared: bool) -> None:
         self.telemetry.renamed()
+        blob_name = self.layout.blob_name(item)
         held = "holds other bytes" if compared else "is taken and the credential may not read it"
-        text = f"{item.rel}: uploaded as {self.layout.blob_name(item)}; {wanted} {held} (kept)"
+        text = f"{item.rel}: uploaded as {blob_name}; {wanted} {held} (kept)"
         session.count_renamed(text)
         logger.warning("Name conflict: %s", printable(text), extra=log_extra(item))
+        md5 = (item.md5 or b"").hex()
+        data = {
+            "session": item.session_name,
+            "date_prefix": item.date_prefix,
+            "path": item.rel,
+            "wanted": wanted,
+            "blob_name": blob_name,
+            "md5": md5,
+        }
+        # The same id when this blob is found again after a crash: a receiver sees one event.
+        await self.delivery.webhooks.emit("file.conflict_renamed", data, event_id(blob_name, md5))
 
     # --- what is not a plain success -------------------------------------------------------
 
@@ -301,7 +338,9 @@ class Transfer:
         )
         self.sessions.for_item(item).count_late_write(text)
         logger.error("LATE WRITE: %s", printable(text), extra=log_extra(item))
-        return replace(item, committed=None, overwrite=True, blob_name=blob_name)
+        return replace(
+            item, committed=None, overwrite=True, blob_name=blob_name, md5=None, recorded=False
+        )
 
 
 def remove_staged(staged: Path, item: WorkItem) -> None:

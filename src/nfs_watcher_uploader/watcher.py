@@ -195,7 +195,7 @@ class Watcher:
 
     async def _check_drain(self, session: Session, scan: Scan, scanned_at: float) -> None:
         extra = {"session_name": session.name}
-        stopped = session.stopped_at or 0.0
+        stopped = session.drain_start
         if scanned_at <= stopped:
             return
         if not scan.files and not scan.too_deep and not session.pending and not session.parked:
