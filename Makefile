@@ -125,8 +125,12 @@ dev-down:
 docker-build:
 	docker build -t nfs-watcher-uploader:latest .
 
-docker-up: docker-build
+docker-up: docker-build api-token.env
 	docker compose up -d
+
+# The API token docker-compose.yaml reads (git-ignored): a random one, readable by you only.
+api-token.env:
+	umask 077 && echo "APP_API_TOKEN=$$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')" > $@
 
 docker-down:
 	docker compose down

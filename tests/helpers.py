@@ -7,14 +7,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import uvicorn
-from azure.storage.blob import BlobServiceClient, ContainerClient
+from azure.storage.blob import BlobServiceClient, ContainerClient, generate_container_sas
 
 from nfs_watcher_uploader.config import Settings
+from nfs_watcher_uploader.limits import server_options
 from nfs_watcher_uploader.main import create_app
 from nfs_watcher_uploader.service import Service
 
@@ -101,6 +103,13 @@ class Azurite:
                 self.proc.wait()
             self.proc = None
 
+    def container_sas(self, container: str, permission: str) -> str:
+        """A service SAS for `container` with exactly `permission` (e.g. "cw"), valid 1 h."""
+        expiry = datetime.now(UTC) + timedelta(hours=1)
+        return generate_container_sas(
+            ACCOUNT, container, account_key=KEY, permission=permission, expiry=expiry
+        )
+
     def container(self, name: str) -> ContainerClient:
         return BlobServiceClient.from_connection_string(
             self.connection_string
@@ -159,17 +168,26 @@ def serve(settings: Settings, wait_ready: bool = True, **options: Any) -> Runnin
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_config=None, lifespan="on", timeout_graceful_shutdown=10)
+    config = uvicorn.Config(
+        app, log_config=None, lifespan="on", timeout_graceful_shutdown=10, **server_options()
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
-    client = httpx.Client(base_url=base, timeout=10)
+    client = httpx.Client(base_url=base, timeout=10, headers=auth_headers(settings))
     running = RunningService(settings, base, server, thread, client, app)
     wait_for(lambda: server.started, timeout=30, what="server to start")
     if wait_ready:
         wait_for(lambda: client.get("/readyz").status_code == 200, timeout=30, what="readyz 200")
     return running
+
+
+def auth_headers(settings: Settings) -> dict[str, str]:
+    """The Authorization header for the API token in `settings` (none when it has none)."""
+    if settings.api_token is None:
+        return {}
+    return {"Authorization": f"Bearer {settings.api_token.get_secret_value()}"}
 
 
 def write_file(path: Path, data: bytes) -> Path:
@@ -190,8 +208,12 @@ def blob_bytes(container: ContainerClient, name: str) -> bytes | None:
     return blob.download_blob().readall()
 
 
+KEPT_IN_PROCESSING = ("_completed", "sessions.json", "_ledgers", "_reports", "_outbox")
+
+
 def leftover_files(root: Path) -> list[str]:
-    """Files still in incoming or in `.processing` (markers excluded: GC deletes them)."""
+    """Files still in incoming or in `.processing` (markers excluded: GC deletes them; and the
+    ledgers, reports and webhook outbox, which are not files to upload)."""
     out: list[str] = []
     for sub in ("incoming", ".processing"):
         base = root / sub
@@ -199,7 +221,7 @@ def leftover_files(root: Path) -> list[str]:
             continue
         for p in base.rglob("*"):
             rel = p.relative_to(root)
-            if p.is_file() and rel.parts[1] not in ("_completed", "sessions.json"):
+            if p.is_file() and rel.parts[1] not in KEPT_IN_PROCESSING:
                 out.append(str(rel))
     return out
 
@@ -231,7 +253,11 @@ class ServiceProcess:
 
     @property
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=10)
+        return httpx.Client(
+            base_url=f"http://127.0.0.1:{self.port}",
+            timeout=10,
+            headers=auth_headers(self.settings),
+        )
 
     def start(self, wait_ready: bool = True) -> None:
         env = service_env(self.settings)
@@ -254,6 +280,13 @@ class ServiceProcess:
                 return c.get("/readyz").status_code == 200
         except httpx.HTTPError:
             return False
+
+    def peak_rss(self) -> int:
+        """The process's peak resident set size so far, in bytes (VmHWM)."""
+        assert self.proc is not None
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        kib = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))
+        return int(kib) * 1024
 
     def signal(self, sig: int, timeout: float = 60) -> int:
         assert self.proc is not None

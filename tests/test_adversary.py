@@ -106,8 +106,8 @@ def test_1_a_claimed_file_swapped_for_a_link_is_never_read(
 
     secret = write_file(tmp_path / "secret.txt", SECRET)
 
-    def claim_then_swap(folder: Path, rel: str, dst: Path, expect: Any) -> fsops.Moved:
-        moved = fsops.claim(folder, rel, dst, expect)
+    def claim_then_swap(folder: Path, rel: str, dst: Path, *args: Any) -> fsops.Moved:
+        moved = fsops.claim(folder, rel, dst, *args)
         if rel == "a.bin" and moved is fsops.Moved.DONE:
             dst.unlink()
             dst.symlink_to(secret)

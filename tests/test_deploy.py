@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -46,9 +47,11 @@ def test_strict_validation_catches_a_typo(tmp_path: Path) -> None:
     assert _run(BIN / "kubernetes-validate", "--strict", bad).returncode != 0
 
 
-def test_kustomization_lists_every_manifest_but_the_example_secret() -> None:
+def test_kustomization_lists_every_manifest_but_the_example_secrets() -> None:
     listed = set(_load("kustomization.yaml")["resources"])
-    assert listed == {p.name for p in MANIFESTS} - {"secret.example.yaml"}
+    examples = {p.name for p in MANIFESTS if p.name.endswith(".example.yaml")}
+    assert examples == {"secret.example.yaml", "api-token-secret.example.yaml"}
+    assert listed == {p.name for p in MANIFESTS} - examples
 
 
 def _container() -> dict[str, Any]:
@@ -75,7 +78,8 @@ def test_deployment_safety() -> None:
 
 
 def test_only_staging_and_tmp_are_writable_besides_nfs() -> None:
-    mounts = {m["name"]: m["mountPath"] for m in _container()["volumeMounts"]}
+    writable = [m for m in _container()["volumeMounts"] if not m.get("readOnly")]
+    mounts = {m["name"]: m["mountPath"] for m in writable}
     assert mounts == {"nfs-data": "/mnt/nfs", "staging": "/mnt/staging", "tmp": "/tmp"}
     volumes = {
         v["name"]: v for v in _load("deployment.yaml")["spec"]["template"]["spec"]["volumes"]
@@ -111,7 +115,8 @@ def test_every_env_name_is_a_setting() -> None:
     settings_env = {f"APP_{name.upper()}" for name in Settings.model_fields}
     config = set(_load("configmap.yaml")["data"])
     secret = set(_load("secret.example.yaml")["stringData"])
-    for name in config | secret:
+    env = {e["name"] for e in _container()["env"]}
+    for name in config | secret | env:
         assert name in settings_env or name.startswith("OTEL_"), name
     assert {"APP_AZURE_ACCOUNT_URL", "APP_AZURE_CONTAINER"} <= config
 
@@ -129,9 +134,75 @@ def test_service_exposes_http_with_scrape_annotations() -> None:
     assert service["metadata"]["annotations"]["prometheus.io/path"] == "/metrics"
 
 
-def test_example_secret_holds_placeholders_only() -> None:
-    values = _load("secret.example.yaml")["stringData"].values()
+@pytest.mark.parametrize("example", ["secret.example.yaml", "api-token-secret.example.yaml"])
+def test_example_secret_holds_placeholders_only(example: str) -> None:
+    values = _load(example)["stringData"].values()
     assert all(v.startswith("<") and v.endswith(">") for v in values)
+
+
+def test_pod_holds_no_kubernetes_api_token() -> None:
+    pod = _load("deployment.yaml")["spec"]["template"]["spec"]
+    account = _load("serviceaccount.yaml")
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["serviceAccountName"] == account["metadata"]["name"]
+    assert account["automountServiceAccountToken"] is False
+
+
+def test_api_token_comes_from_a_mounted_secret_that_can_rotate() -> None:
+    pod = _load("deployment.yaml")["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in _container()["env"]}
+    path = Path(env["APP_API_TOKEN_FILE"]["value"])
+    (mount,) = [m for m in _container()["volumeMounts"] if m["name"] == "api-token"]
+    # The folder is mounted, not a subPath: the kubelet never updates a subPath mount.
+    assert mount["readOnly"] is True and "subPath" not in mount
+    assert path.parent == Path(mount["mountPath"])
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "api-token"]
+    example = _load("api-token-secret.example.yaml")
+    assert volume["secret"]["secretName"] == example["metadata"]["name"]
+    assert volume["secret"].get("optional", False) is False  # no token: no pod, not an open API
+    (item,) = volume["secret"]["items"]
+    assert item["path"] == path.name and item["key"] in example["stringData"]
+
+
+def _ports(rule: dict[str, Any]) -> set[tuple[Any, str]]:
+    return {(p["port"], p.get("protocol", "TCP")) for p in rule["ports"]}
+
+
+def test_network_policy_admits_the_api_port_only_from_its_clients() -> None:
+    policy = _load("networkpolicy.yaml")["spec"]
+    pod_labels = _load("deployment.yaml")["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
+    (http,) = [p for p in _container()["ports"] if p["name"] == "http"]
+    sources: list[dict[str, Any]] = []
+    for rule in policy["ingress"]:
+        assert _ports(rule) == {("http", "TCP")}, rule  # the API port and nothing else
+        sources += rule["from"]
+    assert {"podSelector": {"matchLabels": {"nfs-watcher-uploader/api-client": "true"}}} in sources
+    assert any("prometheus" in str(s) for s in sources)
+    assert all(s.get("podSelector") for s in sources), "every source is a labelled pod"
+    assert http["containerPort"] == 8000
+
+
+def test_network_policy_lets_out_only_dns_storage_and_otlp() -> None:
+    rules = _load("networkpolicy.yaml")["spec"]["egress"]
+    allowed = set().union(*(_ports(rule) for rule in rules))
+    otlp = urlsplit(_load("configmap.yaml")["data"]["OTEL_EXPORTER_OTLP_ENDPOINT"])
+    assert allowed == {(53, "UDP"), (53, "TCP"), (443, "TCP"), (otlp.port, "TCP"), (80, "TCP")}
+    (metadata,) = [r for r in rules if (80, "TCP") in _ports(r)]
+    assert metadata["to"] == [{"ipBlock": {"cidr": "169.254.169.254/32"}}]
+    assert all(rule.get("to") for rule in rules), "no rule may leave its destination open"
+
+
+def test_compose_reads_the_token_from_an_ignored_env_file() -> None:
+    app = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())["services"]["app"]
+    assert app["env_file"] == ["api-token.env"]
+    assert not any("TOKEN" in name for name in app["environment"])
+    ignored = _run("git", "check-ignore", "-q", "api-token.env")
+    assert ignored.returncode == 0, "api-token.env must be git-ignored"
+    example = (ROOT / "api-token.env.example").read_text()
+    assert "APP_API_TOKEN=\n" in example  # no value: it cannot be started as is
+    assert "api-token.env" in (ROOT / "Makefile").read_text()
 
 
 def test_dockerfile_passes_hadolint() -> None:

@@ -125,7 +125,7 @@ def test_scan_skips_links_and_filtered(tmp_path: Path) -> None:
     (tmp_path / "link.bin").symlink_to(tmp_path / "a.bin")
     scan = fsops.scan_session(tmp_path, frozenset())
     assert set(scan.files) == {"a.bin", "b.txt"}
-    assert scan.ignored == {"link.bin": "symbolic link"}
+    assert scan.ignored == {"link.bin": "a symbolic link, not a regular file"}
     assert set(fsops.scan_session(tmp_path, frozenset({".bin"})).files) == {"a.bin"}
     assert fsops.scan_session(tmp_path / "missing", frozenset()).files == {}
 

@@ -145,7 +145,8 @@ def test_growing_files_behind_attribute_cache_are_never_claimed_early(
     for name, parts in chunks.items():
         data = wait_for(lambda n=name: blob_bytes(container, f"{date}/grow/{n}"), timeout=30)
         assert data == b"".join(parts), name
-    assert running.service.pipeline.stats.uploaded == 4
+    # Counted once marked done, a moment after the commit (its ledger line comes between).
+    wait_for(lambda: running.service.pipeline.stats.uploaded == 4, timeout=30)
 
 
 def test_stalled_nfs_keeps_the_api_answering_and_recovers(
@@ -191,7 +192,8 @@ def test_stalled_nfs_keeps_the_api_answering_and_recovers(
         timeout=90,
         interval=0.5,
     )
-    assert running.service.pipeline.stats.uploaded == 80
+    # Counted once marked done, a moment after the commit (its ledger line comes between).
+    wait_for(lambda: running.service.pipeline.stats.uploaded == 80, timeout=30)
     print(f"\nstall scenario: {stall_s:.0f} s stall, slowest probe {slowest * 1000:.0f} ms")
 
 

@@ -33,7 +33,8 @@ def test_file_still_being_written_is_not_claimed_early(
     container = azurite.container(settings.azure_container)
     data = wait_for(lambda: blob_bytes(container, f"{date}/grow/growing.bin"), timeout=20)
     assert data == b"".join(chunks)
-    assert running.service.pipeline.stats.uploaded == 1
+    # Counted once its ledger line is written and it is marked done, a moment after the commit.
+    wait_for(lambda: running.service.pipeline.stats.uploaded == 1, timeout=20)
 
 
 def test_claim_races_are_skipped_not_counted(
@@ -44,13 +45,13 @@ def test_claim_races_are_skipped_not_counted(
     stale_once = {"flaky.bin"}
     vanish = {"vanish.bin"}
 
-    def claim(folder: Path, rel: str, dst: Path, expect: Any) -> fsops.Moved:
+    def claim(folder: Path, rel: str, dst: Path, *args: Any) -> fsops.Moved:
         if rel in vanish:
             (folder / rel).unlink(missing_ok=True)  # another claimant got there first
         if rel in stale_once:
             stale_once.discard(rel)
             raise OSError(errno.ESTALE, "Stale file handle", str(folder / rel))
-        return fsops.claim(folder, rel, dst, expect)
+        return fsops.claim(folder, rel, dst, *args)
 
     settings = settings_factory()
     running = service_factory(settings, claim=claim)
@@ -66,8 +67,8 @@ def test_claim_races_are_skipped_not_counted(
         ),
         timeout=20,
     )
-    status = running.get("/v1/status").json()
-    assert status["processed_ok"] == 2
+    # Counted once marked done, a moment after the commit (its ledger line comes between).
+    status = wait_for(lambda: (s := running.get("/v1/status").json())["processed_ok"] == 2 and s)
     assert status["processed_err"] == 0
     assert blob_bytes(container, f"{date}/race/vanish.bin") is None
     session = running.get("/v1/sessions/race").json()

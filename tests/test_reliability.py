@@ -124,7 +124,8 @@ def test_storage_outage_is_ridden_out_without_restart(
         timeout=60,
     )
     assert running.get("/v1/status").json()["retries"] > 0
-    assert running.service.pipeline.stats.uploaded == 30
+    # Counted once marked done, a moment after the commit (its ledger line comes between).
+    wait_for(lambda: running.service.pipeline.stats.uploaded == 30, timeout=30)
 
 
 @pytest.fixture
@@ -301,8 +302,13 @@ def test_permanent_errors_park_and_retry_on_request(
     assert reasons["refused-once.bin"] == "injected: storage refused this file"
     parked = settings.nfs_processing_root / "_failed" / date / "perm"
     assert (parked / "bad-name.").read_bytes() == b"a name Azure refuses"
-    view = running.get("/v1/sessions/perm").json()
-    assert view["failed"] == 2 and view["uploaded"] == 1
+    # fine.bin goes up beside them, not necessarily before both are parked.
+    view = wait_for(
+        lambda: (v := running.get("/v1/sessions/perm").json())["uploaded"] == 1 and v,
+        timeout=20,
+        what="fine.bin uploaded",
+    )
+    assert view["failed"] == 2
     status = running.get("/v1/status").json()
     assert status["processed_err"] == 2 and status["failed"] == 2
     # Stop: the session cannot drain while files are parked.

@@ -5,11 +5,19 @@ from typing import Any
 import pytest
 from azure.core.credentials import AccessToken
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
+from azure.identity.aio import ChainedTokenCredential
 from pydantic import ValidationError
 
 from nfs_watcher_uploader.config import AzureAuth, Settings
 from nfs_watcher_uploader.errors import IntegrityError, PermanentError, RetryableError
-from nfs_watcher_uploader.storage import Storage, account_name_from_url, check_blob_name, classify
+from nfs_watcher_uploader.storage import (
+    Storage,
+    account_name_from_url,
+    check_blob_name,
+    classify,
+    developer_identity,
+    workload_or_managed_identity,
+)
 
 from .helpers import KEY, Azurite
 
@@ -104,6 +112,8 @@ def test_secrets_stay_out_of_repr_and_errors() -> None:
             "azure_container": "c",
             "azure_connection_string": secret,
             "azure_account_key": "TOPSECRET2",
+            "azure_sas_token": "sv=2025&sig=TOPSECRET3",
+            "api_token": "TOPSECRET4-api-token",
         }
     )
     assert "TOPSECRET" not in repr(s) and "TOPSECRET" not in str(s.model_dump())
@@ -118,6 +128,59 @@ def test_secrets_stay_out_of_repr_and_errors() -> None:
             }
         )
     assert "TOPSECRET" not in str(info.value)
+
+
+async def test_pod_identity_is_workload_then_managed_identity(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """Built, never asked for a token: construction reads the environment only."""
+    for name in ("AZURE_FEDERATED_TOKEN_FILE", "AZURE_CLIENT_ID", "AZURE_TENANT_ID"):
+        monkeypatch.delenv(name, raising=False)
+    chain = workload_or_managed_identity()
+    assert isinstance(chain, ChainedTokenCredential)
+    assert [type(c).__name__ for c in chain.credentials] == ["ManagedIdentityCredential"]
+    await chain.close()
+    # What the workload identity webhook puts in the pod.
+    monkeypatch.setenv("AZURE_FEDERATED_TOKEN_FILE", str(tmp_path / "token"))
+    monkeypatch.setenv("AZURE_CLIENT_ID", "00000000-0000-0000-0000-000000000001")
+    monkeypatch.setenv("AZURE_TENANT_ID", "00000000-0000-0000-0000-000000000002")
+    chain = workload_or_managed_identity()
+    assert isinstance(chain, ChainedTokenCredential)
+    names = [type(c).__name__ for c in chain.credentials]
+    assert names == ["WorkloadIdentityCredential", "ManagedIdentityCredential"]
+    await chain.close()
+
+
+def test_auth_modes_choose_their_identity() -> None:
+    url = "https://acct.blob.core.windows.net"
+    for mode, factory in (
+        (AzureAuth.AUTO, workload_or_managed_identity),
+        (AzureAuth.IDENTITY, workload_or_managed_identity),
+        (AzureAuth.IDENTITY_DEFAULT, developer_identity),
+    ):
+        storage = Storage(Settings(azure_account_url=url, azure_container="c", azure_auth=mode))
+        assert storage._token_credential is factory, mode
+        expected = AzureAuth.IDENTITY if mode is AzureAuth.AUTO else mode
+        assert [c.label for c in storage._candidates()] == [expected]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"azure_auth": "sas"}, "APP_AZURE_AUTH=sas needs APP_AZURE_SAS_TOKEN"),
+        ({"azure_auth": "identity-default"}, "needs an https://"),
+        (
+            {"azure_account_url": "https://a.blob.core.windows.net/?sv=1&sig=TOPSECRET"},
+            "must not carry a query string",
+        ),
+    ],
+)
+def test_storage_settings_are_checked(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        Settings.model_validate(
+            {"azure_account_url": "http://x/y", "azure_container": "c", **values}
+        )
+    assert message in str(info.value) and "TOPSECRET" not in str(info.value)
 
 
 def test_account_name_from_url() -> None:

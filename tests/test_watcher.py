@@ -6,6 +6,7 @@ import pytest
 
 from nfs_watcher_uploader.config import Settings
 from nfs_watcher_uploader.fsops import Nfs, Scan, ScanMap, Wanted
+from nfs_watcher_uploader.models import WorkItem
 from nfs_watcher_uploader.pipeline import Pipeline
 from nfs_watcher_uploader.sessions import Session, Sessions
 from nfs_watcher_uploader.storage import Storage
@@ -91,7 +92,8 @@ async def test_watcher_offers_each_stable_file_once(
     await watcher.scan_once()
     assert pipeline.queue.qsize() == 1
     assert pipeline.queue.get_nowait().rel == "a"
-    assert sessions.by_name["s"].pending == {"a": "queued"}
+    assert sessions.by_name["s"].busy() == {"a"}
+    assert sessions.by_name["s"].count("queued") == 1
     await watcher.scan_once()
     assert pipeline.queue.qsize() == 0  # pending: not offered twice
     # The claim failed and the file was released: it is offered again.
@@ -112,7 +114,7 @@ async def test_watcher_stops_offering_when_queue_is_full(
     await watcher.scan_once()
     await watcher.scan_once()
     assert pipeline.queue.qsize() == 3
-    assert set(sessions.by_name["s"].pending) == {"f0", "f1", "f2"}  # oldest first
+    assert sessions.by_name["s"].busy() == {"f0", "f1", "f2"}  # oldest first
 
 
 async def test_scan_error_keeps_heartbeat_stale(parts: tuple[Settings, Sessions, Pipeline]) -> None:
@@ -134,7 +136,7 @@ async def test_drained_only_after_scan_after_stop(
 ) -> None:
     _, sessions, pipeline = parts
     session = Session("s", "20260101", "draining", 0.0, stopped_at=500.0)
-    session.pending["x"] = "in_flight"
+    session.mark(WorkItem("s", "20260101", "x", claimed=True), "in_flight")
     sessions.by_name["s"] = session
     saved: list[str] = []
 

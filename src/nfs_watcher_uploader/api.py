@@ -1,5 +1,10 @@
 """HTTP endpoints. Probes read in-memory state only; everything else answers 4xx or 503 with a
-message, never a traceback."""
+message, never a traceback.
+
+With a token configured (auth.py), every /v1/* request needs it, and /metrics too with
+APP_METRICS_REQUIRE_TOKEN; the probes stay open (the kubelet has no token). Every request is
+bounded first (limits.py).
+"""
 
 import logging
 from typing import Annotated
@@ -10,7 +15,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from uuid_utils import uuid7
 
+from nfs_watcher_uploader.auth import ApiToken, TokenFirst, require_token
 from nfs_watcher_uploader.errors import NotOurs, SessionConflict
+from nfs_watcher_uploader.limits import BodyLimit
 from nfs_watcher_uploader.models import (
     BandwidthRequest,
     BandwidthView,
@@ -32,7 +39,11 @@ from nfs_watcher_uploader.service import Service
 
 logger = logging.getLogger(__name__)
 
+# The control API: every path starts with CONTROL_PREFIX.
+CONTROL_PREFIX = "/v1"
 router = APIRouter()
+probes = APIRouter()
+metrics = APIRouter()
 
 
 def _service(request: Request) -> Service:
@@ -56,14 +67,14 @@ def _require_loaded(service: Service) -> None:
         raise HTTPException(503, f"service is starting ({service.phase}); retry shortly")
 
 
-@router.get("/healthz", responses={503: {"model": HealthResponse}})
+@probes.get("/healthz", responses={503: {"model": HealthResponse}})
 async def healthz(service: ServiceDep) -> JSONResponse:
     problem = service.liveness()
     body = HealthResponse(ok=problem is None, detail=problem)
     return JSONResponse(body.model_dump(), status_code=200 if problem is None else 503)
 
 
-@router.get("/readyz", responses={503: {"model": ReadyResponse}})
+@probes.get("/readyz", responses={503: {"model": ReadyResponse}})
 async def readyz(service: ServiceDep) -> JSONResponse:
     body = ReadyResponse(ready=service.ready, detail=None if service.ready else service.phase)
     return JSONResponse(body.model_dump(), status_code=200 if service.ready else 503)
@@ -208,7 +219,7 @@ async def delete_bandwidth(service: ServiceDep) -> BandwidthView:
     return _bandwidth_view(service)
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
+@metrics.get("/metrics", response_class=PlainTextResponse)
 async def prometheus_metrics(request: Request) -> PlainTextResponse:
     """Prometheus text format, from the same instruments that OTLP exports."""
     data = generate_latest(request.app.state.metrics_registry)
@@ -232,7 +243,16 @@ async def _os_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": f"storage or NFS error ({reason}); retry later"}, 503)
 
 
-def install(app: FastAPI) -> None:
-    app.include_router(router)
+def install(app: FastAPI, token: ApiToken | None, metrics_require_token: bool = False) -> None:
+    """The routes, the token check where one is configured, and the request bounds."""
+    app.state.api_token = token
+    guard = [] if token is None else [Depends(require_token)]
+    app.include_router(probes)
+    app.include_router(router, dependencies=guard)
+    app.include_router(metrics, dependencies=guard if metrics_require_token else [])
+    if token is not None:
+        protected = (CONTROL_PREFIX, "/metrics") if metrics_require_token else (CONTROL_PREFIX,)
+        app.add_middleware(TokenFirst, token=token, prefixes=protected)
+    app.add_middleware(BodyLimit)  # added last, so it runs first
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(OSError, _os_error)

@@ -1,6 +1,7 @@
 """Settings, read once from `APP_*` environment variables (see the README's settings table)."""
 
 import os
+import socket
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Self
@@ -8,12 +9,25 @@ from typing import Annotated, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from nfs_watcher_uploader.constants import (
+    API_TOKEN_MIN_LENGTH,
+    MAX_TAGS,
+    RESERVED_TAG,
+    SOURCE_ID_MAX,
+    TAG_KEY_MAX,
+    TAG_RE,
+    TAG_VALUE_MAX,
+)
 from nfs_watcher_uploader.rates import Schedule, parse_rate, zone
 
 
 class AzureAuth(StrEnum):
     AUTO = "auto"
+    # Workload identity, then managed identity: what a pod has (storage.workload_or_managed).
     IDENTITY = "identity"
+    # azure-identity's DefaultAzureCredential, which also tries developer tools: for a laptop.
+    IDENTITY_DEFAULT = "identity-default"
+    SAS = "sas"
     CONNECTION_STRING = "connection-string"
     ACCOUNT_KEY = "account-key"
 
@@ -41,12 +55,26 @@ def _words(v: object) -> object:
     return v
 
 
+class AccessTier(StrEnum):
+    """The access tier a blob is created in (set at upload: no later re-tier is paid)."""
+
+    HOT = "Hot"
+    COOL = "Cool"
+    COLD = "Cold"
+    ARCHIVE = "Archive"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="APP_", extra="ignore", hide_input_in_errors=True)
 
     # Server
     host: str = "0.0.0.0"
     port: int = Field(default=8000, ge=0, le=65535)
+    # Bearer token for /v1/* (and /metrics with metrics_require_token): inline, or a file that
+    # is read again when it changes (a mounted Secret). Neither: the API is open.
+    api_token: SecretStr | None = None
+    api_token_file: Path | None = None
+    metrics_require_token: bool = False
 
     # Azure
     azure_account_url: str
@@ -55,6 +83,10 @@ class Settings(BaseSettings):
     azure_connection_string: SecretStr | None = None
     azure_account_name: str | None = None
     azure_account_key: SecretStr | None = None
+    azure_sas_token: SecretStr | None = None
+    # False: start-up neither creates the container nor reads its properties, so a credential
+    # that may only create and write blobs (a `cw` SAS) is enough.
+    azure_create_container: bool = True
 
     # NFS paths
     nfs_incoming_dir: Path = Path("/mnt/nfs/incoming")
@@ -67,6 +99,9 @@ class Settings(BaseSettings):
     poll_interval_s: float = Field(default=2.0, ge=0)
     min_file_age_s: float = Field(default=5.0, ge=0)
     file_extensions: Annotated[frozenset[str], NoDecode] = frozenset()
+    # Files with more than one hard link are left alone unless this is set: on NFS anyone may
+    # link any file of the export into a session folder (see fsops.claim).
+    allow_hard_links: bool = False
 
     # Queue and workers
     max_queue_size: int = Field(default=2000, ge=1)
@@ -104,6 +139,16 @@ class Settings(BaseSettings):
     # Exit (non-zero) once liveness has failed this long: for Docker/compose, which never
     # restart an unhealthy container themselves. None: never.
     exit_on_stall_s: float | None = Field(default=None, gt=0)
+
+    # What a consumer in the cloud gets (README "In the cloud")
+    source_id: str = Field(default_factory=socket.gethostname)
+    azure_access_tier: AccessTier | None = None
+    # None: no blob index tags (setting them needs the tags permission); else these, plus
+    # session=<name> on every blob.
+    azure_tags: Annotated[dict[str, str] | None, NoDecode] = None
+    manifest: bool = True
+    webhook_url: SecretStr | None = None
+    webhook_secret: SecretStr | None = None
 
     @field_validator("file_extensions", mode="before")
     @classmethod
@@ -147,39 +192,143 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("azure_account_url")
+    @classmethod
+    def _no_query(cls, v: str) -> str:
+        # A SAS pasted into the URL would be printed wherever the URL is.
+        if "?" in v:
+            raise ValueError(
+                "must not carry a query string: put a SAS in APP_AZURE_SAS_TOKEN (a secret)"
+            )
+        return v
+
+    @field_validator("api_token")
+    @classmethod
+    def _strong_token(cls, v: SecretStr | None) -> SecretStr | None:
+        return None if v is None else SecretStr(check_api_token(v.get_secret_value()))
+
+    @field_validator("source_id")
+    @classmethod
+    def _check_source_id(cls, v: str) -> str:
+        if not v or len(v) > SOURCE_ID_MAX or not (v.isascii() and v.isprintable()):
+            raise ValueError(f"must be 1 to {SOURCE_ID_MAX} printable ASCII characters")
+        return v
+
+    @field_validator("azure_access_tier", mode="before")
+    @classmethod
+    def _tier_any_case(cls, v: object) -> object:
+        if isinstance(v, str):
+            return {t.value.lower(): t for t in AccessTier}.get(v.strip().lower(), v) or None
+        return v
+
+    @field_validator("azure_tags", mode="before")
+    @classmethod
+    def _parse_tags(cls, v: object) -> object:
+        return parse_tags(v) if isinstance(v, str) else v
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _check_webhook_url(cls, v: SecretStr | None) -> SecretStr | None:
+        # The URL may hold a token: the message never repeats it.
+        if v is not None and not v.get_secret_value().startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return v
+
     @model_validator(mode="after")
     def _check_auth(self) -> Self:
-        if self.azure_auth is AzureAuth.CONNECTION_STRING and not self.azure_connection_string:
-            raise ValueError("APP_AZURE_AUTH=connection-string needs APP_AZURE_CONNECTION_STRING")
-        if self.azure_auth is AzureAuth.ACCOUNT_KEY and not self.azure_account_key:
-            raise ValueError("APP_AZURE_AUTH=account-key needs APP_AZURE_ACCOUNT_KEY")
-        if self.azure_auth is AzureAuth.IDENTITY and not self.azure_account_url.startswith(
-            "https://"
+        needs = {
+            AzureAuth.CONNECTION_STRING: (
+                "APP_AZURE_CONNECTION_STRING",
+                self.azure_connection_string,
+            ),
+            AzureAuth.ACCOUNT_KEY: ("APP_AZURE_ACCOUNT_KEY", self.azure_account_key),
+            AzureAuth.SAS: ("APP_AZURE_SAS_TOKEN", self.azure_sas_token),
+        }
+        if self.azure_auth in needs and not needs[self.azure_auth][1]:
+            raise ValueError(f"APP_AZURE_AUTH={self.azure_auth} needs {needs[self.azure_auth][0]}")
+        if self.azure_auth in (AzureAuth.IDENTITY, AzureAuth.IDENTITY_DEFAULT) and (
+            not self.azure_account_url.startswith("https://")
         ):
-            raise ValueError("APP_AZURE_AUTH=identity needs an https:// APP_AZURE_ACCOUNT_URL")
+            raise ValueError(
+                f"APP_AZURE_AUTH={self.azure_auth} needs an https:// APP_AZURE_ACCOUNT_URL"
+            )
+        if self.api_token is not None and self.api_token_file is not None:
+            raise ValueError("set APP_API_TOKEN or APP_API_TOKEN_FILE, not both")
+        if self.metrics_require_token and self.api_token is None and self.api_token_file is None:
+            raise ValueError(
+                "APP_METRICS_REQUIRE_TOKEN=true needs APP_API_TOKEN or APP_API_TOKEN_FILE"
+            )
         if self.retry_max_s < self.retry_base_s:
             raise ValueError("APP_RETRY_MAX_S must not be below APP_RETRY_BASE_S")
         return self
 
 
+def check_api_token(token: str) -> str:
+    """The token without surrounding whitespace (a file written by `echo` ends in a newline), or
+    ValueError saying why it is refused. Never echoes it."""
+    token = token.strip()
+    if len(token) < API_TOKEN_MIN_LENGTH:
+        raise ValueError(
+            f"the API token has {len(token)} characters; use at least {API_TOKEN_MIN_LENGTH} "
+            "(e.g. `openssl rand -hex 32`), or unset it to leave the API open"
+        )
+    return token
+
+
+def parse_tags(text: str) -> dict[str, str] | None:
+    """`k=v,k2=v2` -> {k: v, k2: v2}, checked against Azure's rules for blob index tags. Empty
+    means no tags; the bare word `session` asks for the session tag alone."""
+    entries = [e.strip() for e in text.split(",") if e.strip()]
+    if not entries:
+        return None
+    tags: dict[str, str] = {}
+    for entry in entries:
+        if entry == RESERVED_TAG:
+            continue
+        key, sep, value = entry.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key:
+            raise ValueError(f"{entry!r} is not key=value")
+        if key == RESERVED_TAG:
+            raise ValueError(f"the tag {RESERVED_TAG!r} is set by the service to the session name")
+        if len(key) > TAG_KEY_MAX or len(value) > TAG_VALUE_MAX:
+            raise ValueError(
+                f"tag {key[:TAG_KEY_MAX]!r}: keys hold at most {TAG_KEY_MAX} characters, "
+                f"values {TAG_VALUE_MAX}"
+            )
+        if not TAG_RE.fullmatch(key) or not TAG_RE.fullmatch(value):
+            raise ValueError(
+                f"tag {key!r}: only letters, digits, space and + - . / : = _ are allowed"
+            )
+        tags[key] = value
+    if len(tags) + 1 > MAX_TAGS:
+        raise ValueError(
+            f"at most {MAX_TAGS - 1} tags: a blob holds {MAX_TAGS}, one is the session"
+        )
+    return tags
+
+
 def unsafe_paths(settings: Settings) -> list[str]:
     """What is wrong with the three roots, touching nothing: two of them equal or one inside
     another (start-up cleanup, claims and GC would then destroy each other's files), or the
-    processing root on another filesystem than incoming (the claim is a rename)."""
+    processing root on another filesystem than incoming (the claim is a rename). Folders are
+    compared by path and by device and inode, so a bind mount or a symlink that aliases one
+    root inside another is seen through."""
     roots = {
         "APP_NFS_INCOMING_DIR": settings.nfs_incoming_dir,
         "APP_NFS_PROCESSING_ROOT": settings.nfs_processing_root,
         "APP_LOCAL_STAGING_ROOT": settings.local_staging_root,
     }
     real = {name: Path(os.path.realpath(path)) for name, path in roots.items()}
+    chains = {name: _identities(path) for name, path in real.items()}
     problems: list[str] = []
     names = list(real)
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
-            if real[a] == real[b]:
-                problems.append(f"{a} and {b} are the same folder ({real[a]})")
-            elif real[a].is_relative_to(real[b]) or real[b].is_relative_to(real[a]):
-                inner, outer = (a, b) if real[a].is_relative_to(real[b]) else (b, a)
+            if real[a] == real[b] or _same_folder(real[a], real[b]):
+                problems.append(f"{a} and {b} are the same folder ({real[a]}, {real[b]})")
+            elif inside := _inside(a, b, real, chains) or _inside(b, a, real, chains):
+                inner, outer = inside
                 problems.append(f"{inner} ({real[inner]}) is inside {outer} ({real[outer]})")
     incoming = _device(real["APP_NFS_INCOMING_DIR"])
     processing = _device(real["APP_NFS_PROCESSING_ROOT"])
@@ -191,13 +340,41 @@ def unsafe_paths(settings: Settings) -> list[str]:
     return problems
 
 
-def _device(path: Path) -> int | None:
-    """The device of `path`, or of its nearest existing parent (what it would be created on)."""
+Identity = tuple[int, int]
+
+
+def _identities(path: Path) -> list[Identity]:
+    """(device, inode) of `path` if it exists, then of each existing parent, nearest first."""
+    out: list[Identity] = []
     for candidate in (path, *path.parents):
         try:
-            return os.stat(candidate).st_dev
-        except FileNotFoundError:
-            continue
+            st = os.stat(candidate)
         except OSError:
-            return None
+            continue
+        out.append((st.st_dev, st.st_ino))
+    return out
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet
+        return False
+
+
+def _inside(
+    inner: str, outer: str, real: dict[str, Path], chains: dict[str, list[Identity]]
+) -> tuple[str, str] | None:
+    """(inner, outer) when root `inner` is below root `outer`, by path or by identity."""
+    if real[inner].is_relative_to(real[outer]):
+        return inner, outer
+    ancestors = chains[inner][1:] if os.path.exists(real[inner]) else chains[inner]
+    if os.path.exists(real[outer]) and chains[outer][0] in ancestors:
+        return inner, outer
     return None
+
+
+def _device(path: Path) -> int | None:
+    """The device of `path`, or of its nearest existing parent (what it would be created on)."""
+    chain = _identities(path)
+    return chain[0][0] if chain else None

@@ -14,8 +14,25 @@ PARKED_REASONS_DIR = "_failed_reasons"
 # Sessions (active, draining, recently drained) survive restarts in this file.
 STATE_FILE = "sessions.json"
 STATE_TMP_PREFIX = ".sessions.json.tmp-"
+# What a consumer in the cloud relies on, kept until it is in storage or delivered: a ledger of
+# committed blobs per session (`<date>/<session>.jsonl`), sessions whose manifest and event are
+# due, and webhook events not yet delivered (one file each, named by the event's id).
+LEDGERS_DIR = "_ledgers"
+LEDGER_SUFFIX = ".jsonl"
+REPORTS_DIR = "_reports"
+OUTBOX_DIR = "_outbox"
+JOB_TMP_PREFIX = ".job.tmp-"
+# The manifest of session s is the blob `<date>/s.manifest.json`, beside the folder `<date>/s/`.
+MANIFEST_SUFFIX = ".manifest.json"
+# Webhook events waiting at most: past this, new events are dropped, each with an error line.
+OUTBOX_MAX = 10_000
 
-DATE_DIR_RE = re.compile(r"^\d{8}$")
+# Only ASCII digits: \d would also take other scripts' digits.
+DATE_DIR_RE = re.compile(r"^[0-9]{8}$")
+
+# The service's own folder under APP_LOCAL_STAGING_ROOT: start-up and GC clean only this one,
+# so anything else on that disk is never touched.
+STAGING_DIR = "nfs-watcher-uploader"
 
 # Session names become folder names on NFS and path segments of blob names.
 SESSION_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -46,6 +63,8 @@ MAX_ABANDONED_THREADS = 32
 
 # A file whose name is taken in storage by different bytes goes up as `<stem>~2<ext>`, `~3`...
 CONFLICT_MARK = "~"
+# Bytes in one file name on Linux filesystems (NFS included).
+NAME_MAX = 255
 MAX_NAME_VERSIONS = 1000
 # upload.rate averages the bytes committed over this window: long enough to smooth the steps a
 # file's commit makes, short enough to show a stall within a Prometheus scrape or two.
@@ -74,3 +93,27 @@ SEND_RATE_WINDOW_S = 5.0
 # soon as it was read from NFS and hashed. Below it, the whole copy takes milliseconds from a
 # local disk, so there is nothing worth overlapping and the HEAD request first is saved.
 OVERLAP_MIN_BYTES = 16 * 1024 * 1024
+# The control API (auth.py, limits.py). A shorter token can be guessed; 32 hex digits cannot.
+API_TOKEN_MIN_LENGTH = 16
+# How often APP_API_TOKEN_FILE is read again: a rotated Secret takes effect within this (the
+# kubelet itself takes up to a minute to update a mounted Secret).
+API_TOKEN_RELOAD_S = 1.0
+# The largest request body: every body of this API is a session name in JSON (~200 bytes).
+MAX_REQUEST_BODY = 4 * 1024
+# A request's head must arrive within this, its body within REQUEST_BODY_TIMEOUT_S; at most
+# MAX_CONNECTIONS are open at once (each holds up to MAX_REQUEST_HEAD bytes of a head). Together
+# they bound what slow or many clients can hold.
+REQUEST_HEAD_TIMEOUT_S = 10.0
+REQUEST_BODY_TIMEOUT_S = 10.0
+MAX_CONNECTIONS = 64
+MAX_REQUEST_HEAD = 16 * 1024
+# Blob index tags (https://learn.microsoft.com/azure/storage/blobs/storage-manage-find-blobs):
+# at most 10 per blob, keys up to 128 and values up to 256 of these characters. One is always
+# `session`, so that lifecycle rules and queries can select a session's blobs.
+MAX_TAGS = 10
+TAG_KEY_MAX = 128
+TAG_VALUE_MAX = 256
+TAG_RE = re.compile(r"^[A-Za-z0-9 +\-./:=_]*$")
+RESERVED_TAG = "session"
+# APP_SOURCE_ID goes into blob metadata, an HTTP header: printable ASCII only.
+SOURCE_ID_MAX = 256

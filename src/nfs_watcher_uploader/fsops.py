@@ -66,6 +66,7 @@ class Moved(enum.Enum):
     DONE = "done"  # the file is now at the destination
     GONE = "gone"  # the source is gone and the destination does not hold it: someone else's
     TAKEN = "taken"  # the destination holds another file: nothing was moved
+    CHANGED = "changed"  # the source is not the file that was judged complete: not moved
 
 
 class Nfs:
@@ -193,10 +194,14 @@ class Scan:
     # Files the filter excludes (APP_INCLUDE, APP_EXCLUDE, APP_FILE_EXTENSIONS): left in
     # incoming, counted, never claimed.
     excluded: list[str] = field(default_factory=list[str])
-    # rel path -> what it is ("symbolic link", "FIFO", ...): never ours, never touched.
+    # rel path -> what it is ("a FIFO, not a regular file"...): never ours, never touched.
     ignored: dict[str, str] = field(default_factory=dict[str, str])
     # Folders deeper than MAX_DEPTH: not uploaded, so the session cannot be drained.
     too_deep: list[str] = field(default_factory=list[str])
+    # Folders and files this process may not read (permissions): they block drained too.
+    unreadable: list[str] = field(default_factory=list[str])
+    # Regular files with more than one hard link: rel -> the link count (see `claim`).
+    linked: dict[str, int] = field(default_factory=dict[str, int])
     # Set when the session folder itself is not a real folder (a symlink, a file).
     problem: str | None = None
 
@@ -224,71 +229,86 @@ def scan_session(
         fd = os.open(folder, _DIR_FLAGS)
     except FileNotFoundError:
         return scan
+    except PermissionError:
+        scan.problem = f"{folder} cannot be read by the service (permissions)"
+        return scan
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
             scan.problem = f"{folder} is not a real folder (a symbolic link or a file)"
             return scan
         raise
     try:
-        _scan_dir(fd, "", 1, scan, _Filter(wanted, known or {}, young_ns, max_depth))
+        _Walk(scan, wanted, known or {}, young_ns, max_depth).folder(fd, "", 1)
     finally:
         os.close(fd)
     return scan
 
 
-@dataclass(frozen=True, slots=True)
-class _Filter:
-    """What a scan takes, and what it already knows."""
+@dataclass
+class _Walk:
+    """One scan's walk down a session folder, by descriptor."""
 
+    scan: Scan
     wanted: Wanted
     known: ScanMap
     young_ns: int
     max_depth: int
 
-
-def _scan_dir(
-    fd: int, prefix: str, depth: int, scan: Scan, how: _Filter, excluded: bool = False
-) -> None:
-    """Scan one folder. Below an excluded folder every file is listed as excluded, unread."""
-    with os.scandir(fd) as it:
-        entries = list(it)
-    for entry in entries:
-        rel = prefix + entry.name
-        if entry.is_dir(follow_symlinks=False):
-            if depth >= how.max_depth:
+    def folder(self, fd: int, prefix: str, depth: int, excluded: bool = False) -> None:
+        """Scan one folder. Below an excluded folder every file is listed as excluded, unread."""
+        with os.scandir(fd) as it:
+            entries = list(it)
+        for entry in entries:
+            rel = prefix + entry.name
+            if not entry.is_dir(follow_symlinks=False):
+                self.entry(entry, rel, excluded)
+            elif depth >= self.max_depth:
                 if not excluded:
-                    scan.too_deep.append(rel)
-                continue
+                    self.scan.too_deep.append(rel)
+            else:
+                below = excluded or self.wanted.folder_excluded(entry.name)
+                self.subfolder(fd, entry.name, rel, depth, below)
+
+    def subfolder(self, fd: int, name: str, rel: str, depth: int, excluded: bool) -> None:
+        try:
+            child = os.open(name, _DIR_FLAGS, dir_fd=fd)
             try:
-                child = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
-            except FileNotFoundError:
-                continue
-            below = excluded or how.wanted.folder_excluded(entry.name)
-            try:
-                _scan_dir(child, rel + "/", depth + 1, scan, how, below)
+                self.folder(child, rel + "/", depth + 1, excluded)
             finally:
                 os.close(child)
-            continue
-        seen = how.known.get(rel)
-        if excluded or (seen is None and not how.wanted.wanted(rel, entry.name)):
+        except FileNotFoundError:
+            pass
+        except PermissionError:  # one folder we may not read must not stop the others
+            if not excluded:
+                self.scan.unreadable.append(rel)
+
+    def entry(self, entry: os.DirEntry[str], rel: str, excluded: bool) -> None:
+        scan = self.scan
+        seen = self.known.get(rel)
+        if excluded or (seen is None and not self.wanted.wanted(rel, entry.name)):
             scan.excluded.append(rel)
-            continue
-        if seen is not None and seen[1] > how.young_ns:
+            return
+        if seen is not None and seen[1] > self.young_ns:
             scan.files[rel] = seen
-            continue
+            return
         try:
             st = entry.stat(follow_symlinks=False)
         except FileNotFoundError:
-            continue
+            return
+        except PermissionError:
+            scan.unreadable.append(rel)
+            return
         except OSError as exc:
-            if exc.errno == errno.ESTALE:
-                scan.files[rel] = UNKNOWN
-                continue
-            raise
-        if stat.S_ISREG(st.st_mode):
-            scan.files[rel] = (st.st_size, st.st_mtime_ns)
-        else:
-            scan.ignored[rel] = kind_of(st.st_mode)
+            if exc.errno != errno.ESTALE:
+                raise
+            scan.files[rel] = UNKNOWN
+            return
+        if not stat.S_ISREG(st.st_mode):
+            scan.ignored[rel] = f"a {kind_of(st.st_mode)}, not a regular file"
+            return
+        scan.files[rel] = (st.st_size, st.st_mtime_ns)
+        if st.st_nlink > 1:
+            scan.linked[rel] = st.st_nlink
 
 
 def kind_of(mode: int) -> str:
@@ -415,13 +435,21 @@ def open_dir(folder: Path, parts: list[str]) -> int:
     return fd
 
 
-def claim(folder: Path, rel: str, dst: Path, expect: tuple[int, int] | None = None) -> Moved:
-    """Move the regular file `folder`/`rel` to `dst`, never through a symbolic link. `expect`
-    is the (size, mtime) the scan saw (see `move`).
+def claim(
+    folder: Path,
+    rel: str,
+    dst: Path,
+    expect: tuple[int, int] | None = None,
+    allow_links: bool = False,
+) -> Moved:
+    """Move the regular file `folder`/`rel` to `dst`, never through a symbolic link, and only
+    if it is the file the scan judged complete: `expect`ed (size, mtime); else CHANGED.
 
     The folders are entered by descriptor, so a session folder or subfolder swapped for a link
-    is never followed. A source that is not a regular file raises NotOurs and stays; one that
-    was swapped for a non-regular file between the check and the rename is put back.
+    is never followed. A source that is not a regular file raises NotOurs and stays, and so
+    does a file with more than one hard link unless `allow_links`: on NFS anyone may link any
+    file of the export into a session folder, a file they could not read themselves. A file
+    swapped or written to between the check and the rename is put back.
     """
     *parents, name = rel.split("/")
     try:
@@ -430,24 +458,40 @@ def claim(folder: Path, rel: str, dst: Path, expect: tuple[int, int] | None = No
         return Moved.GONE
     try:
         st = _lstat_retrying(name, fd)
-        if st is not None and not stat.S_ISREG(st.st_mode):
-            raise NotOurs(f"a {kind_of(st.st_mode)}, not a regular file")
-        moved = move(name, dst, src_dir_fd=fd, expect=expect)
-        if moved is Moved.DONE:
-            got = _lstat_retrying(dst)
-            if got is not None and not stat.S_ISREG(got.st_mode):
-                _put_back(dst, name, fd)
-                raise NotOurs(f"a {kind_of(got.st_mode)}, swapped in while it was claimed")
+        if st is not None:
+            _check_ours(st, allow_links, "")
+            if expect is not None and (st.st_size, st.st_mtime_ns) != expect:
+                return Moved.CHANGED
+        moved = move(name, dst, expect, src_dir_fd=fd)
+        got = _lstat_retrying(dst) if moved is Moved.DONE and st is not None else None
+        if st is not None and got is not None and not _same(st, got):
+            put_back = _put_back(dst, name, fd)
+            _check_ours(got, allow_links, ", swapped in while it was claimed")
+            # A file written to just now: judged again later if it could be put back; else it
+            # is ours now, and the checks for late writes guard it.
+            return Moved.CHANGED if put_back else Moved.DONE
         return moved
     finally:
         os.close(fd)
 
 
-def _put_back(src: Path, name: str, dir_fd: int) -> None:
+def _check_ours(st: os.stat_result, allow_links: bool, when: str) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise NotOurs(f"a {kind_of(st.st_mode)}, not a regular file{when}")
+    if st.st_nlink > 1 and not allow_links:
+        raise NotOurs(
+            f"a file with {st.st_nlink} hard links: it may belong to someone else"
+            f"{when} (APP_ALLOW_HARD_LINKS=true takes such files)"
+        )
+
+
+def _put_back(src: Path, name: str, dir_fd: int) -> bool:
     """Return something that is not ours to where it came from, if that name is still free."""
     with _MOVE_LOCK:
-        if _lstat_retrying(name, dir_fd) is None:
-            os.rename(src, name, dst_dir_fd=dir_fd)
+        if _lstat_retrying(name, dir_fd) is not None:
+            return False
+        os.rename(src, name, dst_dir_fd=dir_fd)
+        return True
 
 
 def return_to(src: Path, dst: Path) -> bool:

@@ -3,10 +3,9 @@ and, on the same beat, sample the staging disk's free space for the metrics.
 
 Only files in `.processing/_completed/` are ever deleted, and only when they still have the size
 and mtime of the bytes committed to their blob. One that changed was written to after it was
-claimed (a writer that paused longer than APP_MIN_FILE_AGE_S): it goes back to `.processing` and
-is uploaded again, whole, over the same blob. Completed files left by a previous run are not
-deleted at all: what was committed is not known here, so they are uploaded again (a blob with
-the same bytes is recognised and nothing is sent).
+claimed (a writer that paused longer than APP_MIN_FILE_AGE_S): it is uploaded again, whole,
+over the same blob, from where it lies. Nothing is moved, so nothing here can wait on a name.
+(Completed files left by a previous run are checked the same way by `recovery`.)
 
 Empty folders are pruned only for sessions that are not watched and have no work pending, so GC
 never pulls a folder out from under a claim (and `fsops.move` recreates a missing one anyway).
@@ -23,10 +22,9 @@ from pathlib import Path
 import anyio.to_thread
 
 from nfs_watcher_uploader import fsops
-from nfs_watcher_uploader.fsops import Moved, Nfs
-from nfs_watcher_uploader.models import WorkItem
+from nfs_watcher_uploader.fsops import Nfs
 from nfs_watcher_uploader.pipeline import Pipeline
-from nfs_watcher_uploader.transfer import Completed, MoveFn
+from nfs_watcher_uploader.transfer import Completed
 
 logger = logging.getLogger(__name__)
 
@@ -36,21 +34,16 @@ class _Sweep:
     """What one sweep did, for the event loop to act on."""
 
     forgotten: list[Path] = field(default_factory=list[Path])  # deleted, or gone
-    changed: list[Path] = field(default_factory=list[Path])  # back in .processing: late write
-    adopted: list[Path] = field(default_factory=list[Path])  # back in .processing to verify
-    adopted_gone: list[Path] = field(default_factory=list[Path])
+    changed: list[Path] = field(default_factory=list[Path])  # written to since: send again
     deleted: int = 0
 
 
 class GarbageCollector:
-    def __init__(self, pipeline: Pipeline, nfs: Nfs, move: MoveFn = fsops.move) -> None:
+    def __init__(self, pipeline: Pipeline, nfs: Nfs) -> None:
         self.pipeline = pipeline
         self.settings, self.layout = pipeline.settings, pipeline.layout
         self.sessions = pipeline.sessions
         self.nfs = nfs
-        self._move = move
-        # Completed files found at start-up, committed by a previous run.
-        self._adopted: dict[Path, WorkItem] = {}
         self.markers_deleted = 0
         # Bytes free and total on the staging disk, from the last sample (None: not yet).
         self.staging_free: int | None = None
@@ -61,10 +54,6 @@ class GarbageCollector:
             f"GarbageCollector(markers_deleted={self.markers_deleted} "
             f"staging_free={self.staging_free})"
         )
-
-    def adopt(self, items: list[WorkItem]) -> None:
-        """Completed files of a previous run: check them again before anything is deleted."""
-        self._adopted = {self.layout.completed(item): item for item in items}
 
     async def run(self) -> None:
         while True:
@@ -97,7 +86,6 @@ class GarbageCollector:
         Returns how many files were deleted."""
         # Taken on the event loop, so that the thread below never reads state the loop changes.
         records = dict(self.pipeline.completed)
-        adopted = dict(self._adopted)
         names = self._live_sessions()
 
         def live(date_prefix: str, name: str) -> bool:
@@ -106,55 +94,36 @@ class GarbageCollector:
         def sweep() -> _Sweep:
             done = _Sweep()
             for path, record in records.items():
-                self._check(path, record, done)
-            for path, item in adopted.items():
-                moved = self._move(path, self.layout.processing(item), None)
-                if moved is Moved.DONE:
-                    done.adopted.append(path)
-                elif moved is Moved.GONE:
-                    done.adopted_gone.append(path)
-            root = self.layout.processing_root
+                _check(path, record, done)
             for folder in (self.layout.completed_root, self.layout.parked_root):
                 fsops.prune_empty_dirs(folder, lambda d, s: False)
             fsops.prune_empty_dirs(self.layout.reasons_root, lambda d, s: False)
-            fsops.prune_empty_dirs(root, live)
+            fsops.prune_empty_dirs(self.layout.processing_root, live)
             return done
 
         # One thread call for the whole NFS sweep, not one round trip per file.
         done = await self.nfs.call(sweep, timeout=self.nfs.timeout * 10)
-        await self._apply(done, records)
-        self.markers_deleted += done.deleted
-        await anyio.to_thread.run_sync(_prune_staging, self.settings.local_staging_root, live)
-        return done.deleted
-
-    async def _apply(self, done: _Sweep, records: dict[Path, Completed]) -> None:
-        """Back on the event loop: forget what is gone, send again what changed."""
         for path in done.forgotten + done.changed:
             if self.pipeline.completed.get(path) is records[path]:  # not completed anew since
                 del self.pipeline.completed[path]
         for path in done.changed:
-            await self.pipeline.put(self.pipeline.transfer.late_write(records[path].item))
-        for path in done.adopted_gone:
-            self._adopted.pop(path, None)
-        for path in done.adopted:
-            await self.pipeline.put(self._adopted.pop(path))
+            item = self.layout.as_completed(records[path].item)
+            self.pipeline.put(self.pipeline.transfer.late_write(item))
+        self.markers_deleted += done.deleted
+        await anyio.to_thread.run_sync(_prune_staging, self.layout.staging_dir, live)
+        return done.deleted
 
-    def _check(self, path: Path, record: Completed, done: _Sweep) -> None:
-        try:
-            same = fsops.unchanged(path, record.size, record.mtime_ns)
-            if same:
-                os.unlink(path)
-                done.deleted += 1
-        except FileNotFoundError:
-            same = True
-        if same:
-            done.forgotten.append(path)
-            return
-        moved = self._move(path, self.layout.processing(record.item), None)
-        if moved is Moved.DONE:
+
+def _check(path: Path, record: Completed, done: _Sweep) -> None:
+    try:
+        if not fsops.unchanged(path, record.size, record.mtime_ns):
             done.changed.append(path)
-        elif moved is Moved.GONE:
-            done.forgotten.append(path)
+            return
+        os.unlink(path)
+        done.deleted += 1
+    except FileNotFoundError:
+        pass
+    done.forgotten.append(path)
 
 
 def _disk_free_and_size(root: Path) -> tuple[int, int]:

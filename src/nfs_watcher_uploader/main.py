@@ -1,5 +1,8 @@
-"""Entry points: the app factory (`create_app`) and the console script (`run`)."""
+"""Entry points: the app factory (`create_app`) and the console script (`run`): the service,
+or `verify`."""
 
+import argparse
+import asyncio
 import logging
 import sys
 from collections.abc import AsyncGenerator
@@ -9,8 +12,10 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import ValidationError
 
-from nfs_watcher_uploader import api
+from nfs_watcher_uploader import api, verify
+from nfs_watcher_uploader.auth import ApiToken, TokenFileError
 from nfs_watcher_uploader.config import Settings, unsafe_paths
+from nfs_watcher_uploader.limits import server_options
 from nfs_watcher_uploader.service import Service
 from nfs_watcher_uploader.telemetry import Telemetry, configure_logging, setup_telemetry
 
@@ -18,25 +23,40 @@ logger = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings, **service_options: Any) -> FastAPI:
-    """Build the app. `service_options` are test seams passed on to `Service`."""
+    """Build the app. `service_options` are test seams passed on to `Service`. Raises
+    TokenFileError when APP_API_TOKEN_FILE holds no usable token."""
+    token = ApiToken.from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncGenerator[None]:
         if problems := unsafe_paths(settings):
             raise RuntimeError("unsafe settings: " + "; ".join(problems))
+        if token is None:
+            logger.warning(
+                "APP_API_TOKEN is not set: anyone who can reach port %d can start and stop "
+                "sessions and requeue files (README, Security)",
+                settings.port,
+            )
         telemetry = Telemetry(providers.tracer_provider, providers.meter_provider)
         service = Service(settings, telemetry=telemetry, **service_options)
         app.state.service = service
         service.start()
+        # A token from a file is read again as it changes (rotation without a restart).
+        rotation = None
+        if token is not None and token.path is not None:
+            rotation = asyncio.create_task(token.run(), name="api-token")
         try:
             yield
         finally:
+            if rotation is not None:
+                rotation.cancel()
+                await asyncio.gather(rotation, return_exceptions=True)
             await service.shutdown()
             # Last: flush spans and metrics of the shutdown itself.
             providers.shutdown()
 
     app = FastAPI(title="nfs-watcher-uploader", lifespan=lifespan)
-    api.install(app)
+    api.install(app, token, settings.metrics_require_token)
     providers = setup_telemetry(app)
     app.state.metrics_registry = providers.registry
     return app
@@ -78,18 +98,45 @@ def _return_freed_memory() -> None:
         pass  # not glibc: nothing to tune
 
 
-def run() -> None:
-    """Console script: serve the API on APP_HOST:APP_PORT (default 0.0.0.0:8000)."""
+def run(argv: list[str] | None = None) -> None:
+    """Console script: with no command (or `serve`), the service; `verify <date>/<session>`
+    checks a session in storage against its manifest."""
+    parser = argparse.ArgumentParser(
+        prog="nfs-watcher-uploader", description="Upload finished recordings from NFS to Azure."
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser("serve", help="watch, upload and serve the API (the default)")
+    verify.add_arguments(
+        commands.add_parser(
+            "verify",
+            help=verify.HELP,
+            description=verify.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+    )
+    args = parser.parse_args(argv)
+    if args.command == "verify":
+        sys.exit(verify.main(args))
+    serve()
+
+
+def serve() -> None:
+    """Serve the API on APP_HOST:APP_PORT (default 0.0.0.0:8000), and upload."""
     import uvicorn
 
     _return_freed_memory()
     configure_logging()
     settings = load_settings()
+    try:
+        app = create_app(settings)
+    except TokenFileError as exc:
+        sys.exit(f"nfs-watcher-uploader: {exc}")
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,
+        **server_options(),
         # Open HTTP requests get 5 s; then the lifespan gives uploads APP_SHUTDOWN_GRACE_S. The
         # sum must stay below the pod's terminationGracePeriodSeconds.
         timeout_graceful_shutdown=5,

@@ -1,18 +1,25 @@
 """The work item that flows from watcher to workers, and the API's request and response bodies."""
 
-from dataclasses import dataclass
+import itertools
+from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, field_validator
 
-from nfs_watcher_uploader.constants import SESSION_NAME_MAX, SESSION_NAME_RE
+from nfs_watcher_uploader.constants import MANIFEST_SUFFIX, SESSION_NAME_MAX, SESSION_NAME_RE
 from nfs_watcher_uploader.rates import parse_rate
+
+# Where the file of a piece of work lies: still in incoming, claimed into the processing
+# root, or in the completed tree (committed by a previous run, to be checked once more).
+Where = Literal["incoming", "claimed", "completed"]
+_tickets = itertools.count(1)
 
 
 @dataclass(frozen=True, slots=True)
 class WorkItem:
     """One file to upload: `rel` is its path below `incoming/<session>/` ('cam2/rec1.bin').
-    `claimed` is False while it still sits in incoming; `Layout` says where it is."""
+    `claimed` is False while it still sits in incoming; `Layout` says where it is.
+    `ticket` names this piece of work through its retries (`replace` keeps it)."""
 
     session_name: str
     date_prefix: str
@@ -29,6 +36,18 @@ class WorkItem:
     # conflict chose another, or a late write sends the whole file again over the same blob.
     blob_name: str | None = None
     overwrite: bool = False
+    # In the completed tree (`rel` is then its path there, below `<date>/<session>/`).
+    completed: bool = False
+    ticket: int = field(default_factory=lambda: next(_tickets))
+    # The MD5 of the bytes committed, and whether the session's ledger has their line yet.
+    md5: bytes | None = None
+    recorded: bool = False
+
+    @property
+    def place(self) -> tuple[Where, str]:
+        """Which file this is. Two pieces of work never hold the same place."""
+        where: Where = "completed" if self.completed else "claimed" if self.claimed else "incoming"
+        return where, self.rel
 
 
 def printable(text: str) -> str:
@@ -67,6 +86,13 @@ def check_session_name(name: str) -> str:
     return name
 
 
+def is_manifest_like(session_name: str) -> bool:
+    """A session of this name would have its folder where another session's manifest is
+    (`<date>/x.manifest.json/...` beside `<date>/x.manifest.json`): a hierarchical namespace
+    (Data Lake Storage) cannot hold both. Refused for new sessions."""
+    return session_name.lower().endswith(MANIFEST_SUFFIX)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -83,6 +109,16 @@ class _SessionNameBody(_Strict):
 class WatchStartRequest(_SessionNameBody):
     """Start watching `incoming/<session_name>/`; a name is generated when none is given."""
 
+    @field_validator("session_name")
+    @classmethod
+    def _not_a_manifest(cls, v: str | None) -> str | None:
+        if v is not None and is_manifest_like(v):
+            raise ValueError(
+                f"session_name must not end with {MANIFEST_SUFFIX!r}: "
+                "that is the name of a session's manifest"
+            )
+        return v
+
 
 class WatchStartResponse(BaseModel):
     date_prefix: str
@@ -92,7 +128,7 @@ class WatchStartResponse(BaseModel):
 
 class WatchStopResponse(BaseModel):
     enabled: bool
-    session_name: str | None
+    session_name: Printable | None
     state: str | None
 
 
@@ -100,7 +136,7 @@ SessionStateName = Literal["active", "draining", "drained", "drain_timed_out"]
 
 
 class SessionView(BaseModel):
-    session_name: str
+    session_name: Printable
     date_prefix: str
     state: SessionStateName
     drained: bool
@@ -122,6 +158,8 @@ class SessionView(BaseModel):
     # `drained`.
     excluded: int
     too_deep: int
+    # Folders or files the service may not read: they block `drained` too.
+    unreadable: int
     # Files waiting in incoming because an earlier file of the same name is still in progress.
     held: int
     # Uploaded under a new name because a blob with other bytes had theirs.
@@ -139,7 +177,7 @@ class SessionList(BaseModel):
 
 class StatusResponse(BaseModel):
     enabled: bool
-    active_session: str | None
+    active_session: Printable | None
     processed_ok: int
     processed_err: int
     last_error: Printable | None
@@ -149,7 +187,7 @@ class StatusResponse(BaseModel):
     retrying: int
     failed: int
     retries: int
-    draining_sessions: list[str]
+    draining_sessions: list[Printable]
     state_error: Printable | None
     # NFS calls given up at their deadline whose threads are still blocked (a hung mount).
     nfs_calls_hung: int
@@ -157,7 +195,7 @@ class StatusResponse(BaseModel):
 
 class FailedFile(BaseModel):
     date_prefix: str
-    session_name: str
+    session_name: Printable
     # The file's path below its session folder, as the recorder wrote it.
     filename: Printable
     # Where it is parked below `_failed/<date>/<session>/`: the same, unless a parked file of

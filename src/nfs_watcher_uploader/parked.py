@@ -4,7 +4,9 @@
     .processing/_failed_reasons/<d>/<s>/<rel>  {"reason", "rel", "blob_name", "at"}
 
 A second file parked under a name already parked takes the next free name (`name~2`); the
-reason file keeps its original path, so a requeue puts it back where it came from.
+reason file keeps its original path, so a requeue puts it back where it came from. A park is
+announced (`file.parked`); a requeue makes a session that had ended drain again, so that it
+ends anew, with a new manifest.
 """
 
 import asyncio
@@ -12,7 +14,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -40,11 +42,12 @@ class ParkedFiles:
     def __init__(
         self,
         context: Context,
-        requeue: Callable[[WorkItem], Awaitable[bool]],
+        requeue: Callable[[WorkItem], bool],
         move: MoveFn = fsops.move,
     ) -> None:
         self.layout, self.sessions, self.nfs = context.layout, context.sessions, context.nfs
         self.telemetry, self.stats = context.telemetry, context.stats
+        self.webhooks = context.delivery.webhooks
         self._requeue, self._move = requeue, move
         # Two requeues at once would both list the same parked files.
         self._requeuing = asyncio.Lock()
@@ -55,18 +58,14 @@ class ParkedFiles:
     async def park(self, item: WorkItem, reason: str) -> None:
         """Move the claimed file into the parked tree with its reason. Raises OSError when NFS
         fails (the caller retries later); nothing is ever parked over another parked file."""
+        blob_name = self.layout.blob_name(item)
         record = json.dumps(
-            {
-                "reason": reason,
-                "rel": item.rel,
-                "blob_name": self.layout.blob_name(item),
-                "at": time.time(),
-            }
+            {"reason": reason, "rel": item.rel, "blob_name": blob_name, "at": time.time()}
         ).encode()
         moved, parked_as = await self.nfs.call(lambda: self._park(item, record))
         error = f"{item.rel}: {reason}"
         done = moved is Moved.DONE
-        self.sessions.for_item(item).park(item.rel, parked_as if done else None, error)
+        self.sessions.for_item(item).park(item, parked_as if done else None, error)
         self.stats.parked += 1
         self.stats.last_error = printable(error)
         self.telemetry.parked()
@@ -78,6 +77,16 @@ class ParkedFiles:
             f"; it is in {printable(str(where))}" if where else "; it had vanished",
             extra=log_extra(item),
         )
+        if done:
+            data = {
+                "session": item.session_name,
+                "date_prefix": item.date_prefix,
+                "path": printable(item.rel),
+                "parked_as": printable(parked_as),
+                "blob_name": printable(blob_name),
+                "reason": printable(reason),
+            }
+            await self.webhooks.emit("file.parked", data)
 
     def _park(self, item: WorkItem, record: bytes) -> tuple[Moved, str]:
         src = self.layout.processing(item)
@@ -137,8 +146,10 @@ class ParkedFiles:
                     )
                 if moved is not Moved.DONE:
                     continue
-                self.sessions.for_item(item).unpark(parked.parked_as)
-                await self._requeue(item)
+                session = self.sessions.for_item(item)
+                session.unpark(parked.parked_as)
+                await self.sessions.reopen(session)
+                self._requeue(item)
                 count += 1
             return count
 

@@ -9,7 +9,9 @@ and what happens to a file that does not go up at once.
     Skip               dropped; the watcher offers it again if it is still there
 
 A file has at most one piece of work at a time: `put` refuses a file already queued, in
-flight or retrying.
+flight or retrying. Nothing but the watcher's `offer` waits for room in the queue: work put back
+(retries, late writes, recovery, GC, requeued parked files) goes to a backlog that a feeder
+moves into the queue, so a worker never blocks on its own full queue.
 """
 
 import asyncio
@@ -17,14 +19,16 @@ import heapq
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import anyio.to_thread
 
 from nfs_watcher_uploader import errors
+from nfs_watcher_uploader.backoff import backoff_delay
 from nfs_watcher_uploader.config import Settings
+from nfs_watcher_uploader.delivery import Delivery
 from nfs_watcher_uploader.fsops import Nfs
 from nfs_watcher_uploader.layout import Layout
 from nfs_watcher_uploader.models import Stats, WorkItem, printable
@@ -57,16 +61,10 @@ class Slot:
         self.progress = time.monotonic()
 
 
-def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
-    """Exponential backoff with jitter: base * 2**(attempt-1), capped, times 0.5-1.0."""
-    raw = min(cap, base * 2 ** min(attempt - 1, 30))
-    return raw * (0.5 + rng.random() / 2)
-
-
 class RetryTimer:
     """Files waiting for their next attempt; each goes back to `due` when its time comes."""
 
-    def __init__(self, due: Callable[[WorkItem], Awaitable[None]]) -> None:
+    def __init__(self, due: Callable[[WorkItem], None]) -> None:
         self._due = due
         self._heap: list[tuple[float, int, WorkItem]] = []
         self._seq = 0
@@ -85,7 +83,7 @@ class RetryTimer:
             now = time.monotonic()
             while self._heap and self._heap[0][0] <= now:
                 _, _, item = heapq.heappop(self._heap)
-                await self._due(item)
+                self._due(item)
             timeout = self._heap[0][0] - now if self._heap else None
             self._wakeup.clear()
             try:
@@ -106,33 +104,40 @@ class Pipeline:
         telemetry: Telemetry,
         rng: random.Random | None = None,
         seams: Seams | None = None,
+        delivery: Delivery | None = None,
     ) -> None:
         self.settings = settings
         self.layout = Layout.from_settings(settings)
+        self.delivery = delivery or Delivery.from_settings(settings, self.layout, nfs)
         self.sessions = sessions
         self.telemetry = telemetry
         self.stats = Stats()
         # completed path -> what was committed; GC reads a copy, checks and deletes.
         self.completed: dict[Path, Completed] = {}
-        context = Context(self.layout, sessions, nfs, telemetry, self.stats)
+        context = Context(self.layout, sessions, nfs, telemetry, self.stats, self.delivery)
         seams = seams or Seams()
-        self.transfer = Transfer(context, storage, self.completed, seams)
+        self.transfer = Transfer(context, storage, self.completed, seams, settings.allow_hard_links)
         self.parked = ParkedFiles(context, self.put, seams.move)
         self._rng = rng or random.Random()
-        # Hands files to the workers in APP_UPLOAD_ORDER.
+        # Both hand files on in APP_UPLOAD_ORDER.
         self.queue: asyncio.Queue[WorkItem] = WorkQueue(
             settings.max_queue_size, settings.upload_order
         )
+        self._backlog: asyncio.Queue[WorkItem] = WorkQueue(0, settings.upload_order)
         self.slots = [Slot() for _ in range(settings.worker_concurrency)]
-        self.retry_timer = RetryTimer(self._enqueue)
-        self._timer_task: asyncio.Task[None] | None = None
+        self.retry_timer = RetryTimer(self._requeue)
+        self._helpers: list[asyncio.Task[None]] = []
         self._stopping = False
 
     def __repr__(self) -> str:
         return (
-            f"Pipeline({self.stats!r} queued={self.queue.qsize()} in_flight={self.in_flight} "
+            f"Pipeline({self.stats!r} queued={self.queued} in_flight={self.in_flight} "
             f"retrying={self.retrying})"
         )
+
+    @property
+    def queued(self) -> int:
+        return self.queue.qsize() + self._backlog.qsize()
 
     @property
     def in_flight(self) -> int:
@@ -153,21 +158,25 @@ class Pipeline:
             self.queue.put_nowait(item)
         except asyncio.QueueFull:
             return False
-        self.sessions.for_item(item).mark(item.rel, "queued")
+        self.sessions.for_item(item).mark(item, "queued")
         return True
 
-    async def put(self, item: WorkItem) -> bool:
-        """Queue `item`, waiting for room (recovery, GC, requeues of parked files). A file that
-        already has work queued, in flight or retrying is not queued twice: False."""
-        if item.rel in self.sessions.for_item(item).pending:
+    def put(self, item: WorkItem) -> bool:
+        """Queue `item` (recovery, GC, requeues of parked files). A file that already has work
+        queued, in flight or retrying is not queued twice: False."""
+        if item.place in self.sessions.for_item(item).pending:
             logger.debug("%s is already in progress", printable(item.rel), extra=log_extra(item))
             return False
-        await self._enqueue(item)
+        self._requeue(item)
         return True
 
-    async def _enqueue(self, item: WorkItem) -> None:
-        self.sessions.for_item(item).mark(item.rel, "queued")
-        await self.queue.put(item)
+    def _requeue(self, item: WorkItem) -> None:
+        self.sessions.for_item(item).mark(item, "queued")
+        self._backlog.put_nowait(item)
+
+    async def _feed(self) -> None:
+        while True:
+            await self.queue.put(await self._backlog.get())
 
     # --- running -------------------------------------------------------------------------
 
@@ -176,14 +185,14 @@ class Pipeline:
         async with asyncio.TaskGroup() as tg:
             for slot in self.slots:
                 slot.task = tg.create_task(self._worker(slot))
-            self._timer_task = tg.create_task(self.retry_timer.run())
+            self._helpers = [tg.create_task(self.retry_timer.run()), tg.create_task(self._feed())]
 
     async def shutdown(self, grace: float) -> None:
         """Stop taking work, let in-flight files finish within `grace`, then cancel the rest
         (they stay in `.processing` and are recovered on the next start)."""
         self._stopping = True
-        if self._timer_task is not None:
-            self._timer_task.cancel()
+        for task in self._helpers:
+            task.cancel()
         for slot in self.slots:
             if slot.item is None and slot.task is not None:
                 slot.task.cancel()
@@ -214,18 +223,18 @@ class Pipeline:
 
     async def _handle(self, item: WorkItem, slot: Slot) -> None:
         session = self.sessions.for_item(item)
-        session.mark(item.rel, "in_flight")
+        session.mark(item, "in_flight")
         with self.telemetry.file_span(item) as span:
             try:
                 if not item.claimed:
                     item = await self.transfer.claim(item, session)
                 await self.transfer.process(item, slot, session)
             except errors.Skip:
-                session.release(item.rel)
+                session.release(item)
             except errors.NotOurs as exc:
                 await self.transfer.put_back(item, session, str(exc))
             except errors.LateWrite as exc:
-                await self._enqueue(self.transfer.late_write(exc.item))
+                self._requeue(self.transfer.late_write(exc.item))
             except errors.CompletionPending as exc:
                 self.telemetry.failed_attempt(span, exc)
                 self._retry_later(exc.item, str(exc))
@@ -251,7 +260,7 @@ class Pipeline:
         self.telemetry.retried()
         self.stats.last_error = printable(f"{item.rel}: {reason}")
         session.fail(f"{item.rel}: {reason}")
-        session.mark(item.rel, "retrying")
+        session.mark(item, "retrying")
         logger.warning(
             "Upload of %s failed (attempt %d): %s; retrying in %.1f s",
             printable(item.rel),
@@ -264,7 +273,7 @@ class Pipeline:
 
     async def _park(self, item: WorkItem, reason: str) -> None:
         if not item.claimed:  # nothing of ours to park
-            self.sessions.for_item(item).release(item.rel)
+            self.sessions.for_item(item).release(item)
             return
         try:
             await self.parked.park(item, reason)

@@ -1,11 +1,13 @@
-"""Recovery: on start, queue every file a previous run left in `.processing`.
+"""Recovery: on start, queue every file a previous run left unfinished.
 
 Files under `.processing/<YYYYMMDD>/<session>/` were claimed but not completed; their upload is
-repeated (a blob already there with the same bytes is recognised, not sent again). Parked files
-under `_failed/` are counted, not retried. Files in `_completed/` were committed by the previous
-run, which took with it what it knew of them: GC checks each once more (`adopt`) before any is
-deleted. A session found only through such files is resumed: as the active session when no
-state file was ever written (the original design's auto-resume), else as draining.
+repeated (a blob already there with the same bytes is recognised, not sent again). Files in
+`_completed/` were committed by the previous run, which took with it what it knew of them: each
+is checked once more against its blob (named like it), where it lies, before GC may delete it;
+one written to after its upload goes up again over the same blob. Parked files under `_failed/`
+are counted, not retried. A session found only through such files is resumed: as the active
+session when no state file was ever written (the original design's auto-resume), else as
+draining. Folders whose names cannot be session names are left alone and reported.
 """
 
 import logging
@@ -13,23 +15,20 @@ import shutil
 from pathlib import Path
 
 from nfs_watcher_uploader import fsops
-from nfs_watcher_uploader.config import Settings
 from nfs_watcher_uploader.constants import DATE_DIR_RE
 from nfs_watcher_uploader.fsops import Nfs
-from nfs_watcher_uploader.gc import GarbageCollector
-from nfs_watcher_uploader.layout import Layout
-from nfs_watcher_uploader.models import WorkItem
+from nfs_watcher_uploader.models import WorkItem, check_session_name, printable
 from nfs_watcher_uploader.pipeline import Pipeline
 from nfs_watcher_uploader.sessions import Sessions
 
 logger = logging.getLogger(__name__)
 
 
-def clear_staging(root: Path) -> None:
-    """Staging is a cache of `.processing`: anything left there from a previous run is stale.
-    Only our own date folders are removed, never anything else under a misconfigured root."""
+def clear_staging(folder: Path) -> None:
+    """Staging is a cache of `.processing`: what a previous run left in our own staging folder
+    is stale. Only our date folders in it are removed, never anything else."""
     try:
-        entries = list(root.iterdir())
+        entries = list(folder.iterdir())
     except FileNotFoundError:
         return
     for entry in entries:
@@ -37,24 +36,16 @@ def clear_staging(root: Path) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
-async def recover(
-    settings: Settings, sessions: Sessions, pipeline: Pipeline, gc: GarbageCollector, nfs: Nfs
-) -> int:
-    """Queue unfinished files, count parked ones, hand completed ones to GC. Returns how many
-    files were queued."""
-    layout = Layout.from_settings(settings)
+async def recover(sessions: Sessions, pipeline: Pipeline, nfs: Nfs) -> int:
+    """Queue unfinished and completed files, count parked ones. Returns how many files were
+    queued."""
+    layout = pipeline.layout
 
     def listing() -> tuple[list[WorkItem], list[WorkItem], list[WorkItem]]:
-        def items(root: Path) -> list[WorkItem]:
-            return [
-                WorkItem(name, date, rel, claimed=True)
-                for date, name, rel, _ in fsops.iter_tree_files(root)
-            ]
-
         return (
-            items(layout.processing_root),
-            items(layout.parked_root),
-            items(layout.completed_root),
+            _items(layout.processing_root),
+            _items(layout.parked_root),
+            [layout.as_completed(i) for i in _items(layout.completed_root)],
         )
 
     left, parked, completed = await nfs.call(listing, timeout=nfs.timeout * 10)
@@ -71,9 +62,26 @@ async def recover(
             await sessions.save()
         except OSError:
             logger.warning("Could not save session state after recovery", exc_info=True)
-    gc.adopt(completed)
-    for item in left:
-        await pipeline.put(item)
-    if left:
-        logger.info("Recovery: queued %d files left in %s", len(left), layout.processing_root)
-    return len(left)
+    queued = sum(pipeline.put(item) for item in left + completed)
+    if queued:
+        logger.info("Recovery: queued %d files left in %s", queued, layout.processing_root)
+    return queued
+
+
+def _items(root: Path) -> list[WorkItem]:
+    """The claimed files below `root/<date>/<session>/`; a folder whose name cannot be a
+    session's (an operator's restore, say) is left alone, with an error line."""
+    items: list[WorkItem] = []
+    refused: set[str] = set()
+    for date, name, rel, _ in fsops.iter_tree_files(root):
+        try:
+            check_session_name(name)
+        except ValueError as exc:
+            if name not in refused:
+                refused.add(name)
+                logger.error(
+                    "Leaving %s alone: %s", printable(str(root / date / name)), printable(str(exc))
+                )
+            continue
+        items.append(WorkItem(name, date, rel, claimed=True))
+    return items

@@ -1,11 +1,13 @@
 """The service: builds the components, starts them in order, reports readiness and liveness.
 
-Start:    load sessions -> clear staging -> connect storage (retrying) -> workers -> recovery
-          -> ready -> watcher and GC.  The API serves from the first moment; /readyz is 503
+Start:    webhook deliveries; load sessions -> clear staging -> connect storage (retrying) ->
+          workers and session reports -> recovery -> ready -> watcher and GC.
+          The API serves from the first moment; /readyz is 503
           until recovery is done and the container is reachable. With APP_EXIT_ON_STALL_S, a
           watchdog ends the process once liveness has failed that long (for Docker/compose).
 Shutdown: stop intake (watcher, GC) -> in-flight uploads get APP_SHUTDOWN_GRACE_S -> cancel the
-          rest (recovered on the next start) -> close the storage client.
+          rest (recovered on the next start), reports and deliveries (their jobs stay on NFS)
+          -> close the storage client.
 """
 
 import asyncio
@@ -21,13 +23,16 @@ import anyio.to_thread
 from nfs_watcher_uploader import fsops
 from nfs_watcher_uploader.bandwidth import Bandwidth
 from nfs_watcher_uploader.config import Settings
+from nfs_watcher_uploader.delivery import Delivery
 from nfs_watcher_uploader.errors import RetryableError
 from nfs_watcher_uploader.fsops import Nfs
 from nfs_watcher_uploader.gc import GarbageCollector
+from nfs_watcher_uploader.layout import Layout
 from nfs_watcher_uploader.pipeline import Pipeline, backoff_delay
 from nfs_watcher_uploader.recovery import clear_staging, recover
+from nfs_watcher_uploader.reports import Reports
 from nfs_watcher_uploader.sessions import Session, Sessions
-from nfs_watcher_uploader.storage import Storage, TokenCredentialFactory, default_token_credential
+from nfs_watcher_uploader.storage import Storage, TokenCredentialFactory
 from nfs_watcher_uploader.telemetry import Gauges, Telemetry
 from nfs_watcher_uploader.transfer import ClaimFn, CopyFn, MoveFn, Seams, StagedHook
 from nfs_watcher_uploader.watcher import ScanFn, Watcher
@@ -47,7 +52,7 @@ class Service:
         settings: Settings,
         *,
         telemetry: Telemetry | None = None,
-        token_credential: TokenCredentialFactory = default_token_credential,
+        token_credential: TokenCredentialFactory | None = None,
         on_staged: StagedHook | None = None,
         scan: ScanFn = fsops.scan_session,
         claim: ClaimFn = fsops.claim,
@@ -58,15 +63,37 @@ class Service:
         self.settings = settings
         self.nfs = Nfs(settings.nfs_timeout_s, copy_threads=settings.worker_concurrency)
         self.telemetry = telemetry or Telemetry()
-        self.sessions = Sessions(settings.nfs_processing_root, self.nfs)
+        layout = Layout.from_settings(settings)
+        self.delivery = Delivery.from_settings(settings, layout, self.nfs)
+        # Told of each session's end: its manifest and event are due from then on.
+        self.sessions = Sessions(
+            settings.nfs_processing_root, self.nfs, on_end=lambda s, st: self.reports.ended(s, st)
+        )
         self.bandwidth = Bandwidth.from_settings(settings, self.nfs)
         self.storage = Storage(settings, token_credential, Meter(self.bandwidth.bucket))
         seams = Seams(on_staged, claim, move, copy)
         self.pipeline = Pipeline(
-            settings, self.sessions, self.storage, self.nfs, self.telemetry, seams=seams
+            settings,
+            self.sessions,
+            self.storage,
+            self.nfs,
+            self.telemetry,
+            seams=seams,
+            delivery=self.delivery,
+        )
+        d = self.delivery
+        self.reports = Reports(
+            settings,
+            layout,
+            self.nfs,
+            self.storage,
+            d.ledger,
+            d.labels,
+            d.webhooks,
+            self.pipeline.parked.listing,
         )
         self.watcher = Watcher(self.pipeline, self.nfs, scan)
-        self.gc = GarbageCollector(self.pipeline, self.nfs, move)
+        self.gc = GarbageCollector(self.pipeline, self.nfs)
         self.telemetry.observe(
             Gauges(
                 queue_depth=self.pipeline.queue.qsize,
@@ -80,6 +107,7 @@ class Service:
                 sessions=lambda: Counter(s.state for s in self.sessions.by_name.values()),
                 # 0 means unlimited.
                 bandwidth_limit=lambda: float(self.bandwidth.bucket.rate or 0),
+                webhook_pending=lambda: self.delivery.webhooks.pending,
             )
         )
         self.ready = False
@@ -89,6 +117,9 @@ class Service:
         self._intake: list[asyncio.Task[None]] = []
         self._pipeline_task: asyncio.Task[None] | None = None
         self._bandwidth_task: asyncio.Task[None] | None = None
+        # Session reports and webhook deliveries: on their own, so that neither can hold up
+        # an upload.
+        self._outbound: list[asyncio.Task[None]] = []
         self._watchdog: asyncio.Task[None] | None = None
         self._exit = exit_process
 
@@ -128,10 +159,11 @@ class Service:
                 return
 
     async def _run(self) -> None:
+        self._outbound.append(asyncio.create_task(self.delivery.webhooks.run(), name="webhooks"))
         self.phase = "loading sessions"
         await self._until_ok(self.sessions.load, "load sessions", lambda: self.sessions.loaded)
         # Staging may hold many GiB from before a crash: remove it off the event loop.
-        await anyio.to_thread.run_sync(clear_staging, self.settings.local_staging_root)
+        await anyio.to_thread.run_sync(clear_staging, self.pipeline.layout.staging_dir)
         # Before any upload: an override kept across a restart (a metered link) must hold.
         self.phase = "loading the bandwidth override"
         await self._until_ok(self.bandwidth.load, "load the bandwidth override")
@@ -139,9 +171,10 @@ class Service:
         self.phase = "connecting to storage"
         await self._until_ok(self.storage.connect, "connect to storage")
         self._pipeline_task = asyncio.create_task(self.pipeline.run(), name="pipeline")
+        self._outbound.append(asyncio.create_task(self.reports.run(), name="reports"))
         self.phase = "recovering"
         await self._until_ok(
-            lambda: recover(self.settings, self.sessions, self.pipeline, self.gc, self.nfs),
+            lambda: recover(self.sessions, self.pipeline, self.nfs),
             "recover",
         )
         self.watcher.heartbeat = time.monotonic()
@@ -152,7 +185,7 @@ class Service:
         self.ready = True
         self.phase = "running"
         logger.info("Ready: %r", self)
-        await asyncio.gather(self._pipeline_task, *self._intake)
+        await asyncio.gather(self._pipeline_task, *self._intake, *self._outbound)
 
     async def _until_ok(
         self,
@@ -196,7 +229,11 @@ class Service:
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        # 4. Close the storage client.
+        # 4. Stop session reports and webhook deliveries: what is not done stays on NFS.
+        for task in self._outbound:
+            task.cancel()
+        await asyncio.gather(*self._outbound, return_exceptions=True)
+        # 5. Close the storage client.
         await self.storage.close()
         logger.info("Stopped: %r", self)
 
@@ -222,12 +259,11 @@ class Service:
         exists but is not a real folder (a symbolic link to a folder elsewhere, say)."""
         layout = self.pipeline.layout
 
-        def prepare(session: Session) -> None:
-            folder = layout.session_folder(session.name)
+        def prepare(name: str, date_prefix: str) -> None:
+            folder = layout.session_folder(name)
             folder.mkdir(parents=True, exist_ok=True)
             os.close(fsops.open_dir(folder, []))
-            processing = layout.processing_root / session.date_prefix / session.name
-            processing.mkdir(parents=True, exist_ok=True)
+            (layout.processing_root / date_prefix / name).mkdir(parents=True, exist_ok=True)
 
         session = await self.sessions.start(name, prepare)
         logger.info("Session %s started", name, extra={"session_name": name})

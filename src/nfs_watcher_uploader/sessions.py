@@ -5,6 +5,9 @@ folder is in storage (`drained`), or until APP_DRAIN_TIMEOUT_S passes (`drain_ti
 is left stays where it is and is reported). Active, draining and recently drained sessions are
 written to `<processing root>/sessions.json` (temp file, fsync, rename) on every change and
 resumed on start, so a restart neither forgets a session nor the answer to "is it drained?".
+A session that ended with files parked drains again once they are retried (`reopen`), with a
+new APP_DRAIN_TIMEOUT_S from then. `on_end` is told of every end before it is recorded (the
+manifest and the event are due from then on).
 """
 
 import asyncio
@@ -12,7 +15,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +34,7 @@ from nfs_watcher_uploader.fsops import Nfs, Scan, read_or_none, write_atomic
 from nfs_watcher_uploader.models import (
     SessionStateName,
     SessionView,
+    Where,
     WorkItem,
     check_session_name,
     printable,
@@ -44,6 +48,8 @@ Phase = Literal["queued", "in_flight", "retrying"]
 WATCHED_STATES = ("active", "draining")
 STATE_VERSION = 1
 NOTICES_KEPT = 20
+# A session's date, state, start, stop and reopening: what a restart changes.
+_Dates = tuple[str, SessionStateName, float, float | None, float | None]
 
 
 @dataclass
@@ -53,6 +59,8 @@ class Session:
     state: SessionStateName
     started_at: float
     stopped_at: float | None = None
+    # Set when parked files of an ended session were retried: it drains again from then.
+    redrained_at: float | None = None
     # Progress since this process started (the files themselves are the durable record).
     files_seen: int = 0
     bytes_seen: int = 0
@@ -60,17 +68,22 @@ class Session:
     bytes_uploaded: int = 0
     waiting: int = 0
     # Files the filter leaves in incoming, from the last scan.
-    excluded: int = 0
+    excluded: list[str] = field(default_factory=list[str])
     renamed: int = 0
     late_writes: int = 0
     last_error: str | None = None
-    # rel -> phase: work this process owns for the session.
-    pending: dict[str, Phase] = field(default_factory=dict[str, Phase])
+    # Work this process owns for the session: the file's place -> (phase, the work's ticket).
+    pending: dict[tuple[Where, str], tuple[Phase, int]] = field(
+        default_factory=dict[tuple[Where, str], tuple[Phase, int]]
+    )
     # Files parked in the failed folder.
     parked: set[str] = field(default_factory=set[str])
     # From the last scan: entries that are not regular files, folders too deep to upload.
     ignored: dict[str, str] = field(default_factory=dict[str, str])
     too_deep: list[str] = field(default_factory=list[str])
+    unreadable: list[str] = field(default_factory=list[str])
+    # Files dated in the future: judged by how long they stay unchanged here.
+    future: set[str] = field(default_factory=set[str])
     # Files left in incoming because an earlier file of the same name is still in progress.
     held: set[str] = field(default_factory=set[str])
     notices: deque[str] = field(default_factory=lambda: deque[str](maxlen=NOTICES_KEPT))
@@ -79,24 +92,39 @@ class Session:
     def watched(self) -> bool:
         return self.state in WATCHED_STATES
 
+    @property
+    def drain_start(self) -> float:
+        """When the current drain began: the stop, or the retry that reopened the session."""
+        return self.redrained_at or self.stopped_at or 0.0
+
     def count(self, phase: Phase) -> int:
-        return sum(1 for p in self.pending.values() if p == phase)
+        return sum(1 for p, _ in self.pending.values() if p == phase)
 
-    def mark(self, rel: str, phase: Phase) -> None:
-        self.pending[rel] = phase
+    def busy(self) -> set[str]:
+        """Names that work is queued, in flight or retrying for, in incoming or claimed: a file
+        of such a name in incoming is not offered (again) until that work is done."""
+        return {rel for where, rel in self.pending if where != "completed"}
 
-    def release(self, rel: str) -> None:
-        """No work on `rel` any more (done, parked, skipped)."""
-        self.pending.pop(rel, None)
+    def in_progress(self, rel: str) -> bool:
+        return ("incoming", rel) in self.pending or ("claimed", rel) in self.pending
 
-    def count_uploaded(self, rel: str, size: int | None) -> None:
-        self.release(rel)
+    def mark(self, item: WorkItem, phase: Phase) -> None:
+        self.pending[item.place] = (phase, item.ticket)
+
+    def release(self, item: WorkItem) -> None:
+        """No more work on `item` (done, parked, skipped). Work that holds its place since
+        (another ticket) is left alone."""
+        if self.pending.get(item.place, (None, 0))[1] == item.ticket:
+            del self.pending[item.place]
+
+    def count_uploaded(self, item: WorkItem, size: int | None) -> None:
+        self.release(item)
         self.uploaded += 1
         self.bytes_uploaded += size or 0
 
-    def park(self, rel: str, parked_as: str | None, error: str) -> None:
-        """`rel` is parked as `parked_as` (None: it had vanished, nothing was parked)."""
-        self.release(rel)
+    def park(self, item: WorkItem, parked_as: str | None, error: str) -> None:
+        """`item` is parked as `parked_as` (None: it had vanished, nothing was parked)."""
+        self.release(item)
         if parked_as is not None:
             self.parked.add(parked_as)
         self.fail(error)
@@ -117,10 +145,13 @@ class Session:
         self.held.add(rel)
         return first
 
-    def claimed(self, rel: str, taken: bool) -> None:
-        """A claim of `rel` ended: `taken` when the file is now ours."""
-        self.held.discard(rel)
-        self.files_seen += taken
+    def claimed(self, before: WorkItem, after: WorkItem | None) -> None:
+        """A claim ended: `after` is the claimed item, None when the file was not taken."""
+        self.held.discard(before.rel)
+        self.release(before)
+        if after is not None:
+            self.files_seen += 1
+            self.mark(after, "in_flight")
 
     def staged(self, size: int) -> None:
         self.bytes_seen += size
@@ -133,31 +164,72 @@ class Session:
         self.late_writes += 1
         self.notice(text)
 
-    def ignore(self, rel: str, what: str, text: str) -> None:
-        """`rel` is not a regular file of ours: no work on it, and it is reported."""
-        self.release(rel)
-        self.ignored[rel] = what
+    def ignore(self, item: WorkItem, what: str, text: str) -> None:
+        """`item` is not a regular file of ours: no work on it, and it is reported."""
+        self.release(item)
+        self.ignored[item.rel] = what
         self.notice(text)
 
-    def observe(self, scan: Scan) -> list[tuple[int, str]]:
+    def observe(self, scan: Scan, future: list[str]) -> list[tuple[int, str]]:
         """Take what a scan found that will never be uploaded; return what is new, as (log
         level, message) for the watcher to log."""
         new: list[tuple[int, str]] = []
         if scan.problem is not None and self.last_error != scan.problem:
             new.append((logging.ERROR, f"{scan.problem}; nothing in it is taken"))
             self.fail(scan.problem)
-        for rel, kind in scan.ignored.items():
-            if self.ignored.get(rel) != kind:
-                new.append((logging.WARNING, f"{rel}: a {kind}, not a regular file; left alone"))
+        for rel, what in scan.ignored.items():
+            if self.ignored.get(rel) != what:
+                new.append((logging.WARNING, f"{rel}: {what}; left alone"))
         for rel in set(scan.too_deep) - set(self.too_deep):
             new.append((logging.ERROR, f"{rel}: folder too deep to upload; cannot drain"))
+        for rel in set(scan.unreadable) - set(self.unreadable):
+            new.append((logging.ERROR, f"{rel}: cannot be read (permissions); cannot drain"))
+        for rel in set(future) - self.future:
+            new.append(
+                (logging.WARNING, f"{rel}: its mtime is in the future (the writer's clock?)")
+            )
+        self.future = set(future)
         for _, text in new:
             self.notice(text)
         self.ignored, self.too_deep = scan.ignored, scan.too_deep
-        self.held &= scan.files.keys()
-        self.waiting = sum(1 for rel in scan.files if rel not in self.pending)
-        self.excluded = len(scan.excluded)
+        self.unreadable = scan.unreadable
+        # A file whose name an earlier, claimed file still holds waits in incoming.
+        waiting_for = {rel for rel in scan.files if ("claimed", rel) in self.pending}
+        for rel in sorted(waiting_for - self.held):
+            new.append((logging.INFO, f"{rel}: waits until an earlier file of that name is done"))
+            self.notice(new[-1][1])
+        self.held = (self.held & scan.files.keys()) | waiting_for
+        self.waiting = sum(1 for rel in scan.files if not self.in_progress(rel))
+        self.excluded = scan.excluded
         return new
+
+    def restart(self, date_prefix: str, now: float) -> "_Dates":
+        """Make this drained (or timed out) session active again, keeping what it still owns
+        (parked files, work in progress). Returns what `undo` needs."""
+        before = (
+            self.date_prefix,
+            self.state,
+            self.started_at,
+            self.stopped_at,
+            self.redrained_at,
+        )
+        self.date_prefix, self.state, self.started_at, self.stopped_at = (
+            date_prefix,
+            "active",
+            now,
+            None,
+        )
+        self.redrained_at = None  # its next drain starts at its next stop
+        return before
+
+    def undo(self, before: "_Dates") -> None:
+        (
+            self.date_prefix,
+            self.state,
+            self.started_at,
+            self.stopped_at,
+            self.redrained_at,
+        ) = before
 
     def view(self) -> SessionView:
         return SessionView(
@@ -177,8 +249,9 @@ class Session:
             retrying=self.count("retrying"),
             failed=len(self.parked),
             ignored=len(self.ignored),
-            excluded=self.excluded,
+            excluded=len(self.excluded),
             too_deep=len(self.too_deep),
+            unreadable=len(self.unreadable),
             held=len(self.held),
             renamed=self.renamed,
             late_writes=self.late_writes,
@@ -197,6 +270,7 @@ class Session:
             "state": self.state,
             "started_at": self.started_at,
             "stopped_at": self.stopped_at,
+            "redrained_at": self.redrained_at,
         }
 
     def __repr__(self) -> str:
@@ -210,13 +284,25 @@ def today_utc(clock: Callable[[], float] = time.time) -> str:
     return datetime.fromtimestamp(clock(), UTC).strftime("%Y%m%d")
 
 
+# Told that a session ended (drained or timed out), before that is saved; raises OSError when
+# it cannot take note (the session then goes on draining, and ends at a later scan).
+EndHook = Callable[["Session", SessionStateName], Awaitable[None]]
+
+
 class Sessions:
     """All sessions this service knows, and the one that is active."""
 
-    def __init__(self, processing_root: Path, nfs: Nfs, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        processing_root: Path,
+        nfs: Nfs,
+        clock: Callable[[], float] = time.time,
+        on_end: EndHook | None = None,
+    ):
         self.state_path = processing_root / STATE_FILE
         self._nfs = nfs
         self._clock = clock
+        self._on_end = on_end
         self.by_name: dict[str, Session] = {}
         self.state_error: str | None = None
         self.loaded = False
@@ -297,8 +383,9 @@ class Sessions:
         a file recovered from `.processing`, or unparked)."""
         return self.register_recovered(item.date_prefix, item.session_name)
 
-    async def start(self, name: str, prepare: Callable[[Session], None]) -> Session:
-        """Make `name` the active session. `prepare` creates its folders (runs on NFS)."""
+    async def start(self, name: str, prepare: Callable[[str, str], None]) -> Session:
+        """Make `name` the active session. `prepare(name, date)` creates its folders (runs on
+        NFS)."""
         check_session_name(name)
         async with self._changing:
             if (current := self.active) is not None:
@@ -308,16 +395,20 @@ class Sessions:
                 raise SessionConflict(
                     f"session {name!r} is still draining; wait for it or pick a name"
                 )
-            session = Session(name, today_utc(self._clock), "active", self._clock())
-            await self._nfs.call(lambda: prepare(session))
+            date = today_utc(self._clock)
+            await self._nfs.call(lambda: prepare(name, date))
+            # A name started again keeps its Session: its parked files and the work still in
+            # progress for it belong to it.
+            session = old or Session(name, date, "active", self._clock())
+            before = session.restart(date, self._clock()) if old is not None else None
             self.by_name[name] = session
             try:
                 await self.save()
             except BaseException:
-                if old is None:
+                if before is None:
                     del self.by_name[name]
                 else:
-                    self.by_name[name] = old
+                    session.undo(before)
                 raise
             return session
 
@@ -337,8 +428,36 @@ class Sessions:
             return session
 
     async def finish(self, session: Session, state: SessionStateName) -> None:
-        """Record that a draining session is drained or timed out."""
+        """Record that a draining session is drained or timed out (the caller has just checked
+        that it is: the state changes before any await)."""
         session.state = state
+        if self._on_end is not None:
+            try:
+                await self._on_end(session, state)
+            except OSError as exc:
+                session.state = "draining"  # not ended until its end is on record
+                logger.warning(
+                    "Session %s: cannot record its end (%s); trying again at the next scan",
+                    session.name,
+                    exc,
+                    extra={"session_name": session.name},
+                )
+                return
+        try:
+            await self.save()
+        except OSError:
+            logger.warning("Could not save session state; will retry on the next change")
+
+    async def reopen(self, session: Session) -> None:
+        """Files of an ended session were retried: it drains again, with a fresh timeout."""
+        if session.watched:
+            return
+        session.state, session.redrained_at = "draining", self._clock()
+        logger.info(
+            "Session %s drains again: its parked files were retried",
+            session.name,
+            extra={"session_name": session.name},
+        )
         try:
             await self.save()
         except OSError:
@@ -351,6 +470,7 @@ class _StoredSession(BaseModel):
     state: SessionStateName
     started_at: float
     stopped_at: float | None
+    redrained_at: float | None = None
 
     @field_validator("name")
     @classmethod
@@ -374,7 +494,8 @@ def _parse_state(raw: bytes) -> list[Session]:
     """Raises ValueError (pydantic's ValidationError is one) for anything but a valid file."""
     doc = _StateDoc.model_validate_json(raw)
     sessions = [
-        Session(e.name, e.date_prefix, e.state, e.started_at, e.stopped_at) for e in doc.sessions
+        Session(e.name, e.date_prefix, e.state, e.started_at, e.stopped_at, e.redrained_at)
+        for e in doc.sessions
     ]
     if len({s.name for s in sessions}) != len(sessions):
         raise ValueError("a session name appears twice")

@@ -3,12 +3,13 @@ credential policies over the metered transport, and nothing else.
 
 A BlobClient per blob and the SDK's full request pipeline cost about 2 ms of CPU per file,
 most of what the service spends on a small file (BENCHMARKS.md). This sends the very request
-the SDK sends for `upload_blob(data, content_settings=ContentSettings(content_md5=md5),
-transactional_content_md5=md5)`: Put Blob with x-ms-blob-type BlockBlob, the MD5 of the bytes
-read from NFS as the transactional Content-MD5 (Azure refuses the bytes if they differ) and as
-the blob's stored Content-MD5, and If-None-Match: * unless it overwrites. Signing, the date,
-the request id and retries are the SDK's policies, taken from the connected client; errors are
-raised as the SDK raises them (the same exception types, with `error_code`).
+the SDK sends for `upload_blob(data, content_settings=..., transactional_content_md5=md5,
+metadata=..., tags=..., standard_blob_tier=...)`: Put Blob with x-ms-blob-type BlockBlob, the
+MD5 of the bytes read from NFS as the transactional Content-MD5 (Azure refuses the bytes if
+they differ) and as the blob's stored Content-MD5, the blob's Content-Type, metadata, tags and
+tier (BlobInfo), and If-None-Match: * unless it overwrites. Signing, the date, the request id
+and retries are the SDK's policies, taken from the connected client; errors are raised as the
+SDK raises them (the same exception types, with `error_code`).
 """
 
 import base64
@@ -25,7 +26,12 @@ from azure.core.exceptions import (
 )
 from azure.core.pipeline import AsyncPipeline
 from azure.core.rest import HttpRequest
+from azure.storage.blob._serialize import (  # pyright: ignore[reportPrivateUsage]
+    serialize_blob_tags_header,
+)
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient
+
+from nfs_watcher_uploader.blobinfo import BlobInfo
 
 _ERRORS: dict[int, type[HttpResponseError]] = {
     401: ClientAuthenticationError,
@@ -57,7 +63,9 @@ class SinglePut:
     def __repr__(self) -> str:
         return f"SinglePut({self._base})"
 
-    async def put(self, blob_name: str, data: bytes, md5: bytes, overwrite: bool) -> None:
+    async def put(
+        self, blob_name: str, data: bytes, md5: bytes, overwrite: bool, info: BlobInfo
+    ) -> None:
         digest = base64.b64encode(md5).decode()
         headers = {
             "x-ms-version": self._version,
@@ -66,7 +74,13 @@ class SinglePut:
             "Content-Length": str(len(data)),
             "Content-MD5": digest,
             "x-ms-blob-content-md5": digest,
+            "x-ms-blob-content-type": info.content_type,
         }
+        headers.update({f"x-ms-meta-{k}": v for k, v in info.metadata.items()})
+        if info.tags is not None:
+            headers["x-ms-tags"] = serialize_blob_tags_header(info.tags) or ""
+        if info.tier is not None:
+            headers["x-ms-access-tier"] = str(info.tier.value)
         if not overwrite:
             headers["If-None-Match"] = "*"
         url = f"{self._base}/{quote(blob_name, safe='~/')}{self._query}"

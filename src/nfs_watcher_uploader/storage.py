@@ -1,9 +1,20 @@
 """Azure Blob Storage: the credential chain, the container check, and verified uploads.
 
-Credentials (APP_AZURE_AUTH=auto): a token credential (DefaultAzureCredential) only for an
-https:// account URL, since the SDK refuses token credentials over http; then the connection
-string, then the account key. A candidate that fails authentication hands over to the next.
-`identity`, `connection-string` and `account-key` use exactly one.
+Credentials (APP_AZURE_AUTH=auto): a token credential only for an https:// account URL, since
+the SDK refuses token credentials over http (workload identity, then managed identity; or
+DefaultAzureCredential with `identity-default`); then a SAS, the connection string, the account
+key. A candidate that fails authentication (or that storage refuses: 401, 403) hands over to the
+next. `identity`, `identity-default`, `sas`, `connection-string` and `account-key` use exactly
+one. With APP_AZURE_CREATE_CONTAINER=false start-up neither creates nor reads the container: it
+asks for one blob that does not exist, and "not found" or "not allowed to read" both prove the
+credential (a `cw` SAS may not read). The same question, asked after the container check
+otherwise, tells whether the credential may read blobs (`can_read`).
+
+Name conflicts need a read (the Content-MD5 of the blob that holds the name). A credential that
+may not read (AuthorizationPermissionMismatch) cannot tell "the same bytes, already up" from
+"another file's bytes": the name is then treated as held by other bytes, so this file goes up
+under the next free name and nothing is ever overwritten (a re-upload after a crash leaves a
+duplicate `~2` rather than a gap).
 
 Uploads: Azure only stores the Content-MD5 of a blob put in blocks, it does not check it. So
 every request carries, as its transactional Content-MD5, the MD5 of the bytes read from NFS
@@ -23,6 +34,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import anyio.to_thread
+from azure.core.credentials import AzureSasCredential
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import (
     ClientAuthenticationError,
@@ -34,6 +46,7 @@ from azure.storage.blob import ContentSettings
 from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClient
 
 from nfs_watcher_uploader.bandwidth import TokenBucket
+from nfs_watcher_uploader.blobinfo import BlobInfo
 from nfs_watcher_uploader.config import AzureAuth, NameConflict, Settings
 from nfs_watcher_uploader.constants import (
     MAX_BLOB_NAME,
@@ -67,13 +80,24 @@ _PERMANENT_CODES = frozenset(
 _PERMANENT_STATUS = frozenset({413, 414})
 # What Azure answers a create with If-None-Match: * when the name is taken.
 _TAKEN_CODES = frozenset({"BlobAlreadyExists", "ConditionNotMet"})
+# What Azure answers a request the credential is valid for but not allowed to make (a read with
+# a `cw` SAS, say).
+_NOT_PERMITTED = "AuthorizationPermissionMismatch"
+# Asked for at start-up with APP_AZURE_CREATE_CONTAINER=false: blob names all start with a
+# date, so no blob has this one.
+PROBE_BLOB = "nfs-watcher-uploader-credential-check"
 
 
 class _Missing:
     """No blob has the name."""
 
 
+class _Unreadable:
+    """The credential may not read the blob that has the name."""
+
+
 _MISSING = _Missing()
+_UNREADABLE = _Unreadable()
 
 TokenCredentialFactory = Callable[[], AsyncTokenCredential]
 
@@ -82,7 +106,25 @@ class _Closeable(Protocol):
     async def close(self) -> None: ...
 
 
-def default_token_credential() -> AsyncTokenCredential:
+def workload_or_managed_identity() -> AsyncTokenCredential:
+    """Workload identity (when its webhook put AZURE_FEDERATED_TOKEN_FILE in the pod), then
+    managed identity: what a pod can have, and nothing that probes developer tools."""
+    from azure.identity.aio import (
+        ChainedTokenCredential,
+        ManagedIdentityCredential,
+        WorkloadIdentityCredential,
+    )
+
+    chain: list[AsyncTokenCredential] = []
+    if os.environ.get("AZURE_FEDERATED_TOKEN_FILE"):
+        chain.append(WorkloadIdentityCredential())
+    chain.append(ManagedIdentityCredential(client_id=os.environ.get("AZURE_CLIENT_ID")))
+    return ChainedTokenCredential(*chain)
+
+
+def developer_identity() -> AsyncTokenCredential:
+    """DefaultAzureCredential (APP_AZURE_AUTH=identity-default): also the Azure CLI and other
+    developer sign-ins, for a laptop."""
     from azure.identity.aio import DefaultAzureCredential
 
     return DefaultAzureCredential()
@@ -96,10 +138,13 @@ class _Candidate:
 
 @dataclass(frozen=True, slots=True)
 class Sent:
-    """Where a file went: `blob_name`, and whether it was already there with the same bytes."""
+    """Where a file went: `blob_name`, and whether it was already there with the same bytes.
+    `compared` is False when a name it passed over could not be read (so may hold the same
+    bytes)."""
 
     blob_name: str
     already: bool = False
+    compared: bool = True
 
 
 class _NameTaken(Exception):
@@ -171,10 +216,13 @@ class Storage:
     def __init__(
         self,
         settings: Settings,
-        token_credential: TokenCredentialFactory = default_token_credential,
+        token_credential: TokenCredentialFactory | None = None,
         meter: Meter | None = None,
     ) -> None:
         self._settings = settings
+        if token_credential is None:
+            developer = settings.azure_auth is AzureAuth.IDENTITY_DEFAULT
+            token_credential = developer_identity if developer else workload_or_managed_identity
         self._token_credential = token_credential
         # Every request goes through the meter (the bandwidth cap), on one shared session.
         self.meter = meter or Meter(TokenBucket())
@@ -193,9 +241,14 @@ class Storage:
         self._credential: _Closeable | None = None
         self._container: ContainerClient | None = None
         self.auth_used: str | None = None
+        # False once storage refused a read with this credential (see the module docstring).
+        self.can_read = True
 
     def __repr__(self) -> str:
-        return f"Storage(container={self._settings.azure_container!r} auth={self.auth_used})"
+        return (
+            f"Storage(container={self._settings.azure_container!r} auth={self.auth_used} "
+            f"can_read={self.can_read})"
+        )
 
     @property
     def connected(self) -> bool:
@@ -242,13 +295,21 @@ class Storage:
         kwargs = self._client_kwargs()
         out: list[_Candidate] = []
         mode = s.azure_auth
-        if mode is AzureAuth.IDENTITY or (mode is AzureAuth.AUTO and url.startswith("https://")):
+        identities = (AzureAuth.IDENTITY, AzureAuth.IDENTITY_DEFAULT)
+        if mode in identities or (mode is AzureAuth.AUTO and url.startswith("https://")):
 
             def identity() -> tuple[BlobServiceClient, _Closeable | None]:
                 cred = self._token_credential()
                 return BlobServiceClient(url, credential=cred, **kwargs), cred
 
-            out.append(_Candidate("identity", identity))
+            label = mode if mode in identities else AzureAuth.IDENTITY
+            out.append(_Candidate(label, identity))
+        sas = s.azure_sas_token
+        if sas and mode in (AzureAuth.AUTO, AzureAuth.SAS):
+            signature = AzureSasCredential(sas.get_secret_value().strip().lstrip("?"))
+            out.append(
+                _Candidate("sas", lambda: (BlobServiceClient(url, signature, **kwargs), None))
+            )
         conn = s.azure_connection_string
         if conn and mode in (AzureAuth.AUTO, AzureAuth.CONNECTION_STRING):
             secret = conn.get_secret_value()
@@ -267,18 +328,19 @@ class Storage:
             )
         return out
 
-    async def connect(self) -> None:
-        """Try each credential until one reaches (or creates) the container.
+    async def connect(self, create: bool = True) -> None:
+        """Try each credential until one reaches the container (creating it when `create` and
+        APP_AZURE_CREATE_CONTAINER allow).
 
         Raises RetryableError when none does yet: the caller keeps trying, the API keeps serving.
         """
         try:
-            await self._connect()
+            await self._connect(create)
         except BaseException:
             await self._close_session()
             raise
 
-    async def _connect(self) -> None:
+    async def _connect(self, create: bool) -> None:
         failures: list[str] = []
         candidates = self._candidates()
         if not candidates:
@@ -298,9 +360,16 @@ class Storage:
                     # Ask for a token first: the SDK's retry policy would otherwise retry an
                     # unavailable identity for a minute or more before we could fall back.
                     await credential.get_token(STORAGE_SCOPE)
-                await _ensure_container(container)
-            except ClientAuthenticationError as exc:
-                failures.append(f"{candidate.label}: {_summary(exc)}")
+                if create and self._settings.azure_create_container:
+                    await _ensure_container(container)
+                await self._prove(container)
+            except (ClientAuthenticationError, HttpResponseError) as exc:
+                if not _refused(exc):
+                    await _close(client, credential)
+                    raise RetryableError(f"{candidate.label}: {_summary(exc)}") from None
+                why = f"{_summary(exc)}{_hint(exc)}"
+                failures.append(f"{candidate.label}: {why}")
+                logger.warning("Storage refused the %s credentials: %s", candidate.label, why)
                 await _close(client, credential)
                 continue
             except BaseException as exc:
@@ -315,6 +384,35 @@ class Storage:
             logger.info("Connected to storage with %s credentials", candidate.label)
             return
         raise RetryableError("no credential could authenticate: " + "; ".join(failures))
+
+    async def _prove(self, container: ContainerClient) -> None:
+        """Show that storage accepts the credential without reading the container, and learn
+        whether it may read blobs: ask for a blob that does not exist. Not found, or not allowed
+        to read (AuthorizationPermissionMismatch), both mean the signature is good; anything
+        else is raised."""
+        try:
+            await container.get_blob_client(PROBE_BLOB).get_blob_properties()
+        except ResourceNotFoundError as exc:
+            if _error_code(exc) == "ContainerNotFound":
+                raise RetryableError(
+                    f"container {self._settings.azure_container!r} does not exist, and "
+                    "APP_AZURE_CREATE_CONTAINER=false: create it, or set it to true"
+                ) from None
+        except HttpResponseError as exc:
+            if _error_code(exc) != _NOT_PERMITTED:
+                raise
+            self._reads_refused()
+
+    def _reads_refused(self) -> None:
+        if self.can_read:
+            logger.warning(
+                "Storage refuses this credential reads (%s): a blob name already taken cannot "
+                "be compared with the file, so the file goes up under the next free name "
+                "(name~2) and both are kept; a file uploaded again after a crash leaves a "
+                "duplicate",
+                _NOT_PERMITTED,
+            )
+        self.can_read = False
 
     async def close(self) -> None:
         if self._client is not None:
@@ -335,11 +433,14 @@ class Storage:
         progress: Callable[[], None],
         overwrite: bool = False,
         log_extra: dict[str, str] | None = None,
+        info: BlobInfo | None = None,
     ) -> Sent:
         """See `_upload`. Waiting for bandwidth counts as `progress` (wire.WAITING)."""
         token = WAITING.set(progress)
         try:
-            return await self._upload(local, blob_name, staged, progress, overwrite, log_extra)
+            return await self._upload(
+                local, blob_name, staged, progress, overwrite, log_extra, info
+            )
         finally:
             WAITING.reset(token)
 
@@ -351,6 +452,7 @@ class Storage:
         progress: Callable[[], None],
         overwrite: bool = False,
         log_extra: dict[str, str] | None = None,
+        info: BlobInfo | None = None,
     ) -> Sent:
         """Upload `local` as a block blob named `blob_name`, or the next free version of that
         name; raise UploadError (see errors.py).
@@ -364,35 +466,48 @@ class Storage:
         crash: nothing is sent, `Sent.already`); other bytes mean another file had the name,
         and this one goes up as `<stem>~2<ext>`, `~3`... (APP_ON_NAME_CONFLICT=keep-both), or
         is parked (park). `overwrite` (or APP_ON_NAME_CONFLICT=overwrite) replaces the blob.
+        A blob the credential may not read counts as other bytes (`Sent.compared` False).
+        `info` is the Content-Type, metadata, tags and tier it is created with.
         """
         check_blob_name(blob_name)
+        info = info or BlobInfo()
         if staged.block_md5s and staged.read.size > MAX_BLOCKS * staged.block_size:
             raise PermanentError(
                 f"file is {staged.read.size} bytes; a block blob holds at most "
                 f"{MAX_BLOCKS} blocks of {staged.block_size} bytes"
             )
         policy = self._settings.on_name_conflict
-        if overwrite or policy is NameConflict.OVERWRITE:
-            await self._send(local, blob_name, staged, progress, True, log_extra)
+        if overwrite:  # this file's own blob: replaced unless it holds these bytes already
+            if self.can_read and await self._md5_of(blob_name) == staged.read.md5:
+                return Sent(blob_name, already=True)
+            await self._send(local, blob_name, staged, progress, True, log_extra, info)
             return Sent(blob_name)
+        if policy is NameConflict.OVERWRITE:
+            await self._send(local, blob_name, staged, progress, True, log_extra, info)
+            return Sent(blob_name)
+        compared = True
         for version in range(1, MAX_NAME_VERSIONS + 1):
             name = versioned(blob_name, version)
             check_blob_name(name)
             # A file sent in blocks is looked for first: one request against many.
-            found = await self._md5_of(name) if staged.block_md5s else _MISSING
-            if found is _MISSING:
+            look_first = staged.block_md5s and self.can_read
+            found = await self._md5_of(name) if look_first else _MISSING
+            if found is _MISSING or found is _UNREADABLE:
                 try:
-                    await self._send(local, name, staged, progress, False, log_extra)
-                    return Sent(name)
+                    await self._send(local, name, staged, progress, False, log_extra, info)
+                    return Sent(name, compared=compared)
                 except _NameTaken:
                     found = await self._md5_of(name)
                     if found is _MISSING:
                         raise RetryableError(f"blob {name} came and went; trying again") from None
             if found == staged.read.md5:
-                return Sent(name, already=True)
+                return Sent(name, already=True, compared=compared)
+            # Held by other bytes, or by bytes this credential may not read: never overwritten.
+            compared = compared and found is not _UNREADABLE
             if policy is NameConflict.PARK:
+                held = "bytes it may not read" if found is _UNREADABLE else "other bytes"
                 raise PermanentError(
-                    f"a blob named {name} with other bytes exists (APP_ON_NAME_CONFLICT=park)"
+                    f"a blob named {name} with {held} exists (APP_ON_NAME_CONFLICT=park)"
                 )
         raise PermanentError(f"{MAX_NAME_VERSIONS} blobs named like {blob_name} exist")
 
@@ -401,24 +516,31 @@ class Storage:
     ) -> EarlyBlocks | None:
         """Where the blocks of a large file may go while it is still being read: its own name,
         when no blob has it yet (or it is to be overwritten). None when another blob has the
-        name (the upload then decides where the file goes) or storage cannot say now."""
+        name (the upload then decides where the file goes), the credential may not read it,
+        or storage cannot say now."""
         try:
             check_blob_name(blob_name)
             if not (overwrite or self._settings.on_name_conflict is NameConflict.OVERWRITE):
                 if await self._md5_of(blob_name) is not _MISSING:
                     return None
             blob = self.container.get_blob_client(blob_name)
-            held = await _uncommitted(blob)
+            held = await self._uncommitted(blob)
         except UploadError:
             return None
         return EarlyBlocks(blob, block_id, self._budget, self.concurrency, progress, held)
 
-    async def _md5_of(self, name: str) -> bytes | _Missing | None:
-        """The Content-MD5 of blob `name` (None if it has none), or _MISSING."""
+    async def _md5_of(self, name: str) -> bytes | _Missing | _Unreadable | None:
+        """The Content-MD5 of blob `name` (None if it has none), _MISSING, or _UNREADABLE when
+        the credential may not read it."""
         try:
             props = await self.container.get_blob_client(name).get_blob_properties()
         except ResourceNotFoundError:
             return _MISSING
+        except HttpResponseError as exc:
+            if _error_code(exc) != _NOT_PERMITTED:
+                raise classify(exc) from exc
+            self._reads_refused()
+            return _UNREADABLE
         except Exception as exc:
             raise classify(exc) from exc
         md5 = props.content_settings.content_md5
@@ -432,9 +554,13 @@ class Storage:
         progress: Callable[[], None],
         overwrite: bool,
         log_extra: dict[str, str] | None,
+        info: BlobInfo,
     ) -> None:
-        settings = ContentSettings(content_md5=bytearray(staged.read.md5))
-        condition: dict[str, Any] = {} if overwrite else {"if_none_match": "*"}
+        settings = ContentSettings(
+            content_type=info.content_type, content_md5=bytearray(staged.read.md5)
+        )
+        extra = info.upload_kwargs()
+        commit: dict[str, Any] = extra if overwrite else {"if_none_match": "*", **extra}
         try:
             if staged.data is not None:
                 data = staged.data
@@ -444,14 +570,14 @@ class Storage:
                     if staged.block_md5s:
                         blob = self.container.get_blob_client(blob_name)
                         ids = await self._put_blocks(blob, fd, staged, progress, log_extra)
-                        await blob.commit_block_list(ids, content_settings=settings, **condition)  # pyright: ignore[reportArgumentType]
+                        await blob.commit_block_list(ids, content_settings=settings, **commit)  # pyright: ignore[reportArgumentType]
                         progress()
                         return
                     data = await anyio.to_thread.run_sync(os.pread, fd, staged.read.size + 1, 0)
                 finally:
                     os.close(fd)
                 _check_length(len(data), staged, log_extra)
-            await self.single.put(blob_name, data, staged.read.md5, overwrite)
+            await self.single.put(blob_name, data, staged.read.md5, overwrite, info)
         except FileNotFoundError:
             raise RetryableError(f"staged copy of {blob_name} vanished; staging again") from None
         except ResourceExistsError as exc:
@@ -488,10 +614,11 @@ class Storage:
 
         A block's id is its index and MD5, so an uncommitted block of this blob with the same
         id and size holds the same bytes (Azure checked its MD5 when it was staged): after a
-        retry or a restart, those are not sent again."""
+        retry or a restart, those are not sent again. Two uploads that stage blocks on one blob
+        name at once (both found the name free) never mix their blocks in a commit."""
         count = len(staged.block_md5s)
         ids = [block_id(index, md5) for index, md5 in enumerate(staged.block_md5s)]
-        held = await _uncommitted(blob)
+        held = await self._uncommitted(blob)
         window = asyncio.Semaphore(self.concurrency)
         resumed = 0
 
@@ -528,6 +655,24 @@ class Storage:
             )
         return ids
 
+    async def _uncommitted(self, blob: BlobClient) -> dict[str, int]:
+        """The blob's uncommitted blocks: id -> size (none when the blob does not exist, or
+        the credential may not read: then every block is sent)."""
+        if not self.can_read:
+            return {}
+        try:
+            _, uncommitted = await blob.get_block_list("uncommitted")
+        except ResourceNotFoundError:
+            return {}
+        except HttpResponseError as exc:
+            if _error_code(exc) != _NOT_PERMITTED:
+                raise classify(exc) from exc
+            self._reads_refused()
+            return {}
+        except Exception as exc:
+            raise classify(exc) from exc
+        return {b.id: b.size for b in uncommitted}
+
     @property
     def budget_free(self) -> int:
         """Block permits not held right now (all of them when no upload is running)."""
@@ -537,18 +682,7 @@ class Storage:
 def block_id(index: int, md5: bytes) -> str:
     """The id of block `index` with MD5 `md5`: one length for every block of a blob (Azure
     requires it), at most 64 bytes."""
-    return f"{index:05d}-{md5.hex()}"
-
-
-async def _uncommitted(blob: BlobClient) -> dict[str, int]:
-    """The blob's uncommitted blocks: id -> size (none when the blob does not exist)."""
-    try:
-        _, uncommitted = await blob.get_block_list("uncommitted")
-    except ResourceNotFoundError:
-        return {}
-    except Exception as exc:
-        raise classify(exc) from exc
-    return {b.id: b.size for b in uncommitted}
+    return f"{index:08d}-{md5.hex()}"
 
 
 def _log_mismatch(reason: str, log_extra: dict[str, str] | None) -> None:
@@ -560,6 +694,22 @@ def _check_length(sent: int, staged: Staged, log_extra: dict[str, str] | None) -
         reason = f"staged copy has {sent} bytes, {staged.read.size} were read from NFS"
         _log_mismatch(reason, log_extra)
         raise IntegrityError(reason)
+
+
+def _refused(exc: BaseException) -> bool:
+    """Storage (or the identity) refused this credential: the next one may do."""
+    return isinstance(exc, ClientAuthenticationError) or (
+        isinstance(exc, HttpResponseError) and exc.status_code in (401, 403)
+    )
+
+
+def _hint(exc: BaseException) -> str:
+    if _error_code(exc) == _NOT_PERMITTED:
+        return (
+            " (a credential that may not read the container, such as a `cw` SAS, needs "
+            "APP_AZURE_CREATE_CONTAINER=false)"
+        )
+    return ""
 
 
 async def _ensure_container(container: ContainerClient) -> None:

@@ -33,6 +33,8 @@ SERVICE_NAME = "nfs-watcher-uploader"
 SESSION_STATES: tuple[SessionStateName, ...] = get_args(SessionStateName)
 # Probes and scrapes are frequent and say nothing about the work: not traced.
 EXCLUDED_URLS = "healthz,readyz,metrics"
+# Request headers that carry credentials: never recorded on a span.
+SECRET_HEADERS = ("authorization", "proxy-authorization", "cookie")
 
 
 def _env_true(name: str) -> bool:
@@ -90,11 +92,22 @@ def setup_telemetry(app: FastAPI) -> Providers:
 
         readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
     meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+    from opentelemetry.util.http import (
+        OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS,
+        get_custom_headers,
+    )
+
     FastAPIInstrumentor.instrument_app(
         app,
         excluded_urls=EXCLUDED_URLS,
         tracer_provider=tracer_provider,
         meter_provider=meter_provider,
+        # Headers are captured only on request (OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_*);
+        # the API token is redacted even then.
+        http_capture_headers_sanitize_fields=[
+            *get_custom_headers(OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS),
+            *SECRET_HEADERS,
+        ],
     )
     return Providers(tracer_provider, meter_provider, registry)
 
@@ -113,6 +126,7 @@ class Gauges:
     staging_size: Callable[[], int | None]
     sessions: Callable[[], Mapping[str, int]]
     bandwidth_limit: Callable[[], float]
+    webhook_pending: Callable[[], int] = lambda: 0
 
 
 class RecentRate:
@@ -256,6 +270,13 @@ class Telemetry:
                 "Upload bandwidth limit (0: unlimited)",
                 gauges.bandwidth_limit,
                 True,
+            ),
+            (
+                "webhook.events.pending",
+                "{event}",
+                "Webhook events in the outbox, not yet delivered",
+                gauges.webhook_pending,
+                False,
             ),
         ]
         for name, unit, description, fn, gauge in table:

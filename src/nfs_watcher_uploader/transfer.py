@@ -5,6 +5,7 @@
     stage     copy to local staging, hashing the bytes read from NFS (per block too)
     upload    every request carries the MD5 read from NFS, so Azure refuses changed bytes; a
               name held by other bytes is kept, and this file goes up under the next free name
+    record    append the blob's line to the session's ledger (for the manifest), fsynced
     complete  if the file still has the size and mtime that were read, rename it into
               .processing/_completed/<d>/<s>/<rel>; GC looks once more, then deletes it
 
@@ -23,6 +24,7 @@ import anyio.to_thread
 
 from nfs_watcher_uploader import fsops
 from nfs_watcher_uploader.constants import OVERLAP_MIN_BYTES
+from nfs_watcher_uploader.delivery import Delivery
 from nfs_watcher_uploader.early import EarlyBlocks
 from nfs_watcher_uploader.errors import (
     CompletionPending,
@@ -39,6 +41,7 @@ from nfs_watcher_uploader.models import Stats, WorkItem, printable
 from nfs_watcher_uploader.sessions import Session, Sessions
 from nfs_watcher_uploader.storage import Storage
 from nfs_watcher_uploader.telemetry import Telemetry
+from nfs_watcher_uploader.webhooks import event_id
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +49,7 @@ logger = logging.getLogger(__name__)
 # may return a replacement, to corrupt an in-memory copy); the claim; the other renames; the
 # copy.
 StagedHook = Callable[[Path, Staged], Staged | None]
-ClaimFn = Callable[[Path, str, Path, tuple[int, int] | None], Moved]
+ClaimFn = Callable[[Path, str, Path, tuple[int, int] | None, bool], Moved]
 MoveFn = Callable[[Path, Path, tuple[int, int] | None], Moved]
 CopyFn = Callable[..., Staged]
 
@@ -87,6 +90,7 @@ class Context:
     nfs: Nfs
     telemetry: Telemetry
     stats: Stats
+    delivery: Delivery
 
 
 def log_extra(item: WorkItem) -> dict[str, str]:
@@ -102,10 +106,13 @@ class Transfer:
         storage: Storage,
         completed: dict[Path, Completed],
         seams: Seams,
+        allow_links: bool = False,
     ) -> None:
         self.layout, self.sessions, self.nfs = context.layout, context.sessions, context.nfs
         self.telemetry, self.stats = context.telemetry, context.stats
+        self.delivery = context.delivery
         self.storage, self.completed = storage, completed
+        self.allow_links = allow_links
         self._on_staged, self._claim = seams.on_staged, seams.claim
         self._move, self._copy = seams.move, seams.copy
 
@@ -116,19 +123,26 @@ class Transfer:
         dst = self.layout.processing(item)
         # Unknown whether a failed rename happened (NFS can report a failure for a rename
         # that succeeded): it is retried, and `fsops.move` then sees where the file is.
+        links = self.allow_links
         with self.telemetry.step("claim"), nfs_errors("claim"):
-            moved = await self.nfs.call(lambda: self._claim(folder, item.rel, dst, item.seen))
+            moved = await self.nfs.call(
+                lambda: self._claim(folder, item.rel, dst, item.seen, links)
+            )
         if moved is Moved.TAKEN:
             if session.hold(item.rel):
                 text = f"{item.rel}: waits in incoming until an earlier file of that name is done"
                 session.notice(text)
                 logger.info("%s", printable(text), extra=log_extra(item))
             raise Skip
-        session.claimed(item.rel, moved is Moved.DONE)
-        if moved is Moved.GONE:
-            logger.debug("Lost the claim race for %s", printable(item.rel), extra=log_extra(item))
+        claimed = replace(item, claimed=True) if moved is Moved.DONE else None
+        session.claimed(item, claimed)
+        if claimed is None:
+            # GONE: another claimant took it; CHANGED: not the file judged complete any more.
+            logger.debug(
+                "Not claiming %s: %s", printable(item.rel), moved.value, extra=log_extra(item)
+            )
             raise Skip
-        return replace(item, claimed=True)
+        return claimed
 
     async def process(self, item: WorkItem, slot: Progress, session: Session) -> None:
         """Stage, upload and complete one claimed file."""
@@ -141,6 +155,8 @@ class Transfer:
             if item.attempt == 0:
                 session.staged(staged.read.size)
             item, sent_bytes = await self._upload(item, staged, slot, session)
+        if not item.recorded:
+            item = await self._record(item)
         await self._complete(item)
         self._count_uploaded(item, session, sent_bytes)
 
@@ -164,7 +180,7 @@ class Transfer:
     async def _copy_out(
         self, item: WorkItem, slot: Progress, early: EarlyBlocks | None
     ) -> Staged | None:
-        src, dst = self.layout.processing(item), self.layout.staged(item)
+        src, dst = self.layout.source(item), self.layout.staged(item)
         s = self.storage
         on_block = None if early is None else early.offer
         with self.telemetry.step("stage"):
@@ -197,6 +213,8 @@ class Transfer:
 
     async def _source_vanished(self, item: WorkItem, src: Path, exc: OSError) -> None:
         """The claimed file is gone: done by an earlier attempt, or lost to someone else."""
+        if item.completed:  # committed by a previous run, and since removed: nothing to do
+            return None
         done = self.layout.completed(item)
         with nfs_errors("looking for the claimed file"):
             completed = await self.nfs.call(lambda: fsops.exists(done))
@@ -215,12 +233,21 @@ class Transfer:
         local = self.layout.staged(item)
         start = time.monotonic()
         attrs = {"blob.name": printable(wanted), "file.size": staged.read.size}
+        # A file checked again in the completed tree went up as this very blob in a previous
+        # run. A credential that may not read cannot compare them: the blob is replaced with the
+        # file's bytes (the same, or the whole file after a late write), never copied under a
+        # new name, which would leave the file named after a blob it did not go to.
+        overwrite = item.overwrite or (item.completed and not self.storage.can_read)
+        read = staged.read
+        info = self.delivery.labels.for_file(item.session_name, wanted, read.md5, read.mtime_ns)
         with self.telemetry.step("upload", **attrs):
             sent = await self.storage.upload(
-                local, wanted, staged, slot.touch, item.overwrite, log_extra(item)
+                local, wanted, staged, slot.touch, overwrite, log_extra(item), info
             )
-        committed = (staged.read.size, staged.read.mtime_ns)
-        item = replace(item, blob_name=sent.blob_name, committed=committed, overwrite=False)
+        committed = (read.size, read.mtime_ns)
+        item = replace(
+            item, blob_name=sent.blob_name, committed=committed, overwrite=False, md5=read.md5
+        )
         if sent.already:
             logger.info(
                 "%s is already in storage as %s with the same bytes",
@@ -231,17 +258,31 @@ class Transfer:
         else:
             self.telemetry.uploaded(staged.read.size, time.monotonic() - start)
         if sent.blob_name != wanted:
-            self._renamed(item, session, wanted)
+            await self._renamed(item, session, wanted, sent.compared)
         if staged.data is None:
             await anyio.to_thread.run_sync(remove_staged, local, item)
         return item, 0 if sent.already else staged.read.size
+
+    async def _record(self, item: WorkItem) -> WorkItem:
+        """Append the committed blob to the session's ledger, before the file is marked
+        completed: a crash after this leaves a line the manifest reads once (the last line
+        of a blob wins), a crash before it a file that is uploaded, and recorded, again."""
+        ledger = self.delivery.ledger
+        if ledger is None:  # APP_MANIFEST=off
+            return item
+        with self.telemetry.step("record"):
+            try:
+                await ledger.record(item)
+            except OSError as exc:
+                raise CompletionPending(item, f"cannot write the ledger: {exc}") from exc
+        return replace(item, recorded=True)
 
     async def _complete(self, item: WorkItem) -> None:
         """Move the claimed file into the completed tree if it still has the size and mtime of
         the bytes committed; raise LateWrite if not."""
         assert item.committed is not None
         committed = item.committed
-        src, done = self.layout.processing(item), self.layout.completed(item)
+        src, done = self.layout.source(item), self.layout.completed(item)
 
         def complete() -> Moved | None:
             try:
@@ -249,6 +290,8 @@ class Transfer:
                     return None
             except FileNotFoundError:
                 pass  # already moved by an attempt that reported failure: `move` sees it
+            if item.completed:  # checked where it lies
+                return Moved.DONE
             return self._move(src, done, committed)
 
         with self.telemetry.step("complete"):
@@ -266,7 +309,10 @@ class Transfer:
             logger.info("%s already collected", printable(item.rel), extra=log_extra(item))
 
     def _count_uploaded(self, item: WorkItem, session: Session, size: int | None) -> None:
-        session.count_uploaded(item.rel, size)
+        if item.completed and not size:  # a previous run's upload, found intact: not counted
+            session.release(item)
+            return
+        session.count_uploaded(item, size)
         self.stats.count_uploaded(size)
         blob_name = self.layout.blob_name(item)
         logger.info(
@@ -275,14 +321,24 @@ class Transfer:
             extra={**log_extra(item), "blob_name": printable(blob_name), "size_bytes": size},
         )
 
-    def _renamed(self, item: WorkItem, session: Session, wanted: str) -> None:
+    async def _renamed(self, item: WorkItem, session: Session, wanted: str, compared: bool) -> None:
         self.telemetry.renamed()
-        text = (
-            f"{item.rel}: uploaded as {self.layout.blob_name(item)}; "
-            f"{wanted} holds other bytes (kept)"
-        )
+        blob_name = self.layout.blob_name(item)
+        held = "holds other bytes" if compared else "is taken and the credential may not read it"
+        text = f"{item.rel}: uploaded as {blob_name}; {wanted} {held} (kept)"
         session.count_renamed(text)
         logger.warning("Name conflict: %s", printable(text), extra=log_extra(item))
+        md5 = (item.md5 or b"").hex()
+        data = {
+            "session": item.session_name,
+            "date_prefix": item.date_prefix,
+            "path": item.rel,
+            "wanted": wanted,
+            "blob_name": blob_name,
+            "md5": md5,
+        }
+        # The same id when this blob is found again after a crash: a receiver sees one event.
+        await self.delivery.webhooks.emit("file.conflict_renamed", data, event_id(blob_name, md5))
 
     # --- what is not a plain success -------------------------------------------------------
 
@@ -297,7 +353,7 @@ class Transfer:
                 returned, text = False, f"{text} (could not put it back: {exc})"
             if not returned:
                 text = f"{item.rel}: {what}; left in {src.parent}, not uploaded"
-        session.ignore(item.rel, what, text)
+        session.ignore(item, what, text)
         logger.warning("Not a regular file: %s", printable(text), extra=log_extra(item))
 
     def late_write(self, item: WorkItem) -> WorkItem:
@@ -312,7 +368,9 @@ class Transfer:
         )
         self.sessions.for_item(item).count_late_write(text)
         logger.error("LATE WRITE: %s", printable(text), extra=log_extra(item))
-        return replace(item, committed=None, overwrite=True, blob_name=blob_name)
+        return replace(
+            item, committed=None, overwrite=True, blob_name=blob_name, md5=None, recorded=False
+        )
 
 
 def remove_staged(staged: Path, item: WorkItem) -> None:

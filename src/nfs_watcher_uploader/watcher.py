@@ -14,7 +14,7 @@ regular files (symbolic links, FIFOs) are never taken: they are reported and do 
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Container, Iterable
+from collections.abc import Callable, Container, Iterable, Mapping
 from pathlib import Path
 
 from nfs_watcher_uploader import fsops
@@ -38,13 +38,19 @@ def stable_files(
     min_age: float,
     skip: Container[str] = (),
     order: UploadOrder = UploadOrder.OLDEST,
+    since: Mapping[str, float] | None = None,
 ) -> list[str]:
-    """Names in `current` that are ready to claim, in `order` (oldest first by default)."""
+    """Names in `current` that are ready to claim, in `order` (oldest first by default). A file
+    whose mtime is in the future (the writer's clock is ahead) is judged by how long it has
+    looked unchanged here, `since[name]`, instead."""
     ready: list[tuple[Key, str]] = []
     for name, (size, mtime_ns) in current.items():
         if name in skip or mtime_ns < 0 or previous.get(name) != (size, mtime_ns):
             continue
-        if now - mtime_ns / 1e9 < min_age:
+        age = now - mtime_ns / 1e9
+        if age < 0 and since is not None:
+            age = now - since.get(name, now)
+        if age < min_age:
             continue
         ready.append((sort_key(order, name, mtime_ns), name))
     ready.sort()
@@ -68,11 +74,13 @@ class Watcher:
         self.wanted = FileFilter.from_settings(self.settings)
         self._clock = clock
         self._previous: dict[str, ScanMap] = {}
+        # Per session, when each file was first seen as it is now (seconds, the clock's).
+        self._since: dict[str, dict[str, float]] = {}
         self.heartbeat = time.monotonic()
         self.last_scan_ok: float | None = None
         self.scan_errors = 0
-        # mtime (ns) of the oldest file waiting to be claimed, per session, from the last scan.
-        self._oldest: dict[str, int] = {}
+        # When the oldest file waiting to be claimed was last written (seconds), per session.
+        self._oldest: dict[str, float] = {}
 
     def __repr__(self) -> str:
         return f"Watcher(sessions={list(self._previous)} scan_errors={self.scan_errors})"
@@ -81,7 +89,7 @@ class Watcher:
         """Seconds since the oldest unclaimed file was last modified (None when none waits)."""
         if not self._oldest:
             return None
-        return max(0.0, self._clock() - min(self._oldest.values()) / 1e9)
+        return max(0.0, self._clock() - min(self._oldest.values()))
 
     async def run(self) -> None:
         while True:
@@ -94,6 +102,7 @@ class Watcher:
         for gone in self._previous.keys() - {s.name for s in watched}:
             del self._previous[gone]
             self._oldest.pop(gone, None)
+            self._since.pop(gone, None)
         healthy = True
         # With the queue full nothing could be offered: skip the scan. The next comparison then
         # spans a longer interval, which only makes "unchanged" a stronger sign of "complete".
@@ -110,28 +119,42 @@ class Watcher:
         wanted = self.wanted
         previous = self._previous.get(session.name, {})
         young_ns = int((started - self.settings.min_file_age_s) * 1e9)
+        # A file dated in the future is young for ever: it must be looked at every time.
+        now_ns = int(started * 1e9)
+        known = {rel: seen for rel, seen in previous.items() if seen[1] <= now_ns}
         try:
-            scan = await self.nfs.call(lambda: self._scan(folder, wanted, previous, young_ns))
+            scan = await self.nfs.call(lambda: self._scan(folder, wanted, known, young_ns))
         except OSError as exc:
             self.scan_errors += 1
             logger.warning(
                 "Scan of %s failed: %s", folder, exc, extra={"session_name": session.name}
             )
             return False
+        if not self.settings.allow_hard_links:
+            for rel, links in scan.linked.items():
+                del scan.files[rel]
+                scan.ignored[rel] = f"a file with {links} hard links (APP_ALLOW_HARD_LINKS)"
         current = scan.files
         self._previous[session.name] = current
+        since = self._seen_since(session.name, previous, current, started)
         ready = stable_files(
             previous,
             current,
             started,
             self.settings.min_file_age_s,
-            session.pending,
+            session.busy(),
             self.settings.upload_order,
+            since,
         )
         self._offer(session, ready, current)
-        for level, text in session.observe(scan):
+        future = [rel for rel, (_, mtime) in current.items() if mtime > now_ns + 10**9]
+        for level, text in session.observe(scan, future):
             logger.log(level, "%s", printable(text), extra={"session_name": session.name})
-        waiting = [mtime for rel, (_, mtime) in current.items() if rel not in session.pending]
+        waiting = [
+            since[rel] if mtime < 0 else min(mtime / 1e9, since[rel])
+            for rel, (_, mtime) in current.items()
+            if not session.in_progress(rel)
+        ]
         if waiting:
             self._oldest[session.name] = min(waiting)
         else:
@@ -139,6 +162,18 @@ class Watcher:
         if session.state == "draining" and scan.problem is None:
             await self._check_drain(session, scan, started)
         return True
+
+    def _seen_since(
+        self, session: str, previous: ScanMap, current: ScanMap, now: float
+    ) -> dict[str, float]:
+        """When each file was first seen as it is now."""
+        before = self._since.get(session, {})
+        since = {
+            rel: before.get(rel, now) if previous.get(rel) == seen else now
+            for rel, seen in current.items()
+        }
+        self._since[session] = since
+        return since
 
     def _offer(self, session: Session, names: Iterable[str], seen: ScanMap) -> None:
         for rel in names:
@@ -159,7 +194,7 @@ class Watcher:
         queued = 0
         for rel in strays:
             item = WorkItem(session.name, session.date_prefix, rel, claimed=True)
-            queued += await self.pipeline.put(item)
+            queued += self.pipeline.put(item)
         if queued:
             logger.warning(
                 "Session %s: %d claimed files were not in progress; uploading them first",
@@ -171,7 +206,7 @@ class Watcher:
 
     async def _check_drain(self, session: Session, scan: Scan, scanned_at: float) -> None:
         extra = {"session_name": session.name}
-        stopped = session.stopped_at or 0.0
+        stopped = session.drain_start
         if scanned_at <= stopped:
             return
         if not scan.files and not scan.too_deep and not session.pending and not session.parked:

@@ -1,0 +1,69 @@
+"""The session manifest: what a consumer in the cloud reads to know a session is whole.
+
+One JSON blob per session, `<date>/<session>.manifest.json`, written when the session ends
+(drained or timed out) from its ledger, and again whenever it ends again (parked files
+retried). `complete` is true only when the session drained: every file below its folder is in
+storage and nothing is parked. The writer (`reports`) and `verify` share these models.
+"""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+MANIFEST_VERSION = 1
+
+
+class _Model(BaseModel):
+    # A newer writer may add fields: an older reader ignores them.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class FileEntry(_Model):
+    """One committed blob: a line of the ledger, an entry of the manifest."""
+
+    blob: str  # its full name in the container
+    path: str  # the file's path below the session folder, as the recorder wrote it
+    size: int
+    md5: str  # hex, of the bytes read from NFS (the blob's Content-MD5 and `md5` metadata)
+    source_mtime: str  # ISO 8601 UTC
+    uploaded_at: str  # ISO 8601 UTC: when the blob was committed, or found already committed
+
+
+class Parked(_Model):
+    path: str
+    parked_as: str
+    reason: str
+
+
+class Excluded(_Model):
+    path: str
+    reason: str
+
+
+class Totals(_Model):
+    files: int
+    bytes: int
+    parked: int
+    excluded: int
+    # Files not in storage when the session ended that are neither parked nor excluded: still
+    # waiting in incoming or in progress (only a timed-out session has any).
+    not_uploaded: int
+
+
+class Manifest(_Model):
+    manifest_version: int = MANIFEST_VERSION
+    session: str
+    date_prefix: str
+    prefix: str  # every file's blob starts with this
+    source_id: str
+    uploader_version: str
+    state: Literal["drained", "drain_timed_out"]
+    complete: bool
+    started_at: str
+    stopped_at: str | None
+    finished_at: str
+    written_at: str
+    totals: Totals
+    files: list[FileEntry]
+    parked: list[Parked]
+    excluded: list[Excluded]

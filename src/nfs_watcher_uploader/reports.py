@@ -1,0 +1,210 @@
+"""A session's end, reported: its manifest written, then its event emitted.
+
+    ended    (Sessions.finish, before the end is saved) a job is written to
+             `.processing/_reports/<id>.json`: the session as it ended
+    run      for each job, oldest first: read the ledger and the parked files, upload the
+             manifest `<date>/<session>.manifest.json`, emit `session.drained` or
+             `session.drain_timed_out` (after the manifest, so a consumer woken by the event
+             finds it), delete the job; on failure, the job backs off and is tried again
+
+Every step can be repeated: a crash anywhere means the job is done again after the restart
+(the manifest is rewritten from the same ledger, the event has the same id). The id is the
+same for the same end, even if a crash made the session drain twice.
+"""
+
+import hashlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from nfs_watcher_uploader.blobinfo import BlobLabels, iso_utc
+from nfs_watcher_uploader.config import Settings
+from nfs_watcher_uploader.constants import MAX_DEPTH
+from nfs_watcher_uploader.fsops import Nfs, Read, Staged
+from nfs_watcher_uploader.jobs import DueQueue, Job, JobFiles
+from nfs_watcher_uploader.layout import Layout, manifest_blob
+from nfs_watcher_uploader.ledger import Ledger
+from nfs_watcher_uploader.manifest import Excluded, Manifest, Parked, Totals
+from nfs_watcher_uploader.models import FailedFile, SessionStateName, printable
+from nfs_watcher_uploader.sessions import Session
+from nfs_watcher_uploader.storage import Storage
+from nfs_watcher_uploader.webhooks import Webhooks, event_id
+
+logger = logging.getLogger(__name__)
+
+ParkedListing = Callable[[], Awaitable[list[FailedFile]]]
+
+
+class Reports:
+    def __init__(
+        self,
+        settings: Settings,
+        layout: Layout,
+        nfs: Nfs,
+        storage: Storage,
+        ledger: Ledger | None,
+        labels: BlobLabels,
+        webhooks: Webhooks,
+        parked: ParkedListing,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.nfs, self.storage, self.ledger = nfs, storage, ledger
+        self.labels, self.webhooks, self._parked = labels, webhooks, parked
+        self._clock = clock
+        self._retry = (settings.retry_base_s, settings.retry_max_s)
+        self._rng = random.Random()
+        self._files = JobFiles(layout.reports_root, nfs)
+        self._queue = DueQueue[Job](self._retry, self._rng)
+        self.manifests_written = 0
+
+    def __repr__(self) -> str:
+        return f"Reports(due={len(self._queue)} manifests_written={self.manifests_written})"
+
+    @property
+    def enabled(self) -> bool:
+        return self.ledger is not None or self.webhooks.enabled
+
+    async def ended(self, session: Session, state: SessionStateName) -> None:
+        """Note that `session` ended as `state`. Raises OSError when NFS fails."""
+        if not self.enabled:  # APP_MANIFEST=off and no APP_WEBHOOK_URL: nothing to report
+            return
+        job: Job = {
+            "id": event_id(session.date_prefix, session.name, state, repr(session.drain_start)),
+            "created": self._clock(),
+            "session": session.name,
+            "date_prefix": session.date_prefix,
+            "state": state,
+            "started_at": session.started_at,
+            "stopped_at": session.stopped_at,
+            "finished_at": self._clock(),
+            "excluded": _excluded(session),
+            "not_uploaded": 0 if state == "drained" else session.waiting + len(session.pending),
+        }
+        await self._files.add(job)
+        self._queue.add(job["id"], job)
+
+    async def run(self) -> None:
+        """Load the jobs left by an earlier run, then do each as it comes, until cancelled."""
+        for job in await self._files.load(self._retry, self._rng):
+            self._queue.add(str(job["id"]), job)
+        while True:
+            job_id, job = await self._queue.next()
+            try:
+                await self._report(job)
+            except Exception as exc:  # storage, NFS, or a damaged job: try again later
+                attempt, delay = self._queue.failed(job_id)
+                logger.warning(
+                    "Session %s: manifest or event not written (%s), attempt %d; again in %.1f s",
+                    job["session"],
+                    exc,
+                    attempt,
+                    delay,
+                    extra={"session_name": job["session"]},
+                )
+                continue
+            self._queue.done(job_id)
+
+    async def _report(self, job: Job) -> None:
+        name, date, state = job["session"], job["date_prefix"], job["state"]
+        data: dict[str, Any] = {
+            "session": name,
+            "date_prefix": date,
+            "state": state,
+            "complete": state == "drained",
+            "manifest": None,
+            "started_at": iso_utc(job["started_at"]),
+            "stopped_at": _iso_or_none(job["stopped_at"]),
+            "finished_at": iso_utc(job["finished_at"]),
+        }
+        if self.ledger is not None:
+            manifest = await self._manifest(job, self.ledger)
+            blob = manifest_blob(date, name)
+            await self._upload(blob, manifest)
+            totals = manifest.totals
+            data |= {
+                "complete": manifest.complete,
+                "manifest": blob,
+                "files": totals.files,
+                "bytes": totals.bytes,
+                "parked": totals.parked,
+            }
+            self.manifests_written += 1
+            logger.info(
+                "Session %s: manifest %s written (%d files, complete: %s)",
+                name,
+                blob,
+                totals.files,
+                manifest.complete,
+                extra={"session_name": name},
+            )
+        await self.webhooks.emit(f"session.{state}", data, job["id"])
+        await self._files.remove(job["id"])
+
+    async def _manifest(self, job: Job, ledger: Ledger) -> Manifest:
+        name, date = job["session"], job["date_prefix"]
+        files = await self.nfs.call(lambda: ledger.read(date, name), timeout=self.nfs.timeout * 10)
+        parked = [
+            Parked(path=f.filename, parked_as=f.parked_as, reason=f.reason)
+            for f in await self._parked()
+            if f.session_name == name and f.date_prefix == date
+        ]
+        excluded = [Excluded.model_validate(e) for e in job["excluded"]]
+        return Manifest(
+            session=name,
+            date_prefix=date,
+            prefix=f"{date}/{name}/",
+            source_id=self.labels.source_id,
+            uploader_version=self.labels.version,
+            state=job["state"],
+            complete=job["state"] == "drained" and not parked,
+            started_at=iso_utc(job["started_at"]),
+            stopped_at=_iso_or_none(job["stopped_at"]),
+            finished_at=iso_utc(job["finished_at"]),
+            written_at=iso_utc(self._clock()),
+            totals=Totals(
+                files=len(files),
+                bytes=sum(f.size for f in files),
+                parked=len(parked),
+                excluded=len(excluded),
+                not_uploaded=job["not_uploaded"],
+            ),
+            files=files,
+            parked=parked,
+            excluded=excluded,
+        )
+
+    async def _upload(self, blob: str, manifest: Manifest) -> None:
+        data = manifest.model_dump_json(indent=1).encode()
+        read = Read(len(data), hashlib.md5(data, usedforsecurity=False).digest())
+        info = self.labels.for_manifest(manifest.session)
+        # A manifest is small and in memory: the local path is never read.
+        await self.storage.upload(
+            Path(), blob, Staged(read, data=data), lambda: None, overwrite=True, info=info
+        )
+
+
+def _excluded(session: Session) -> list[dict[str, str]]:
+    """What the session's last scan found that is never uploaded, with the reason."""
+    out = [
+        {"path": printable(rel), "reason": f"{what}; left in incoming"}
+        for rel, what in sorted(session.ignored.items())
+    ]
+    out += [
+        {"path": printable(rel), "reason": f"a folder deeper than {MAX_DEPTH} levels"}
+        for rel in sorted(session.too_deep)
+    ]
+    out += [
+        {
+            "path": printable(rel),
+            "reason": "excluded by APP_INCLUDE / APP_EXCLUDE; left in incoming",
+        }
+        for rel in sorted(session.excluded)
+    ]
+    return out
+
+
+def _iso_or_none(seconds: float | None) -> str | None:
+    return None if seconds is None else iso_utc(seconds)
