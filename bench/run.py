@@ -19,6 +19,7 @@ import platform
 import random
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -125,8 +126,8 @@ class Service:
     def processed(self) -> int:
         return self.http.get("/v1/status").json()["processed_ok"]
 
-    def upload(self, set_name: str, src: Path, total: int) -> Result:
-        session = f"bench-{set_name}"
+    def upload(self, set_name: str, src: Path, total: int, tag: str = "") -> Result:
+        session = f"bench-{set_name}{tag}"
         self.http.post("/v1/watch/start", json={"session_name": session}).raise_for_status()
         incoming = self.settings.nfs_incoming_dir / session
         files = sorted(src.iterdir())
@@ -158,11 +159,20 @@ class Service:
 
     def stop(self) -> float:
         peak = proc_mem(self.proc.pid, "VmHWM")
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(60)
+        self.close()
+        return peak
+
+    def close(self) -> None:
+        """Stop the process, whatever state it is in (also after a failed run)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
         self.http.close()
         self.log.close()
-        return peak
 
 
 def timed_child(args: list[str], env: dict[str, str]) -> tuple[float, float, str]:
@@ -181,7 +191,7 @@ def timed_child(args: list[str], env: dict[str, str]) -> tuple[float, float, str
     return seconds, usage.ru_utime + usage.ru_stime, out.decode()
 
 
-def rclone(set_name: str, src: Path, total: int, azurite: Azurite) -> Result:
+def rclone(set_name: str, src: Path, total: int, azurite: Azurite, tag: str = "") -> Result:
     env = dict(os.environ)
     env.update(
         RCLONE_CONFIG_AZ_TYPE="azureblob",
@@ -190,17 +200,16 @@ def rclone(set_name: str, src: Path, total: int, azurite: Azurite) -> Result:
         RCLONE_CONFIG_AZ_ENDPOINT=azurite.url,
     )
     seconds, cpu, _ = timed_child(
-        [str(BIN / "rclone"), "copy", str(src), f"az:rclone-{set_name}"], env
+        [str(BIN / "rclone"), "copy", str(src), f"az:rclone-{set_name}{tag}"], env
     )
     return Result(set_name, "rclone", len(list(src.iterdir())), total, seconds, cpu)
 
 
-def raw(set_name: str, src: Path, total: int, azurite: Azurite) -> Result:
+def raw(set_name: str, src: Path, total: int, azurite: Azurite, tag: str = "") -> Result:
     env = dict(os.environ, AZURE_STORAGE_CONNECTION_STRING=azurite.connection_string)
-    _, cpu, out = timed_child(
-        [sys.executable, "-m", "bench.raw", "--container", f"raw-{set_name}", "--src", str(src)],
-        env,
-    )
+    container = f"raw-{set_name}{tag}"
+    cmd = [sys.executable, "-m", "bench.raw", "--container", container, "--src", str(src)]
+    _, cpu, out = timed_child(cmd, env)
     seconds = json.loads(out)["seconds"]
     return Result(set_name, "raw", len(list(src.iterdir())), total, seconds, cpu)
 
@@ -210,21 +219,23 @@ def idle_watch(root: Path, azurite: Azurite, files: int, seconds: float) -> dict
     svc = Service(
         root, azurite, "idle", poll_interval_s=1.0, min_file_age_s=600, gc_interval_s=30.0
     )
-    svc.http.post("/v1/watch/start", json={"session_name": "idle"}).raise_for_status()
-    incoming = svc.settings.nfs_incoming_dir / "idle"
-    for i in range(files):
-        (incoming / f"w{i:06d}.bin").write_bytes(b"x")
-    # Every file seen by a scan, and a second scan past, before measuring.
-    svc._wait(lambda: svc.http.get("/v1/sessions/idle").json()["waiting"] == files, 300, 0.5)
-    time.sleep(2)
-    rss: list[float] = []
-    cpu0, started = proc_cpu(svc.proc.pid), time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        time.sleep(1)
-        rss.append(round(proc_mem(svc.proc.pid, "VmRSS"), 1))
-    core = (proc_cpu(svc.proc.pid) - cpu0) / (time.perf_counter() - started)
-    status = svc.http.get("/v1/sessions/idle").json()
-    svc.stop()
+    try:
+        svc.http.post("/v1/watch/start", json={"session_name": "idle"}).raise_for_status()
+        incoming = svc.settings.nfs_incoming_dir / "idle"
+        for i in range(files):
+            (incoming / f"w{i:06d}.bin").write_bytes(b"x")
+        # Every file seen by a scan, and a second scan past, before measuring.
+        svc._wait(lambda: svc.http.get("/v1/sessions/idle").json()["waiting"] == files, 300, 0.5)
+        time.sleep(2)
+        rss: list[float] = []
+        cpu0, started = proc_cpu(svc.proc.pid), time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            time.sleep(1)
+            rss.append(round(proc_mem(svc.proc.pid, "VmRSS"), 1))
+        core = (proc_cpu(svc.proc.pid) - cpu0) / (time.perf_counter() - started)
+        status = svc.http.get("/v1/sessions/idle").json()
+    finally:
+        svc.close()
     return {
         "files": files,
         "seconds": seconds,
@@ -277,6 +288,8 @@ def capped(root: Path, azurite: Azurite, files: int, size: int, cap: int) -> dic
         windows = relay.windows(first, last)
         svc.signal(signal.SIGTERM)
     finally:
+        if svc.proc is not None:
+            svc.signal(signal.SIGKILL)
         relay.stop()
     return {
         "files": files,
@@ -311,6 +324,8 @@ def resume(root: Path, azurite: Azurite, size: int, cap: int) -> dict[str, Any]:
         sent = relay.total - before
         svc.signal(signal.SIGTERM)
     finally:
+        if svc.proc is not None:
+            svc.signal(signal.SIGKILL)
         relay.stop()
     return {
         "bytes": size,
@@ -318,6 +333,17 @@ def resume(root: Path, azurite: Azurite, size: int, cap: int) -> dict[str, Any]:
         "killed_at": round(at_kill / size, 3),
         "sent_x_size": round(sent / size, 3),
     }
+
+
+def medians(runs: list[Result]) -> list[Result]:
+    """One Result per (set, way): the median seconds and CPU seconds of its runs."""
+    out: list[Result] = []
+    for key in dict.fromkeys((r.set, r.way) for r in runs):
+        mine = [r for r in runs if (r.set, r.way) == key]
+        seconds = statistics.median(r.seconds for r in mine)
+        cpu = statistics.median(r.cpu_seconds for r in mine)
+        out.append(Result(key[0], key[1], mine[0].files, mine[0].bytes, seconds, cpu))
+    return out
 
 
 def print_table(results: list[Result], peak_rss: float, idle: dict[str, Any]) -> None:
@@ -360,6 +386,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--idle-files-large", type=int, default=100_000, help="a second idle row (0: none)"
     )
     parser.add_argument("--sets", default="small,large")
+    parser.add_argument(
+        "--runs", type=int, default=3, help="runs of each set; the table shows medians"
+    )
     parser.add_argument("--no-uplink", action="store_true", help="skip the cap and resume rows")
     parser.add_argument(
         "--service-env",
@@ -376,12 +405,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.tiny:
         sets = {"small": (20, 64 * 1024), "large": (2, 2 * MIB)}
         args.idle_files, args.idle_seconds, args.idle_files_large = 200, 2.0, 1000
+        args.runs = min(args.runs, 2)
         cap_set, resume_set = (2, 4 * MIB, 4 * MIB), (16 * MIB, 4 * MIB)
     chosen = [s for s in args.sets.split(",") if s]
     work = Path(tempfile.mkdtemp(prefix="nwu-bench-"))
     azurite = Azurite()
     azurite.start()
     results: list[Result] = []
+    runs: list[Result] = []
+    service: Service | None = None
     try:
         extra = dict(kv.split("=", 1) for kv in args.service_env)
         # The sets are hard-linked into incoming (no copy in the timing), and a file with more
@@ -400,9 +432,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             count = max(1, round(count * args.scale))
             src = work / "src" / name
             total = make_set(src, count, size, seed=i)
-            results.append(service.upload(name, src, total))
-            results.append(rclone(name, src, total, azurite))
-            results.append(raw(name, src, total, azurite))
+            # Side by side, run after run: each run's three ways see the same machine load.
+            for run in range(args.runs):
+                tag = f"-{run}"
+                runs.append(service.upload(name, src, total, tag))
+                runs.append(rclone(name, src, total, azurite, tag))
+                runs.append(raw(name, src, total, azurite, tag))
+        results = medians(runs)
         peak_rss = service.stop()
         idle = idle_watch(work / "idle", azurite, args.idle_files, args.idle_seconds)
         idle_large = None
@@ -414,6 +450,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             uplink["capped"] = capped(work / "capped", azurite, *cap_set)
             uplink["resume"] = resume(work / "resume", azurite, *resume_set)
     finally:
+        if service is not None:
+            service.close()
         azurite.stop()
         shutil.rmtree(work, ignore_errors=True)
     print_table(results, peak_rss, idle)
@@ -446,6 +484,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             {**asdict(r), "mib_s": r.mib_s, "files_s": r.files_s, "cpu_s_per_gib": r.cpu_s_per_gib}
             for r in results
         ],
+        "runs": [asdict(r) for r in runs],
         "service_peak_rss_mib": peak_rss,
         "idle_watch": idle,
         "idle_watch_large": idle_large,

@@ -1,6 +1,7 @@
 """The files users mean: include and exclude patterns, the default excludes, and the order
 files go up in; the rules, then through the real service, files and Azurite."""
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -89,9 +90,17 @@ def test_excluded_files_stay_in_incoming_are_counted_and_do_not_block_drained(
     assert view["excluded"] == len(excluded)
     assert any(f"{len(excluded)} excluded files stay in incoming" in n for n in view["notices"])
     container = azurite.container(settings.azure_container)
-    assert sorted(b.name for b in container.list_blobs()) == sorted(
+    assert sorted(b.name for b in container.list_blobs(name_starts_with=f"{date}/mean/")) == sorted(
         f"{date}/mean/{rel}" for rel in wanted
     )
+    # The session's manifest names each excluded file, and why it stayed.
+    manifest_blob = container.get_blob_client(f"{date}/mean.manifest.json")
+    wait_for(manifest_blob.exists, timeout=20, what="the manifest")
+    manifest = json.loads(manifest_blob.download_blob().readall())
+    reasons = {e["path"]: e["reason"] for e in manifest["excluded"]}
+    assert set(excluded) <= reasons.keys()
+    assert all("APP_INCLUDE / APP_EXCLUDE" in reasons[rel] for rel in excluded)
+    assert manifest["totals"]["excluded"] == len(manifest["excluded"])
     for rel in excluded:  # never claimed, never deleted
         assert (incoming / rel).read_bytes() == rel.encode()
 

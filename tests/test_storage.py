@@ -151,7 +151,7 @@ async def test_pod_identity_is_workload_then_managed_identity(
     await chain.close()
 
 
-def test_auth_modes_choose_their_identity() -> None:
+async def test_auth_modes_choose_their_identity() -> None:
     url = "https://acct.blob.core.windows.net"
     for mode, factory in (
         (AzureAuth.AUTO, workload_or_managed_identity),
@@ -162,6 +162,7 @@ def test_auth_modes_choose_their_identity() -> None:
         assert storage._token_credential is factory, mode
         expected = AzureAuth.IDENTITY if mode is AzureAuth.AUTO else mode
         assert [c.label for c in storage._candidates()] == [expected]
+        await storage.close()  # the HTTP session the candidates were given
 
 
 @pytest.mark.parametrize(

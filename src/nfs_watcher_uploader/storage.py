@@ -60,7 +60,7 @@ from nfs_watcher_uploader.fsops import Staged
 from nfs_watcher_uploader.layout import versioned
 from nfs_watcher_uploader.models import printable
 from nfs_watcher_uploader.single_put import SinglePut
-from nfs_watcher_uploader.wire import WAITING, Meter, MeteredTransport, new_session
+from nfs_watcher_uploader.wire import Meter, MeteredTransport, new_session, waiting_counts_as
 
 logger = logging.getLogger(__name__)
 
@@ -435,25 +435,6 @@ class Storage:
         log_extra: dict[str, str] | None = None,
         info: BlobInfo | None = None,
     ) -> Sent:
-        """See `_upload`. Waiting for bandwidth counts as `progress` (wire.WAITING)."""
-        token = WAITING.set(progress)
-        try:
-            return await self._upload(
-                local, blob_name, staged, progress, overwrite, log_extra, info
-            )
-        finally:
-            WAITING.reset(token)
-
-    async def _upload(
-        self,
-        local: Path,
-        blob_name: str,
-        staged: Staged,
-        progress: Callable[[], None],
-        overwrite: bool = False,
-        log_extra: dict[str, str] | None = None,
-        info: BlobInfo | None = None,
-    ) -> Sent:
         """Upload `local` as a block blob named `blob_name`, or the next free version of that
         name; raise UploadError (see errors.py).
 
@@ -467,49 +448,52 @@ class Storage:
         and this one goes up as `<stem>~2<ext>`, `~3`... (APP_ON_NAME_CONFLICT=keep-both), or
         is parked (park). `overwrite` (or APP_ON_NAME_CONFLICT=overwrite) replaces the blob.
         A blob the credential may not read counts as other bytes (`Sent.compared` False).
-        `info` is the Content-Type, metadata, tags and tier it is created with.
+        `info` is the Content-Type, metadata, tags and tier it is created with. Waiting for
+        bandwidth counts as `progress` (wire.WAITING).
         """
-        check_blob_name(blob_name)
-        info = info or BlobInfo()
-        if staged.block_md5s and staged.read.size > MAX_BLOCKS * staged.block_size:
-            raise PermanentError(
-                f"file is {staged.read.size} bytes; a block blob holds at most "
-                f"{MAX_BLOCKS} blocks of {staged.block_size} bytes"
-            )
-        policy = self._settings.on_name_conflict
-        if overwrite:  # this file's own blob: replaced unless it holds these bytes already
-            if self.can_read and await self._md5_of(blob_name) == staged.read.md5:
-                return Sent(blob_name, already=True)
-            await self._send(local, blob_name, staged, progress, True, log_extra, info)
-            return Sent(blob_name)
-        if policy is NameConflict.OVERWRITE:
-            await self._send(local, blob_name, staged, progress, True, log_extra, info)
-            return Sent(blob_name)
-        compared = True
-        for version in range(1, MAX_NAME_VERSIONS + 1):
-            name = versioned(blob_name, version)
-            check_blob_name(name)
-            # A file sent in blocks is looked for first: one request against many.
-            look_first = staged.block_md5s and self.can_read
-            found = await self._md5_of(name) if look_first else _MISSING
-            if found is _MISSING or found is _UNREADABLE:
-                try:
-                    await self._send(local, name, staged, progress, False, log_extra, info)
-                    return Sent(name, compared=compared)
-                except _NameTaken:
-                    found = await self._md5_of(name)
-                    if found is _MISSING:
-                        raise RetryableError(f"blob {name} came and went; trying again") from None
-            if found == staged.read.md5:
-                return Sent(name, already=True, compared=compared)
-            # Held by other bytes, or by bytes this credential may not read: never overwritten.
-            compared = compared and found is not _UNREADABLE
-            if policy is NameConflict.PARK:
-                held = "bytes it may not read" if found is _UNREADABLE else "other bytes"
+        with waiting_counts_as(progress):
+            check_blob_name(blob_name)
+            info = info or BlobInfo()
+            if staged.block_md5s and staged.read.size > MAX_BLOCKS * staged.block_size:
                 raise PermanentError(
-                    f"a blob named {name} with {held} exists (APP_ON_NAME_CONFLICT=park)"
+                    f"file is {staged.read.size} bytes; a block blob holds at most "
+                    f"{MAX_BLOCKS} blocks of {staged.block_size} bytes"
                 )
-        raise PermanentError(f"{MAX_NAME_VERSIONS} blobs named like {blob_name} exist")
+            policy = self._settings.on_name_conflict
+            if overwrite:  # this file's own blob: replaced unless it holds these bytes already
+                if self.can_read and await self._md5_of(blob_name) == staged.read.md5:
+                    return Sent(blob_name, already=True)
+                await self._send(local, blob_name, staged, progress, True, log_extra, info)
+                return Sent(blob_name)
+            if policy is NameConflict.OVERWRITE:
+                await self._send(local, blob_name, staged, progress, True, log_extra, info)
+                return Sent(blob_name)
+            compared = True
+            for version in range(1, MAX_NAME_VERSIONS + 1):
+                name = versioned(blob_name, version)
+                check_blob_name(name)
+                # A file sent in blocks is looked for first: one request against many.
+                look_first = staged.block_md5s and self.can_read
+                found = await self._md5_of(name) if look_first else _MISSING
+                if found is _MISSING or found is _UNREADABLE:
+                    try:
+                        await self._send(local, name, staged, progress, False, log_extra, info)
+                        return Sent(name, compared=compared)
+                    except _NameTaken:
+                        found = await self._md5_of(name)
+                        if found is _MISSING:
+                            why = f"blob {name} came and went; trying again"
+                            raise RetryableError(why) from None
+                if found == staged.read.md5:
+                    return Sent(name, already=True, compared=compared)
+                # Held by other bytes, or by bytes this credential may not read: never overwritten.
+                compared = compared and found is not _UNREADABLE
+                if policy is NameConflict.PARK:
+                    held = "bytes it may not read" if found is _UNREADABLE else "other bytes"
+                    raise PermanentError(
+                        f"a blob named {name} with {held} exists (APP_ON_NAME_CONFLICT=park)"
+                    )
+            raise PermanentError(f"{MAX_NAME_VERSIONS} blobs named like {blob_name} exist")
 
     async def early_blocks(
         self, blob_name: str, overwrite: bool, progress: Callable[[], None]

@@ -13,7 +13,8 @@ apply to every request to storage.
 """
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, cast
 
@@ -35,6 +36,16 @@ _BYTES = (bytes, bytearray, memoryview)
 # waiting its turn for bandwidth touches it, so that /healthz does not take a worker that waits
 # for the link for one that hangs.
 WAITING: ContextVar[Callable[[], None] | None] = ContextVar("waiting_for_bandwidth", default=None)
+
+
+@contextmanager
+def waiting_counts_as(progress: Callable[[], None]) -> Generator[None]:
+    """Within this block, a request waiting for bandwidth calls `progress` now and then."""
+    token = WAITING.set(progress)
+    try:
+        yield
+    finally:
+        WAITING.reset(token)
 
 
 class Meter:
