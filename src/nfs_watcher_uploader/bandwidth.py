@@ -223,7 +223,8 @@ class Bandwidth:
             try:
                 doc = json.loads(raw)
                 self.override = (parse_rate(str(doc["limit"])),)
-            except (ValueError, KeyError, TypeError) as exc:
+            # Whatever the bytes hold (deep nesting raises RecursionError): set aside, never fatal.
+            except (ValueError, KeyError, TypeError, ArithmeticError, RecursionError) as exc:
                 aside = self.state_path.with_name(f"{BANDWIDTH_FILE}.damaged-{int(self._clock())}")
                 logger.error(
                     "Damaged bandwidth override %s (%s); kept as %s, using the settings",

@@ -13,6 +13,9 @@ PARKED_DIR = "_failed"
 PARKED_REASONS_DIR = "_failed_reasons"
 # Sessions (active, draining, recently drained) survive restarts in this file.
 STATE_FILE = "sessions.json"
+# The key of block ids (storage.block_id), next to STATE_FILE, readable by its owner only.
+BLOCK_KEY_FILE = "block-id.key"
+BLOCK_KEY_BYTES = 32
 STATE_TMP_PREFIX = ".sessions.json.tmp-"
 # What a consumer in the cloud relies on, kept until it is in storage or delivered: a ledger of
 # committed blobs per session (`<date>/<session>.jsonl`), sessions whose manifest and event are
@@ -24,7 +27,8 @@ OUTBOX_DIR = "_outbox"
 JOB_TMP_PREFIX = ".job.tmp-"
 # The manifest of session s is the blob `<date>/s.manifest.json`, beside the folder `<date>/s/`.
 MANIFEST_SUFFIX = ".manifest.json"
-# Webhook events waiting at most: past this, new events are dropped, each with an error line.
+# Webhook events waiting at most: past this, new file events are dropped, each with an error
+# line (a session's end is always kept).
 OUTBOX_MAX = 10_000
 
 # Only ASCII digits: \d would also take other scripts' digits.

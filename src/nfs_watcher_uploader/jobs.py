@@ -14,7 +14,9 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, FiniteFloat
 
 from nfs_watcher_uploader.backoff import backoff_delay
 from nfs_watcher_uploader.constants import JOB_TMP_PREFIX
@@ -26,9 +28,19 @@ _SUFFIX = ".json"
 Job = dict[str, Any]
 
 
+class JobDoc(BaseModel):
+    """What every job file holds; each kind of job adds its own fields (a subclass)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    created: FiniteFloat
+
+
 class JobFiles:
-    def __init__(self, root: Path, nfs: Nfs) -> None:
-        self.root, self.nfs = root, nfs
+    def __init__(self, root: Path, nfs: Nfs, shape: type[JobDoc]) -> None:
+        # A file on NFS is input like any other: a job that is not of this shape is skipped.
+        self.root, self.nfs, self.shape = root, nfs, shape
 
     def __repr__(self) -> str:
         return f"JobFiles({self.root})"
@@ -68,15 +80,23 @@ class JobFiles:
         jobs: list[Job] = []
         for path in sorted(self.root.glob(f"*{_SUFFIX}")):
             try:
-                job: object = json.loads(path.read_bytes())
-                if not isinstance(job, dict) or path.stem != cast(Job, job).get("id"):
+                raw = path.read_bytes()
+                doc = self.shape.model_validate_json(raw)
+                if path.stem != doc.id:
                     raise ValueError("not a job of ours")
-            except (ValueError, FileNotFoundError) as exc:
-                logger.error("Ignoring %s: %s", path, exc)
+                job = json.loads(raw)
+            except FileNotFoundError:
                 continue
-            jobs.append(cast(Job, job))
-        jobs.sort(key=lambda j: float(j.get("created", 0)))
+            except (ValueError, RecursionError) as exc:  # a ValidationError is a ValueError
+                logger.error("Ignoring %s: not a job (%s)", path, _first_line(exc))
+                continue
+            jobs.append(job)
+        jobs.sort(key=lambda j: float(j["created"]))
         return jobs
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 @dataclass

@@ -9,10 +9,13 @@ of day until the next one's (the last one wraps past midnight), like rclone's
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
+from decimal import Decimal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 _UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 _RATE_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(?:([KMGT])(?:i?B|i)?|B)?", re.IGNORECASE)
+# Above this a limit limits nothing (and a float would overflow): 'off' says it plainly.
+MAX_RATE = 1024**4
 _TIME_RE = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)")
 
 
@@ -28,7 +31,10 @@ def parse_rate(text: str) -> int | None:
             f"{text!r} is not a rate: write 'off' or a number with an optional binary unit "
             "K, M, G or T (bytes per second), e.g. '512K', '10M', '1.5G'"
         )
-    rate = int(float(match[1]) * _UNITS[(match[2] or "").upper()])
+    # Decimal: exact for any number of digits (a float turns 400 digits into inf).
+    rate = int(Decimal(match[1]) * _UNITS[(match[2] or "").upper()])
+    if rate > MAX_RATE:
+        raise ValueError(f"a limit above {format_rate(MAX_RATE)} limits nothing; write 'off'")
     if rate < 1:
         raise ValueError(f"{text!r} would stop every upload; write 'off' for no limit")
     return rate

@@ -20,11 +20,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from pydantic import FiniteFloat
+
 from nfs_watcher_uploader.blobinfo import BlobLabels, iso_utc
 from nfs_watcher_uploader.config import Settings
 from nfs_watcher_uploader.constants import MAX_DEPTH
 from nfs_watcher_uploader.fsops import Nfs, Read, Staged
-from nfs_watcher_uploader.jobs import DueQueue, Job, JobFiles
+from nfs_watcher_uploader.jobs import DueQueue, Job, JobDoc, JobFiles
 from nfs_watcher_uploader.layout import Layout, manifest_blob
 from nfs_watcher_uploader.ledger import Ledger
 from nfs_watcher_uploader.manifest import Excluded, Manifest, Parked, Totals
@@ -56,7 +58,7 @@ class Reports:
         self._clock = clock
         self._retry = (settings.retry_base_s, settings.retry_max_s)
         self._rng = random.Random()
-        self._files = JobFiles(layout.reports_root, nfs)
+        self._files = JobFiles(layout.reports_root, nfs, _ReportJob)
         self._queue = DueQueue[Job](self._retry, self._rng)
         self.manifests_written = 0
 
@@ -98,11 +100,11 @@ class Reports:
                 attempt, delay = self._queue.failed(job_id)
                 logger.warning(
                     "Session %s: manifest or event not written (%s), attempt %d; again in %.1f s",
-                    job["session"],
+                    job.get("session"),
                     exc,
                     attempt,
                     delay,
-                    extra={"session_name": job["session"]},
+                    extra={"session_name": str(job.get("session"))},
                 )
                 continue
             self._queue.done(job_id)
@@ -184,6 +186,19 @@ class Reports:
         await self.storage.upload(
             Path(), blob, Staged(read, data=data), lambda: None, overwrite=True, info=info
         )
+
+
+class _ReportJob(JobDoc):
+    """A session's end, to be reported (`Reports.ended` writes it)."""
+
+    session: str
+    date_prefix: str
+    state: SessionStateName
+    started_at: FiniteFloat
+    stopped_at: FiniteFloat | None
+    finished_at: FiniteFloat
+    excluded: list[Excluded]
+    not_uploaded: int
 
 
 def _excluded(session: Session) -> list[dict[str, str]]:

@@ -23,6 +23,7 @@ import anyio.to_thread
 from nfs_watcher_uploader import fsops
 from nfs_watcher_uploader.bandwidth import Bandwidth
 from nfs_watcher_uploader.config import Settings
+from nfs_watcher_uploader.constants import BLOCK_KEY_FILE
 from nfs_watcher_uploader.delivery import Delivery
 from nfs_watcher_uploader.errors import RetryableError
 from nfs_watcher_uploader.fsops import Nfs
@@ -32,7 +33,7 @@ from nfs_watcher_uploader.pipeline import Pipeline, backoff_delay
 from nfs_watcher_uploader.recovery import clear_staging, recover
 from nfs_watcher_uploader.reports import Reports
 from nfs_watcher_uploader.sessions import Session, Sessions
-from nfs_watcher_uploader.storage import Storage, TokenCredentialFactory
+from nfs_watcher_uploader.storage import Storage, TokenCredentialFactory, load_block_key
 from nfs_watcher_uploader.telemetry import Gauges, Telemetry
 from nfs_watcher_uploader.transfer import ClaimFn, CopyFn, MoveFn, Seams, StagedHook
 from nfs_watcher_uploader.watcher import ScanFn, Watcher
@@ -168,6 +169,8 @@ class Service:
         self.phase = "loading the bandwidth override"
         await self._until_ok(self.bandwidth.load, "load the bandwidth override")
         self._bandwidth_task = asyncio.create_task(self.bandwidth.run(), name="bandwidth")
+        self.phase = "loading the block id key"
+        await self._until_ok(self._load_block_key, "load the block id key")
         self.phase = "connecting to storage"
         await self._until_ok(self.storage.connect, "connect to storage")
         self._pipeline_task = asyncio.create_task(self.pipeline.run(), name="pipeline")
@@ -186,6 +189,10 @@ class Service:
         self.phase = "running"
         logger.info("Ready: %r", self)
         await asyncio.gather(self._pipeline_task, *self._intake, *self._outbound)
+
+    async def _load_block_key(self) -> None:
+        path = self.settings.nfs_processing_root / BLOCK_KEY_FILE
+        self.storage.block_key = await self.nfs.call(lambda: load_block_key(path))
 
     async def _until_ok(
         self,

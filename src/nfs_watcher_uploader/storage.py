@@ -24,10 +24,14 @@ The whole-file MD5 is stored as the blob's Content-MD5.
 """
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
@@ -49,6 +53,7 @@ from nfs_watcher_uploader.bandwidth import TokenBucket
 from nfs_watcher_uploader.blobinfo import BlobInfo
 from nfs_watcher_uploader.config import AzureAuth, NameConflict, Settings
 from nfs_watcher_uploader.constants import (
+    BLOCK_KEY_BYTES,
     MAX_BLOB_NAME,
     MAX_BLOB_PATH_SEGMENTS,
     MAX_BLOCKS,
@@ -243,6 +248,9 @@ class Storage:
         self.auth_used: str | None = None
         # False once storage refused a read with this credential (see the module docstring).
         self.can_read = True
+        # Keys block ids (see `block_id`). The service sets the one kept on NFS, so that blocks
+        # staged before a restart are recognised after it; until then, one of this process.
+        self.block_key = os.urandom(32)
 
     def __repr__(self) -> str:
         return (
@@ -511,7 +519,8 @@ class Storage:
             held = await self._uncommitted(blob)
         except UploadError:
             return None
-        return EarlyBlocks(blob, block_id, self._budget, self.concurrency, progress, held)
+        ids = partial(block_id, self.block_key)
+        return EarlyBlocks(blob, ids, self._budget, self.concurrency, progress, held)
 
     async def _md5_of(self, name: str) -> bytes | _Missing | _Unreadable | None:
         """The Content-MD5 of blob `name` (None if it has none), _MISSING, or _UNREADABLE when
@@ -601,7 +610,7 @@ class Storage:
         retry or a restart, those are not sent again. Two uploads that stage blocks on one blob
         name at once (both found the name free) never mix their blocks in a commit."""
         count = len(staged.block_md5s)
-        ids = [block_id(index, md5) for index, md5 in enumerate(staged.block_md5s)]
+        ids = [block_id(self.block_key, i, md5) for i, md5 in enumerate(staged.block_md5s)]
         held = await self._uncommitted(blob)
         window = asyncio.Semaphore(self.concurrency)
         resumed = 0
@@ -663,10 +672,46 @@ class Storage:
         return self._budget._value  # pyright: ignore[reportPrivateUsage]
 
 
-def block_id(index: int, md5: bytes) -> str:
+def block_id(key: bytes, index: int, md5: bytes) -> str:
     """The id of block `index` with MD5 `md5`: one length for every block of a blob (Azure
-    requires it), at most 64 bytes."""
-    return f"{index:08d}-{md5.hex()}"
+    requires it), at most 64 bytes.
+
+    Keyed with `key`, a secret of this deployment: an uncommitted block is taken as already
+    sent only when its id matches, and only this service can make that id. An id of index and
+    MD5 alone could be staged first, with other bytes, by anyone who may write the container."""
+    mac = hmac.new(key, index.to_bytes(8) + md5, hashlib.sha256).hexdigest()[:32]
+    return f"{index:08d}-{mac}"
+
+
+def load_block_key(path: Path) -> bytes:
+    """The key of block ids kept at `path` (owner-only), made on first use. A damaged one is
+    set aside and replaced: blocks staged under the old key are then sent again, nothing
+    worse. Blocking: run it through Nfs.call."""
+    try:
+        key = path.read_bytes()
+        if len(key) == BLOCK_KEY_BYTES:
+            return key
+        aside = path.with_name(f"{path.name}.damaged-{time.time_ns()}")
+        os.rename(path, aside)
+        logger.error("Damaged block id key %s (%d bytes); kept as %s", path, len(key), aside)
+    except FileNotFoundError:
+        pass
+    key = os.urandom(BLOCK_KEY_BYTES)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, key)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)  # never over another's key: a second process reads that one
+    except FileExistsError:
+        return load_block_key(path)
+    finally:
+        os.unlink(tmp)
+    return key
 
 
 def _log_mismatch(reason: str, log_extra: dict[str, str] | None) -> None:

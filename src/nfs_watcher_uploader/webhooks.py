@@ -25,12 +25,13 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 import aiohttp
+from pydantic import BaseModel, ConfigDict
 
 from nfs_watcher_uploader.blobinfo import iso_utc, uploader_version
 from nfs_watcher_uploader.config import Settings
 from nfs_watcher_uploader.constants import OUTBOX_MAX
 from nfs_watcher_uploader.fsops import Nfs
-from nfs_watcher_uploader.jobs import DueQueue, JobFiles
+from nfs_watcher_uploader.jobs import DueQueue, JobDoc, JobFiles
 from nfs_watcher_uploader.layout import Layout
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,21 @@ class _Event:
     body: bytes
 
 
+SESSION_EVENT = "session."
+
+
+class _EventDoc(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+
+
+class _OutboxJob(JobDoc):
+    """An event waiting for delivery (`Webhooks.emit` writes it)."""
+
+    event: _EventDoc
+
+
 class Webhooks:
     def __init__(
         self,
@@ -78,7 +94,7 @@ class Webhooks:
         self._source_id = settings.source_id
         self._retry = (settings.retry_base_s, settings.retry_max_s)
         self._rng = rng or random.Random()
-        self._outbox = JobFiles(layout.outbox_root, nfs)
+        self._outbox = JobFiles(layout.outbox_root, nfs, _OutboxJob)
         self._queue = DueQueue[_Event](self._retry, self._rng)
         self._clock = clock
         self.delivered = 0
@@ -106,7 +122,9 @@ class Webhooks:
         id_ = id_ or str(uuid.uuid4())
         if id_ in self._queue:
             return  # the same occurrence, reported again
-        if len(self._queue) >= OUTBOX_MAX:
+        # A session's end (one per session) is always kept: a flood of file events must not
+        # silence the one a consumer waits for.
+        if len(self._queue) >= OUTBOX_MAX and not type_.startswith(SESSION_EVENT):
             self.dropped += 1
             logger.error("Webhook outbox full (%d events): dropped %s %s", OUTBOX_MAX, type_, id_)
             return
