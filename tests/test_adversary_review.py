@@ -624,7 +624,12 @@ def test_one_unreadable_subfolder_stops_every_upload_of_the_session_and_fails_li
         os.chown(cam2, NOBODY, NOBODY)
         os.chmod(cam2, 0o700)
         settings = make_settings(
-            base, azurite, container_name, liveness_timeout_s=2.0, poll_interval_s=0.1
+            base,
+            azurite,
+            container_name,
+            liveness_timeout_s=2.0,
+            poll_interval_s=0.1,
+            drain_timeout_s=3.0,
         )
         port = free_port()
         env = service_env(settings) | {"APP_HOST": "127.0.0.1", "APP_PORT": str(port)}
@@ -670,6 +675,14 @@ def test_one_unreadable_subfolder_stops_every_upload_of_the_session_and_fails_li
                 f"ok.bin uploaded: {uploaded}; /healthz answered {sorted(set(health))}; "
                 f"scan failures logged: {log_text.count('Scan of')}"
             )
+            # cam2/take.bin is still in incoming: the session cannot be drained (complete).
+            assert c.post("/v1/watch/stop").status_code == 200
+            view = wait_for(
+                lambda: (v := c.get("/v1/sessions/cams").json())["state"] != "draining" and v,
+                timeout=30,
+                what="the drain's end",
+            )
+            assert view["state"] == "drain_timed_out", view
     finally:
         if proc is not None and proc.poll() is None:
             proc.terminate()

@@ -209,7 +209,8 @@ class Watcher:
         stopped = session.drain_start
         if scanned_at <= stopped:
             return
-        if not scan.files and not scan.too_deep and not session.pending and not session.parked:
+        left = scan.files or scan.too_deep or scan.unreadable  # what is still in incoming
+        if not left and not session.pending and not session.parked:
             if await self._requeue_strays(session):
                 return
             if not session.pending and not session.parked:  # nothing came up meanwhile
@@ -225,13 +226,14 @@ class Watcher:
         elif self._clock() - stopped > self.settings.drain_timeout_s:
             logger.error(
                 "Session %s did not drain within %.0f s: %d waiting, %d pending, %d parked, "
-                "%d folders too deep; left in place",
+                "%d folders too deep, %d unreadable; left in place",
                 session.name,
                 self.settings.drain_timeout_s,
                 len(scan.files),
                 len(session.pending),
                 len(session.parked),
                 len(scan.too_deep),
+                len(scan.unreadable),
                 extra={"session_name": session.name},
             )
             await self.sessions.finish(session, "drain_timed_out")
