@@ -65,7 +65,13 @@ from nfs_watcher_uploader.fsops import Staged
 from nfs_watcher_uploader.layout import versioned
 from nfs_watcher_uploader.models import printable
 from nfs_watcher_uploader.single_put import SinglePut
-from nfs_watcher_uploader.wire import Meter, MeteredTransport, new_session, waiting_counts_as
+from nfs_watcher_uploader.wire import (
+    Meter,
+    MeteredTransport,
+    env_proxy,
+    new_session,
+    waiting_counts_as,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -231,6 +237,8 @@ class Storage:
         self._token_credential = token_credential
         # Every request goes through the meter (the bandwidth cap), on one shared session.
         self.meter = meter or Meter(TokenBucket())
+        # Read once (it may read ~/.netrc): Storage is made at start-up, before the loop runs.
+        self._proxy = env_proxy(settings.azure_account_url)
         self._session: aiohttp.ClientSession | None = None
         self._transport: MeteredTransport | None = None
         self._single: SinglePut | None = None
@@ -279,6 +287,7 @@ class Storage:
             self._session = new_session()
         self._transport = MeteredTransport(
             self.meter,
+            self._proxy,
             session=self._session,
             session_owner=False,
             connection_timeout=20,

@@ -8,18 +8,23 @@ Content-Length the SDK set. A retry comes through here again, with the original 
 is copied and nothing about the bytes changes: each request still carries the MD5 that Azure
 checks.
 
-Proxies: the aiohttp session trusts the environment, so HTTPS_PROXY, HTTP_PROXY and NO_PROXY
-apply to every request to storage.
+Proxies: HTTPS_PROXY, HTTP_PROXY and NO_PROXY (and a proxy's credentials in ~/.netrc) apply
+to every request to storage, read once for the account's URL (`env_proxy`). The session does not
+trust the environment itself: aiohttp would then read them again in a thread for each request,
+two thread hops per small file.
 """
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, cast
 
 import aiohttp
+from aiohttp.helpers import get_env_proxy_for_url
 from azure.core.pipeline.transport import AioHttpTransport
+from yarl import URL
 
 from nfs_watcher_uploader.bandwidth import TokenBucket
 from nfs_watcher_uploader.constants import (
@@ -77,21 +82,41 @@ class Meter:
 
 
 def new_session() -> aiohttp.ClientSession:
-    """One session for every storage client, as the SDK would make it, environment proxies
-    included (trust_env)."""
-    return aiohttp.ClientSession(
-        trust_env=True, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False
-    )
+    """One session for every storage client, as the SDK would make it (proxies: `env_proxy`)."""
+    return aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Proxy:
+    url: str
+    auth: aiohttp.BasicAuth | None
+
+    def __repr__(self) -> str:  # the URL may name a user; the auth is a secret
+        return f"Proxy({URL(self.url).with_user(None)})"
+
+
+def env_proxy(url: str) -> Proxy | None:
+    """The proxy the environment sets for requests to `url` (None: straight), as aiohttp with
+    trust_env would find it. Reads ~/.netrc: call it once, off the event loop."""
+    try:
+        proxy, auth = get_env_proxy_for_url(URL(url))
+    except LookupError:
+        return None
+    return Proxy(str(proxy), auth)
 
 
 class MeteredTransport(AioHttpTransport):
-    """The SDK's aiohttp transport, metered by `meter`."""
+    """The SDK's aiohttp transport, metered by `meter`, through `proxy`."""
 
-    def __init__(self, meter: Meter, **kwargs: Any) -> None:
+    def __init__(self, meter: Meter, proxy: Proxy | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)  # pyright: ignore[reportUnknownMemberType]
         self._meter = meter
+        self._proxy = proxy
 
     async def send(self, request: Any, **config: Any) -> Any:  # pyright: ignore[reportIncompatibleMethodOverride]
+        if self._proxy is not None:
+            config.setdefault("proxy", self._proxy.url)
+            config.setdefault("proxy_auth", self._proxy.auth)
         meter = self._meter
         send = cast(Callable[..., Awaitable[Any]], super().send)  # pyright: ignore[reportUnknownMemberType]
         # The request that asked first is served first (see TokenBucket).
