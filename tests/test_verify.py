@@ -10,6 +10,7 @@ import subprocess
 import termios
 from typing import Any
 
+import pytest
 from azure.storage.blob import ContentSettings
 
 from .helpers import ROOT, Azurite, RunningService, service_env, write_file
@@ -135,3 +136,20 @@ def _read(fd: int) -> bytes:
         return os.read(fd, 65536)
     except OSError:  # EIO: the other end is closed and everything was read
         return b""
+
+
+@pytest.mark.parametrize(
+    "blob", ["20261130/demo/../other/x.bin", "20261130/demo/./x.bin", "20261130/demo//x.bin"]
+)
+async def test_a_listed_blob_that_would_resolve_outside_the_session_fails(blob: str) -> None:
+    """A tampered manifest cannot point verify at a blob of another folder through `..` (the
+    URL would resolve it): refused before storage is asked, and named printably."""
+    from nfs_watcher_uploader.manifest import FileEntry
+    from nfs_watcher_uploader.verify import _check, _line
+
+    entry = FileEntry(
+        blob=blob, path="x.bin", size=1, md5="0" * 32, source_mtime="", uploaded_at=""
+    )
+    problem = await _check(None, entry, "20261130/demo/", False)  # type: ignore[arg-type]
+    assert problem is not None and "outside 20261130/demo/" in problem
+    assert _line("20261130/demo/a\x1b[2Jb", "x") == "FAIL 20261130/demo/a\\x1b[2Jb: x"

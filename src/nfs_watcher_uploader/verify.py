@@ -29,7 +29,7 @@ from nfs_watcher_uploader.constants import DATE_DIR_RE, MANIFEST_SUFFIX
 from nfs_watcher_uploader.errors import UploadError
 from nfs_watcher_uploader.layout import manifest_blob
 from nfs_watcher_uploader.manifest import FileEntry, Manifest
-from nfs_watcher_uploader.models import check_session_name
+from nfs_watcher_uploader.models import check_session_name, printable
 from nfs_watcher_uploader.storage import Storage
 
 # Blobs checked at once: each check is one small request. Downloads are fewer: each is a stream.
@@ -136,7 +136,9 @@ async def verify(
 
 async def _check(storage: Storage, entry: FileEntry, prefix: str, download: bool) -> str | None:
     """What is wrong with the blob of `entry`, or None."""
-    if not entry.blob.startswith(prefix):
+    # Segments such as `..` would be resolved in the URL, to a blob outside the session.
+    segments = entry.blob[len(prefix) :].split("/")
+    if not entry.blob.startswith(prefix) or any(s in ("", ".", "..") for s in segments):
         return f"the manifest lists it, but it is outside {prefix}"
     blob = storage.container.get_blob_client(entry.blob)
     try:
@@ -248,7 +250,9 @@ class _Lines(Progress):
 
 
 def _line(blob: str, problem: str | None) -> str:
-    return f"OK   {blob}" if problem is None else f"FAIL {blob}: {problem}"
+    # Names come from NFS by way of a manifest: never a control character to the terminal.
+    blob = printable(blob)
+    return f"OK   {blob}" if problem is None else f"FAIL {blob}: {printable(problem)}"
 
 
 async def _run(
