@@ -208,7 +208,14 @@ def blob_bytes(container: ContainerClient, name: str) -> bytes | None:
     return blob.download_blob().readall()
 
 
-KEPT_IN_PROCESSING = ("_completed", "sessions.json", "_ledgers", "_reports", "_outbox")
+KEPT_IN_PROCESSING = (
+    "_completed",
+    "sessions.json",
+    "block-id.key",
+    "_ledgers",
+    "_reports",
+    "_outbox",
+)
 
 
 def leftover_files(root: Path) -> list[str]:

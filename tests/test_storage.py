@@ -1,5 +1,6 @@
 """The credential chain, error classification and secrecy, against a real Azurite."""
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -223,3 +224,19 @@ def test_blob_name_checks() -> None:
     for bad in ("20260101/s/dot.", "20260101/s/" + "x" * 1100, "20260101/s/\udcff"):
         with pytest.raises(PermanentError):
             check_blob_name(bad)
+
+
+def test_the_block_id_key_is_made_once_kept_private_and_a_damaged_one_set_aside(
+    tmp_path: Path,
+) -> None:
+    from nfs_watcher_uploader.storage import load_block_key
+
+    path = tmp_path / "p" / "block-id.key"
+    key = load_block_key(path)
+    assert len(key) == 32 and load_block_key(path) == key
+    assert path.stat().st_mode & 0o777 == 0o600
+    path.write_bytes(b"short")
+    replaced = load_block_key(path)
+    assert len(replaced) == 32 and replaced != key
+    assert [p.name for p in path.parent.iterdir() if "damaged" in p.name] != []
+    assert sorted(p.name for p in path.parent.iterdir() if p.name.startswith(".")) == []

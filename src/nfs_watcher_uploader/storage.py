@@ -61,7 +61,7 @@ from nfs_watcher_uploader.constants import (
 )
 from nfs_watcher_uploader.early import EarlyBlocks
 from nfs_watcher_uploader.errors import IntegrityError, PermanentError, RetryableError, UploadError
-from nfs_watcher_uploader.fsops import Staged
+from nfs_watcher_uploader.fsops import Moved, Staged, move
 from nfs_watcher_uploader.layout import versioned
 from nfs_watcher_uploader.models import printable
 from nfs_watcher_uploader.single_put import SinglePut
@@ -714,12 +714,9 @@ def load_block_key(path: Path) -> bytes:
         os.fsync(fd)
     finally:
         os.close(fd)
-    try:
-        os.link(tmp, path)  # never over another's key: a second process reads that one
-    except FileExistsError:
+    if move(tmp, path) is not Moved.DONE:  # never over a key that came meanwhile: use that one
+        tmp.unlink(missing_ok=True)
         return load_block_key(path)
-    finally:
-        os.unlink(tmp)
     return key
 
 
