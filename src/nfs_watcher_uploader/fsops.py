@@ -258,10 +258,16 @@ class _Walk:
         """Scan one folder. Below an excluded folder every file is listed as excluded, unread."""
         with os.scandir(fd) as it:
             entries = list(it)
+        known, young_ns, files = self.known, self.young_ns, self.scan.files
         for entry in entries:
             rel = prefix + entry.name
             if not entry.is_dir(follow_symlinks=False):
-                self.entry(entry, rel, excluded)
+                # Most of a big folder, every poll: a known file too young to take (`entry`).
+                seen = known.get(rel)
+                if seen is not None and seen[1] > young_ns and not excluded:
+                    files[rel] = seen
+                else:
+                    self.entry(entry, rel, excluded)
             elif depth >= self.max_depth:
                 if not excluded:
                     self.scan.too_deep.append(rel)

@@ -194,12 +194,16 @@ class Session:
         self.ignored, self.too_deep = scan.ignored, scan.too_deep
         self.unreadable = scan.unreadable
         # A file whose name an earlier, claimed file still holds waits in incoming.
-        waiting_for = {rel for rel in scan.files if ("claimed", rel) in self.pending}
+        # (Counted from the work in progress, which is small, not from the files, which may be
+        # 100,000 at every poll.)
+        waiting_for = {
+            rel for where, rel in self.pending if where == "claimed" and rel in scan.files
+        }
         for rel in sorted(waiting_for - self.held):
             new.append((logging.INFO, f"{rel}: waits until an earlier file of that name is done"))
             self.notice(new[-1][1])
         self.held = (self.held & scan.files.keys()) | waiting_for
-        self.waiting = sum(1 for rel in scan.files if not self.in_progress(rel))
+        self.waiting = len(scan.files) - len(self.busy() & scan.files.keys())
         self.excluded = scan.excluded
         return new
 

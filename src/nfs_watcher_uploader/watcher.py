@@ -13,6 +13,7 @@ regular files (symbolic links, FIFOs) are never taken: they are reported and do 
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Container, Iterable, Mapping
 from pathlib import Path
@@ -76,6 +77,8 @@ class Watcher:
         self._previous: dict[str, ScanMap] = {}
         # Per session, when each file was first seen as it is now (seconds, the clock's).
         self._since: dict[str, dict[str, float]] = {}
+        # Per session, the names the last scan found dated after it (see `_scan_session`).
+        self._ahead: dict[str, tuple[int, list[str]]] = {}
         self.heartbeat = time.monotonic()
         self.last_scan_ok: float | None = None
         self.scan_errors = 0
@@ -103,6 +106,7 @@ class Watcher:
             del self._previous[gone]
             self._oldest.pop(gone, None)
             self._since.pop(gone, None)
+            self._ahead.pop(gone, None)
         healthy = True
         # With the queue full nothing could be offered: skip the scan. The next comparison then
         # spans a longer interval, which only makes "unchanged" a stronger sign of "complete".
@@ -119,9 +123,16 @@ class Watcher:
         wanted = self.wanted
         previous = self._previous.get(session.name, {})
         young_ns = int((started - self.settings.min_file_age_s) * 1e9)
-        # A file dated in the future is young for ever: it must be looked at every time.
+        # A file dated in the future is young for ever: it must be looked at every time. Only
+        # names dated after the previous scan can be (a dict of 100,000 is not copied for none).
         now_ns = int(started * 1e9)
-        known = {rel: seen for rel, seen in previous.items() if seen[1] <= now_ns}
+        then, ahead = self._ahead.get(session.name, (0, []))
+        if now_ns < then:  # the clock went back: any name may be dated ahead now
+            known = {rel: seen for rel, seen in previous.items() if seen[1] <= now_ns}
+        elif ahead := {rel for rel in ahead if previous.get(rel, (0, 0))[1] > now_ns}:
+            known = {rel: seen for rel, seen in previous.items() if rel not in ahead}
+        else:
+            known = previous
         try:
             scan = await self.nfs.call(lambda: self._scan(folder, wanted, known, young_ns))
         except OSError as exc:
@@ -136,7 +147,7 @@ class Watcher:
                 scan.ignored[rel] = f"a file with {links} hard links (APP_ALLOW_HARD_LINKS)"
         current = scan.files
         self._previous[session.name] = current
-        since = self._seen_since(session.name, previous, current, started)
+        since, future = self._look(session, previous, current, started)
         ready = stable_files(
             previous,
             current,
@@ -147,33 +158,44 @@ class Watcher:
             since,
         )
         self._offer(session, ready, current)
-        future = [rel for rel, (_, mtime) in current.items() if mtime > now_ns + 10**9]
         for level, text in session.observe(scan, future):
             logger.log(level, "%s", printable(text), extra={"session_name": session.name})
-        waiting = [
-            since[rel] if mtime < 0 else min(mtime / 1e9, since[rel])
-            for rel, (_, mtime) in current.items()
-            if not session.in_progress(rel)
-        ]
-        if waiting:
-            self._oldest[session.name] = min(waiting)
-        else:
-            self._oldest.pop(session.name, None)
         if session.state == "draining" and scan.problem is None:
             await self._check_drain(session, scan, started)
         return True
 
-    def _seen_since(
-        self, session: str, previous: ScanMap, current: ScanMap, now: float
-    ) -> dict[str, float]:
-        """When each file was first seen as it is now."""
-        before = self._since.get(session, {})
-        since = {
-            rel: before.get(rel, now) if previous.get(rel) == seen else now
-            for rel, seen in current.items()
-        }
-        self._since[session] = since
-        return since
+    def _look(
+        self, session: Session, previous: ScanMap, current: ScanMap, now: float
+    ) -> tuple[dict[str, float], list[str]]:
+        """One pass over what a scan found (it may be 100,000 files, every poll): when each file
+        was first seen as it is now, which are dated more than a second ahead (returned), which
+        are dated after now at all (for the next scan), and when the oldest file not in progress
+        was last written."""
+        before = self._since.get(session.name, {})
+        busy = session.busy()
+        now_ns = int(now * 1e9)
+        since: dict[str, float] = {}
+        future: list[str] = []
+        ahead: list[str] = []
+        oldest = math.inf
+        for rel, seen in current.items():
+            first = before.get(rel, now) if previous.get(rel) == seen else now
+            since[rel] = first
+            mtime = seen[1]
+            if mtime > now_ns:
+                ahead.append(rel)
+                if mtime > now_ns + 10**9:
+                    future.append(rel)
+            if rel not in busy:
+                written = first if mtime < 0 else min(mtime / 1e9, first)
+                oldest = min(oldest, written)
+        self._since[session.name] = since
+        self._ahead[session.name] = (now_ns, ahead)
+        if oldest < math.inf:
+            self._oldest[session.name] = oldest
+        else:
+            self._oldest.pop(session.name, None)
+        return since, future
 
     def _offer(self, session: Session, names: Iterable[str], seen: ScanMap) -> None:
         for rel in names:
