@@ -238,5 +238,5 @@ def test_the_block_id_key_is_made_once_kept_private_and_a_damaged_one_set_aside(
     path.write_bytes(b"short")
     replaced = load_block_key(path)
     assert len(replaced) == 32 and replaced != key
-    assert [p.name for p in path.parent.iterdir() if "damaged" in p.name] != []
+    assert [p.name for p in path.parent.iterdir() if "unfit" in p.name] != []
     assert sorted(p.name for p in path.parent.iterdir() if p.name.startswith(".")) == []

@@ -16,6 +16,8 @@ STATE_FILE = "sessions.json"
 # The key of block ids (storage.block_id), next to STATE_FILE, readable by its owner only.
 BLOCK_KEY_FILE = "block-id.key"
 BLOCK_KEY_BYTES = 32
+# The uid an NFS server that squashes root gives root's files.
+NOBODY_UID = 65534
 STATE_TMP_PREFIX = ".sessions.json.tmp-"
 # What a consumer in the cloud relies on, kept until it is in storage or delivered: a ledger of
 # committed blobs per session (`<date>/<session>.jsonl`), sessions whose manifest and event are

@@ -28,6 +28,7 @@ import hashlib
 import hmac
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ from nfs_watcher_uploader.constants import (
     MAX_BLOB_PATH_SEGMENTS,
     MAX_BLOCKS,
     MAX_NAME_VERSIONS,
+    NOBODY_UID,
 )
 from nfs_watcher_uploader.early import EarlyBlocks
 from nfs_watcher_uploader.errors import IntegrityError, PermanentError, RetryableError, UploadError
@@ -68,7 +70,6 @@ from nfs_watcher_uploader.single_put import SinglePut
 from nfs_watcher_uploader.wire import (
     Meter,
     MeteredTransport,
-    env_proxy,
     new_session,
     waiting_counts_as,
 )
@@ -237,8 +238,6 @@ class Storage:
         self._token_credential = token_credential
         # Every request goes through the meter (the bandwidth cap), on one shared session.
         self.meter = meter or Meter(TokenBucket())
-        # Read once (it may read ~/.netrc): Storage is made at start-up, before the loop runs.
-        self._proxy = env_proxy(settings.azure_account_url)
         self._session: aiohttp.ClientSession | None = None
         self._transport: MeteredTransport | None = None
         self._single: SinglePut | None = None
@@ -287,7 +286,6 @@ class Storage:
             self._session = new_session()
         self._transport = MeteredTransport(
             self.meter,
-            self._proxy,
             session=self._session,
             session_owner=False,
             connection_timeout=20,
@@ -693,23 +691,53 @@ def block_id(key: bytes, index: int, md5: bytes) -> str:
 
 
 def load_block_key(path: Path) -> bytes:
-    """The key of block ids kept at `path` (owner-only), made on first use. A damaged one is
-    set aside and replaced: blocks staged under the old key are then sent again, nothing
-    worse. Blocking: run it through Nfs.call."""
+    """The key of block ids kept at `path`, made on first use. Only a regular file that no one
+    else may read is taken: a key others know (a symbolic link to a shared file, a copy left
+    readable) would let them plant blocks we take for ours. Anything else there (or a key of
+    the wrong length) is set aside and replaced: blocks staged under the old key are then sent
+    again, nothing worse. Blocking: run it through Nfs.call."""
     try:
-        key = path.read_bytes()
-        if len(key) == BLOCK_KEY_BYTES:
-            return key
-        aside = path.with_name(f"{path.name}.damaged-{time.time_ns()}")
-        os.rename(path, aside)
-        logger.error("Damaged block id key %s (%d bytes); kept as %s", path, len(key), aside)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
-        pass
+        return _new_block_key(path)
+    except OSError as exc:  # a symbolic link (ELOOP), a folder we may not open, ...
+        return _set_aside(path, exc.strerror or str(exc))
+    try:
+        st = os.fstat(fd)
+        why = _unfit_key(st)
+        key = b"" if why else os.read(fd, BLOCK_KEY_BYTES + 1)
+    finally:
+        os.close(fd)
+    if not why and len(key) != BLOCK_KEY_BYTES:
+        why = f"{len(key)} bytes"
+    return _set_aside(path, why) if why else key
+
+
+def _unfit_key(st: os.stat_result) -> str | None:
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_mode & 0o077:
+        return f"readable or writable by others (mode {stat.S_IMODE(st.st_mode):o})"
+    # Ours, or (root on an export that squashes root) nobody's.
+    if st.st_uid not in (os.geteuid(), *((NOBODY_UID,) if os.geteuid() == 0 else ())):
+        return f"owned by uid {st.st_uid}"
+    return None
+
+
+def _set_aside(path: Path, why: str) -> bytes:
+    aside = path.with_name(f"{path.name}.unfit-{time.time_ns()}")
+    os.rename(path, aside)  # renames a link or a folder itself, never what it points to
+    logger.error("Block id key %s not used (%s); kept as %s, a new one made", path, why, aside)
+    return _new_block_key(path)
+
+
+def _new_block_key(path: Path) -> bytes:
     key = os.urandom(BLOCK_KEY_BYTES)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
+        os.fchmod(fd, 0o600)  # whatever the umask
         os.write(fd, key)
         os.fsync(fd)
     finally:

@@ -9,17 +9,20 @@ is copied and nothing about the bytes changes: each request still carries the MD
 checks.
 
 Proxies: HTTPS_PROXY, HTTP_PROXY and NO_PROXY (and a proxy's credentials in ~/.netrc) apply
-to every request to storage, read once for the account's URL (`env_proxy`). The session does not
+to every request to storage, looked up once for each host a request goes to (`env_proxy`; a
+connection string may name another host than APP_AZURE_ACCOUNT_URL). The session does not
 trust the environment itself: aiohttp would then read them again in a thread for each request,
 two thread hops per small file.
 """
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp.helpers import get_env_proxy_for_url
@@ -97,7 +100,7 @@ class Proxy:
 
 def env_proxy(url: str) -> Proxy | None:
     """The proxy the environment sets for requests to `url` (None: straight), as aiohttp with
-    trust_env would find it. Reads ~/.netrc: call it once, off the event loop."""
+    trust_env would find it. Reads ~/.netrc: off the event loop."""
     try:
         proxy, auth = get_env_proxy_for_url(URL(url))
     except LookupError:
@@ -106,17 +109,26 @@ def env_proxy(url: str) -> Proxy | None:
 
 
 class MeteredTransport(AioHttpTransport):
-    """The SDK's aiohttp transport, metered by `meter`, through `proxy`."""
+    """The SDK's aiohttp transport, metered by `meter`, through the environment's proxy."""
 
-    def __init__(self, meter: Meter, proxy: Proxy | None = None, **kwargs: Any) -> None:
+    def __init__(self, meter: Meter, **kwargs: Any) -> None:
         super().__init__(**kwargs)  # pyright: ignore[reportUnknownMemberType]
         self._meter = meter
-        self._proxy = proxy
+        # scheme://host:port -> its proxy (None: straight).
+        self._proxies: dict[str, Proxy | None] = {}
+
+    async def _proxy_for(self, url: str) -> Proxy | None:
+        parts = urlsplit(url)
+        origin = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+        if origin not in self._proxies:
+            self._proxies[origin] = await asyncio.to_thread(env_proxy, origin)
+        return self._proxies[origin]
 
     async def send(self, request: Any, **config: Any) -> Any:  # pyright: ignore[reportIncompatibleMethodOverride]
-        if self._proxy is not None:
-            config.setdefault("proxy", self._proxy.url)
-            config.setdefault("proxy_auth", self._proxy.auth)
+        proxy = await self._proxy_for(request.url)
+        if proxy is not None:
+            config.setdefault("proxy", proxy.url)
+            config.setdefault("proxy_auth", proxy.auth)
         meter = self._meter
         send = cast(Callable[..., Awaitable[Any]], super().send)  # pyright: ignore[reportUnknownMemberType]
         # The request that asked first is served first (see TokenBucket).
