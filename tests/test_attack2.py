@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from nfs_watcher_uploader.storage import block_id
+from nfs_watcher_uploader.block_ids import block_id
 
 from .helpers import Azurite, blob_bytes, wait_for, write_file
 

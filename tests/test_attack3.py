@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from nfs_watcher_uploader.storage import block_id
+from nfs_watcher_uploader.block_ids import block_id
 
 from .helpers import (
     Azurite,
@@ -63,7 +63,7 @@ def test_a_block_id_key_others_know_is_never_used(
     tmp_path: Path,
     how: str,
 ) -> None:
-    """storage.load_block_key reads `path.read_bytes()`: it follows a symbolic link, and it
+    """block_ids.load_block_key reads `path.read_bytes()`: it follows a symbolic link, and it
     takes a key of any mode and owner. So a block-id.key that is a link to a file others can
     read (or a key file left readable by all: restored from a backup, copied by hand, made by
     someone else before the first start) is a key others know, and the planted-block attack of

@@ -229,7 +229,7 @@ def test_blob_name_checks() -> None:
 def test_the_block_id_key_is_made_once_kept_private_and_a_damaged_one_set_aside(
     tmp_path: Path,
 ) -> None:
-    from nfs_watcher_uploader.storage import load_block_key
+    from nfs_watcher_uploader.block_ids import load_block_key
 
     path = tmp_path / "p" / "block-id.key"
     key = load_block_key(path)

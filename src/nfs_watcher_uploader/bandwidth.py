@@ -30,7 +30,7 @@ from nfs_watcher_uploader.constants import (
     BANDWIDTH_TMP_PREFIX,
     BANDWIDTH_WAIT_TICK_S,
 )
-from nfs_watcher_uploader.fsops import Nfs, read_or_none, write_atomic
+from nfs_watcher_uploader.fsops import Nfs, read_or_none, set_aside, write_atomic
 from nfs_watcher_uploader.rates import Schedule, format_rate, parse_rate, zone
 
 if TYPE_CHECKING:  # config reads its rates with this module's parsers
@@ -225,14 +225,13 @@ class Bandwidth:
                 self.override = (parse_rate(str(doc["limit"])),)
             # Whatever the bytes hold (deep nesting raises RecursionError): set aside, never fatal.
             except (ValueError, KeyError, TypeError, ArithmeticError, RecursionError) as exc:
-                aside = self.state_path.with_name(f"{BANDWIDTH_FILE}.damaged-{int(self._clock())}")
+                aside = await self._nfs.call(lambda: set_aside(self.state_path, "damaged"))
                 logger.error(
                     "Damaged bandwidth override %s (%s); kept as %s, using the settings",
                     self.state_path,
                     exc,
                     aside,
                 )
-                await self._nfs.call(lambda: self.state_path.rename(aside))
         self.loaded = True
         limit = self.apply()
         logger.info("Bandwidth limit %s (%s)", format_rate(limit.rate), limit.source)

@@ -13,7 +13,7 @@ PARKED_DIR = "_failed"
 PARKED_REASONS_DIR = "_failed_reasons"
 # Sessions (active, draining, recently drained) survive restarts in this file.
 STATE_FILE = "sessions.json"
-# The key of block ids (storage.block_id), next to STATE_FILE, readable by its owner only.
+# The key of block ids (block_ids.block_id), next to STATE_FILE, readable by its owner only.
 BLOCK_KEY_FILE = "block-id.key"
 BLOCK_KEY_BYTES = 32
 # The uid an NFS server that squashes root gives root's files.

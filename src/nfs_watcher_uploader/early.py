@@ -2,8 +2,8 @@
 read from NFS, so that reading, hashing and sending overlap.
 
 The copy thread hands each block, once read, hashed and written to staging, to `offer`; it
-goes out at once under the id the upload will use (index and keyed MD5, `storage.block_id`) with its
-MD5 as the transactional Content-MD5, which Azure checks. Nothing is committed here: the upload
+goes out at once under the id the upload will use (`block_ids.block_id`) with its MD5 as the
+transactional Content-MD5, which Azure checks. Nothing is committed here: the upload
 that follows the copy finds these blocks in the blob's uncommitted list, exactly as after a
 restart, and commits the block list only after the whole file was read and its size checked.
 So the proof of bytes is the one it always was. Sending early is only a head start: a block

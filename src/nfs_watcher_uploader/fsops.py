@@ -723,6 +723,15 @@ def write_atomic(path: Path, data: bytes, tmp_prefix: str) -> None:
         os.close(dir_fd)
 
 
+def set_aside(path: Path, label: str) -> Path:
+    """Move a file the service cannot use (a damaged state file) out of the way, to
+    `<name>.<label>-<ns>` beside it, never over another file; returns where it went."""
+    while True:
+        aside = path.with_name(f"{path.name}.{label}-{time.time_ns()}")
+        if move(path, aside) is not Moved.TAKEN:
+            return aside
+
+
 def read_or_none(path: Path) -> bytes | None:
     """The bytes of a small state file; None when there is none."""
     try:

@@ -22,6 +22,7 @@ import anyio.to_thread
 
 from nfs_watcher_uploader import fsops
 from nfs_watcher_uploader.bandwidth import Bandwidth
+from nfs_watcher_uploader.block_ids import load_block_key
 from nfs_watcher_uploader.config import Settings
 from nfs_watcher_uploader.constants import BLOCK_KEY_FILE
 from nfs_watcher_uploader.delivery import Delivery
@@ -33,7 +34,7 @@ from nfs_watcher_uploader.pipeline import Pipeline, backoff_delay
 from nfs_watcher_uploader.recovery import clear_staging, recover
 from nfs_watcher_uploader.reports import Reports
 from nfs_watcher_uploader.sessions import Session, Sessions
-from nfs_watcher_uploader.storage import Storage, TokenCredentialFactory, load_block_key
+from nfs_watcher_uploader.storage import Storage, TokenCredentialFactory
 from nfs_watcher_uploader.telemetry import Gauges, Telemetry
 from nfs_watcher_uploader.transfer import ClaimFn, CopyFn, MoveFn, Seams, StagedHook
 from nfs_watcher_uploader.watcher import ScanFn, Watcher

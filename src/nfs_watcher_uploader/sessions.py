@@ -30,7 +30,7 @@ from nfs_watcher_uploader.constants import (
     STATE_TMP_PREFIX,
 )
 from nfs_watcher_uploader.errors import SessionConflict
-from nfs_watcher_uploader.fsops import Nfs, Scan, read_or_none, write_atomic
+from nfs_watcher_uploader.fsops import Nfs, Scan, read_or_none, set_aside, write_atomic
 from nfs_watcher_uploader.models import (
     SessionStateName,
     SessionView,
@@ -344,18 +344,16 @@ class Sessions:
             for s in _parse_state(raw):
                 self.by_name[s.name] = s
         except ValueError as exc:
-            aside = self.state_path.with_name(
-                f"{self.state_path.name}.damaged-{int(self._clock())}"
-            )
+            self.by_name.clear()
+            try:
+                aside = await self._nfs.call(lambda: set_aside(self.state_path, "damaged"))
+            except OSError:
+                logger.exception("Could not move the damaged state file aside")
+                aside = self.state_path
             self.state_error = (
                 f"damaged session state file {self.state_path}: {exc}; kept as {aside}"
             )
             logger.error("%s", self.state_error)
-            self.by_name.clear()
-            try:
-                await self._nfs.call(lambda: self.state_path.rename(aside))
-            except OSError:
-                logger.exception("Could not move the damaged state file aside")
 
     async def save(self) -> None:
         """Write the sessions worth keeping to the state file, atomically. The state is taken
