@@ -15,8 +15,8 @@ import httpx
 import uvicorn
 from azure.storage.blob import BlobServiceClient, ContainerClient, generate_container_sas
 
+from nfs_watcher_uploader.api.limits import server_options
 from nfs_watcher_uploader.config import Settings
-from nfs_watcher_uploader.limits import server_options
 from nfs_watcher_uploader.main import create_app
 from nfs_watcher_uploader.service import Service
 

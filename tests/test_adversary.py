@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from nfs_watcher_uploader.errors import PermanentError
-from nfs_watcher_uploader.fsops import Staged, copy_and_hash
+from nfs_watcher_uploader.nfs.fsops import Staged, copy_and_hash
 
 from .faultfs import Faults, fuse_available, mounted
 from .helpers import (
@@ -102,7 +102,7 @@ def test_1_a_claimed_file_swapped_for_a_link_is_never_read(
     service_factory: Any, settings_factory: Any, azurite: Azurite, tmp_path: Path
 ) -> None:
     """The swap after the claim, in .processing: the copy opens with O_NOFOLLOW."""
-    from nfs_watcher_uploader import fsops
+    from nfs_watcher_uploader.nfs import fsops
 
     secret = write_file(tmp_path / "secret.txt", SECRET)
 

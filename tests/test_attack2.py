@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from nfs_watcher_uploader.block_ids import block_id
+from nfs_watcher_uploader.blob.block_ids import block_id
 
 from .helpers import Azurite, blob_bytes, wait_for, write_file
 
@@ -172,7 +172,7 @@ def test_a_flood_of_parked_files_never_drops_the_session_event(
     Azure refuses, such as ones ending in '.') while the receiver is unreachable; once it holds
     OUTBOX_MAX events, Webhooks.emit drops every new one, the session's own end event
     included, the one event a consumer waits for. (OUTBOX_MAX is lowered here from 10,000.)"""
-    from nfs_watcher_uploader import webhooks
+    from nfs_watcher_uploader.cloud import webhooks
 
     monkeypatch.setattr(webhooks, "OUTBOX_MAX", 3)
     from .helpers import free_port

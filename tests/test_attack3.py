@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from nfs_watcher_uploader.block_ids import block_id
+from nfs_watcher_uploader.blob.block_ids import block_id
 
 from .helpers import (
     Azurite,

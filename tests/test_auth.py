@@ -138,7 +138,7 @@ def test_token_rotation_through_the_file(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="nfs_watcher_uploader.auth")
+    caplog.set_level(logging.INFO, logger="nfs_watcher_uploader.api.auth")
     folder = tmp_path / "secret"
     folder.mkdir()
     old, new = "old-token-" + "1" * 30, "new-token-" + "2" * 30

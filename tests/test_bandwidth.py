@@ -10,10 +10,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from nfs_watcher_uploader.bandwidth import Bandwidth, TokenBucket
-from nfs_watcher_uploader.fsops import Nfs
 from nfs_watcher_uploader.main import load_settings
+from nfs_watcher_uploader.nfs.fsops import Nfs
 from nfs_watcher_uploader.rates import Schedule, format_rate, parse_rate, zone
+from nfs_watcher_uploader.uplink.bandwidth import Bandwidth, TokenBucket
 
 MIB = 1024 * 1024
 

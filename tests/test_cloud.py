@@ -16,16 +16,16 @@ import pytest
 from azure.storage.blob import ContainerClient
 from pydantic import ValidationError
 
-from nfs_watcher_uploader.blobinfo import iso_utc_ns, uploader_version
+from nfs_watcher_uploader.blob.blobinfo import iso_utc_ns, uploader_version
+from nfs_watcher_uploader.cloud.ledger import Ledger
+from nfs_watcher_uploader.cloud.webhooks import Webhooks
 from nfs_watcher_uploader.config import AccessTier, Settings, parse_tags
 from nfs_watcher_uploader.errors import PermanentError
-from nfs_watcher_uploader.fsops import Nfs, Staged
-from nfs_watcher_uploader.layout import Layout
-from nfs_watcher_uploader.ledger import Ledger
+from nfs_watcher_uploader.items import WorkItem
 from nfs_watcher_uploader.main import load_settings
-from nfs_watcher_uploader.models import WorkItem
+from nfs_watcher_uploader.nfs.fsops import Nfs, Staged
+from nfs_watcher_uploader.nfs.layout import Layout
 from nfs_watcher_uploader.sessions import Session
-from nfs_watcher_uploader.webhooks import Webhooks
 
 from .helpers import (
     ROOT,

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from nfs_watcher_uploader.filters import FileFilter
-from nfs_watcher_uploader.fsops import Staged
+from nfs_watcher_uploader.intake.filters import FileFilter
+from nfs_watcher_uploader.nfs.fsops import Staged
 
 from .helpers import Azurite, RunningService, wait_for, write_file
 

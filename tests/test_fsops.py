@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nfs_watcher_uploader import fsops
+from nfs_watcher_uploader.nfs import fsops
 
 
 def test_move_creates_missing_destination_folder(tmp_path: Path) -> None:

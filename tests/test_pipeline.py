@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nfs_watcher_uploader import fsops
-from nfs_watcher_uploader.gc import GarbageCollector
+from nfs_watcher_uploader.nfs import fsops
 from nfs_watcher_uploader.sessions import Session
+from nfs_watcher_uploader.work.gc import GarbageCollector
 
 from .helpers import Azurite, blob_bytes, leftover_files, wait_for, write_file
 
@@ -112,12 +112,12 @@ async def test_gc_deletes_markers_only_and_keeps_live_folders(settings_factory: 
     (root / "20260101" / "idle").mkdir(parents=True)
     (root / "20260101" / "active").mkdir(parents=True)
     nfs = fsops.Nfs(5)
-    from nfs_watcher_uploader.models import WorkItem
-    from nfs_watcher_uploader.pipeline import Pipeline
+    from nfs_watcher_uploader.blob.storage import Storage
+    from nfs_watcher_uploader.items import WorkItem
     from nfs_watcher_uploader.sessions import Sessions
-    from nfs_watcher_uploader.storage import Storage
     from nfs_watcher_uploader.telemetry import Telemetry
-    from nfs_watcher_uploader.transfer import Completed
+    from nfs_watcher_uploader.work.pipeline import Pipeline
+    from nfs_watcher_uploader.work.transfer import Completed
 
     sessions = Sessions(root, nfs)
     sessions.by_name["active"] = Session("active", "20260101", "active", 0.0)

@@ -14,10 +14,10 @@ import pytest
 from azure.core.exceptions import HttpResponseError
 from azure.storage.blob import BlobServiceClient
 
-from nfs_watcher_uploader import fsops
+from nfs_watcher_uploader.blob.storage import Storage
 from nfs_watcher_uploader.config import NameConflict, Settings
 from nfs_watcher_uploader.errors import PermanentError, RetryableError
-from nfs_watcher_uploader.storage import Storage
+from nfs_watcher_uploader.nfs import fsops
 
 from .helpers import (
     KEY,

@@ -9,9 +9,7 @@ from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
 from azure.identity.aio import ChainedTokenCredential
 from pydantic import ValidationError
 
-from nfs_watcher_uploader.config import AzureAuth, Settings
-from nfs_watcher_uploader.errors import IntegrityError, PermanentError, RetryableError
-from nfs_watcher_uploader.storage import (
+from nfs_watcher_uploader.blob.storage import (
     Storage,
     account_name_from_url,
     check_blob_name,
@@ -19,6 +17,8 @@ from nfs_watcher_uploader.storage import (
     developer_identity,
     workload_or_managed_identity,
 )
+from nfs_watcher_uploader.config import AzureAuth, Settings
+from nfs_watcher_uploader.errors import IntegrityError, PermanentError, RetryableError
 
 from .helpers import KEY, Azurite
 
@@ -229,7 +229,7 @@ def test_blob_name_checks() -> None:
 def test_the_block_id_key_is_made_once_kept_private_and_a_damaged_one_set_aside(
     tmp_path: Path,
 ) -> None:
-    from nfs_watcher_uploader.block_ids import load_block_key
+    from nfs_watcher_uploader.blob.block_ids import load_block_key
 
     path = tmp_path / "p" / "block-id.key"
     key = load_block_key(path)

@@ -144,8 +144,8 @@ def _read(fd: int) -> bytes:
 async def test_a_listed_blob_that_would_resolve_outside_the_session_fails(blob: str) -> None:
     """A tampered manifest cannot point verify at a blob of another folder through `..` (the
     URL would resolve it): refused before storage is asked, and named printably."""
-    from nfs_watcher_uploader.manifest import FileEntry
-    from nfs_watcher_uploader.verify import _check, _line
+    from nfs_watcher_uploader.cloud.manifest import FileEntry
+    from nfs_watcher_uploader.cloud.verify import _check, _line
 
     entry = FileEntry(
         blob=blob, path="x.bin", size=1, md5="0" * 32, source_mtime="", uploaded_at=""

@@ -4,14 +4,14 @@ from pathlib import Path
 
 import pytest
 
+from nfs_watcher_uploader.blob.storage import Storage
 from nfs_watcher_uploader.config import Settings
-from nfs_watcher_uploader.fsops import Nfs, Scan, ScanMap, Wanted
-from nfs_watcher_uploader.models import WorkItem
-from nfs_watcher_uploader.pipeline import Pipeline
+from nfs_watcher_uploader.intake.watcher import Watcher, stable_files
+from nfs_watcher_uploader.items import WorkItem
+from nfs_watcher_uploader.nfs.fsops import Nfs, Scan, ScanMap, Wanted
 from nfs_watcher_uploader.sessions import Session, Sessions
-from nfs_watcher_uploader.storage import Storage
 from nfs_watcher_uploader.telemetry import Telemetry
-from nfs_watcher_uploader.watcher import Watcher, stable_files
+from nfs_watcher_uploader.work.pipeline import Pipeline
 
 S = 1_000_000_000  # ns per second
 

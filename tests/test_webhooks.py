@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from nfs_watcher_uploader.webhooks import DELIVERY_TIMEOUT_S, sign
+from nfs_watcher_uploader.cloud.webhooks import DELIVERY_TIMEOUT_S, sign
 
 from .helpers import Azurite, ServiceProcess, make_settings, wait_for, write_file
 from .test_cloud import wait_manifest

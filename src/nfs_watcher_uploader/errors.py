@@ -23,7 +23,7 @@
 from collections.abc import Generator
 from contextlib import contextmanager
 
-from nfs_watcher_uploader.models import WorkItem
+from nfs_watcher_uploader.items import WorkItem
 
 
 class UploadError(Exception):

@@ -12,10 +12,11 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import ValidationError
 
-from nfs_watcher_uploader import api, verify
-from nfs_watcher_uploader.auth import ApiToken, TokenFileError
+from nfs_watcher_uploader.api import routes
+from nfs_watcher_uploader.api.auth import ApiToken, TokenFileError
+from nfs_watcher_uploader.api.limits import server_options
+from nfs_watcher_uploader.cloud import verify
 from nfs_watcher_uploader.config import Settings, unsafe_paths
-from nfs_watcher_uploader.limits import server_options
 from nfs_watcher_uploader.service import Service
 from nfs_watcher_uploader.telemetry import Telemetry, configure_logging, setup_telemetry
 
@@ -56,7 +57,7 @@ def create_app(settings: Settings, **service_options: Any) -> FastAPI:
             providers.shutdown()
 
     app = FastAPI(title="nfs-watcher-uploader", lifespan=lifespan)
-    api.install(app, token, settings.metrics_require_token)
+    routes.install(app, token, settings.metrics_require_token)
     providers = setup_telemetry(app)
     app.state.metrics_registry = providers.registry
     return app

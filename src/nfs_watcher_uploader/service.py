@@ -20,25 +20,25 @@ from collections.abc import Awaitable, Callable
 
 import anyio.to_thread
 
-from nfs_watcher_uploader import fsops
-from nfs_watcher_uploader.bandwidth import Bandwidth
-from nfs_watcher_uploader.block_ids import load_block_key
+from nfs_watcher_uploader.blob.block_ids import load_block_key
+from nfs_watcher_uploader.blob.storage import Storage, TokenCredentialFactory
+from nfs_watcher_uploader.cloud.delivery import Delivery
+from nfs_watcher_uploader.cloud.reports import Reports
 from nfs_watcher_uploader.config import Settings
 from nfs_watcher_uploader.constants import BLOCK_KEY_FILE
-from nfs_watcher_uploader.delivery import Delivery
 from nfs_watcher_uploader.errors import RetryableError
-from nfs_watcher_uploader.fsops import Nfs
-from nfs_watcher_uploader.gc import GarbageCollector
-from nfs_watcher_uploader.layout import Layout
-from nfs_watcher_uploader.pipeline import Pipeline, backoff_delay
-from nfs_watcher_uploader.recovery import clear_staging, recover
-from nfs_watcher_uploader.reports import Reports
+from nfs_watcher_uploader.intake.watcher import ScanFn, Watcher
+from nfs_watcher_uploader.nfs import fsops
+from nfs_watcher_uploader.nfs.fsops import Nfs
+from nfs_watcher_uploader.nfs.layout import Layout
 from nfs_watcher_uploader.sessions import Session, Sessions
-from nfs_watcher_uploader.storage import Storage, TokenCredentialFactory
 from nfs_watcher_uploader.telemetry import Gauges, Telemetry
-from nfs_watcher_uploader.transfer import ClaimFn, CopyFn, MoveFn, Seams, StagedHook
-from nfs_watcher_uploader.watcher import ScanFn, Watcher
-from nfs_watcher_uploader.wire import Meter
+from nfs_watcher_uploader.uplink.bandwidth import Bandwidth
+from nfs_watcher_uploader.uplink.wire import Meter
+from nfs_watcher_uploader.work.gc import GarbageCollector
+from nfs_watcher_uploader.work.pipeline import Pipeline, backoff_delay
+from nfs_watcher_uploader.work.recovery import clear_staging, recover
+from nfs_watcher_uploader.work.transfer import ClaimFn, CopyFn, MoveFn, Seams, StagedHook
 
 # Exit status when the watchdog ends a stalled process (EX_SOFTWARE).
 STALL_EXIT_CODE = 70

@@ -30,8 +30,7 @@ from nfs_watcher_uploader.constants import (
     STATE_TMP_PREFIX,
 )
 from nfs_watcher_uploader.errors import SessionConflict
-from nfs_watcher_uploader.fsops import Nfs, Scan, read_or_none, set_aside, write_atomic
-from nfs_watcher_uploader.models import (
+from nfs_watcher_uploader.items import (
     SessionStateName,
     SessionView,
     Where,
@@ -39,6 +38,7 @@ from nfs_watcher_uploader.models import (
     check_session_name,
     printable,
 )
+from nfs_watcher_uploader.nfs.fsops import Nfs, Scan, read_or_none, set_aside, write_atomic
 
 logger = logging.getLogger(__name__)
 

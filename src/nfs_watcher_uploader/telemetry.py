@@ -25,8 +25,8 @@ from opentelemetry.trace import Span, Status, StatusCode
 from prometheus_client import CollectorRegistry
 
 from nfs_watcher_uploader.constants import UPLOAD_RATE_WINDOW_S
-from nfs_watcher_uploader.layout import Layout
-from nfs_watcher_uploader.models import SessionStateName, WorkItem, printable
+from nfs_watcher_uploader.items import SessionStateName, WorkItem, printable
+from nfs_watcher_uploader.nfs.layout import Layout
 
 METER_NAME = TRACER_NAME = "nfs_watcher_uploader"
 SERVICE_NAME = "nfs-watcher-uploader"

@@ -29,7 +29,6 @@ from aiohttp.helpers import get_env_proxy_for_url
 from azure.core.pipeline.transport import AioHttpTransport
 from yarl import URL
 
-from nfs_watcher_uploader.bandwidth import TokenBucket
 from nfs_watcher_uploader.constants import (
     CAPPED_CHUNK,
     REQUEST_OVERHEAD,
@@ -37,6 +36,7 @@ from nfs_watcher_uploader.constants import (
     UNCAPPED_CHUNK,
 )
 from nfs_watcher_uploader.telemetry import RecentRate
+from nfs_watcher_uploader.uplink.bandwidth import TokenBucket
 
 _BYTES = (bytes, bytearray, memoryview)
 

@@ -27,17 +27,17 @@ import anyio.to_thread
 
 from nfs_watcher_uploader import errors
 from nfs_watcher_uploader.backoff import backoff_delay
+from nfs_watcher_uploader.blob.storage import Storage
+from nfs_watcher_uploader.cloud.delivery import Delivery
 from nfs_watcher_uploader.config import Settings
-from nfs_watcher_uploader.delivery import Delivery
-from nfs_watcher_uploader.fsops import Nfs
-from nfs_watcher_uploader.layout import Layout
-from nfs_watcher_uploader.models import Stats, WorkItem, printable
-from nfs_watcher_uploader.order import WorkQueue
-from nfs_watcher_uploader.parked import ParkedFiles
+from nfs_watcher_uploader.items import Stats, WorkItem, printable
+from nfs_watcher_uploader.nfs.fsops import Nfs
+from nfs_watcher_uploader.nfs.layout import Layout
 from nfs_watcher_uploader.sessions import Sessions
-from nfs_watcher_uploader.storage import Storage
 from nfs_watcher_uploader.telemetry import Telemetry
-from nfs_watcher_uploader.transfer import (
+from nfs_watcher_uploader.work.order import WorkQueue
+from nfs_watcher_uploader.work.parked import ParkedFiles
+from nfs_watcher_uploader.work.transfer import (
     Completed,
     Context,
     Seams,

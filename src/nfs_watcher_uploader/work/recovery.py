@@ -14,12 +14,12 @@ import logging
 import shutil
 from pathlib import Path
 
-from nfs_watcher_uploader import fsops
 from nfs_watcher_uploader.constants import DATE_DIR_RE
-from nfs_watcher_uploader.fsops import Nfs
-from nfs_watcher_uploader.models import WorkItem, check_session_name, printable
-from nfs_watcher_uploader.pipeline import Pipeline
+from nfs_watcher_uploader.items import WorkItem, check_session_name, printable
+from nfs_watcher_uploader.nfs import fsops
+from nfs_watcher_uploader.nfs.fsops import Nfs
 from nfs_watcher_uploader.sessions import Sessions
+from nfs_watcher_uploader.work.pipeline import Pipeline
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import heapq
 import itertools
 
 from nfs_watcher_uploader.config import UploadOrder
-from nfs_watcher_uploader.models import WorkItem
+from nfs_watcher_uploader.items import WorkItem
 
 Key = tuple[int, int, str]
 

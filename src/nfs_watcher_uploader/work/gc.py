@@ -21,10 +21,10 @@ from pathlib import Path
 
 import anyio.to_thread
 
-from nfs_watcher_uploader import fsops
-from nfs_watcher_uploader.fsops import Nfs
-from nfs_watcher_uploader.pipeline import Pipeline
-from nfs_watcher_uploader.transfer import Completed
+from nfs_watcher_uploader.nfs import fsops
+from nfs_watcher_uploader.nfs.fsops import Nfs
+from nfs_watcher_uploader.work.pipeline import Pipeline
+from nfs_watcher_uploader.work.transfer import Completed
 
 logger = logging.getLogger(__name__)
 

@@ -18,14 +18,14 @@ import time
 from collections.abc import Callable, Container, Iterable, Mapping
 from pathlib import Path
 
-from nfs_watcher_uploader import fsops
 from nfs_watcher_uploader.config import UploadOrder
-from nfs_watcher_uploader.filters import FileFilter
-from nfs_watcher_uploader.fsops import Nfs, Scan, ScanMap, Wanted
-from nfs_watcher_uploader.models import WorkItem, printable
-from nfs_watcher_uploader.order import Key, sort_key
-from nfs_watcher_uploader.pipeline import Pipeline
+from nfs_watcher_uploader.intake.filters import FileFilter
+from nfs_watcher_uploader.items import WorkItem, printable
+from nfs_watcher_uploader.nfs import fsops
+from nfs_watcher_uploader.nfs.fsops import Nfs, Scan, ScanMap, Wanted
 from nfs_watcher_uploader.sessions import Session
+from nfs_watcher_uploader.work.order import Key, sort_key
+from nfs_watcher_uploader.work.pipeline import Pipeline
 
 logger = logging.getLogger(__name__)
 

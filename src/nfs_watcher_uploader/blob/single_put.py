@@ -31,7 +31,7 @@ from azure.storage.blob._serialize import (  # pyright: ignore[reportPrivateUsag
 )
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient
 
-from nfs_watcher_uploader.blobinfo import BlobInfo
+from nfs_watcher_uploader.blob.blobinfo import BlobInfo
 
 _ERRORS: dict[int, type[HttpResponseError]] = {
     401: ClientAuthenticationError,

@@ -16,11 +16,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from nfs_watcher_uploader.blobinfo import iso_utc, iso_utc_ns
-from nfs_watcher_uploader.fsops import Nfs
-from nfs_watcher_uploader.layout import Layout
-from nfs_watcher_uploader.manifest import FileEntry
-from nfs_watcher_uploader.models import WorkItem
+from nfs_watcher_uploader.blob.blobinfo import iso_utc, iso_utc_ns
+from nfs_watcher_uploader.cloud.manifest import FileEntry
+from nfs_watcher_uploader.items import WorkItem
+from nfs_watcher_uploader.nfs.fsops import Nfs
+from nfs_watcher_uploader.nfs.layout import Layout
 
 logger = logging.getLogger(__name__)
 

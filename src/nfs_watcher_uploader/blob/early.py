@@ -21,7 +21,7 @@ import anyio.from_thread
 from azure.storage.blob.aio import BlobClient
 
 from nfs_watcher_uploader.constants import BANDWIDTH_WAIT_TICK_S
-from nfs_watcher_uploader.models import printable
+from nfs_watcher_uploader.items import printable
 
 logger = logging.getLogger(__name__)
 

@@ -22,10 +22,11 @@ from typing import Protocol
 
 import anyio.to_thread
 
-from nfs_watcher_uploader import fsops
+from nfs_watcher_uploader.blob.early import EarlyBlocks
+from nfs_watcher_uploader.blob.storage import Storage
+from nfs_watcher_uploader.cloud.delivery import Delivery
+from nfs_watcher_uploader.cloud.webhooks import event_id
 from nfs_watcher_uploader.constants import OVERLAP_MIN_BYTES
-from nfs_watcher_uploader.delivery import Delivery
-from nfs_watcher_uploader.early import EarlyBlocks
 from nfs_watcher_uploader.errors import (
     CompletionPending,
     LateWrite,
@@ -35,13 +36,12 @@ from nfs_watcher_uploader.errors import (
     Skip,
     nfs_errors,
 )
-from nfs_watcher_uploader.fsops import Moved, Nfs, Staged
-from nfs_watcher_uploader.layout import Layout
-from nfs_watcher_uploader.models import Stats, WorkItem, printable
+from nfs_watcher_uploader.items import Stats, WorkItem, printable
+from nfs_watcher_uploader.nfs import fsops
+from nfs_watcher_uploader.nfs.fsops import Moved, Nfs, Staged
+from nfs_watcher_uploader.nfs.layout import Layout
 from nfs_watcher_uploader.sessions import Session, Sessions
-from nfs_watcher_uploader.storage import Storage
 from nfs_watcher_uploader.telemetry import Telemetry
-from nfs_watcher_uploader.webhooks import event_id
 
 logger = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from uuid_utils import uuid7
 
-from nfs_watcher_uploader.auth import ApiToken, TokenFirst, require_token
+from nfs_watcher_uploader.api.auth import ApiToken, TokenFirst, require_token
+from nfs_watcher_uploader.api.limits import BodyLimit
 from nfs_watcher_uploader.errors import NotOurs, SessionConflict
-from nfs_watcher_uploader.limits import BodyLimit
-from nfs_watcher_uploader.models import (
+from nfs_watcher_uploader.items import (
     BandwidthRequest,
     BandwidthView,
     FailedList,

@@ -18,12 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from nfs_watcher_uploader import fsops
 from nfs_watcher_uploader.constants import MAX_NAME_VERSIONS
-from nfs_watcher_uploader.fsops import Moved
-from nfs_watcher_uploader.layout import versioned
-from nfs_watcher_uploader.models import FailedFile, WorkItem, printable
-from nfs_watcher_uploader.transfer import Context, MoveFn, log_extra
+from nfs_watcher_uploader.items import FailedFile, WorkItem, printable
+from nfs_watcher_uploader.nfs import fsops
+from nfs_watcher_uploader.nfs.fsops import Moved
+from nfs_watcher_uploader.nfs.layout import versioned
+from nfs_watcher_uploader.work.transfer import Context, MoveFn, log_extra
 
 logger = logging.getLogger(__name__)
 

@@ -46,9 +46,10 @@ from azure.core.exceptions import (
 from azure.storage.blob import ContentSettings
 from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClient
 
-from nfs_watcher_uploader.bandwidth import TokenBucket
-from nfs_watcher_uploader.blobinfo import BlobInfo
-from nfs_watcher_uploader.block_ids import block_id
+from nfs_watcher_uploader.blob.blobinfo import BlobInfo
+from nfs_watcher_uploader.blob.block_ids import block_id
+from nfs_watcher_uploader.blob.early import EarlyBlocks
+from nfs_watcher_uploader.blob.single_put import SinglePut
 from nfs_watcher_uploader.config import AzureAuth, NameConflict, Settings
 from nfs_watcher_uploader.constants import (
     MAX_BLOB_NAME,
@@ -56,13 +57,12 @@ from nfs_watcher_uploader.constants import (
     MAX_BLOCKS,
     MAX_NAME_VERSIONS,
 )
-from nfs_watcher_uploader.early import EarlyBlocks
 from nfs_watcher_uploader.errors import IntegrityError, PermanentError, RetryableError, UploadError
-from nfs_watcher_uploader.fsops import Staged
-from nfs_watcher_uploader.layout import versioned
-from nfs_watcher_uploader.models import printable
-from nfs_watcher_uploader.single_put import SinglePut
-from nfs_watcher_uploader.wire import (
+from nfs_watcher_uploader.items import printable
+from nfs_watcher_uploader.nfs.fsops import Staged
+from nfs_watcher_uploader.nfs.layout import versioned
+from nfs_watcher_uploader.uplink.bandwidth import TokenBucket
+from nfs_watcher_uploader.uplink.wire import (
     Meter,
     MeteredTransport,
     new_session,

@@ -25,12 +25,12 @@ from azure.storage.blob.aio import BlobClient
 from pydantic import ValidationError
 from tqdm import tqdm
 
+from nfs_watcher_uploader.blob.storage import Storage
+from nfs_watcher_uploader.cloud.manifest import FileEntry, Manifest
 from nfs_watcher_uploader.constants import DATE_DIR_RE, MANIFEST_SUFFIX
 from nfs_watcher_uploader.errors import UploadError
-from nfs_watcher_uploader.layout import manifest_blob
-from nfs_watcher_uploader.manifest import FileEntry, Manifest
-from nfs_watcher_uploader.models import check_session_name, printable
-from nfs_watcher_uploader.storage import Storage
+from nfs_watcher_uploader.items import check_session_name, printable
+from nfs_watcher_uploader.nfs.layout import manifest_blob
 
 # Blobs checked at once: each check is one small request. Downloads are fewer: each is a stream.
 CHECKS_AT_ONCE = 16

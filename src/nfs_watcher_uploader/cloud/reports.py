@@ -22,18 +22,18 @@ from typing import Any
 
 from pydantic import FiniteFloat
 
-from nfs_watcher_uploader.blobinfo import BlobLabels, iso_utc
+from nfs_watcher_uploader.blob.blobinfo import BlobLabels, iso_utc
+from nfs_watcher_uploader.blob.storage import Storage
+from nfs_watcher_uploader.cloud.jobs import DueQueue, Job, JobDoc, JobFiles
+from nfs_watcher_uploader.cloud.ledger import Ledger
+from nfs_watcher_uploader.cloud.manifest import Excluded, Manifest, Parked, Totals
+from nfs_watcher_uploader.cloud.webhooks import Webhooks, event_id
 from nfs_watcher_uploader.config import Settings
 from nfs_watcher_uploader.constants import MAX_DEPTH
-from nfs_watcher_uploader.fsops import Nfs, Read, Staged
-from nfs_watcher_uploader.jobs import DueQueue, Job, JobDoc, JobFiles
-from nfs_watcher_uploader.layout import Layout, manifest_blob
-from nfs_watcher_uploader.ledger import Ledger
-from nfs_watcher_uploader.manifest import Excluded, Manifest, Parked, Totals
-from nfs_watcher_uploader.models import FailedFile, SessionStateName, printable
+from nfs_watcher_uploader.items import FailedFile, SessionStateName, printable
+from nfs_watcher_uploader.nfs.fsops import Nfs, Read, Staged
+from nfs_watcher_uploader.nfs.layout import Layout, manifest_blob
 from nfs_watcher_uploader.sessions import Session
-from nfs_watcher_uploader.storage import Storage
-from nfs_watcher_uploader.webhooks import Webhooks, event_id
 
 logger = logging.getLogger(__name__)
 

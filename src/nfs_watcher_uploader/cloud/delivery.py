@@ -5,12 +5,12 @@ APP_MANIFEST=off), and the webhook events (`webhooks`; silent without APP_WEBHOO
 
 from dataclasses import dataclass
 
-from nfs_watcher_uploader.blobinfo import BlobLabels
+from nfs_watcher_uploader.blob.blobinfo import BlobLabels
+from nfs_watcher_uploader.cloud.ledger import Ledger
+from nfs_watcher_uploader.cloud.webhooks import Webhooks
 from nfs_watcher_uploader.config import Settings
-from nfs_watcher_uploader.fsops import Nfs
-from nfs_watcher_uploader.layout import Layout
-from nfs_watcher_uploader.ledger import Ledger
-from nfs_watcher_uploader.webhooks import Webhooks
+from nfs_watcher_uploader.nfs.fsops import Nfs
+from nfs_watcher_uploader.nfs.layout import Layout
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,7 @@ from nfs_watcher_uploader.constants import (
     REPORTS_DIR,
     STAGING_DIR,
 )
-from nfs_watcher_uploader.models import WorkItem
+from nfs_watcher_uploader.items import WorkItem
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,12 +27,12 @@ from urllib.parse import urlsplit
 import aiohttp
 from pydantic import BaseModel, ConfigDict
 
-from nfs_watcher_uploader.blobinfo import iso_utc, uploader_version
+from nfs_watcher_uploader.blob.blobinfo import iso_utc, uploader_version
+from nfs_watcher_uploader.cloud.jobs import DueQueue, JobDoc, JobFiles
 from nfs_watcher_uploader.config import Settings
 from nfs_watcher_uploader.constants import OUTBOX_MAX
-from nfs_watcher_uploader.fsops import Nfs
-from nfs_watcher_uploader.jobs import DueQueue, JobDoc, JobFiles
-from nfs_watcher_uploader.layout import Layout
+from nfs_watcher_uploader.nfs.fsops import Nfs
+from nfs_watcher_uploader.nfs.layout import Layout
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Azure Blob Storage: credentials, error classification, and verified uploads."""
