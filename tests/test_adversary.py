@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from nfs_watcher_uploader.errors import PermanentError
-from nfs_watcher_uploader.nfs.fsops import Staged, copy_and_hash
+from nfs_watcher_uploader.nfs.copying import Staged, copy_and_hash
 
 from .faultfs import Faults, fuse_available, mounted
 from .helpers import (
@@ -102,13 +102,13 @@ def test_1_a_claimed_file_swapped_for_a_link_is_never_read(
     service_factory: Any, settings_factory: Any, azurite: Azurite, tmp_path: Path
 ) -> None:
     """The swap after the claim, in .processing: the copy opens with O_NOFOLLOW."""
-    from nfs_watcher_uploader.nfs import fsops
+    from nfs_watcher_uploader.nfs import moves
 
     secret = write_file(tmp_path / "secret.txt", SECRET)
 
-    def claim_then_swap(folder: Path, rel: str, dst: Path, *args: Any) -> fsops.Moved:
-        moved = fsops.claim(folder, rel, dst, *args)
-        if rel == "a.bin" and moved is fsops.Moved.DONE:
+    def claim_then_swap(folder: Path, rel: str, dst: Path, *args: Any) -> moves.Moved:
+        moved = moves.claim(folder, rel, dst, *args)
+        if rel == "a.bin" and moved is moves.Moved.DONE:
             dst.unlink()
             dst.symlink_to(secret)
         return moved

@@ -20,7 +20,7 @@ from azure.storage.blob import ContentSettings
 
 from nfs_watcher_uploader.config import unsafe_paths
 from nfs_watcher_uploader.errors import PermanentError
-from nfs_watcher_uploader.nfs.fsops import Staged, copy_and_hash
+from nfs_watcher_uploader.nfs.copying import Staged, copy_and_hash
 from nfs_watcher_uploader.sessions import today_utc
 
 from .helpers import (

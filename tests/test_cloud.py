@@ -23,8 +23,9 @@ from nfs_watcher_uploader.config import AccessTier, Settings, parse_tags
 from nfs_watcher_uploader.errors import PermanentError
 from nfs_watcher_uploader.items import WorkItem
 from nfs_watcher_uploader.main import load_settings
-from nfs_watcher_uploader.nfs.fsops import Nfs, Staged
+from nfs_watcher_uploader.nfs.copying import Staged
 from nfs_watcher_uploader.nfs.layout import Layout
+from nfs_watcher_uploader.nfs.runner import Nfs
 from nfs_watcher_uploader.sessions import Session
 
 from .helpers import (

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from nfs_watcher_uploader.blob.storage import BLOCK_BUDGET_BYTES
-from nfs_watcher_uploader.nfs.fsops import BlockSink, Staged, copy_and_hash
+from nfs_watcher_uploader.nfs.copying import BlockSink, Staged, copy_and_hash
 
 from .helpers import Azurite, blob_bytes, wait_for, write_file
 from .relay import Relay

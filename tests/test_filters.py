@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from nfs_watcher_uploader.intake.filters import FileFilter
-from nfs_watcher_uploader.nfs.fsops import Staged
+from nfs_watcher_uploader.nfs.copying import Staged
 
 from .helpers import Azurite, RunningService, wait_for, write_file
 

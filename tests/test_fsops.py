@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from nfs_watcher_uploader.nfs import fsops
+from nfs_watcher_uploader.nfs import copying, moves, state, trees
+from nfs_watcher_uploader.nfs.scan import scan_session
 
 
 def test_move_creates_missing_destination_folder(tmp_path: Path) -> None:
@@ -15,12 +16,12 @@ def test_move_creates_missing_destination_folder(tmp_path: Path) -> None:
     src.parent.mkdir()
     src.write_bytes(b"x")
     dst = tmp_path / "proc" / "20260101" / "s" / "a"
-    assert fsops.move(src, dst) is fsops.Moved.DONE
+    assert moves.move(src, dst) is moves.Moved.DONE
     assert dst.read_bytes() == b"x" and not src.exists()
 
 
 def test_move_of_vanished_source_is_a_lost_race(tmp_path: Path) -> None:
-    assert fsops.move(tmp_path / "gone", tmp_path / "dst" / "gone") is fsops.Moved.GONE
+    assert moves.move(tmp_path / "gone", tmp_path / "dst" / "gone") is moves.Moved.GONE
 
 
 def test_move_whose_rename_already_happened_counts_as_done(
@@ -36,7 +37,7 @@ def test_move_whose_rename_already_happened_counts_as_done(
         raise FileNotFoundError(2, "No such file or directory")
 
     monkeypatch.setattr(os, "rename", lost_reply)
-    assert fsops.move(src, dst) is fsops.Moved.DONE
+    assert moves.move(src, dst) is moves.Moved.DONE
     assert dst.read_bytes() == b"x"
 
 
@@ -44,11 +45,11 @@ def test_move_never_replaces_and_judges_by_inode(tmp_path: Path) -> None:
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.write_bytes(b"new")
     dst.write_bytes(b"old")
-    assert fsops.move(src, dst) is fsops.Moved.TAKEN
+    assert moves.move(src, dst) is moves.Moved.TAKEN
     assert dst.read_bytes() == b"old" and src.read_bytes() == b"new"
     # Someone else's file at dst after src vanished is not "moved".
     src.unlink()
-    assert fsops.move(src, dst) is fsops.Moved.GONE
+    assert moves.move(src, dst) is moves.Moved.GONE
 
 
 def test_move_retries_a_stale_handle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -64,7 +65,7 @@ def test_move_retries_a_stale_handle(tmp_path: Path, monkeypatch: pytest.MonkeyP
         real(a, b)
 
     monkeypatch.setattr(os, "rename", flaky)
-    assert fsops.move(src, tmp_path / "b") is fsops.Moved.DONE
+    assert moves.move(src, tmp_path / "b") is moves.Moved.DONE
     assert len(calls) == 3
 
 
@@ -73,7 +74,7 @@ def test_copy_and_hash(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.write_bytes(data)
     ticks: list[int] = []
-    copied = fsops.copy_and_hash(src, tmp_path / "deep" / "dst", lambda: ticks.append(1))
+    copied = copying.copy_and_hash(src, tmp_path / "deep" / "dst", lambda: ticks.append(1))
     assert copied.read.size == len(data)
     assert copied.read.md5 == hashlib.md5(data).digest()
     assert (tmp_path / "deep" / "dst").read_bytes() == data
@@ -85,10 +86,12 @@ def test_copy_hashes_each_block_of_a_large_file(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.write_bytes(data)
     block = 256 * 1024
-    copied = fsops.copy_and_hash(src, tmp_path / "dst", block_size=block, single_put_size=block)
+    copied = copying.copy_and_hash(src, tmp_path / "dst", block_size=block, single_put_size=block)
     expected = [hashlib.md5(data[i : i + block]).digest() for i in range(0, len(data), block)]
     assert copied.block_md5s == tuple(expected) and copied.block_size == block
-    small = fsops.copy_and_hash(src, tmp_path / "dst2", block_size=block, single_put_size=len(data))
+    small = copying.copy_and_hash(
+        src, tmp_path / "dst2", block_size=block, single_put_size=len(data)
+    )
     assert small.block_md5s == () and small.read.md5 == hashlib.md5(data).digest()
 
 
@@ -107,13 +110,13 @@ def test_a_short_read_is_an_error_not_the_end_of_the_file(
     monkeypatch.setattr(os, "fstat", bigger)
     for in_memory in (0, 1024 * 1024):
         with pytest.raises(OSError, match="short read"):
-            fsops.copy_and_hash(src, tmp_path / "dst", in_memory_max=in_memory)
+            copying.copy_and_hash(src, tmp_path / "dst", in_memory_max=in_memory)
 
 
 def test_write_atomic_replaces_and_leaves_no_temp(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
-    fsops.write_atomic(path, b"one", ".tmp-")
-    fsops.write_atomic(path, b"two", ".tmp-")
+    state.write_atomic(path, b"one", ".tmp-")
+    state.write_atomic(path, b"two", ".tmp-")
     assert path.read_bytes() == b"two"
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
 
@@ -123,18 +126,18 @@ def test_scan_skips_links_and_filtered(tmp_path: Path) -> None:
     (tmp_path / "b.txt").write_bytes(b"1")
     (tmp_path / "sub").mkdir()
     (tmp_path / "link.bin").symlink_to(tmp_path / "a.bin")
-    scan = fsops.scan_session(tmp_path, frozenset())
+    scan = scan_session(tmp_path, frozenset())
     assert set(scan.files) == {"a.bin", "b.txt"}
     assert scan.ignored == {"link.bin": "a symbolic link, not a regular file"}
-    assert set(fsops.scan_session(tmp_path, frozenset({".bin"})).files) == {"a.bin"}
-    assert fsops.scan_session(tmp_path / "missing", frozenset()).files == {}
+    assert set(scan_session(tmp_path, frozenset({".bin"})).files) == {"a.bin"}
+    assert scan_session(tmp_path / "missing", frozenset()).files == {}
 
 
 def test_scan_skips_the_stat_of_files_too_young_to_claim(tmp_path: Path) -> None:
     (tmp_path / "young").write_bytes(b"1")
     (tmp_path / "old").write_bytes(b"1")
     known = {"young": (99, 2_000), "old": (99, 1_000), "gone": (1, 1)}
-    result = fsops.scan_session(tmp_path, frozenset(), known, young_ns=1_500).files
+    result = scan_session(tmp_path, frozenset(), known, young_ns=1_500).files
     assert result["young"] == (99, 2_000)  # carried, not stat'ed
     assert result["old"][0] == 1  # stat'ed: real size
     assert "gone" not in result  # the listing still says what exists
@@ -144,5 +147,5 @@ def test_prune_keeps_live_sessions(tmp_path: Path) -> None:
     for s in ("live", "idle", "busy"):
         (tmp_path / "20260101" / s).mkdir(parents=True)
     (tmp_path / "20260101" / "busy" / "file").write_bytes(b"x")
-    fsops.prune_empty_dirs(tmp_path, lambda d, s: s == "live")
+    trees.prune_empty_dirs(tmp_path, lambda d, s: s == "live")
     assert sorted(p.name for p in (tmp_path / "20260101").iterdir()) == ["busy", "live"]

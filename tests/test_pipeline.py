@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nfs_watcher_uploader.nfs import fsops
+from nfs_watcher_uploader.nfs import moves, runner, trees
 from nfs_watcher_uploader.sessions import Session
 from nfs_watcher_uploader.work.gc import GarbageCollector
 
@@ -45,13 +45,13 @@ def test_claim_races_are_skipped_not_counted(
     stale_once = {"flaky.bin"}
     vanish = {"vanish.bin"}
 
-    def claim(folder: Path, rel: str, dst: Path, *args: Any) -> fsops.Moved:
+    def claim(folder: Path, rel: str, dst: Path, *args: Any) -> moves.Moved:
         if rel in vanish:
             (folder / rel).unlink(missing_ok=True)  # another claimant got there first
         if rel in stale_once:
             stale_once.discard(rel)
             raise OSError(errno.ESTALE, "Stale file handle", str(folder / rel))
-        return fsops.claim(folder, rel, dst, *args)
+        return moves.claim(folder, rel, dst, *args)
 
     settings = settings_factory()
     running = service_factory(settings, claim=claim)
@@ -111,7 +111,7 @@ async def test_gc_deletes_markers_only_and_keeps_live_folders(settings_factory: 
         write_file(p, b"data")
     (root / "20260101" / "idle").mkdir(parents=True)
     (root / "20260101" / "active").mkdir(parents=True)
-    nfs = fsops.Nfs(5)
+    nfs = runner.Nfs(5)
     from nfs_watcher_uploader.blob.storage import Storage
     from nfs_watcher_uploader.items import WorkItem
     from nfs_watcher_uploader.sessions import Sessions
@@ -145,7 +145,7 @@ def test_gc_never_strands_a_claim(
 
     def prune_all() -> None:  # an extra, aggressive pruner: even live folders go
         while not stop.is_set():
-            fsops.prune_empty_dirs(settings.nfs_processing_root, lambda d, s: False)
+            trees.prune_empty_dirs(settings.nfs_processing_root, lambda d, s: False)
 
     pruner = threading.Thread(target=prune_all)
     pruner.start()
@@ -171,8 +171,8 @@ def test_completion_that_reports_failure_after_succeeding_counts_once(
     committed, so the file must end up counted once as uploaded, never as failed or twice."""
     lied: list[str] = []
 
-    def move(src: Path, dst: Path, expect: Any) -> fsops.Moved:
-        moved = fsops.move(src, dst, expect=expect)
+    def move(src: Path, dst: Path, expect: Any) -> moves.Moved:
+        moved = moves.move(src, dst, expect=expect)
         if "_completed" in dst.parts and src.name not in lied:
             lied.append(src.name)
             raise OSError(errno.ESTALE, "Stale file handle (after the rename happened)")

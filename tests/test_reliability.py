@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from nfs_watcher_uploader.errors import PermanentError
-from nfs_watcher_uploader.nfs.fsops import Staged
+from nfs_watcher_uploader.nfs.copying import Staged
 
 from .helpers import (
     Azurite,
@@ -155,7 +155,7 @@ def test_staging_disk_full_waits_and_lands(
     if small_staging is None:  # no mount allowed here: inject ENOSPC at the copy step
 
         def copy(src: Path, dst: Path, *args: Any) -> Any:
-            from nfs_watcher_uploader.nfs.fsops import copy_and_hash
+            from nfs_watcher_uploader.nfs.copying import copy_and_hash
 
             if full["on"]:
                 raise OSError(28, "No space left on device", str(dst))
@@ -346,7 +346,7 @@ def test_hung_nfs_turns_healthz_503_and_api_keeps_answering(
     def scan(path: Path, exts: frozenset[str], *args: Any) -> Any:
         if hang.is_set():
             release.wait(30)
-        from nfs_watcher_uploader.nfs.fsops import scan_session
+        from nfs_watcher_uploader.nfs.scan import scan_session
 
         return scan_session(path, exts, *args)
 

@@ -17,7 +17,7 @@ from azure.storage.blob import BlobServiceClient
 from nfs_watcher_uploader.blob.storage import Storage
 from nfs_watcher_uploader.config import NameConflict, Settings
 from nfs_watcher_uploader.errors import PermanentError, RetryableError
-from nfs_watcher_uploader.nfs import fsops
+from nfs_watcher_uploader.nfs import copying
 
 from .helpers import (
     KEY,
@@ -55,13 +55,13 @@ def _sas_settings(azurite: Azurite, container: str, **values: Any) -> Settings:
     return Settings(**{**base, **values})
 
 
-def _staged(tmp_path: Path, data: bytes) -> tuple[Path, fsops.Staged]:
+def _staged(tmp_path: Path, data: bytes) -> tuple[Path, copying.Staged]:
     """A staged copy of `data`, in blocks of BLOCK when it is larger than that."""
     name = uuid.uuid4().hex
     src = write_file(tmp_path / "src" / name, data)
     dst = tmp_path / "staged" / name
     dst.parent.mkdir(parents=True, exist_ok=True)
-    return dst, fsops.copy_and_hash(src, dst, lambda: None, BLOCK, BLOCK, 0)
+    return dst, copying.copy_and_hash(src, dst, lambda: None, BLOCK, BLOCK, 0)
 
 
 async def _upload(storage: Storage, tmp_path: Path, name: str, data: bytes) -> Any:

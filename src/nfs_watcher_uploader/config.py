@@ -100,7 +100,7 @@ class Settings(BaseSettings):
     min_file_age_s: float = Field(default=5.0, ge=0)
     file_extensions: Annotated[frozenset[str], NoDecode] = frozenset()
     # Files with more than one hard link are left alone unless this is set: on NFS anyone may
-    # link any file of the export into a session folder (see fsops.claim).
+    # link any file of the export into a session folder (see moves.claim).
     allow_hard_links: bool = False
 
     # Queue and workers

@@ -28,9 +28,9 @@ from nfs_watcher_uploader.config import Settings
 from nfs_watcher_uploader.constants import BLOCK_KEY_FILE
 from nfs_watcher_uploader.errors import RetryableError
 from nfs_watcher_uploader.intake.watcher import ScanFn, Watcher
-from nfs_watcher_uploader.nfs import fsops
-from nfs_watcher_uploader.nfs.fsops import Nfs
+from nfs_watcher_uploader.nfs import copying, moves, opening, scan
 from nfs_watcher_uploader.nfs.layout import Layout
+from nfs_watcher_uploader.nfs.runner import Nfs
 from nfs_watcher_uploader.sessions import Session, Sessions
 from nfs_watcher_uploader.telemetry import Gauges, Telemetry
 from nfs_watcher_uploader.uplink.bandwidth import Bandwidth
@@ -56,10 +56,10 @@ class Service:
         telemetry: Telemetry | None = None,
         token_credential: TokenCredentialFactory | None = None,
         on_staged: StagedHook | None = None,
-        scan: ScanFn = fsops.scan_session,
-        claim: ClaimFn = fsops.claim,
-        move: MoveFn = fsops.move,
-        copy: CopyFn = fsops.copy_and_hash,
+        scan: ScanFn = scan.scan_session,
+        claim: ClaimFn = moves.claim,
+        move: MoveFn = moves.move,
+        copy: CopyFn = copying.copy_and_hash,
         exit_process: Callable[[int], object] = os._exit,
     ) -> None:
         self.settings = settings
@@ -270,7 +270,7 @@ class Service:
         def prepare(name: str, date_prefix: str) -> None:
             folder = layout.session_folder(name)
             folder.mkdir(parents=True, exist_ok=True)
-            os.close(fsops.open_dir(folder, []))
+            os.close(opening.open_dir(folder, []))
             (layout.processing_root / date_prefix / name).mkdir(parents=True, exist_ok=True)
 
         session = await self.sessions.start(name, prepare)

@@ -38,7 +38,9 @@ from nfs_watcher_uploader.items import (
     check_session_name,
     printable,
 )
-from nfs_watcher_uploader.nfs.fsops import Nfs, Scan, read_or_none, set_aside, write_atomic
+from nfs_watcher_uploader.nfs.runner import Nfs
+from nfs_watcher_uploader.nfs.scan import Scan
+from nfs_watcher_uploader.nfs.state import read_or_none, set_aside, write_atomic
 
 logger = logging.getLogger(__name__)
 

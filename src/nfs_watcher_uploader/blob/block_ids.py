@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from nfs_watcher_uploader.constants import BLOCK_KEY_BYTES, NOBODY_UID
-from nfs_watcher_uploader.nfs.fsops import Moved, move, set_aside
+from nfs_watcher_uploader.nfs.moves import Moved, move
+from nfs_watcher_uploader.nfs.state import set_aside
 
 logger = logging.getLogger(__name__)
 

@@ -59,7 +59,7 @@ from nfs_watcher_uploader.constants import (
 )
 from nfs_watcher_uploader.errors import IntegrityError, PermanentError, RetryableError, UploadError
 from nfs_watcher_uploader.items import printable
-from nfs_watcher_uploader.nfs.fsops import Staged
+from nfs_watcher_uploader.nfs.copying import Staged
 from nfs_watcher_uploader.nfs.layout import versioned
 from nfs_watcher_uploader.uplink.bandwidth import TokenBucket
 from nfs_watcher_uploader.uplink.wire import (

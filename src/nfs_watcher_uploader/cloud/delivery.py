@@ -9,8 +9,8 @@ from nfs_watcher_uploader.blob.blobinfo import BlobLabels
 from nfs_watcher_uploader.cloud.ledger import Ledger
 from nfs_watcher_uploader.cloud.webhooks import Webhooks
 from nfs_watcher_uploader.config import Settings
-from nfs_watcher_uploader.nfs.fsops import Nfs
 from nfs_watcher_uploader.nfs.layout import Layout
+from nfs_watcher_uploader.nfs.runner import Nfs
 
 
 @dataclass(frozen=True, slots=True)

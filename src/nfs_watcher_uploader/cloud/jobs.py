@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, FiniteFloat
 
 from nfs_watcher_uploader.backoff import backoff_delay
 from nfs_watcher_uploader.constants import JOB_TMP_PREFIX
-from nfs_watcher_uploader.nfs.fsops import Nfs, write_atomic
+from nfs_watcher_uploader.nfs.runner import Nfs
+from nfs_watcher_uploader.nfs.state import write_atomic
 
 logger = logging.getLogger(__name__)
 

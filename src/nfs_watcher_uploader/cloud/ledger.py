@@ -19,8 +19,8 @@ from pathlib import Path
 from nfs_watcher_uploader.blob.blobinfo import iso_utc, iso_utc_ns
 from nfs_watcher_uploader.cloud.manifest import FileEntry
 from nfs_watcher_uploader.items import WorkItem
-from nfs_watcher_uploader.nfs.fsops import Nfs
 from nfs_watcher_uploader.nfs.layout import Layout
+from nfs_watcher_uploader.nfs.runner import Nfs
 
 logger = logging.getLogger(__name__)
 

@@ -31,8 +31,9 @@ from nfs_watcher_uploader.cloud.webhooks import Webhooks, event_id
 from nfs_watcher_uploader.config import Settings
 from nfs_watcher_uploader.constants import MAX_DEPTH
 from nfs_watcher_uploader.items import FailedFile, SessionStateName, printable
-from nfs_watcher_uploader.nfs.fsops import Nfs, Read, Staged
+from nfs_watcher_uploader.nfs.copying import Read, Staged
 from nfs_watcher_uploader.nfs.layout import Layout, manifest_blob
+from nfs_watcher_uploader.nfs.runner import Nfs
 from nfs_watcher_uploader.sessions import Session
 
 logger = logging.getLogger(__name__)

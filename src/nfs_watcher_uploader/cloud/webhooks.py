@@ -31,8 +31,8 @@ from nfs_watcher_uploader.blob.blobinfo import iso_utc, uploader_version
 from nfs_watcher_uploader.cloud.jobs import DueQueue, JobDoc, JobFiles
 from nfs_watcher_uploader.config import Settings
 from nfs_watcher_uploader.constants import OUTBOX_MAX
-from nfs_watcher_uploader.nfs.fsops import Nfs
 from nfs_watcher_uploader.nfs.layout import Layout
+from nfs_watcher_uploader.nfs.runner import Nfs
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable
 
 from nfs_watcher_uploader.config import Settings
-from nfs_watcher_uploader.nfs.fsops import Extensions
+from nfs_watcher_uploader.nfs.scan import Extensions
 
 # Dotfiles (rsync's `.name.XXXXXX`, `.~lock` files), temporary and partial downloads, editor
 # backups and swap files: files that are still being written, or never meant to be kept.

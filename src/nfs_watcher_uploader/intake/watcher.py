@@ -21,8 +21,9 @@ from pathlib import Path
 from nfs_watcher_uploader.config import UploadOrder
 from nfs_watcher_uploader.intake.filters import FileFilter
 from nfs_watcher_uploader.items import WorkItem, printable
-from nfs_watcher_uploader.nfs import fsops
-from nfs_watcher_uploader.nfs.fsops import Nfs, Scan, ScanMap, Wanted
+from nfs_watcher_uploader.nfs import scan, trees
+from nfs_watcher_uploader.nfs.runner import Nfs
+from nfs_watcher_uploader.nfs.scan import Scan, ScanMap, Wanted
 from nfs_watcher_uploader.sessions import Session
 from nfs_watcher_uploader.work.order import Key, sort_key
 from nfs_watcher_uploader.work.pipeline import Pipeline
@@ -65,7 +66,7 @@ class Watcher:
         self,
         pipeline: Pipeline,
         nfs: Nfs,
-        scan: ScanFn = fsops.scan_session,
+        scan: ScanFn = scan.scan_session,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.pipeline = pipeline
@@ -209,7 +210,7 @@ class Watcher:
         many were queued."""
         folder = self.pipeline.layout.processing_root / session.date_prefix / session.name
         try:
-            strays = await self.nfs.call(lambda: fsops.files_below(folder))
+            strays = await self.nfs.call(lambda: trees.files_below(folder))
         except OSError as exc:
             logger.warning("Cannot list %s: %s", folder, exc, extra={"session_name": session.name})
             return 1  # not drained before it could look

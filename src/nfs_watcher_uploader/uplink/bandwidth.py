@@ -30,7 +30,8 @@ from nfs_watcher_uploader.constants import (
     BANDWIDTH_TMP_PREFIX,
     BANDWIDTH_WAIT_TICK_S,
 )
-from nfs_watcher_uploader.nfs.fsops import Nfs, read_or_none, set_aside, write_atomic
+from nfs_watcher_uploader.nfs.runner import Nfs
+from nfs_watcher_uploader.nfs.state import read_or_none, set_aside, write_atomic
 from nfs_watcher_uploader.rates import Schedule, format_rate, parse_rate, zone
 
 if TYPE_CHECKING:  # config reads its rates with this module's parsers

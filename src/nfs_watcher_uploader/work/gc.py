@@ -8,7 +8,7 @@ over the same blob, from where it lies. Nothing is moved, so nothing here can wa
 (Completed files left by a previous run are checked the same way by `recovery`.)
 
 Empty folders are pruned only for sessions that are not watched and have no work pending, so GC
-never pulls a folder out from under a claim (and `fsops.move` recreates a missing one anyway).
+never pulls a folder out from under a claim (and `moves.move` recreates a missing one anyway).
 """
 
 import asyncio
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import anyio.to_thread
 
-from nfs_watcher_uploader.nfs import fsops
-from nfs_watcher_uploader.nfs.fsops import Nfs
+from nfs_watcher_uploader.nfs import copying, trees
+from nfs_watcher_uploader.nfs.runner import Nfs
 from nfs_watcher_uploader.work.pipeline import Pipeline
 from nfs_watcher_uploader.work.transfer import Completed
 
@@ -96,9 +96,9 @@ class GarbageCollector:
             for path, record in records.items():
                 _check(path, record, done)
             for folder in (self.layout.completed_root, self.layout.parked_root):
-                fsops.prune_empty_dirs(folder, lambda d, s: False)
-            fsops.prune_empty_dirs(self.layout.reasons_root, lambda d, s: False)
-            fsops.prune_empty_dirs(self.layout.processing_root, live)
+                trees.prune_empty_dirs(folder, lambda d, s: False)
+            trees.prune_empty_dirs(self.layout.reasons_root, lambda d, s: False)
+            trees.prune_empty_dirs(self.layout.processing_root, live)
             return done
 
         # One thread call for the whole NFS sweep, not one round trip per file.
@@ -116,7 +116,7 @@ class GarbageCollector:
 
 def _check(path: Path, record: Completed, done: _Sweep) -> None:
     try:
-        if not fsops.unchanged(path, record.size, record.mtime_ns):
+        if not copying.unchanged(path, record.size, record.mtime_ns):
             done.changed.append(path)
             return
         os.unlink(path)
@@ -138,7 +138,7 @@ def _disk_free_and_size(root: Path) -> tuple[int, int]:
 
 def _prune_staging(root: Path, live: Callable[[str, str], bool]) -> None:
     """Staged copies of sessions that are no longer live are leftovers of cancelled work."""
-    for date_prefix, name, _, path in list(fsops.iter_tree_files(root)):
+    for date_prefix, name, _, path in list(trees.iter_tree_files(root)):
         if not live(date_prefix, name):
             path.unlink(missing_ok=True)
-    fsops.prune_empty_dirs(root, live)
+    trees.prune_empty_dirs(root, live)

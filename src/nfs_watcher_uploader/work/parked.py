@@ -20,9 +20,9 @@ from pathlib import Path
 
 from nfs_watcher_uploader.constants import MAX_NAME_VERSIONS
 from nfs_watcher_uploader.items import FailedFile, WorkItem, printable
-from nfs_watcher_uploader.nfs import fsops
-from nfs_watcher_uploader.nfs.fsops import Moved
+from nfs_watcher_uploader.nfs import moves, state, trees
 from nfs_watcher_uploader.nfs.layout import versioned
+from nfs_watcher_uploader.nfs.moves import Moved
 from nfs_watcher_uploader.work.transfer import Context, MoveFn, log_extra
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class ParkedFiles:
         self,
         context: Context,
         requeue: Callable[[WorkItem], bool],
-        move: MoveFn = fsops.move,
+        move: MoveFn = moves.move,
     ) -> None:
         self.layout, self.sessions, self.nfs = context.layout, context.sessions, context.nfs
         self.telemetry, self.stats = context.telemetry, context.stats
@@ -93,10 +93,10 @@ class ParkedFiles:
         # The reason is written first, so the file is never listed without it.
         for version in range(1, MAX_NAME_VERSIONS + 1):
             rel = versioned(item.rel, version)
-            if fsops.exists(self.layout.parked(item, rel)):
+            if moves.exists(self.layout.parked(item, rel)):
                 continue
             reason_file = self.layout.reason(item, rel)
-            fsops.write_atomic(reason_file, record, ".reason.tmp-")
+            state.write_atomic(reason_file, record, ".reason.tmp-")
             moved = self._move(src, self.layout.parked(item, rel), None)
             if moved is not Moved.DONE:
                 reason_file.unlink(missing_ok=True)
@@ -119,7 +119,7 @@ class ParkedFiles:
 
     def _read(self) -> list[_Parked]:
         out: list[_Parked] = []
-        for date_prefix, name, parked_as, path in fsops.iter_tree_files(self.layout.parked_root):
+        for date_prefix, name, parked_as, path in trees.iter_tree_files(self.layout.parked_root):
             item = WorkItem(name, date_prefix, parked_as, claimed=True)
             try:
                 record = json.loads(self.layout.reason(item).read_bytes())

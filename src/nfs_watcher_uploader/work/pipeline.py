@@ -31,8 +31,8 @@ from nfs_watcher_uploader.blob.storage import Storage
 from nfs_watcher_uploader.cloud.delivery import Delivery
 from nfs_watcher_uploader.config import Settings
 from nfs_watcher_uploader.items import Stats, WorkItem, printable
-from nfs_watcher_uploader.nfs.fsops import Nfs
 from nfs_watcher_uploader.nfs.layout import Layout
+from nfs_watcher_uploader.nfs.runner import Nfs
 from nfs_watcher_uploader.sessions import Sessions
 from nfs_watcher_uploader.telemetry import Telemetry
 from nfs_watcher_uploader.work.order import WorkQueue

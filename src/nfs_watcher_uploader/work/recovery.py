@@ -16,8 +16,8 @@ from pathlib import Path
 
 from nfs_watcher_uploader.constants import DATE_DIR_RE
 from nfs_watcher_uploader.items import WorkItem, check_session_name, printable
-from nfs_watcher_uploader.nfs import fsops
-from nfs_watcher_uploader.nfs.fsops import Nfs
+from nfs_watcher_uploader.nfs import trees
+from nfs_watcher_uploader.nfs.runner import Nfs
 from nfs_watcher_uploader.sessions import Sessions
 from nfs_watcher_uploader.work.pipeline import Pipeline
 
@@ -73,7 +73,7 @@ def _items(root: Path) -> list[WorkItem]:
     session's (an operator's restore, say) is left alone, with an error line."""
     items: list[WorkItem] = []
     refused: set[str] = set()
-    for date, name, rel, _ in fsops.iter_tree_files(root):
+    for date, name, rel, _ in trees.iter_tree_files(root):
         try:
             check_session_name(name)
         except ValueError as exc:

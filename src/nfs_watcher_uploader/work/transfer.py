@@ -37,9 +37,11 @@ from nfs_watcher_uploader.errors import (
     nfs_errors,
 )
 from nfs_watcher_uploader.items import Stats, WorkItem, printable
-from nfs_watcher_uploader.nfs import fsops
-from nfs_watcher_uploader.nfs.fsops import Moved, Nfs, Staged
+from nfs_watcher_uploader.nfs import copying, moves
+from nfs_watcher_uploader.nfs.copying import Staged
 from nfs_watcher_uploader.nfs.layout import Layout
+from nfs_watcher_uploader.nfs.moves import Moved
+from nfs_watcher_uploader.nfs.runner import Nfs
 from nfs_watcher_uploader.sessions import Session, Sessions
 from nfs_watcher_uploader.telemetry import Telemetry
 
@@ -59,9 +61,9 @@ class Seams:
     """What a test may put in place of the real steps (see the types above)."""
 
     on_staged: StagedHook | None = None
-    claim: ClaimFn = fsops.claim
-    move: MoveFn = fsops.move
-    copy: CopyFn = fsops.copy_and_hash
+    claim: ClaimFn = moves.claim
+    move: MoveFn = moves.move
+    copy: CopyFn = copying.copy_and_hash
 
 
 class Progress(Protocol):
@@ -122,7 +124,7 @@ class Transfer:
         folder = self.layout.session_folder(item.session_name)
         dst = self.layout.processing(item)
         # Unknown whether a failed rename happened (NFS can report a failure for a rename
-        # that succeeded): it is retried, and `fsops.move` then sees where the file is.
+        # that succeeded): it is retried, and `moves.move` then sees where the file is.
         links = self.allow_links
         with self.telemetry.step("claim"), nfs_errors("claim"):
             moved = await self.nfs.call(
@@ -217,8 +219,8 @@ class Transfer:
             return None
         done = self.layout.completed(item)
         with nfs_errors("looking for the claimed file"):
-            completed = await self.nfs.call(lambda: fsops.exists(done))
-            still_there = completed or await self.nfs.call(lambda: fsops.exists(src))
+            completed = await self.nfs.call(lambda: moves.exists(done))
+            still_there = completed or await self.nfs.call(lambda: moves.exists(src))
         if completed:
             return None
         if still_there:
@@ -286,7 +288,7 @@ class Transfer:
 
         def complete() -> Moved | None:
             try:
-                if not fsops.unchanged(src, *committed):
+                if not copying.unchanged(src, *committed):
                     return None
             except FileNotFoundError:
                 pass  # already moved by an attempt that reported failure: `move` sees it
@@ -348,7 +350,7 @@ class Transfer:
         if item.claimed:
             src, back = self.layout.processing(item), self.layout.incoming(item)
             try:
-                returned = await self.nfs.call(lambda: fsops.return_to(src, back))
+                returned = await self.nfs.call(lambda: moves.return_to(src, back))
             except (OSError, NotOurs) as exc:
                 returned, text = False, f"{text} (could not put it back: {exc})"
             if not returned:
