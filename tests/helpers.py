@@ -301,3 +301,9 @@ class ServiceProcess:
         code = self.proc.wait(timeout)
         self.proc = None
         return code
+
+
+def block_permits_free(storage: Any) -> int:
+    """Block permits of `storage` not held right now (all of them when no upload runs): a
+    permit that never came back would shrink this for good."""
+    return storage.blocks._budget._value

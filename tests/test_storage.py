@@ -9,14 +9,14 @@ from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
 from azure.identity.aio import ChainedTokenCredential
 from pydantic import ValidationError
 
-from nfs_watcher_uploader.blob.storage import (
-    Storage,
+from nfs_watcher_uploader.blob.azure_errors import check_blob_name, classify
+from nfs_watcher_uploader.blob.credentials import (
     account_name_from_url,
-    check_blob_name,
-    classify,
+    candidates,
     developer_identity,
     workload_or_managed_identity,
 )
+from nfs_watcher_uploader.blob.storage import Storage
 from nfs_watcher_uploader.config import AzureAuth, Settings
 from nfs_watcher_uploader.errors import IntegrityError, PermanentError, RetryableError
 
@@ -162,8 +162,8 @@ async def test_auth_modes_choose_their_identity() -> None:
         storage = Storage(Settings(azure_account_url=url, azure_container="c", azure_auth=mode))
         assert storage._token_credential is factory, mode
         expected = AzureAuth.IDENTITY if mode is AzureAuth.AUTO else mode
-        assert [c.label for c in storage._candidates()] == [expected]
-        await storage.close()  # the HTTP session the candidates were given
+        chain = candidates(storage._settings, storage._token_credential, {})
+        assert [c.label for c in chain] == [expected]
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,8 @@ from collections.abc import Awaitable, Callable
 import anyio.to_thread
 
 from nfs_watcher_uploader.blob.block_ids import load_block_key
-from nfs_watcher_uploader.blob.storage import Storage, TokenCredentialFactory
+from nfs_watcher_uploader.blob.credentials import TokenCredentialFactory
+from nfs_watcher_uploader.blob.storage import Storage
 from nfs_watcher_uploader.cloud.delivery import Delivery
 from nfs_watcher_uploader.cloud.reports import Reports
 from nfs_watcher_uploader.config import Settings
@@ -193,7 +194,7 @@ class Service:
 
     async def _load_block_key(self) -> None:
         path = self.settings.nfs_processing_root / BLOCK_KEY_FILE
-        self.storage.block_key = await self.nfs.call(lambda: load_block_key(path))
+        self.storage.blocks.key = await self.nfs.call(lambda: load_block_key(path))
 
     async def _until_ok(
         self,

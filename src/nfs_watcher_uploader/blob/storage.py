@@ -1,64 +1,56 @@
-"""Azure Blob Storage: the credential chain, the container check, and verified uploads.
+"""Verified uploads to one container: every request carries the MD5 read from NFS, and a name
+held by other bytes is never overwritten.
 
-Credentials (APP_AZURE_AUTH=auto): a token credential only for an https:// account URL, since
-the SDK refuses token credentials over http (workload identity, then managed identity; or
-DefaultAzureCredential with `identity-default`); then a SAS, the connection string, the account
-key. A candidate that fails authentication (or that storage refuses: 401, 403) hands over to the
-next. `identity`, `identity-default`, `sas`, `connection-string` and `account-key` use exactly
-one. With APP_AZURE_CREATE_CONTAINER=false start-up neither creates nor reads the container: it
-asks for one blob that does not exist, and "not found" or "not allowed to read" both prove the
-credential (a `cw` SAS may not read). The same question, asked after the container check
-otherwise, tells whether the credential may read blobs (`can_read`).
+Azure only stores the Content-MD5 of a blob put in blocks, it does not check it. So every
+request carries, as its transactional Content-MD5, the MD5 of the bytes read from NFS (per
+block, taken while copying; or of the whole file for a single put), and the service refuses any
+byte that changed since (400 Md5Mismatch), before the block list is committed. The whole-file
+MD5 is stored as the blob's Content-MD5.
 
 Name conflicts need a read (the Content-MD5 of the blob that holds the name). A credential that
 may not read (AuthorizationPermissionMismatch) cannot tell "the same bytes, already up" from
 "another file's bytes": the name is then treated as held by other bytes, so this file goes up
 under the next free name and nothing is ever overwritten (a re-upload after a crash leaves a
-duplicate `~2` rather than a gap).
-
-Uploads: Azure only stores the Content-MD5 of a blob put in blocks, it does not check it. So
-every request carries, as its transactional Content-MD5, the MD5 of the bytes read from NFS
-(per block, taken while copying; or of the whole file for a single put), and the service
-refuses any byte that changed since (400 Md5Mismatch), before the block list is committed.
-The whole-file MD5 is stored as the blob's Content-MD5.
+duplicate `~2` rather than a gap). Which credential is used is `credentials`' business; what an
+error means, `azure_errors`'.
 """
 
-import asyncio
 import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
-from typing import Any, Protocol, cast
-from urllib.parse import urlsplit
+from typing import Any
 
 import aiohttp
 import anyio.to_thread
-from azure.core.credentials import AzureSasCredential
-from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import (
-    ClientAuthenticationError,
     HttpResponseError,
     ResourceExistsError,
     ResourceNotFoundError,
 )
 from azure.storage.blob import ContentSettings
-from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClient
+from azure.storage.blob.aio import BlobClient, ContainerClient
 
+from nfs_watcher_uploader.blob import credentials
+from nfs_watcher_uploader.blob.azure_errors import (
+    NOT_PERMITTED,
+    TAKEN_CODES,
+    check_blob_name,
+    classify,
+    error_code,
+    not_permitted,
+)
 from nfs_watcher_uploader.blob.blobinfo import BlobInfo
-from nfs_watcher_uploader.blob.block_ids import block_id
+from nfs_watcher_uploader.blob.blocks import Blocks, check_length, log_mismatch
 from nfs_watcher_uploader.blob.early import EarlyBlocks
 from nfs_watcher_uploader.blob.single_put import SinglePut
 from nfs_watcher_uploader.config import AzureAuth, NameConflict, Settings
 from nfs_watcher_uploader.constants import (
-    MAX_BLOB_NAME,
-    MAX_BLOB_PATH_SEGMENTS,
     MAX_BLOCKS,
     MAX_NAME_VERSIONS,
 )
 from nfs_watcher_uploader.errors import IntegrityError, PermanentError, RetryableError, UploadError
-from nfs_watcher_uploader.items import printable
 from nfs_watcher_uploader.nfs.copying import Staged
 from nfs_watcher_uploader.nfs.layout import versioned
 from nfs_watcher_uploader.uplink.bandwidth import TokenBucket
@@ -71,28 +63,10 @@ from nfs_watcher_uploader.uplink.wire import (
 
 logger = logging.getLogger(__name__)
 
-STORAGE_SCOPE = "https://storage.azure.com/.default"
 DEFAULT_BLOCK_SIZE = 8 * 1024 * 1024
-BLOCK_BUDGET_BYTES = 64 * 1024 * 1024
 # Files up to this size are staged in memory (at most one per worker at a time).
 IN_MEMORY_MAX = 1024 * 1024
 DEFAULT_SINGLE_PUT_SIZE = 8 * 1024 * 1024
-
-# 4xx answers that no retry can turn into a success. Everything else (5xx, 408, 429, 401/403
-# while a token or key is being rotated, 404 while the container is recreated, network errors,
-# timeouts) is retried.
-_PERMANENT_CODES = frozenset(
-    {"InvalidResourceName", "InvalidUri", "OutOfRangeInput", "InvalidBlobOrBlock", "InvalidInput"}
-)
-_PERMANENT_STATUS = frozenset({413, 414})
-# What Azure answers a create with If-None-Match: * when the name is taken.
-_TAKEN_CODES = frozenset({"BlobAlreadyExists", "ConditionNotMet"})
-# What Azure answers a request the credential is valid for but not allowed to make (a read with
-# a `cw` SAS, say).
-_NOT_PERMITTED = "AuthorizationPermissionMismatch"
-# Asked for at start-up with APP_AZURE_CREATE_CONTAINER=false: blob names all start with a
-# date, so no blob has this one.
-PROBE_BLOB = "nfs-watcher-uploader-credential-check"
 
 
 class _Missing:
@@ -105,42 +79,6 @@ class _Unreadable:
 
 _MISSING = _Missing()
 _UNREADABLE = _Unreadable()
-
-TokenCredentialFactory = Callable[[], AsyncTokenCredential]
-
-
-class _Closeable(Protocol):
-    async def close(self) -> None: ...
-
-
-def workload_or_managed_identity() -> AsyncTokenCredential:
-    """Workload identity (when its webhook put AZURE_FEDERATED_TOKEN_FILE in the pod), then
-    managed identity: what a pod can have, and nothing that probes developer tools."""
-    from azure.identity.aio import (
-        ChainedTokenCredential,
-        ManagedIdentityCredential,
-        WorkloadIdentityCredential,
-    )
-
-    chain: list[AsyncTokenCredential] = []
-    if os.environ.get("AZURE_FEDERATED_TOKEN_FILE"):
-        chain.append(WorkloadIdentityCredential())
-    chain.append(ManagedIdentityCredential(client_id=os.environ.get("AZURE_CLIENT_ID")))
-    return ChainedTokenCredential(*chain)
-
-
-def developer_identity() -> AsyncTokenCredential:
-    """DefaultAzureCredential (APP_AZURE_AUTH=identity-default): also the Azure CLI and other
-    developer sign-ins, for a laptop."""
-    from azure.identity.aio import DefaultAzureCredential
-
-    return DefaultAzureCredential()
-
-
-@dataclass
-class _Candidate:
-    label: str
-    make: Callable[[], tuple[BlobServiceClient, _Closeable | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,78 +96,23 @@ class _NameTaken(Exception):
     """The blob exists: the conditional create did not happen."""
 
 
-def account_name_from_url(url: str) -> str | None:
-    """`https://acct.blob.core.windows.net` -> acct; `http://127.0.0.1:10000/acct` -> acct."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ".blob." in host:
-        return host.split(".", 1)[0]
-    first = parts.path.strip("/").split("/", 1)[0]
-    return first or None
-
-
-def check_blob_name(name: str) -> None:
-    """Raise PermanentError for a name Azure would refuse whatever we do."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        raise PermanentError("file name is not valid UTF-8, so it cannot be a blob name") from None
-    if len(name) > MAX_BLOB_NAME:
-        raise PermanentError(f"blob name is {len(name)} characters; Azure allows {MAX_BLOB_NAME}")
-    if name.count("/") + 1 > MAX_BLOB_PATH_SEGMENTS:
-        raise PermanentError(f"blob name has more than {MAX_BLOB_PATH_SEGMENTS} path segments")
-    if name.endswith((".", "/", "\\")):
-        raise PermanentError("blob names must not end with '.', '/' or '\\'")
-
-
-def classify(exc: BaseException) -> UploadError:
-    """Map any exception raised while uploading to retry-later or give-up."""
-    while isinstance(exc, BaseExceptionGroup):
-        # Parallel blocks: the first failure speaks for the file.
-        exc = cast(BaseExceptionGroup[BaseException], exc).exceptions[0]
-    if isinstance(exc, UploadError):
-        return exc
-    summary = _summary(exc)
-    if isinstance(exc, HttpResponseError) and not isinstance(exc, ClientAuthenticationError):
-        status = exc.status_code or 0
-        code = _error_code(exc)
-        # Azure answers Md5Mismatch; Azurite answers InvalidOperation "contentMD5 doesn't match".
-        if code == "Md5Mismatch" or (status == 400 and "contentmd5" in str(exc).lower()):
-            return IntegrityError(f"storage received bytes that differ from NFS: {summary}")
-        if status in _PERMANENT_STATUS or (status == 400 and code in _PERMANENT_CODES):
-            return PermanentError(f"storage refused the blob: {summary}")
-    return RetryableError(summary)
-
-
-def _error_code(exc: BaseException) -> str | None:
-    """The service's error code as a plain string (the SDK gives a str Enum, which hashes by
-    member name, so it would never match a set of strings)."""
-    code = getattr(exc, "error_code", None)
-    return None if code is None else str(getattr(code, "value", code))
-
-
-def _summary(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    first = text[0] if text else ""
-    status = getattr(exc, "status_code", None)
-    code = _error_code(exc)
-    prefix = type(exc).__name__ + (f" {status}" if status else "") + (f" {code}" if code else "")
-    return f"{prefix}: {first[:300]}" if first else prefix
-
-
 class Storage:
     """One container, reached with the first credential that works."""
 
     def __init__(
         self,
         settings: Settings,
-        token_credential: TokenCredentialFactory | None = None,
+        token_credential: credentials.TokenCredentialFactory | None = None,
         meter: Meter | None = None,
     ) -> None:
         self._settings = settings
         if token_credential is None:
             developer = settings.azure_auth is AzureAuth.IDENTITY_DEFAULT
-            token_credential = developer_identity if developer else workload_or_managed_identity
+            token_credential = (
+                credentials.developer_identity
+                if developer
+                else credentials.workload_or_managed_identity
+            )
         self._token_credential = token_credential
         # Every request goes through the meter (the bandwidth cap), on one shared session.
         self.meter = meter or Meter(TokenBucket())
@@ -239,20 +122,12 @@ class Storage:
         self.block_size = settings.azure_max_block_size or DEFAULT_BLOCK_SIZE
         single = settings.azure_max_single_put_size
         self.single_put_size = DEFAULT_SINGLE_PUT_SIZE if single is None else single
-        self.concurrency = settings.azure_max_concurrency
         self.in_memory_max = min(IN_MEMORY_MAX, self.single_put_size)
-        # Bytes of blocks in memory at once, across all uploads: keeps RSS bounded whatever
-        # the number of workers times the per-file concurrency.
-        self._budget = asyncio.Semaphore(max(2, BLOCK_BUDGET_BYTES // self.block_size))
-        self._client: BlobServiceClient | None = None
-        self._credential: _Closeable | None = None
-        self._container: ContainerClient | None = None
+        self.blocks = Blocks(self.block_size, settings.azure_max_concurrency)
+        self._connection: credentials.Connection | None = None
         self.auth_used: str | None = None
         # False once storage refused a read with this credential (see the module docstring).
         self.can_read = True
-        # Keys block ids (see `block_id`). The service sets the one kept on NFS, so that blocks
-        # staged before a restart are recognised after it; until then, one of this process.
-        self.block_key = os.urandom(32)
 
     def __repr__(self) -> str:
         return (
@@ -262,7 +137,7 @@ class Storage:
 
     @property
     def connected(self) -> bool:
-        return self._container is not None
+        return self._connection is not None
 
     @property
     def single(self) -> SinglePut:
@@ -272,9 +147,9 @@ class Storage:
 
     @property
     def container(self) -> ContainerClient:
-        if self._container is None:
+        if self._connection is None:
             raise RetryableError("storage is not connected yet")
-        return self._container
+        return self._connection.container
 
     def _client_kwargs(self) -> dict[str, Any]:
         if self._session is None:
@@ -299,119 +174,26 @@ class Storage:
             "read_timeout": 120,
         }
 
-    def _candidates(self) -> list[_Candidate]:
-        s = self._settings
-        url = s.azure_account_url
-        kwargs = self._client_kwargs()
-        out: list[_Candidate] = []
-        mode = s.azure_auth
-        identities = (AzureAuth.IDENTITY, AzureAuth.IDENTITY_DEFAULT)
-        if mode in identities or (mode is AzureAuth.AUTO and url.startswith("https://")):
-
-            def identity() -> tuple[BlobServiceClient, _Closeable | None]:
-                cred = self._token_credential()
-                return BlobServiceClient(url, credential=cred, **kwargs), cred
-
-            label = mode if mode in identities else AzureAuth.IDENTITY
-            out.append(_Candidate(label, identity))
-        sas = s.azure_sas_token
-        if sas and mode in (AzureAuth.AUTO, AzureAuth.SAS):
-            signature = AzureSasCredential(sas.get_secret_value().strip().lstrip("?"))
-            out.append(
-                _Candidate("sas", lambda: (BlobServiceClient(url, signature, **kwargs), None))
-            )
-        conn = s.azure_connection_string
-        if conn and mode in (AzureAuth.AUTO, AzureAuth.CONNECTION_STRING):
-            secret = conn.get_secret_value()
-            out.append(
-                _Candidate(
-                    "connection-string",
-                    lambda: (BlobServiceClient.from_connection_string(secret, **kwargs), None),
-                )
-            )
-        key = s.azure_account_key
-        name = s.azure_account_name or account_name_from_url(url)
-        if key and name and mode in (AzureAuth.AUTO, AzureAuth.ACCOUNT_KEY):
-            cred = {"account_name": name, "account_key": key.get_secret_value()}
-            out.append(
-                _Candidate("account-key", lambda: (BlobServiceClient(url, cred, **kwargs), None))
-            )
-        return out
-
     async def connect(self, create: bool = True) -> None:
-        """Try each credential until one reaches the container (creating it when `create` and
-        APP_AZURE_CREATE_CONTAINER allow).
+        """Reach the container with the first credential that works (see `credentials`).
 
         Raises RetryableError when none does yet: the caller keeps trying, the API keeps serving.
         """
         try:
-            await self._connect(create)
+            kwargs = self._client_kwargs()
+            connection = await credentials.connect(
+                self._settings, self._token_credential, kwargs, create
+            )
         except BaseException:
             await self._close_session()
             raise
-
-    async def _connect(self, create: bool) -> None:
-        failures: list[str] = []
-        candidates = self._candidates()
-        if not candidates:
-            raise RetryableError(
-                "no Azure credential configured: set APP_AZURE_CONNECTION_STRING, "
-                "APP_AZURE_ACCOUNT_KEY, or use an https:// account URL with a managed identity"
-            )
-        for candidate in candidates:
-            try:
-                client, credential = candidate.make()
-            except ValueError as exc:  # e.g. a malformed connection string
-                failures.append(f"{candidate.label}: {type(exc).__name__}")
-                continue
-            container = client.get_container_client(self._settings.azure_container)
-            try:
-                if isinstance(credential, AsyncTokenCredential):
-                    # Ask for a token first: the SDK's retry policy would otherwise retry an
-                    # unavailable identity for a minute or more before we could fall back.
-                    await credential.get_token(STORAGE_SCOPE)
-                if create and self._settings.azure_create_container:
-                    await _ensure_container(container)
-                await self._prove(container)
-            except (ClientAuthenticationError, HttpResponseError) as exc:
-                if not _refused(exc):
-                    await _close(client, credential)
-                    raise RetryableError(f"{candidate.label}: {_summary(exc)}") from None
-                why = f"{_summary(exc)}{_hint(exc)}"
-                failures.append(f"{candidate.label}: {why}")
-                logger.warning("Storage refused the %s credentials: %s", candidate.label, why)
-                await _close(client, credential)
-                continue
-            except BaseException as exc:
-                await _close(client, credential)
-                if isinstance(exc, Exception):
-                    raise RetryableError(f"{candidate.label}: {_summary(exc)}") from None
-                raise
-            self._client, self._credential, self._container = client, credential, container
-            assert self._transport is not None
-            self._single = SinglePut(client, container, self._transport)
-            self.auth_used = candidate.label
-            logger.info("Connected to storage with %s credentials", candidate.label)
-            return
-        raise RetryableError("no credential could authenticate: " + "; ".join(failures))
-
-    async def _prove(self, container: ContainerClient) -> None:
-        """Show that storage accepts the credential without reading the container, and learn
-        whether it may read blobs: ask for a blob that does not exist. Not found, or not allowed
-        to read (AuthorizationPermissionMismatch), both mean the signature is good; anything
-        else is raised."""
-        try:
-            await container.get_blob_client(PROBE_BLOB).get_blob_properties()
-        except ResourceNotFoundError as exc:
-            if _error_code(exc) == "ContainerNotFound":
-                raise RetryableError(
-                    f"container {self._settings.azure_container!r} does not exist, and "
-                    "APP_AZURE_CREATE_CONTAINER=false: create it, or set it to true"
-                ) from None
-        except HttpResponseError as exc:
-            if _error_code(exc) != _NOT_PERMITTED:
-                raise
+        if not connection.may_read:
             self._reads_refused()
+        self._connection = connection
+        assert self._transport is not None
+        self._single = SinglePut(connection.client, connection.container, self._transport)
+        self.auth_used = connection.label
+        logger.info("Connected to storage with %s credentials", connection.label)
 
     def _reads_refused(self) -> None:
         if self.can_read:
@@ -420,14 +202,14 @@ class Storage:
                 "be compared with the file, so the file goes up under the next free name "
                 "(name~2) and both are kept; a file uploaded again after a crash leaves a "
                 "duplicate",
-                _NOT_PERMITTED,
+                NOT_PERMITTED,
             )
         self.can_read = False
 
     async def close(self) -> None:
-        if self._client is not None:
-            await _close(self._client, self._credential)
-        self._client = self._credential = self._container = self._single = None
+        if self._connection is not None:
+            await self._connection.close()
+        self._connection = self._single = None
         await self._close_session()
 
     async def _close_session(self) -> None:
@@ -521,8 +303,7 @@ class Storage:
             held = await self._uncommitted(blob)
         except UploadError:
             return None
-        ids = partial(block_id, self.block_key)
-        return EarlyBlocks(blob, ids, self._budget, self.concurrency, progress, held)
+        return self.blocks.early(blob, progress, held)
 
     async def _md5_of(self, name: str) -> bytes | _Missing | _Unreadable | None:
         """The Content-MD5 of blob `name` (None if it has none), _MISSING, or _UNREADABLE when
@@ -532,7 +313,7 @@ class Storage:
         except ResourceNotFoundError:
             return _MISSING
         except HttpResponseError as exc:
-            if _error_code(exc) != _NOT_PERMITTED:
+            if not not_permitted(exc):
                 raise classify(exc) from exc
             self._reads_refused()
             return _UNREADABLE
@@ -564,19 +345,20 @@ class Storage:
                 try:
                     if staged.block_md5s:
                         blob = self.container.get_blob_client(blob_name)
-                        ids = await self._put_blocks(blob, fd, staged, progress, log_extra)
+                        held = await self._uncommitted(blob)
+                        ids = await self.blocks.put(blob, fd, staged, held, progress, log_extra)
                         await blob.commit_block_list(ids, content_settings=settings, **commit)  # pyright: ignore[reportArgumentType]
                         progress()
                         return
                     data = await anyio.to_thread.run_sync(os.pread, fd, staged.read.size + 1, 0)
                 finally:
                     os.close(fd)
-                _check_length(len(data), staged, log_extra)
+                check_length(len(data), staged, log_extra)
             await self.single.put(blob_name, data, staged.read.md5, overwrite, info)
         except FileNotFoundError:
             raise RetryableError(f"staged copy of {blob_name} vanished; staging again") from None
         except ResourceExistsError as exc:
-            if _error_code(exc) in _TAKEN_CODES:
+            if error_code(exc) in TAKEN_CODES:
                 raise _NameTaken from exc
             raise classify(exc) from exc
         except HttpResponseError as exc:
@@ -591,64 +373,8 @@ class Storage:
     def _classified(exc: BaseException, log_extra: dict[str, str] | None) -> UploadError:
         error = classify(exc)
         if isinstance(error, IntegrityError) and not isinstance(exc, IntegrityError):
-            _log_mismatch(str(error), log_extra)
+            log_mismatch(str(error), log_extra)
         return error
-
-    async def _put_blocks(
-        self,
-        blob: BlobClient,
-        fd: int,
-        staged: Staged,
-        progress: Callable[[], None],
-        log_extra: dict[str, str] | None,
-    ) -> list[str]:
-        """Stage every block Azure does not hold yet, at most `concurrency` at once for this
-        file and the block budget across all files. Each block is read only once its budget
-        permit is held, and the permit is released by `async with` on every path (failure,
-        cancellation).
-
-        A block's id is its index and MD5, so an uncommitted block of this blob with the same
-        id and size holds the same bytes (Azure checked its MD5 when it was staged): after a
-        retry or a restart, those are not sent again. Two uploads that stage blocks on one blob
-        name at once (both found the name free) never mix their blocks in a commit."""
-        count = len(staged.block_md5s)
-        ids = [block_id(self.block_key, i, md5) for i, md5 in enumerate(staged.block_md5s)]
-        held = await self._uncommitted(blob)
-        window = asyncio.Semaphore(self.concurrency)
-        resumed = 0
-
-        async def put(index: int) -> None:
-            nonlocal resumed
-            offset = index * staged.block_size
-            length = min(staged.block_size, staged.read.size - offset)
-            if held.get(ids[index]) == length:
-                resumed += 1
-                return
-            async with self._budget:
-                data = await anyio.to_thread.run_sync(os.pread, fd, length, offset)
-                if len(data) != length:  # the staged copy is shorter than what was read
-                    _check_length(offset + len(data), staged, log_extra)
-                await blob.stage_block(
-                    ids[index], data, transactional_content_md5=staged.block_md5s[index]
-                )
-            progress()
-
-        async with asyncio.TaskGroup() as tg:
-            for index in range(count):
-                await window.acquire()
-                tg.create_task(put(index)).add_done_callback(lambda _: window.release())
-        longer = await anyio.to_thread.run_sync(os.pread, fd, 1, staged.read.size)
-        _check_length(staged.read.size + len(longer), staged, log_extra)
-        if resumed:
-            logger.info(
-                "%s: %d of %d blocks already staged in storage (sent while the file was read, "
-                "or by an earlier attempt); not sent again",
-                printable(blob.blob_name),
-                resumed,
-                count,
-                extra=log_extra,
-            )
-        return ids
 
     async def _uncommitted(self, blob: BlobClient) -> dict[str, int]:
         """The blob's uncommitted blocks: id -> size (none when the blob does not exist, or
@@ -660,60 +386,10 @@ class Storage:
         except ResourceNotFoundError:
             return {}
         except HttpResponseError as exc:
-            if _error_code(exc) != _NOT_PERMITTED:
+            if not not_permitted(exc):
                 raise classify(exc) from exc
             self._reads_refused()
             return {}
         except Exception as exc:
             raise classify(exc) from exc
         return {b.id: b.size for b in uncommitted}
-
-    @property
-    def budget_free(self) -> int:
-        """Block permits not held right now (all of them when no upload is running)."""
-        return self._budget._value  # pyright: ignore[reportPrivateUsage]
-
-
-def _log_mismatch(reason: str, log_extra: dict[str, str] | None) -> None:
-    logger.error("INTEGRITY MISMATCH: %s; not committing", reason, extra=log_extra)
-
-
-def _check_length(sent: int, staged: Staged, log_extra: dict[str, str] | None) -> None:
-    if sent != staged.read.size:
-        reason = f"staged copy has {sent} bytes, {staged.read.size} were read from NFS"
-        _log_mismatch(reason, log_extra)
-        raise IntegrityError(reason)
-
-
-def _refused(exc: BaseException) -> bool:
-    """Storage (or the identity) refused this credential: the next one may do."""
-    return isinstance(exc, ClientAuthenticationError) or (
-        isinstance(exc, HttpResponseError) and exc.status_code in (401, 403)
-    )
-
-
-def _hint(exc: BaseException) -> str:
-    if _error_code(exc) == _NOT_PERMITTED:
-        return (
-            " (a credential that may not read the container, such as a `cw` SAS, needs "
-            "APP_AZURE_CREATE_CONTAINER=false)"
-        )
-    return ""
-
-
-async def _ensure_container(container: ContainerClient) -> None:
-    try:
-        await container.get_container_properties()
-    except ResourceNotFoundError:
-        try:
-            await container.create_container()
-        except ResourceExistsError:
-            pass
-
-
-async def _close(client: BlobServiceClient, credential: _Closeable | None) -> None:
-    try:
-        await client.close()
-    finally:
-        if credential is not None:
-            await credential.close()
