@@ -32,7 +32,6 @@ from nfs_watcher_uploader.constants import (
 from nfs_watcher_uploader.errors import SessionConflict
 from nfs_watcher_uploader.items import (
     SessionStateName,
-    SessionView,
     Where,
     WorkItem,
     check_session_name,
@@ -236,34 +235,6 @@ class Session:
             self.stopped_at,
             self.redrained_at,
         ) = before
-
-    def view(self) -> SessionView:
-        return SessionView(
-            session_name=self.name,
-            date_prefix=self.date_prefix,
-            state=self.state,
-            drained=self.state == "drained",
-            started_at=self.started_at,
-            stopped_at=self.stopped_at,
-            files_seen=self.files_seen,
-            bytes_seen=self.bytes_seen,
-            waiting=self.waiting,
-            queued=self.count("queued"),
-            in_flight=self.count("in_flight"),
-            uploaded=self.uploaded,
-            bytes_uploaded=self.bytes_uploaded,
-            retrying=self.count("retrying"),
-            failed=len(self.parked),
-            ignored=len(self.ignored),
-            excluded=len(self.excluded),
-            too_deep=len(self.too_deep),
-            unreadable=len(self.unreadable),
-            held=len(self.held),
-            renamed=self.renamed,
-            late_writes=self.late_writes,
-            last_error=self.last_error,
-            notices=list(self.notices),
-        )
 
     def notice(self, text: str) -> None:
         """Keep `text` (made printable) among the session's latest notices."""

@@ -17,8 +17,7 @@ from uuid_utils import uuid7
 
 from nfs_watcher_uploader.api.auth import ApiToken, TokenFirst, require_token
 from nfs_watcher_uploader.api.limits import BodyLimit
-from nfs_watcher_uploader.errors import NotOurs, SessionConflict
-from nfs_watcher_uploader.items import (
+from nfs_watcher_uploader.api.schemas import (
     BandwidthRequest,
     BandwidthView,
     FailedList,
@@ -32,9 +31,10 @@ from nfs_watcher_uploader.items import (
     WatchStartRequest,
     WatchStartResponse,
     WatchStopResponse,
-    check_session_name,
 )
-from nfs_watcher_uploader.rates import format_rate
+from nfs_watcher_uploader.api.views import bandwidth_view, failed_file, session_view
+from nfs_watcher_uploader.errors import NotOurs, SessionConflict
+from nfs_watcher_uploader.items import check_session_name
 from nfs_watcher_uploader.service import Service
 
 logger = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ async def status(service: ServiceDep) -> StatusResponse:
 
 @router.get("/v1/sessions")
 async def list_sessions(service: ServiceDep) -> SessionList:
-    return SessionList(sessions=[s.view() for s in service.sessions.by_name.values()])
+    return SessionList(sessions=[session_view(s) for s in service.sessions.by_name.values()])
 
 
 @router.get("/v1/sessions/{name}", responses={404: {}, 422: {}})
@@ -148,13 +148,13 @@ async def get_session(service: ServiceDep, name: str) -> SessionView:
     session = service.sessions.by_name.get(name)
     if session is None:
         raise HTTPException(404, f"no session named {name!r} is known")
-    return session.view()
+    return session_view(session)
 
 
 @router.get("/v1/files/failed", responses={503: {}})
 async def failed_files(service: ServiceDep) -> FailedList:
     try:
-        return FailedList(files=await service.pipeline.parked.listing())
+        return FailedList(files=[failed_file(p) for p in await service.pipeline.parked.listing()])
     except OSError as exc:
         raise _unavailable("listing parked files", exc) from None
 
@@ -170,23 +170,6 @@ async def retry_failed(service: ServiceDep, body: RetryRequest | None = None) ->
     return RetryResponse(requeued=count)
 
 
-def _bandwidth_view(service: Service) -> BandwidthView:
-    bandwidth = service.bandwidth
-    limit = bandwidth.in_force()
-    override = bandwidth.override
-    return BandwidthView(
-        limit=format_rate(limit.rate),
-        limit_bytes_per_second=limit.rate,
-        source=limit.source,
-        schedule_entry=limit.entry,
-        override=None if override is None else format_rate(override[0]),
-        setting=format_rate(bandwidth.setting),
-        schedule=None if bandwidth.schedule is None else str(bandwidth.schedule),
-        timezone=service.settings.timezone,
-        rate_bytes_per_second=round(service.storage.meter.sent.per_second(), 1),
-    )
-
-
 def _require_bandwidth(service: Service) -> None:
     if not service.bandwidth.loaded:
         raise HTTPException(503, f"service is starting ({service.phase}); retry shortly")
@@ -194,7 +177,7 @@ def _require_bandwidth(service: Service) -> None:
 
 @router.get("/v1/bandwidth")
 async def get_bandwidth(service: ServiceDep) -> BandwidthView:
-    return _bandwidth_view(service)
+    return bandwidth_view(service)
 
 
 @router.put("/v1/bandwidth", responses={422: {}, 503: {}})
@@ -205,7 +188,7 @@ async def put_bandwidth(service: ServiceDep, body: BandwidthRequest) -> Bandwidt
         await service.bandwidth.set_override(body.rate)
     except OSError as exc:
         raise _unavailable("saving the bandwidth override", exc) from None
-    return _bandwidth_view(service)
+    return bandwidth_view(service)
 
 
 @router.delete("/v1/bandwidth", responses={503: {}})
@@ -216,7 +199,7 @@ async def delete_bandwidth(service: ServiceDep) -> BandwidthView:
         await service.bandwidth.clear_override()
     except OSError as exc:
         raise _unavailable("removing the bandwidth override", exc) from None
-    return _bandwidth_view(service)
+    return bandwidth_view(service)
 
 
 @metrics.get("/metrics", response_class=PlainTextResponse)

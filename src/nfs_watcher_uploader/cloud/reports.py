@@ -30,7 +30,7 @@ from nfs_watcher_uploader.cloud.manifest import Excluded, Manifest, Parked, Tota
 from nfs_watcher_uploader.cloud.webhooks import Webhooks, event_id
 from nfs_watcher_uploader.config import Settings
 from nfs_watcher_uploader.constants import MAX_DEPTH
-from nfs_watcher_uploader.items import FailedFile, SessionStateName, printable
+from nfs_watcher_uploader.items import ParkedFile, SessionStateName, printable
 from nfs_watcher_uploader.nfs.copying import Read, Staged
 from nfs_watcher_uploader.nfs.layout import Layout, manifest_blob
 from nfs_watcher_uploader.nfs.runner import Nfs
@@ -38,7 +38,7 @@ from nfs_watcher_uploader.sessions import Session
 
 logger = logging.getLogger(__name__)
 
-ParkedListing = Callable[[], Awaitable[list[FailedFile]]]
+ParkedListing = Callable[[], Awaitable[list[ParkedFile]]]
 
 
 class Reports:
@@ -150,7 +150,11 @@ class Reports:
         name, date = job["session"], job["date_prefix"]
         files = await self.nfs.call(lambda: ledger.read(date, name), timeout=self.nfs.timeout * 10)
         parked = [
-            Parked(path=f.filename, parked_as=f.parked_as, reason=f.reason)
+            Parked(
+                path=printable(f.path),
+                parked_as=printable(f.parked_as),
+                reason=printable(f.reason),
+            )
             for f in await self._parked()
             if f.session_name == name and f.date_prefix == date
         ]

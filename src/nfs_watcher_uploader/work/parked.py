@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from nfs_watcher_uploader.constants import MAX_NAME_VERSIONS
-from nfs_watcher_uploader.items import FailedFile, WorkItem, printable
+from nfs_watcher_uploader.items import ParkedFile, WorkItem, printable
 from nfs_watcher_uploader.nfs import moves, state, trees
 from nfs_watcher_uploader.nfs.layout import versioned
 from nfs_watcher_uploader.nfs.moves import Moved
@@ -104,16 +104,10 @@ class ParkedFiles:
                 return moved, rel
         raise OSError(f"{MAX_NAME_VERSIONS} parked files are named like {item.rel}")
 
-    async def listing(self) -> list[FailedFile]:
+    async def listing(self) -> list[ParkedFile]:
         """Parked files with their reasons, read from the parked tree."""
         return [
-            FailedFile(
-                date_prefix=p.item.date_prefix,
-                session_name=p.item.session_name,
-                filename=p.item.rel,
-                parked_as=p.parked_as,
-                reason=p.reason,
-            )
+            ParkedFile(p.item.date_prefix, p.item.session_name, p.item.rel, p.parked_as, p.reason)
             for p in await self.nfs.call(self._read)
         ]
 

@@ -1,0 +1,179 @@
+"""The API's request and response bodies (pydantic): what goes over HTTP, and nothing else.
+Every name in a response passes through `printable` (the `Printable` type)."""
+
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, field_validator
+
+from nfs_watcher_uploader.constants import MANIFEST_SUFFIX
+from nfs_watcher_uploader.items import (
+    SessionStateName,
+    check_session_name,
+    is_manifest_like,
+    printable,
+)
+from nfs_watcher_uploader.rates import parse_rate
+
+# A string that reaches a response: made printable whatever it holds.
+Printable = Annotated[str, AfterValidator(printable)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _SessionNameBody(_Strict):
+    session_name: str | None = None
+
+    @field_validator("session_name")
+    @classmethod
+    def _validate(cls, v: str | None) -> str | None:
+        return None if v is None else check_session_name(v)
+
+
+class WatchStartRequest(_SessionNameBody):
+    """Start watching `incoming/<session_name>/`; a name is generated when none is given."""
+
+    @field_validator("session_name")
+    @classmethod
+    def _not_a_manifest(cls, v: str | None) -> str | None:
+        if v is not None and is_manifest_like(v):
+            raise ValueError(
+                f"session_name must not end with {MANIFEST_SUFFIX!r}: "
+                "that is the name of a session's manifest"
+            )
+        return v
+
+
+class WatchStartResponse(BaseModel):
+    date_prefix: str
+    session_name: str
+    encoded_session: str
+
+
+class WatchStopResponse(BaseModel):
+    enabled: bool
+    session_name: Printable | None
+    state: str | None
+
+
+class SessionView(BaseModel):
+    session_name: Printable
+    date_prefix: str
+    state: SessionStateName
+    drained: bool
+    started_at: float
+    stopped_at: float | None
+    files_seen: int
+    bytes_seen: int
+    waiting: int
+    queued: int
+    in_flight: int
+    uploaded: int
+    bytes_uploaded: int
+    retrying: int
+    failed: int
+    # Left in incoming and never uploaded: entries that are not regular files (symbolic links,
+    # FIFOs, devices), and folders deeper than the depth limit (these block `drained`).
+    ignored: int
+    # Files the include/exclude patterns leave in incoming: never uploaded, never blocking
+    # `drained`.
+    excluded: int
+    too_deep: int
+    # Folders or files the service may not read: they block `drained` too.
+    unreadable: int
+    # Files waiting in incoming because an earlier file of the same name is still in progress.
+    held: int
+    # Uploaded under a new name because a blob with other bytes had theirs.
+    renamed: int
+    # Written to after they were claimed, and uploaded again whole.
+    late_writes: int
+    last_error: Printable | None
+    # The latest things worth a look (ignored entries, renames, late writes), newest last.
+    notices: list[Printable]
+
+
+class SessionList(BaseModel):
+    sessions: list[SessionView]
+
+
+class StatusResponse(BaseModel):
+    enabled: bool
+    active_session: Printable | None
+    processed_ok: int
+    processed_err: int
+    last_error: Printable | None
+    ready: bool
+    queue_depth: int
+    in_flight: int
+    retrying: int
+    failed: int
+    retries: int
+    draining_sessions: list[Printable]
+    state_error: Printable | None
+    # NFS calls given up at their deadline whose threads are still blocked (a hung mount).
+    nfs_calls_hung: int
+
+
+class FailedFile(BaseModel):
+    date_prefix: str
+    session_name: Printable
+    # The file's path below its session folder, as the recorder wrote it.
+    filename: Printable
+    # Where it is parked below `_failed/<date>/<session>/`: the same, unless a parked file of
+    # that name was already there.
+    parked_as: Printable
+    reason: Printable
+
+
+class FailedList(BaseModel):
+    files: list[FailedFile]
+
+
+class RetryRequest(_SessionNameBody):
+    """Put parked files back in the queue: all of them, or one session's."""
+
+
+class RetryResponse(BaseModel):
+    requeued: int
+
+
+class HealthResponse(BaseModel):
+    ok: bool = True
+    detail: Printable | None = None
+
+
+class ReadyResponse(BaseModel):
+    ready: bool = True
+    detail: str | None = None
+
+
+class BandwidthRequest(_Strict):
+    """An override of the bandwidth limit: 'off', '512K', '10M', '1.5G', or bytes per second."""
+
+    limit: str | int
+
+    @field_validator("limit")
+    @classmethod
+    def _validate(cls, v: str | int) -> str | int:
+        parse_rate(str(v))
+        return v
+
+    @property
+    def rate(self) -> int | None:
+        return parse_rate(str(self.limit))
+
+
+class BandwidthView(BaseModel):
+    # The limit in force ('off': none) and where it comes from: the override (PUT), the
+    # schedule (`schedule_entry` says which entry), the setting, or none.
+    limit: str
+    limit_bytes_per_second: int | None
+    source: Literal["override", "schedule", "setting", "none"]
+    schedule_entry: str | None
+    override: str | None
+    setting: str
+    schedule: str | None
+    timezone: str
+    # Bytes sent to storage per second over the last few seconds (headers included).
+    rate_bytes_per_second: float
