@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from nfs_watcher_uploader.main import load_settings
+from nfs_watcher_uploader.config import load_settings
 from nfs_watcher_uploader.nfs.runner import Nfs
 from nfs_watcher_uploader.rates import Schedule, format_rate, parse_rate, zone
 from nfs_watcher_uploader.uplink.bandwidth import Bandwidth, TokenBucket

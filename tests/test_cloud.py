@@ -19,10 +19,9 @@ from pydantic import ValidationError
 from nfs_watcher_uploader.blob.blobinfo import iso_utc_ns, uploader_version
 from nfs_watcher_uploader.cloud.ledger import Ledger
 from nfs_watcher_uploader.cloud.webhooks import Webhooks
-from nfs_watcher_uploader.config import AccessTier, Settings, parse_tags
+from nfs_watcher_uploader.config import AccessTier, Settings, load_settings, parse_tags
 from nfs_watcher_uploader.errors import PermanentError
 from nfs_watcher_uploader.items import WorkItem
-from nfs_watcher_uploader.main import load_settings
 from nfs_watcher_uploader.nfs.copying import Staged
 from nfs_watcher_uploader.nfs.layout import Layout
 from nfs_watcher_uploader.nfs.runner import Nfs

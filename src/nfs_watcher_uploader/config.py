@@ -1,12 +1,14 @@
-"""Settings, read once from `APP_*` environment variables (see the README's settings table)."""
+"""Settings, read once from `APP_*` environment variables (see the README's settings table), and
+`load_settings`, which refuses bad ones at start naming each variable."""
 
 import os
 import socket
+import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Self
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from nfs_watcher_uploader.constants import (
@@ -261,6 +263,27 @@ class Settings(BaseSettings):
         if self.retry_max_s < self.retry_base_s:
             raise ValueError("APP_RETRY_MAX_S must not be below APP_RETRY_BASE_S")
         return self
+
+
+def load_settings() -> Settings:
+    """Settings from the environment, or exit with a message that names each bad variable
+    (never echoing values: some are secrets) or each unsafe combination of folders, before
+    anything is touched."""
+    try:
+        settings = Settings()  # pyright: ignore[reportCallIssue]
+    except ValidationError as exc:
+        lines: list[str] = []
+        for err in exc.errors():
+            loc = "_".join(str(p) for p in err["loc"]).upper()
+            name = f"APP_{loc}" if loc else "settings"
+            lines.append(f"  {name}: {err['msg']}")
+        sys.exit("nfs-watcher-uploader: invalid configuration\n" + "\n".join(lines))
+    if problems := unsafe_paths(settings):
+        sys.exit(
+            "nfs-watcher-uploader: unsafe settings, nothing was touched\n"
+            + "\n".join(f"  {p}" for p in problems)
+        )
+    return settings
 
 
 def check_api_token(token: str) -> str:

@@ -10,13 +10,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from pydantic import ValidationError
 
 from nfs_watcher_uploader.api import routes
 from nfs_watcher_uploader.api.auth import ApiToken, TokenFileError
 from nfs_watcher_uploader.api.limits import server_options
 from nfs_watcher_uploader.cloud import verify
-from nfs_watcher_uploader.config import Settings, unsafe_paths
+from nfs_watcher_uploader.config import Settings, load_settings, unsafe_paths
 from nfs_watcher_uploader.service import Service
 from nfs_watcher_uploader.telemetry import Telemetry, configure_logging, setup_telemetry
 
@@ -61,27 +60,6 @@ def create_app(settings: Settings, **service_options: Any) -> FastAPI:
     providers = setup_telemetry(app)
     app.state.metrics_registry = providers.registry
     return app
-
-
-def load_settings() -> Settings:
-    """Settings from the environment, or exit with a message that names each bad variable
-    (never echoing values: some are secrets) or each unsafe combination of folders, before
-    anything is touched."""
-    try:
-        settings = Settings()  # pyright: ignore[reportCallIssue]
-    except ValidationError as exc:
-        lines: list[str] = []
-        for err in exc.errors():
-            loc = "_".join(str(p) for p in err["loc"]).upper()
-            name = f"APP_{loc}" if loc else "settings"
-            lines.append(f"  {name}: {err['msg']}")
-        sys.exit("nfs-watcher-uploader: invalid configuration\n" + "\n".join(lines))
-    if problems := unsafe_paths(settings):
-        sys.exit(
-            "nfs-watcher-uploader: unsafe settings, nothing was touched\n"
-            + "\n".join(f"  {p}" for p in problems)
-        )
-    return settings
 
 
 def _return_freed_memory() -> None:

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from nfs_watcher_uploader.blob.storage import Storage
 from nfs_watcher_uploader.cloud.manifest import FileEntry, Manifest
+from nfs_watcher_uploader.config import load_settings
 from nfs_watcher_uploader.constants import DATE_DIR_RE, MANIFEST_SUFFIX
 from nfs_watcher_uploader.errors import UploadError
 from nfs_watcher_uploader.items import check_session_name, printable
@@ -197,8 +198,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """Run `verify` as the command line asked; returns the exit status."""
-    from nfs_watcher_uploader.main import load_settings  # here: main imports this module
-
     try:
         date, session = parse_target(args.target)
     except ValueError as exc:
