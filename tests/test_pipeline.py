@@ -112,25 +112,31 @@ async def test_gc_deletes_markers_only_and_keeps_live_folders(settings_factory: 
     (root / "20260101" / "idle").mkdir(parents=True)
     (root / "20260101" / "active").mkdir(parents=True)
     nfs = runner.Nfs(5)
-    from nfs_watcher_uploader.blob.storage import Storage
     from nfs_watcher_uploader.items import WorkItem
+    from nfs_watcher_uploader.nfs.layout import Layout
     from nfs_watcher_uploader.sessions import Sessions
-    from nfs_watcher_uploader.telemetry import Telemetry
-    from nfs_watcher_uploader.work.pipeline import Pipeline
-    from nfs_watcher_uploader.work.transfer import Completed
+    from nfs_watcher_uploader.work.completions import Completed, CompletedFiles
 
     sessions = Sessions(root, nfs)
     sessions.by_name["active"] = Session("active", "20260101", "active", 0.0)
-    pipeline = Pipeline(settings, sessions, Storage(settings), nfs, Telemetry())
     item = WorkItem("done", "20260101", "x.bin", claimed=True)
-    pipeline.completed[marker] = Completed(item, 4, marker.stat().st_mtime_ns)
-    gc = GarbageCollector(pipeline, nfs)
+    completed = CompletedFiles()
+    completed.add(marker, Completed(item, 4, marker.stat().st_mtime_ns))
+    resent: list[WorkItem] = []
+
+    def resend(item: WorkItem) -> bool:
+        resent.append(item)
+        return True
+
+    layout = Layout.from_settings(settings)
+    gc = GarbageCollector(settings, layout, sessions, nfs, completed, resend)
     assert await gc.sweep_once() == 1
     assert not marker.exists()
     assert user_file.read_bytes() == b"data"
     assert not (root / "20260101" / "idle").exists()
     assert (root / "20260101" / "active").is_dir()
     assert not (root / "_completed" / "20260101").exists()
+    assert len(completed) == 0 and resent == []  # deleted unchanged: forgotten, not sent again
 
 
 def test_gc_never_strands_a_claim(

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from nfs_watcher_uploader.constants import UPLOAD_RATE_WINDOW_S
-from nfs_watcher_uploader.telemetry import RecentRate
+from nfs_watcher_uploader.rates import RecentRate
 
 from .helpers import Azurite, ServiceProcess, blob_bytes, make_settings, wait_for, write_file
 from .otlp_receiver import OtlpReceiver

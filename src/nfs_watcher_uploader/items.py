@@ -8,6 +8,12 @@ from typing import Literal
 
 from nfs_watcher_uploader.constants import MANIFEST_SUFFIX, SESSION_NAME_MAX, SESSION_NAME_RE
 
+
+def log_extra(item: "WorkItem") -> dict[str, str]:
+    """The fields every log line about a file carries (`file_name` made printable)."""
+    return {"file_name": printable(item.rel), "session_name": item.session_name}
+
+
 # Where the file of a piece of work lies: still in incoming, claimed into the processing
 # root, or in the completed tree (committed by a previous run, to be checked once more).
 Where = Literal["incoming", "claimed", "completed"]

@@ -1,4 +1,5 @@
-"""Rates and schedules as users write them, the way rclone writes them.
+"""Rates in bytes per second: as users write them (limits and schedules, the way rclone writes
+them), and as measured over a window (`RecentRate`).
 
 Rates: `off`, `512K`, `10M`, `1.5G` (binary units, bytes per second; a bare number is bytes
 per second). A schedule is `HH:MM,RATE` entries separated by spaces, each in force from its time
@@ -7,6 +8,10 @@ of day until the next one's (the last one wraps past midnight), like rclone's
 """
 
 import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
@@ -113,3 +118,29 @@ def zone(name: str) -> tzinfo:
         raise ValueError(
             f"unknown time zone {name!r} (an IANA name such as 'Europe/Berlin')"
         ) from None
+
+
+class RecentRate:
+    """Bytes per second over the last `window` seconds, as measured (bytes committed, bytes
+    sent). Written on the event loop, read by whichever thread collects the metrics."""
+
+    def __init__(self, window: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window = window
+        self._clock = clock
+        self._events: deque[tuple[float, int]] = deque()
+        self._lock = threading.Lock()
+
+    def add(self, size: int) -> None:
+        with self._lock:
+            now = self._clock()
+            self._events.append((now, size))
+            self._forget_before(now - self.window)
+
+    def per_second(self) -> float:
+        with self._lock:
+            self._forget_before(self._clock() - self.window)
+            return sum(size for _, size in self._events) / self.window
+
+    def _forget_before(self, start: float) -> None:
+        while self._events and self._events[0][0] < start:
+            self._events.popleft()

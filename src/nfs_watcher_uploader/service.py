@@ -36,10 +36,10 @@ from nfs_watcher_uploader.sessions import Session, Sessions
 from nfs_watcher_uploader.telemetry import Gauges, Telemetry
 from nfs_watcher_uploader.uplink.bandwidth import Bandwidth
 from nfs_watcher_uploader.uplink.wire import Meter
+from nfs_watcher_uploader.work.context import ClaimFn, CopyFn, MoveFn, Seams, StagedHook
 from nfs_watcher_uploader.work.gc import GarbageCollector
 from nfs_watcher_uploader.work.pipeline import Pipeline, backoff_delay
 from nfs_watcher_uploader.work.recovery import clear_staging, recover
-from nfs_watcher_uploader.work.transfer import ClaimFn, CopyFn, MoveFn, Seams, StagedHook
 
 # Exit status when the watchdog ends a stalled process (EX_SOFTWARE).
 STALL_EXIT_CODE = 70
@@ -73,7 +73,9 @@ class Service:
             settings.nfs_processing_root, self.nfs, on_end=lambda s, st: self.reports.ended(s, st)
         )
         self.bandwidth = Bandwidth.from_settings(settings, self.nfs)
-        self.storage = Storage(settings, token_credential, Meter(self.bandwidth.bucket))
+        # Every request to storage is metered through the bandwidth bucket.
+        self.meter = Meter(self.bandwidth.bucket)
+        self.storage = Storage(settings, token_credential, self.meter)
         seams = Seams(on_staged, claim, move, copy)
         self.pipeline = Pipeline(
             settings,
@@ -96,7 +98,14 @@ class Service:
             self.pipeline.parked.listing,
         )
         self.watcher = Watcher(self.pipeline, self.nfs, scan)
-        self.gc = GarbageCollector(self.pipeline, self.nfs)
+        self.gc = GarbageCollector(
+            settings,
+            layout,
+            self.sessions,
+            self.nfs,
+            self.pipeline.completed,
+            self.pipeline.resend_whole,
+        )
         self.telemetry.observe(
             Gauges(
                 queue_depth=self.pipeline.queue.qsize,

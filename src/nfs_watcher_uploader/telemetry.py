@@ -10,9 +10,6 @@ provider every call is a no-op.
 
 import logging
 import os
-import threading
-import time
-from collections import deque
 from collections.abc import Callable, Generator, Iterable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from nfs_watcher_uploader.constants import UPLOAD_RATE_WINDOW_S
 from nfs_watcher_uploader.items import SessionStateName, WorkItem, printable
-from nfs_watcher_uploader.nfs.layout import Layout
+from nfs_watcher_uploader.rates import RecentRate
 
 METER_NAME = TRACER_NAME = "nfs_watcher_uploader"
 SERVICE_NAME = "nfs-watcher-uploader"
@@ -129,34 +126,6 @@ class Gauges:
     webhook_pending: Callable[[], int] = lambda: 0
 
 
-class RecentRate:
-    """Bytes committed per second over the last `window` seconds. Written on the event loop,
-    read by whichever thread collects the metrics."""
-
-    def __init__(
-        self, window: float = UPLOAD_RATE_WINDOW_S, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.window = window
-        self._clock = clock
-        self._events: deque[tuple[float, int]] = deque()
-        self._lock = threading.Lock()
-
-    def add(self, size: int) -> None:
-        with self._lock:
-            now = self._clock()
-            self._events.append((now, size))
-            self._forget_before(now - self.window)
-
-    def per_second(self) -> float:
-        with self._lock:
-            self._forget_before(self._clock() - self.window)
-            return sum(size for _, size in self._events) / self.window
-
-    def _forget_before(self, start: float) -> None:
-        while self._events and self._events[0][0] < start:
-            self._events.popleft()
-
-
 # (name, unit, description) of each counter.
 _COUNTERS = [
     ("files.processed", "{file}", "Files uploaded and committed"),
@@ -199,7 +168,7 @@ class Telemetry:
         self.file_size = meter.create_histogram(
             "file.size", unit="By", description="Size of uploaded files"
         )
-        self.recent_rate = RecentRate()
+        self.recent_rate = RecentRate(UPLOAD_RATE_WINDOW_S)
 
     def observe(self, gauges: Gauges) -> None:
         """Register the instruments that read the service's state when collected."""
@@ -301,11 +270,11 @@ class Telemetry:
         )
 
     @contextmanager
-    def file_span(self, item: WorkItem) -> Generator[Span]:
+    def file_span(self, item: WorkItem, blob_name: str) -> Generator[Span]:
         attrs = {
             "session.name": item.session_name,
             "file.name": printable(item.rel),
-            "blob.name": printable(Layout.blob_name(item)),
+            "blob.name": printable(blob_name),
             "retry.attempt": item.attempt,
         }
         with self._tracer.start_as_current_span("file", attributes=attrs) as span:

@@ -60,5 +60,5 @@ def bandwidth_view(service: Service) -> BandwidthView:
         setting=format_rate(bandwidth.setting),
         schedule=None if bandwidth.schedule is None else str(bandwidth.schedule),
         timezone=service.settings.timezone,
-        rate_bytes_per_second=round(service.storage.meter.sent.per_second(), 1),
+        rate_bytes_per_second=round(service.meter.rate(), 1),
     )

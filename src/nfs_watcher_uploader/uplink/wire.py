@@ -35,7 +35,7 @@ from nfs_watcher_uploader.constants import (
     SEND_RATE_WINDOW_S,
     UNCAPPED_CHUNK,
 )
-from nfs_watcher_uploader.telemetry import RecentRate
+from nfs_watcher_uploader.rates import RecentRate
 from nfs_watcher_uploader.uplink.bandwidth import TokenBucket
 
 _BYTES = (bytes, bytearray, memoryview)
@@ -61,15 +61,19 @@ class Meter:
 
     def __init__(self, bucket: TokenBucket) -> None:
         self.bucket = bucket
-        self.sent = RecentRate(SEND_RATE_WINDOW_S)
+        self._sent = RecentRate(SEND_RATE_WINDOW_S)
         self.total_sent = 0
 
     def __repr__(self) -> str:
         return f"Meter({self.bucket!r} sent={self.total_sent})"
 
+    def rate(self) -> float:
+        """Bytes per second sent to storage (headers included) over the last few seconds."""
+        return self._sent.per_second()
+
     async def take(self, size: int, priority: float) -> None:
         await self.bucket.take(size, priority, WAITING.get())
-        self.sent.add(size)
+        self._sent.add(size)
         self.total_sent += size
 
     async def stream(self, body: memoryview, priority: float) -> AsyncIterator[memoryview]:

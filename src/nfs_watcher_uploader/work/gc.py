@@ -21,10 +21,13 @@ from pathlib import Path
 
 import anyio.to_thread
 
+from nfs_watcher_uploader.config import Settings
+from nfs_watcher_uploader.items import WorkItem
 from nfs_watcher_uploader.nfs import copying, trees
+from nfs_watcher_uploader.nfs.layout import Layout
 from nfs_watcher_uploader.nfs.runner import Nfs
-from nfs_watcher_uploader.work.pipeline import Pipeline
-from nfs_watcher_uploader.work.transfer import Completed
+from nfs_watcher_uploader.sessions import Sessions
+from nfs_watcher_uploader.work.completions import Completed, CompletedFiles
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +42,21 @@ class _Sweep:
 
 
 class GarbageCollector:
-    def __init__(self, pipeline: Pipeline, nfs: Nfs) -> None:
-        self.pipeline = pipeline
-        self.settings, self.layout = pipeline.settings, pipeline.layout
-        self.sessions = pipeline.sessions
-        self.nfs = nfs
+    """Deletes what `completed` holds once proven unchanged; a file that changed goes to
+    `resend` (Pipeline.resend_whole), which sends it again whole."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        layout: Layout,
+        sessions: Sessions,
+        nfs: Nfs,
+        completed: CompletedFiles,
+        resend: Callable[[WorkItem], bool],
+    ) -> None:
+        self.settings, self.layout, self.sessions, self.nfs = settings, layout, sessions, nfs
+        self.completed = completed
+        self._resend = resend
         self.markers_deleted = 0
         # Bytes free and total on the staging disk, from the last sample (None: not yet).
         self.staging_free: int | None = None
@@ -85,7 +98,7 @@ class GarbageCollector:
         """Delete unchanged completed files, send changed ones again, prune idle folders.
         Returns how many files were deleted."""
         # Taken on the event loop, so that the thread below never reads state the loop changes.
-        records = dict(self.pipeline.completed)
+        records = self.completed.snapshot()
         names = self._live_sessions()
 
         def live(date_prefix: str, name: str) -> bool:
@@ -104,11 +117,9 @@ class GarbageCollector:
         # One thread call for the whole NFS sweep, not one round trip per file.
         done = await self.nfs.call(sweep, timeout=self.nfs.timeout * 10)
         for path in done.forgotten + done.changed:
-            if self.pipeline.completed.get(path) is records[path]:  # not completed anew since
-                del self.pipeline.completed[path]
+            self.completed.forget(path, records[path])
         for path in done.changed:
-            item = self.layout.as_completed(records[path].item)
-            self.pipeline.put(self.pipeline.transfer.late_write(item))
+            self._resend(self.layout.as_completed(records[path].item))
         self.markers_deleted += done.deleted
         await anyio.to_thread.run_sync(_prune_staging, self.layout.staging_dir, live)
         return done.deleted

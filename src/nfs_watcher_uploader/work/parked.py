@@ -19,11 +19,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from nfs_watcher_uploader.constants import MAX_NAME_VERSIONS
-from nfs_watcher_uploader.items import ParkedFile, WorkItem, printable
+from nfs_watcher_uploader.items import ParkedFile, WorkItem, log_extra, printable
 from nfs_watcher_uploader.nfs import moves, state, trees
 from nfs_watcher_uploader.nfs.layout import versioned
 from nfs_watcher_uploader.nfs.moves import Moved
-from nfs_watcher_uploader.work.transfer import Context, MoveFn, log_extra
+from nfs_watcher_uploader.work.context import Context, MoveFn
 
 logger = logging.getLogger(__name__)
 

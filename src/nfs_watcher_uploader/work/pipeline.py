@@ -21,7 +21,6 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import anyio.to_thread
 
@@ -30,21 +29,16 @@ from nfs_watcher_uploader.backoff import backoff_delay
 from nfs_watcher_uploader.blob.storage import Storage
 from nfs_watcher_uploader.cloud.delivery import Delivery
 from nfs_watcher_uploader.config import Settings
-from nfs_watcher_uploader.items import Stats, WorkItem, printable
+from nfs_watcher_uploader.items import Stats, WorkItem, log_extra, printable
 from nfs_watcher_uploader.nfs.layout import Layout
 from nfs_watcher_uploader.nfs.runner import Nfs
 from nfs_watcher_uploader.sessions import Sessions
 from nfs_watcher_uploader.telemetry import Telemetry
+from nfs_watcher_uploader.work.completions import CompletedFiles
+from nfs_watcher_uploader.work.context import Context, Seams
 from nfs_watcher_uploader.work.order import WorkQueue
 from nfs_watcher_uploader.work.parked import ParkedFiles
-from nfs_watcher_uploader.work.transfer import (
-    Completed,
-    Context,
-    Seams,
-    Transfer,
-    log_extra,
-    remove_staged,
-)
+from nfs_watcher_uploader.work.transfer import Transfer, remove_staged
 
 logger = logging.getLogger(__name__)
 
@@ -112,8 +106,8 @@ class Pipeline:
         self.sessions = sessions
         self.telemetry = telemetry
         self.stats = Stats()
-        # completed path -> what was committed; GC reads a copy, checks and deletes.
-        self.completed: dict[Path, Completed] = {}
+        # Files marked completed, for GC's last look.
+        self.completed = CompletedFiles()
         context = Context(self.layout, sessions, nfs, telemetry, self.stats, self.delivery)
         seams = seams or Seams()
         self.transfer = Transfer(context, storage, self.completed, seams, settings.allow_hard_links)
@@ -170,6 +164,11 @@ class Pipeline:
         self._requeue(item)
         return True
 
+    def resend_whole(self, item: WorkItem) -> bool:
+        """A completed file changed after its upload (GC found it written to): say so, and
+        queue it to go up again, whole, over the same blob (`put`: not if it has work)."""
+        return self.put(self.transfer.late_write(item))
+
     def _requeue(self, item: WorkItem) -> None:
         self.sessions.for_item(item).mark(item, "queued")
         self._backlog.put_nowait(item)
@@ -224,7 +223,7 @@ class Pipeline:
     async def _handle(self, item: WorkItem, slot: Slot) -> None:
         session = self.sessions.for_item(item)
         session.mark(item, "in_flight")
-        with self.telemetry.file_span(item) as span:
+        with self.telemetry.file_span(item, self.layout.blob_name(item)) as span:
             try:
                 if not item.claimed:
                     item = await self.transfer.claim(item, session)

@@ -15,16 +15,13 @@ counted as uploaded only after its blob is committed and the file is marked comp
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Protocol
 
 import anyio.to_thread
 
 from nfs_watcher_uploader.blob.early import EarlyBlocks
 from nfs_watcher_uploader.blob.storage import Storage
-from nfs_watcher_uploader.cloud.delivery import Delivery
 from nfs_watcher_uploader.cloud.webhooks import event_id
 from nfs_watcher_uploader.constants import OVERLAP_MIN_BYTES
 from nfs_watcher_uploader.errors import (
@@ -36,77 +33,25 @@ from nfs_watcher_uploader.errors import (
     Skip,
     nfs_errors,
 )
-from nfs_watcher_uploader.items import Stats, WorkItem, printable
+from nfs_watcher_uploader.items import WorkItem, log_extra, printable
 from nfs_watcher_uploader.nfs import copying, moves
 from nfs_watcher_uploader.nfs.copying import Staged
-from nfs_watcher_uploader.nfs.layout import Layout
 from nfs_watcher_uploader.nfs.moves import Moved
-from nfs_watcher_uploader.nfs.runner import Nfs
-from nfs_watcher_uploader.sessions import Session, Sessions
-from nfs_watcher_uploader.telemetry import Telemetry
+from nfs_watcher_uploader.sessions import Session
+from nfs_watcher_uploader.work.completions import Completed, CompletedFiles
+from nfs_watcher_uploader.work.context import Context, Progress, Seams
 
 logger = logging.getLogger(__name__)
 
-# Test seams: called between stage and upload with the staged path and what was staged (it
-# may return a replacement, to corrupt an in-memory copy); the claim; the other renames; the
-# copy.
-StagedHook = Callable[[Path, Staged], Staged | None]
-ClaimFn = Callable[[Path, str, Path, tuple[int, int] | None, bool], Moved]
-MoveFn = Callable[[Path, Path, tuple[int, int] | None], Moved]
-CopyFn = Callable[..., Staged]
-
-
-@dataclass(frozen=True, slots=True)
-class Seams:
-    """What a test may put in place of the real steps (see the types above)."""
-
-    on_staged: StagedHook | None = None
-    claim: ClaimFn = moves.claim
-    move: MoveFn = moves.move
-    copy: CopyFn = copying.copy_and_hash
-
-
-class Progress(Protocol):
-    """Where a long step reports that it is still moving (a worker's slot)."""
-
-    progress: float
-
-    def touch(self) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Completed:
-    """A file in the completed tree: what was committed, for GC's last look before deleting."""
-
-    item: WorkItem
-    size: int
-    mtime_ns: int
-
-
-@dataclass(frozen=True, slots=True)
-class Context:
-    """What the steps of a file share: where files go, whose they are, NFS, the counters."""
-
-    layout: Layout
-    sessions: Sessions
-    nfs: Nfs
-    telemetry: Telemetry
-    stats: Stats
-    delivery: Delivery
-
-
-def log_extra(item: WorkItem) -> dict[str, str]:
-    return {"file_name": printable(item.rel), "session_name": item.session_name}
-
 
 class Transfer:
-    """The steps of one file. `completed` is shared with GC."""
+    """The steps of one file. A file marked completed is added to `completed` (for GC)."""
 
     def __init__(
         self,
         context: Context,
         storage: Storage,
-        completed: dict[Path, Completed],
+        completed: CompletedFiles,
         seams: Seams,
         allow_links: bool = False,
     ) -> None:
@@ -306,7 +251,7 @@ class Transfer:
         if moved is Moved.TAKEN:
             raise CompletionPending(item, "an earlier file of this name is not yet collected")
         if moved is Moved.DONE:
-            self.completed[done] = Completed(item, *committed)
+            self.completed.add(done, Completed(item, *committed))
         else:  # neither side is there: GC already took it
             logger.info("%s already collected", printable(item.rel), extra=log_extra(item))
 
