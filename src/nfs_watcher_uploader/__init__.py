@@ -1,3 +1,21 @@
-"""nfs-watcher-uploader: move finished recordings from an NFS share to Azure Blob Storage."""
+"""nfs-watcher-uploader: move finished recordings from an NFS share to Azure Blob Storage.
 
-__version__ = "0.1.0"
+Layers, top to bottom. A module imports only from its own package and from the layers below
+its own, never from a layer above (tests/test_layers.py checks it, and that nothing imports in
+a cycle):
+
+    main, __main__             the console script and the app factory
+    api/                       routes, views, schemas, the API token, what one client may cost
+    service                    the composition root: builds, starts and stops every part
+    intake/                    watcher (when a file is completely written), filters
+    work/                      pipeline, transfer, order, parked, gc, recovery, staging
+    cloud/                     ledger, manifest, reports, webhooks, jobs, delivery, verify
+    blob/                      storage, credentials, azure_errors, blocks, early, single_put,
+                               block_ids, blobinfo
+    uplink/                    bandwidth, wire
+    sessions/                  sessions, their progress and the file that keeps them
+    nfs/                       runner, opening, scan, moves, copying, state, trees, layout
+    telemetry                  traces, metrics, logs
+    config, errors, items      settings; what a caller does about a failure; the domain's items
+    constants, rates, backoff  names and limits; rates and schedules; trying again
+"""
