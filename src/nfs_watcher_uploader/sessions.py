@@ -39,7 +39,7 @@ from nfs_watcher_uploader.items import (
 )
 from nfs_watcher_uploader.nfs.runner import Nfs
 from nfs_watcher_uploader.nfs.scan import Scan
-from nfs_watcher_uploader.nfs.state import read_or_none, set_aside, write_atomic
+from nfs_watcher_uploader.nfs.state import StateFile
 
 logger = logging.getLogger(__name__)
 
@@ -277,6 +277,7 @@ class Sessions:
         on_end: EndHook | None = None,
     ):
         self.state_path = processing_root / STATE_FILE
+        self._file = StateFile(self.state_path, nfs, STATE_TMP_PREFIX)
         self._nfs = nfs
         self._clock = clock
         self._on_end = on_end
@@ -303,28 +304,22 @@ class Sessions:
         return f"Sessions({list(self.by_name.values())!r})"
 
     async def load(self) -> None:
-        """Read the state file. A damaged one is moved aside and reported, never fatal."""
+        """Read the state file. A damaged one is set aside and reported, never fatal; when NFS
+        fails (reading it, or setting a damaged one aside) nothing is loaded and `state_error`
+        says why: the service tries again."""
         try:
-            raw = await self._nfs.call(lambda: read_or_none(self.state_path))
+            loaded = await self._file.load(_parse_state)
         except OSError as exc:
-            self.state_error = f"cannot read {self.state_path}: {exc.strerror or exc}"
+            self.state_error = str(exc)
             logger.error("Session state unreadable: %s", self.state_error)
             return
         self.loaded = True
-        if raw is None:
-            return
-        try:
-            for s in _parse_state(raw):
-                self.by_name[s.name] = s
-        except ValueError as exc:
-            self.by_name.clear()
-            try:
-                aside = await self._nfs.call(lambda: set_aside(self.state_path, "damaged"))
-            except OSError:
-                logger.exception("Could not move the damaged state file aside")
-                aside = self.state_path
+        for s in loaded.value or []:
+            self.by_name[s.name] = s
+        if loaded.damaged is not None:
             self.state_error = (
-                f"damaged session state file {self.state_path}: {exc}; kept as {aside}"
+                f"damaged session state file {self.state_path}: {loaded.damaged}; "
+                f"kept as {loaded.aside}"
             )
             logger.error("%s", self.state_error)
 
@@ -337,7 +332,7 @@ class Sessions:
                 del self.by_name[old.name]
             sessions = [s.to_json() for s in self.by_name.values()]
             data = json.dumps({"version": STATE_VERSION, "sessions": sessions}, indent=1).encode()
-            await self._nfs.call(lambda: write_atomic(self.state_path, data, STATE_TMP_PREFIX))
+            await self._file.save(data)
             self.state_error = None
 
     def register_recovered(self, date_prefix: str, name: str) -> Session:

@@ -1,11 +1,25 @@
 """The service's own small state files on NFS: written whole or not at all, read, and set aside
-(never over another file) when damaged."""
+(never over another file) when damaged.
+
+`StateFile` is the one loader of such a file (sessions.json, bandwidth.json): what the share
+holds is input like any other, so bytes its parser refuses, whatever they are, set the file
+aside as `<name>.damaged-<ns>` and the caller goes on without it. An NFS error, reading or
+setting aside, is raised (`StateFileError`) and the caller tries again later: a damaged file is
+never overwritten before it is set aside.
+"""
 
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from nfs_watcher_uploader.nfs.moves import Moved, move
+from nfs_watcher_uploader.nfs.runner import Nfs
+
+# What a parser may raise on bytes it cannot use: deep nesting raises RecursionError, a huge
+# number OverflowError (an ArithmeticError), a missing field KeyError, and so on.
+_UNUSABLE = (ValueError, KeyError, TypeError, ArithmeticError, RecursionError)
 
 
 def write_atomic(path: Path, data: bytes, tmp_prefix: str) -> None:
@@ -43,3 +57,57 @@ def read_or_none(path: Path) -> bytes | None:
         return path.read_bytes()
     except FileNotFoundError:
         return None
+
+
+class StateFileError(OSError):
+    """NFS failed reading a state file, or setting a damaged one aside: try again later."""
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded[T]:
+    """What `StateFile.load` found: the parsed value, or None (no file, or a damaged one)."""
+
+    value: T | None
+    # Why the file could not be used, and where it was set aside.
+    damaged: str | None = None
+    aside: Path | None = None
+
+
+class StateFile:
+    """One small JSON state file of the service, next to `sessions.json`."""
+
+    def __init__(self, path: Path, nfs: Nfs, tmp_prefix: str) -> None:
+        self.path, self._nfs, self._tmp_prefix = path, nfs, tmp_prefix
+
+    def __repr__(self) -> str:
+        return f"StateFile({self.path})"
+
+    async def load[T](self, parse: Callable[[bytes], T]) -> Loaded[T]:
+        """The file parsed by `parse`; set aside when `parse` refuses it. Raises
+        StateFileError when NFS fails."""
+        try:
+            raw = await self._nfs.call(lambda: read_or_none(self.path))
+        except OSError as exc:
+            raise StateFileError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
+        if raw is None:
+            return Loaded(None)
+        try:
+            return Loaded(parse(raw))
+        except _UNUSABLE as exc:
+            why = str(exc)
+        try:
+            aside = await self._nfs.call(lambda: set_aside(self.path, "damaged"))
+        except OSError as exc:
+            raise StateFileError(
+                f"{self.path} is damaged and cannot be set aside ({exc.strerror or exc}); "
+                "it is left as it is and loaded again later"
+            ) from exc
+        return Loaded(None, why, aside)
+
+    async def save(self, data: bytes) -> None:
+        """Replace the file with `data`, atomically. Raises OSError."""
+        await self._nfs.call(lambda: write_atomic(self.path, data, self._tmp_prefix))
+
+    async def remove(self) -> None:
+        """Raises OSError; a file already gone is fine."""
+        await self._nfs.call(lambda: self.path.unlink(missing_ok=True))

@@ -31,7 +31,7 @@ from nfs_watcher_uploader.constants import (
     BANDWIDTH_WAIT_TICK_S,
 )
 from nfs_watcher_uploader.nfs.runner import Nfs
-from nfs_watcher_uploader.nfs.state import read_or_none, set_aside, write_atomic
+from nfs_watcher_uploader.nfs.state import StateFile
 from nfs_watcher_uploader.rates import Schedule, format_rate, parse_rate, zone
 
 if TYPE_CHECKING:  # config reads its rates with this module's parsers
@@ -168,7 +168,7 @@ class Bandwidth:
     ) -> None:
         self.setting, self.schedule, self.tz = setting, schedule, tz
         self.state_path = processing_root / BANDWIDTH_FILE
-        self._nfs = nfs
+        self._file = StateFile(self.state_path, nfs, BANDWIDTH_TMP_PREFIX)
         self._clock = clock
         # None: no override; otherwise the override's rate (None inside: 'off').
         self.override: tuple[int | None] | None = None
@@ -217,22 +217,18 @@ class Bandwidth:
             await asyncio.sleep(BANDWIDTH_REFRESH_S)
 
     async def load(self) -> None:
-        """Read the override a previous run kept. A damaged file is moved aside and reported:
-        the limit then comes from the settings."""
-        raw = await self._nfs.call(lambda: read_or_none(self.state_path))
-        if raw is not None:
-            try:
-                doc = json.loads(raw)
-                self.override = (parse_rate(str(doc["limit"])),)
-            # Whatever the bytes hold (deep nesting raises RecursionError): set aside, never fatal.
-            except (ValueError, KeyError, TypeError, ArithmeticError, RecursionError) as exc:
-                aside = await self._nfs.call(lambda: set_aside(self.state_path, "damaged"))
-                logger.error(
-                    "Damaged bandwidth override %s (%s); kept as %s, using the settings",
-                    self.state_path,
-                    exc,
-                    aside,
-                )
+        """Read the override a previous run kept. A damaged file is set aside and reported: the
+        limit then comes from the settings. Raises OSError when NFS fails (tried again)."""
+        loaded = await self._file.load(_parse_override)
+        if loaded.value is not None:
+            self.override = loaded.value
+        if loaded.damaged is not None:
+            logger.error(
+                "Damaged bandwidth override %s (%s); kept as %s, using the settings",
+                self.state_path,
+                loaded.damaged,
+                loaded.aside,
+            )
         self.loaded = True
         limit = self.apply()
         logger.info("Bandwidth limit %s (%s)", format_rate(limit.rate), limit.source)
@@ -240,7 +236,7 @@ class Bandwidth:
     async def set_override(self, rate: int | None) -> Limit:
         async with self._changing:
             data = json.dumps({"limit": format_rate(rate) if rate is None else rate}).encode()
-            await self._nfs.call(lambda: write_atomic(self.state_path, data, BANDWIDTH_TMP_PREFIX))
+            await self._file.save(data)
             self.override = (rate,)
             limit = self.apply()
         logger.info("Bandwidth override: %s", format_rate(rate))
@@ -248,8 +244,13 @@ class Bandwidth:
 
     async def clear_override(self) -> Limit:
         async with self._changing:
-            await self._nfs.call(lambda: self.state_path.unlink(missing_ok=True))
+            await self._file.remove()
             self.override = None
             limit = self.apply()
         logger.info("Bandwidth override cleared: %s (%s)", format_rate(limit.rate), limit.source)
         return limit
+
+
+def _parse_override(raw: bytes) -> tuple[int | None]:
+    """The override kept in bandwidth.json: `{"limit": "2M"}` (or "off", or bytes per second)."""
+    return (parse_rate(str(json.loads(raw)["limit"])),)
