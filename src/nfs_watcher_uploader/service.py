@@ -39,7 +39,8 @@ from nfs_watcher_uploader.uplink.wire import Meter
 from nfs_watcher_uploader.work.context import ClaimFn, CopyFn, MoveFn, Seams, StagedHook
 from nfs_watcher_uploader.work.gc import GarbageCollector
 from nfs_watcher_uploader.work.pipeline import Pipeline, backoff_delay
-from nfs_watcher_uploader.work.recovery import clear_staging, recover
+from nfs_watcher_uploader.work.recovery import recover
+from nfs_watcher_uploader.work.staging import clear_staging
 
 # Exit status when the watchdog ends a stalled process (EX_SOFTWARE).
 STALL_EXIT_CODE = 70

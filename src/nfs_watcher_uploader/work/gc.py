@@ -14,7 +14,6 @@ never pulls a folder out from under a claim (and `moves.move` recreates a missin
 import asyncio
 import logging
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from nfs_watcher_uploader.nfs.layout import Layout
 from nfs_watcher_uploader.nfs.runner import Nfs
 from nfs_watcher_uploader.sessions import Sessions
 from nfs_watcher_uploader.work.completions import Completed, CompletedFiles
+from nfs_watcher_uploader.work.staging import disk_free_and_size, prune_staging
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class GarbageCollector:
         """Read the staging disk's usage in a thread; the metrics report the cached values."""
         try:
             free, size = await anyio.to_thread.run_sync(
-                _disk_free_and_size, self.settings.local_staging_root
+                disk_free_and_size, self.settings.local_staging_root
             )
         except OSError as exc:
             logger.warning("Cannot read the staging disk's usage: %s", exc)
@@ -121,7 +121,7 @@ class GarbageCollector:
         for path in done.changed:
             self._resend(self.layout.as_completed(records[path].item))
         self.markers_deleted += done.deleted
-        await anyio.to_thread.run_sync(_prune_staging, self.layout.staging_dir, live)
+        await anyio.to_thread.run_sync(prune_staging, self.layout.staging_dir, live)
         return done.deleted
 
 
@@ -135,21 +135,3 @@ def _check(path: Path, record: Completed, done: _Sweep) -> None:
     except FileNotFoundError:
         pass
     done.forgotten.append(path)
-
-
-def _disk_free_and_size(root: Path) -> tuple[int, int]:
-    # Staging is created on first use; until then, the disk it will be on is its nearest
-    # existing parent's.
-    path = root
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    usage = shutil.disk_usage(path)
-    return usage.free, usage.total
-
-
-def _prune_staging(root: Path, live: Callable[[str, str], bool]) -> None:
-    """Staged copies of sessions that are no longer live are leftovers of cancelled work."""
-    for date_prefix, name, _, path in list(trees.iter_tree_files(root)):
-        if not live(date_prefix, name):
-            path.unlink(missing_ok=True)
-    trees.prune_empty_dirs(root, live)

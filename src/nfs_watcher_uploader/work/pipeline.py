@@ -38,7 +38,8 @@ from nfs_watcher_uploader.work.completions import CompletedFiles
 from nfs_watcher_uploader.work.context import Context, Seams
 from nfs_watcher_uploader.work.order import WorkQueue
 from nfs_watcher_uploader.work.parked import ParkedFiles
-from nfs_watcher_uploader.work.transfer import Transfer, remove_staged
+from nfs_watcher_uploader.work.staging import remove_staged
+from nfs_watcher_uploader.work.transfer import Transfer
 
 logger = logging.getLogger(__name__)
 

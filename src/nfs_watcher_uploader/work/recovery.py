@@ -11,10 +11,8 @@ draining. Folders whose names cannot be session names are left alone and reporte
 """
 
 import logging
-import shutil
 from pathlib import Path
 
-from nfs_watcher_uploader.constants import DATE_DIR_RE
 from nfs_watcher_uploader.items import WorkItem, check_session_name, printable
 from nfs_watcher_uploader.nfs import trees
 from nfs_watcher_uploader.nfs.runner import Nfs
@@ -22,18 +20,6 @@ from nfs_watcher_uploader.sessions import Sessions
 from nfs_watcher_uploader.work.pipeline import Pipeline
 
 logger = logging.getLogger(__name__)
-
-
-def clear_staging(folder: Path) -> None:
-    """Staging is a cache of `.processing`: what a previous run left in our own staging folder
-    is stale. Only our date folders in it are removed, never anything else."""
-    try:
-        entries = list(folder.iterdir())
-    except FileNotFoundError:
-        return
-    for entry in entries:
-        if DATE_DIR_RE.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
 
 
 async def recover(sessions: Sessions, pipeline: Pipeline, nfs: Nfs) -> int:

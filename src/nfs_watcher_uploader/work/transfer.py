@@ -40,6 +40,7 @@ from nfs_watcher_uploader.nfs.moves import Moved
 from nfs_watcher_uploader.sessions import Session
 from nfs_watcher_uploader.work.completions import Completed, CompletedFiles
 from nfs_watcher_uploader.work.context import Context, Progress, Seams
+from nfs_watcher_uploader.work.staging import remove_staged
 
 logger = logging.getLogger(__name__)
 
@@ -318,11 +319,3 @@ class Transfer:
         return replace(
             item, committed=None, overwrite=True, blob_name=blob_name, md5=None, recorded=False
         )
-
-
-def remove_staged(staged: Path, item: WorkItem) -> None:
-    """Delete a staged copy (in a thread: the staging disk may be slow too)."""
-    try:
-        staged.unlink(missing_ok=True)
-    except OSError:
-        logger.warning("Could not delete staged copy %s", staged, extra=log_extra(item))
