@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 
 import anyio.to_thread
 
+from nfs_watcher_uploader.backoff import until_ok
 from nfs_watcher_uploader.blob.block_ids import load_block_key
 from nfs_watcher_uploader.blob.credentials import TokenCredentialFactory
 from nfs_watcher_uploader.blob.storage import Storage
@@ -38,10 +39,13 @@ from nfs_watcher_uploader.uplink.bandwidth import Bandwidth
 from nfs_watcher_uploader.uplink.wire import Meter
 from nfs_watcher_uploader.work.context import ClaimFn, CopyFn, MoveFn, Seams, StagedHook
 from nfs_watcher_uploader.work.gc import GarbageCollector
-from nfs_watcher_uploader.work.pipeline import Pipeline, backoff_delay
+from nfs_watcher_uploader.work.pipeline import Pipeline
 from nfs_watcher_uploader.work.recovery import recover
 from nfs_watcher_uploader.work.staging import clear_staging
 
+# Backoff of a start-up step that fails (base, cap in seconds): quick at first, then at most
+# every 30 s while NFS or storage is away.
+START_UP_RETRY = (1.0, 30.0)
 # Exit status when the watchdog ends a stalled process (EX_SOFTWARE).
 STALL_EXIT_CODE = 70
 
@@ -212,21 +216,22 @@ class Service:
         what: str,
         done: Callable[[], bool] = lambda: True,
     ) -> None:
-        """Repeat a startup step with backoff until it succeeds; the API keeps serving."""
-        attempt = 0
-        while True:
-            try:
-                await step()
-                if done():
-                    return
-                error = "not done"
-            except (OSError, RetryableError) as exc:
-                error = str(exc)
-            attempt += 1
+        """Repeat a start-up step with backoff until it succeeds; the API keeps serving and
+        /readyz says what it waits for."""
+
+        def waiting(error: str) -> None:
             self.phase = f"waiting to {what}: {error}"
-            delay = backoff_delay(attempt, 1.0, 30.0, self._rng)
-            logger.warning("Could not %s (%s); trying again in %.1f s", what, error, delay)
-            await asyncio.sleep(delay)
+
+        await until_ok(
+            step,
+            what,
+            retry=START_UP_RETRY,
+            rng=self._rng,
+            log=logger,
+            retryable=(OSError, RetryableError),
+            done=done,
+            waiting=waiting,
+        )
 
     async def shutdown(self) -> None:
         self.ready = False

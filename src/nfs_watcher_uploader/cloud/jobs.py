@@ -2,23 +2,20 @@
 event), and the order in which they are tried.
 
 `JobFiles` keeps one JSON file per job on NFS, named by its id: written (temp file, fsync,
-rename) before anyone relies on it, deleted only once the job is done. `DueQueue` holds the
-jobs in memory, each with the time of its next attempt, so that one failing job backs off on
-its own and never holds up the others.
+rename) before anyone relies on it, deleted only once the job is done. In memory the jobs wait
+in a `backoff.DueQueue`, each with the time of its next attempt, so that one failing job backs
+off on its own and never holds up the others.
 """
 
-import asyncio
 import json
 import logging
 import random
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, FiniteFloat
 
-from nfs_watcher_uploader.backoff import backoff_delay
+from nfs_watcher_uploader.backoff import until_ok
 from nfs_watcher_uploader.constants import JOB_TMP_PREFIX
 from nfs_watcher_uploader.nfs.runner import Nfs
 from nfs_watcher_uploader.nfs.state import write_atomic
@@ -65,15 +62,9 @@ class JobFiles:
 
     async def load(self, retry: tuple[float, float], rng: random.Random) -> list[Job]:
         """Every job on disk, oldest first (by `created`), trying again until NFS answers."""
-        attempt = 0
-        while True:
-            try:
-                return await self.nfs.call(self._load)
-            except OSError as exc:
-                attempt += 1
-                delay = backoff_delay(attempt, *retry, rng)
-                logger.warning("Cannot read %s (%s); trying again in %.1f s", self.root, exc, delay)
-                await asyncio.sleep(delay)
+        return await until_ok(
+            lambda: self.nfs.call(self._load), f"read {self.root}", retry=retry, rng=rng, log=logger
+        )
 
     def _load(self) -> list[Job]:
         for leftover in self.root.glob(f"{JOB_TMP_PREFIX}*"):
@@ -98,57 +89,3 @@ class JobFiles:
 
 def _first_line(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-
-
-@dataclass
-class _Due[T]:
-    value: T
-    attempt: int = 0
-    at: float = 0.0  # time.monotonic() of the next attempt
-
-
-class DueQueue[T]:
-    """Jobs by id, in the order they came, each tried when its time has come."""
-
-    def __init__(self, retry: tuple[float, float], rng: random.Random | None = None) -> None:
-        self._retry = retry
-        self._rng = rng or random.Random()
-        self._items: dict[str, _Due[T]] = {}
-        self._wake = asyncio.Event()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __contains__(self, job_id: str) -> bool:
-        return job_id in self._items
-
-    def add(self, job_id: str, value: T) -> None:
-        if job_id not in self._items:
-            self._items[job_id] = _Due(value)
-            self._wake.set()
-
-    def done(self, job_id: str) -> None:
-        self._items.pop(job_id, None)
-
-    def failed(self, job_id: str) -> tuple[int, float]:
-        """Back the job off; returns its attempt count and the delay to its next attempt."""
-        due = self._items[job_id]
-        due.attempt += 1
-        delay = backoff_delay(due.attempt, *self._retry, self._rng)
-        due.at = time.monotonic() + delay
-        return due.attempt, delay
-
-    async def next(self) -> tuple[str, T]:
-        """The oldest job whose time has come, waiting for one if need be."""
-        while True:
-            now = time.monotonic()
-            for job_id, due in self._items.items():
-                if due.at <= now:
-                    return job_id, due.value
-            soonest = min((d.at for d in self._items.values()), default=None)
-            self._wake.clear()
-            try:
-                async with asyncio.timeout(None if soonest is None else soonest - now):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass

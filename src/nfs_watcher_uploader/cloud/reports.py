@@ -22,9 +22,10 @@ from typing import Any
 
 from pydantic import FiniteFloat
 
+from nfs_watcher_uploader.backoff import DueQueue
 from nfs_watcher_uploader.blob.blobinfo import BlobLabels, iso_utc
 from nfs_watcher_uploader.blob.storage import Storage
-from nfs_watcher_uploader.cloud.jobs import DueQueue, Job, JobDoc, JobFiles
+from nfs_watcher_uploader.cloud.jobs import Job, JobDoc, JobFiles
 from nfs_watcher_uploader.cloud.ledger import Ledger
 from nfs_watcher_uploader.cloud.manifest import Excluded, Manifest, Parked, Totals
 from nfs_watcher_uploader.cloud.webhooks import Webhooks, event_id
@@ -60,7 +61,7 @@ class Reports:
         self._retry = (settings.retry_base_s, settings.retry_max_s)
         self._rng = random.Random()
         self._files = JobFiles(layout.reports_root, nfs, _ReportJob)
-        self._queue = DueQueue[Job](self._retry, self._rng)
+        self._queue = DueQueue[str, Job](self._retry, self._rng)
         self.manifests_written = 0
 
     def __repr__(self) -> str:

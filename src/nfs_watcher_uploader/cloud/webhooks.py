@@ -27,8 +27,9 @@ from urllib.parse import urlsplit
 import aiohttp
 from pydantic import BaseModel, ConfigDict
 
+from nfs_watcher_uploader.backoff import DueQueue
 from nfs_watcher_uploader.blob.blobinfo import iso_utc, uploader_version
-from nfs_watcher_uploader.cloud.jobs import DueQueue, JobDoc, JobFiles
+from nfs_watcher_uploader.cloud.jobs import JobDoc, JobFiles
 from nfs_watcher_uploader.config import Settings
 from nfs_watcher_uploader.constants import OUTBOX_MAX
 from nfs_watcher_uploader.nfs.layout import Layout
@@ -95,7 +96,7 @@ class Webhooks:
         self._retry = (settings.retry_base_s, settings.retry_max_s)
         self._rng = rng or random.Random()
         self._outbox = JobFiles(layout.outbox_root, nfs, _OutboxJob)
-        self._queue = DueQueue[_Event](self._retry, self._rng)
+        self._queue = DueQueue[str, _Event](self._retry, self._rng)
         self._clock = clock
         self.delivered = 0
         self.failed_attempts = 0

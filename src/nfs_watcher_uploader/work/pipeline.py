@@ -1,8 +1,8 @@
 """The pipeline: a queue of files, workers that each take one at a time through `Transfer`,
 and what happens to a file that does not go up at once.
 
-    RetryableError     back on the retry timer: 1 s, 2 s, 4 s ... capped at APP_RETRY_MAX_S,
-                       with jitter, for as long as it takes
+    RetryableError     tried again after 1 s, 2 s, 4 s ... capped at APP_RETRY_MAX_S, with
+                       jitter (a `backoff.DueQueue`), for as long as it takes
     PermanentError     parked with its reason (`ParkedFiles`), never deleted
     NotOurs            left in (or put back into) incoming, reported
     LateWrite          queued again to go up whole over the same blob
@@ -15,17 +15,16 @@ moves into the queue, so a worker never blocks on its own full queue.
 """
 
 import asyncio
-import heapq
+import itertools
 import logging
 import random
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import anyio.to_thread
 
 from nfs_watcher_uploader import errors
-from nfs_watcher_uploader.backoff import backoff_delay
+from nfs_watcher_uploader.backoff import DueQueue, backoff_delay
 from nfs_watcher_uploader.blob.storage import Storage
 from nfs_watcher_uploader.cloud.delivery import Delivery
 from nfs_watcher_uploader.config import Settings
@@ -54,37 +53,6 @@ class Slot:
 
     def touch(self) -> None:
         self.progress = time.monotonic()
-
-
-class RetryTimer:
-    """Files waiting for their next attempt; each goes back to `due` when its time comes."""
-
-    def __init__(self, due: Callable[[WorkItem], None]) -> None:
-        self._due = due
-        self._heap: list[tuple[float, int, WorkItem]] = []
-        self._seq = 0
-        self._wakeup = asyncio.Event()
-
-    def __len__(self) -> int:
-        return len(self._heap)
-
-    def schedule(self, item: WorkItem, delay: float) -> None:
-        self._seq += 1
-        heapq.heappush(self._heap, (time.monotonic() + delay, self._seq, item))
-        self._wakeup.set()
-
-    async def run(self) -> None:
-        while True:
-            now = time.monotonic()
-            while self._heap and self._heap[0][0] <= now:
-                _, _, item = heapq.heappop(self._heap)
-                self._due(item)
-            timeout = self._heap[0][0] - now if self._heap else None
-            self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), timeout)
-            except TimeoutError:
-                pass
 
 
 class Pipeline:
@@ -120,7 +88,9 @@ class Pipeline:
         )
         self._backlog: asyncio.Queue[WorkItem] = WorkQueue(0, settings.upload_order)
         self.slots = [Slot() for _ in range(settings.worker_concurrency)]
-        self.retry_timer = RetryTimer(self._requeue)
+        # Files waiting for their next attempt (keys: only to tell them apart).
+        self._retrying = DueQueue[int, WorkItem]((settings.retry_base_s, settings.retry_max_s))
+        self._retry_keys = itertools.count()
         self._helpers: list[asyncio.Task[None]] = []
         self._stopping = False
 
@@ -140,7 +110,7 @@ class Pipeline:
 
     @property
     def retrying(self) -> int:
-        return len(self.retry_timer)
+        return len(self._retrying)
 
     def stalled_for(self) -> float:
         """Seconds since the slowest busy worker last made progress (0 when all are idle)."""
@@ -174,6 +144,13 @@ class Pipeline:
         self.sessions.for_item(item).mark(item, "queued")
         self._backlog.put_nowait(item)
 
+    async def _due(self) -> None:
+        """Put each file waiting for its next attempt back in line when its time comes."""
+        while True:
+            key, item = await self._retrying.next()
+            self._retrying.done(key)
+            self._requeue(item)
+
     async def _feed(self) -> None:
         while True:
             await self.queue.put(await self._backlog.get())
@@ -181,11 +158,11 @@ class Pipeline:
     # --- running -------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Run the workers and the retry timer until cancelled or `shutdown`."""
+        """Run the workers, the retries and the feeder until cancelled or `shutdown`."""
         async with asyncio.TaskGroup() as tg:
             for slot in self.slots:
                 slot.task = tg.create_task(self._worker(slot))
-            self._helpers = [tg.create_task(self.retry_timer.run()), tg.create_task(self._feed())]
+            self._helpers = [tg.create_task(self._due()), tg.create_task(self._feed())]
 
     async def shutdown(self, grace: float) -> None:
         """Stop taking work, let in-flight files finish within `grace`, then cancel the rest
@@ -269,7 +246,7 @@ class Pipeline:
             delay,
             extra=log_extra(item),
         )
-        self.retry_timer.schedule(replace(item, attempt=attempt), delay)
+        self._retrying.add(next(self._retry_keys), replace(item, attempt=attempt), delay)
 
     async def _park(self, item: WorkItem, reason: str) -> None:
         if not item.claimed:  # nothing of ours to park
