@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from nfs_watcher_uploader.intake.filters import FileFilter
 from nfs_watcher_uploader.nfs import copying, moves, state, trees
 from nfs_watcher_uploader.nfs.scan import scan_session
 
@@ -126,18 +127,20 @@ def test_scan_skips_links_and_filtered(tmp_path: Path) -> None:
     (tmp_path / "b.txt").write_bytes(b"1")
     (tmp_path / "sub").mkdir()
     (tmp_path / "link.bin").symlink_to(tmp_path / "a.bin")
-    scan = scan_session(tmp_path, frozenset())
+    everything = FileFilter(defaults=False)
+    scan = scan_session(tmp_path, everything)
     assert set(scan.files) == {"a.bin", "b.txt"}
     assert scan.ignored == {"link.bin": "a symbolic link, not a regular file"}
-    assert set(scan_session(tmp_path, frozenset({".bin"})).files) == {"a.bin"}
-    assert scan_session(tmp_path / "missing", frozenset()).files == {}
+    bins = FileFilter(extensions=frozenset({".bin"}), defaults=False)
+    assert set(scan_session(tmp_path, bins).files) == {"a.bin"}
+    assert scan_session(tmp_path / "missing", everything).files == {}
 
 
 def test_scan_skips_the_stat_of_files_too_young_to_claim(tmp_path: Path) -> None:
     (tmp_path / "young").write_bytes(b"1")
     (tmp_path / "old").write_bytes(b"1")
     known = {"young": (99, 2_000), "old": (99, 1_000), "gone": (1, 1)}
-    result = scan_session(tmp_path, frozenset(), known, young_ns=1_500).files
+    result = scan_session(tmp_path, FileFilter(defaults=False), known, young_ns=1_500).files
     assert result["young"] == (99, 2_000)  # carried, not stat'ed
     assert result["old"][0] == 1  # stat'ed: real size
     assert "gone" not in result  # the listing still says what exists

@@ -343,12 +343,12 @@ def test_hung_nfs_turns_healthz_503_and_api_keeps_answering(
     hang = threading.Event()
     release = threading.Event()
 
-    def scan(path: Path, exts: frozenset[str], *args: Any) -> Any:
+    def scan(path: Path, wanted: Any, *args: Any) -> Any:
         if hang.is_set():
             release.wait(30)
         from nfs_watcher_uploader.nfs.scan import scan_session
 
-        return scan_session(path, exts, *args)
+        return scan_session(path, wanted, *args)
 
     settings = settings_factory(nfs_timeout_s=0.3, liveness_timeout_s=1.5)
     running = service_factory(settings, scan=scan)

@@ -89,7 +89,7 @@ async def test_identity_only_mode_does_not_fall_back(azurite: Azurite) -> None:
     storage = Storage(settings, token_credential=lambda: fake)  # type: ignore[arg-type,return-value]
     with pytest.raises(RetryableError, match="identity"):
         await storage.connect()
-    assert not storage.connected
+    assert storage.auth_used is None  # nothing connected
 
 
 async def test_wrong_key_is_retryable_and_never_echoed(azurite: Azurite) -> None:

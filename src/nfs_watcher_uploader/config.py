@@ -25,7 +25,8 @@ from nfs_watcher_uploader.rates import Schedule, parse_rate, zone
 
 class AzureAuth(StrEnum):
     AUTO = "auto"
-    # Workload identity, then managed identity: what a pod has (storage.workload_or_managed).
+    # Workload identity, then managed identity: what a pod has
+    # (blob/credentials.workload_or_managed_identity).
     IDENTITY = "identity"
     # azure-identity's DefaultAzureCredential, which also tries developer tools: for a laptop.
     IDENTITY_DEFAULT = "identity-default"
@@ -35,7 +36,7 @@ class AzureAuth(StrEnum):
 
 
 class NameConflict(StrEnum):
-    """What to do when a blob of the same name holds other bytes (see storage.upload)."""
+    """What to do when a blob of the same name holds other bytes (blob/storage: `upload`)."""
 
     KEEP_BOTH = "keep-both"
     OVERWRITE = "overwrite"
@@ -43,7 +44,7 @@ class NameConflict(StrEnum):
 
 
 class UploadOrder(StrEnum):
-    """Which waiting files go first (see order.py)."""
+    """Which waiting files go first (see work/order.py)."""
 
     OLDEST = "oldest"
     NEWEST = "newest"
@@ -102,7 +103,7 @@ class Settings(BaseSettings):
     min_file_age_s: float = Field(default=5.0, ge=0)
     file_extensions: Annotated[frozenset[str], NoDecode] = frozenset()
     # Files with more than one hard link are left alone unless this is set: on NFS anyone may
-    # link any file of the export into a session folder (see moves.claim).
+    # link any file of the export into a session folder (see nfs/moves.claim).
     allow_hard_links: bool = False
 
     # Queue and workers
@@ -110,20 +111,20 @@ class Settings(BaseSettings):
     # 16 beat 4 and 8 in `make bench` (small files 2.4 s vs 3.0 s) at 214 MiB peak RSS.
     worker_concurrency: int = Field(default=16, ge=1)
 
-    # Azure upload tuning (None = this service's defaults, see storage.py)
+    # Azure upload tuning (None = this service's defaults, see blob/storage.py)
     azure_max_block_size: int | None = Field(default=None, ge=64 * 1024, le=4000 * 1024 * 1024)
     azure_max_single_put_size: int | None = Field(default=None, ge=0, le=5000 * 1024 * 1024)
     azure_max_concurrency: int = Field(default=8, ge=1)
     on_name_conflict: NameConflict = NameConflict.KEEP_BOTH
 
-    # Which files below a session folder are uploaded (filters.py): glob patterns on the path
+    # Which files below a session folder are uploaded (intake/filters.py): glob patterns on the path
     # relative to the session folder; excluded files stay in incoming and are counted.
     include: Annotated[tuple[str, ...], NoDecode] = ()
     exclude: Annotated[tuple[str, ...], NoDecode] = ()
     exclude_defaults: bool = True
     upload_order: UploadOrder = UploadOrder.OLDEST
 
-    # Bandwidth (bandwidth.py): bytes per second for all uploads together, or a timetable.
+    # Bandwidth (uplink/bandwidth.py): bytes per second for all uploads together, or a timetable.
     bandwidth_limit: Annotated[int | None, NoDecode] = None
     bandwidth_schedule: str | None = None
     timezone: str = "UTC"

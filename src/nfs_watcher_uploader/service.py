@@ -1,13 +1,16 @@
 """The service: builds the components, starts them in order, reports readiness and liveness.
 
-Start:    webhook deliveries; load sessions -> clear staging -> connect storage (retrying) ->
-          workers and session reports -> recovery -> ready -> watcher and GC.
-          The API serves from the first moment; /readyz is 503
-          until recovery is done and the container is reachable. With APP_EXIT_ON_STALL_S, a
-          watchdog ends the process once liveness has failed that long (for Docker/compose).
+Start, each step tried again with backoff until it succeeds (`until_ok`):
+          webhook deliveries (from their outbox) -> load sessions -> clear staging -> load the
+          bandwidth override, then keep the limit in force -> load the block id key -> connect
+          storage -> workers and session reports -> recovery -> watcher and GC -> ready.
+          The API serves from the first moment; /readyz is 503 (saying which step it waits
+          for) until then. With APP_EXIT_ON_STALL_S, a watchdog ends the process once liveness
+          has failed that long (for Docker/compose).
 Shutdown: stop intake (watcher, GC) -> in-flight uploads get APP_SHUTDOWN_GRACE_S -> cancel the
-          rest (recovered on the next start), reports and deliveries (their jobs stay on NFS)
-          -> close the storage client.
+          rest (recovered on the next start), start-up steps still retrying and the bandwidth
+          limit -> session reports and deliveries (their jobs stay on NFS) -> close the storage
+          client.
 """
 
 import asyncio

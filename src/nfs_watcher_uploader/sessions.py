@@ -106,9 +106,6 @@ class Session:
         of such a name in incoming is not offered (again) until that work is done."""
         return {rel for where, rel in self.pending if where != "completed"}
 
-    def in_progress(self, rel: str) -> bool:
-        return ("incoming", rel) in self.pending or ("claimed", rel) in self.pending
-
     def mark(self, item: WorkItem, phase: Phase) -> None:
         self.pending[item.place] = (phase, item.ticket)
 

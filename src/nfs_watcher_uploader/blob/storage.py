@@ -136,10 +136,6 @@ class Storage:
         )
 
     @property
-    def connected(self) -> bool:
-        return self._connection is not None
-
-    @property
     def single(self) -> SinglePut:
         if self._single is None:
             raise RetryableError("storage is not connected yet")

@@ -17,11 +17,11 @@ as `excluded`, and does not keep a session from `drained`.
 """
 
 import fnmatch
+import os
 import re
 from collections.abc import Iterable
 
 from nfs_watcher_uploader.config import Settings
-from nfs_watcher_uploader.nfs.scan import Extensions
 
 # Dotfiles (rsync's `.name.XXXXXX`, `.~lock` files), temporary and partial downloads, editor
 # backups and swap files: files that are still being written, or never meant to be kept.
@@ -55,7 +55,7 @@ class FileFilter:
         self._exclude_path = _compile(p for p in excludes if "/" in p)
         self._include_name = _compile(p for p in includes if "/" not in p)
         self._include_path = _compile(p for p in includes if "/" in p)
-        self._extensions = Extensions(extensions)
+        self._extensions = extensions
         self._selective = bool(includes or extensions)
 
     @classmethod
@@ -80,6 +80,6 @@ class FileFilter:
             return False
         if not self._selective:
             return True
-        if self._extensions.extensions and self._extensions.wanted(rel, name):
+        if os.path.splitext(name)[1].lower() in self._extensions:
             return True
         return _matches(self._include_name, name) or _matches(self._include_path, rel)

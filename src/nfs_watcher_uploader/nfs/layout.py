@@ -15,7 +15,7 @@
 
 `rel` is the file's path relative to its session folder ('cam2/rec1.bin'). A file's blob has
 at least three segments and a manifest's two, so no file is ever named like a manifest; and no
-session may be named like one (`models.is_manifest_like`), so no manifest shadows a session
+session may be named like one (`items.is_manifest_like`), so no manifest shadows a session
 folder either.
 """
 

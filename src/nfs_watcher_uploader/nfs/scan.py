@@ -28,19 +28,6 @@ class Wanted(Protocol):
     def wanted(self, rel: str, name: str) -> bool: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Extensions:
-    """Files with one of `extensions` (all files when empty): the older way to say `Wanted`."""
-
-    extensions: frozenset[str]
-
-    def folder_excluded(self, name: str) -> bool:
-        return False
-
-    def wanted(self, rel: str, name: str) -> bool:
-        return not self.extensions or os.path.splitext(name)[1].lower() in self.extensions
-
-
 @dataclass
 class Scan:
     """What one pass over a session folder found."""
@@ -63,22 +50,20 @@ class Scan:
 
 def scan_session(
     folder: Path,
-    wanted: Wanted | frozenset[str],
+    wanted: Wanted,
     known: ScanMap | None = None,
     young_ns: int = 0,
     max_depth: int = MAX_DEPTH,
 ) -> Scan:
     """Regular files below `folder`, up to `max_depth` levels, keyed by their path relative to
     it ('cam2/rec1.bin'), that `wanted` takes (the others are listed as excluded, without a
-    stat; a frozenset is a set of extensions). Symbolic links are reported, never followed. A
+    stat). Symbolic links are reported, never followed. A
     name in `known` was taken before, so the filter is not asked again.
 
     A name in `known` whose mtime is after `young_ns` keeps its known (size, mtime) without a
     stat: it is too young to be claimed now, and a write would only make it younger. (The stat
     is most of a scan's cost: 10,000 files are 10,000 syscalls.)
     """
-    if isinstance(wanted, frozenset):
-        wanted = Extensions(wanted)
     scan = Scan()
     try:
         fd = os.open(folder, DIR_FLAGS)

@@ -9,9 +9,11 @@ and what happens to a file that does not go up at once.
     Skip               dropped; the watcher offers it again if it is still there
 
 A file has at most one piece of work at a time: `put` refuses a file already queued, in
-flight or retrying. Nothing but the watcher's `offer` waits for room in the queue: work put back
-(retries, late writes, recovery, GC, requeued parked files) goes to a backlog that a feeder
-moves into the queue, so a worker never blocks on its own full queue.
+flight or retrying. The queue is bounded (APP_MAX_QUEUE_SIZE), and nothing that a worker calls
+waits for room in it: the watcher's `offer` takes a place only if there is one (else the file
+is offered again at a later scan), and work put back (retries, late writes, recovery, GC,
+requeued parked files) goes to an unbounded backlog that a feeder moves into the queue as room
+comes, so a worker never blocks on its own full queue.
 """
 
 import asyncio
