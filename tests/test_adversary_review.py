@@ -21,7 +21,7 @@ from azure.storage.blob import ContentSettings
 from nfs_watcher_uploader.config import unsafe_paths
 from nfs_watcher_uploader.errors import PermanentError
 from nfs_watcher_uploader.nfs.copying import Staged, copy_and_hash
-from nfs_watcher_uploader.sessions import today_utc
+from nfs_watcher_uploader.sessions.session import today_utc
 
 from .helpers import (
     ROOT,

@@ -25,7 +25,7 @@ from nfs_watcher_uploader.items import WorkItem
 from nfs_watcher_uploader.nfs.copying import Staged
 from nfs_watcher_uploader.nfs.layout import Layout
 from nfs_watcher_uploader.nfs.runner import Nfs
-from nfs_watcher_uploader.sessions import Session
+from nfs_watcher_uploader.sessions.session import Session
 
 from .helpers import (
     ROOT,

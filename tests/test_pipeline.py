@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from nfs_watcher_uploader.nfs import moves, runner, trees
-from nfs_watcher_uploader.sessions import Session
+from nfs_watcher_uploader.sessions.session import Session
 from nfs_watcher_uploader.work.gc import GarbageCollector
 
 from .helpers import Azurite, blob_bytes, leftover_files, wait_for, write_file
@@ -114,7 +114,7 @@ async def test_gc_deletes_markers_only_and_keeps_live_folders(settings_factory: 
     nfs = runner.Nfs(5)
     from nfs_watcher_uploader.items import WorkItem
     from nfs_watcher_uploader.nfs.layout import Layout
-    from nfs_watcher_uploader.sessions import Sessions
+    from nfs_watcher_uploader.sessions.registry import Sessions
     from nfs_watcher_uploader.work.completions import Completed, CompletedFiles
 
     sessions = Sessions(root, nfs)

@@ -12,7 +12,7 @@ import pytest
 from nfs_watcher_uploader.nfs.runner import Nfs
 from nfs_watcher_uploader.nfs.state import StateFile, StateFileError
 from nfs_watcher_uploader.rates import parse_rate, zone
-from nfs_watcher_uploader.sessions import Sessions
+from nfs_watcher_uploader.sessions.registry import Sessions
 from nfs_watcher_uploader.uplink.bandwidth import Bandwidth
 
 

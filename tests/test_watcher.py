@@ -10,7 +10,8 @@ from nfs_watcher_uploader.intake.watcher import Watcher, stable_files
 from nfs_watcher_uploader.items import WorkItem
 from nfs_watcher_uploader.nfs.runner import Nfs
 from nfs_watcher_uploader.nfs.scan import Scan, ScanMap, Wanted
-from nfs_watcher_uploader.sessions import Session, Sessions
+from nfs_watcher_uploader.sessions.registry import Sessions
+from nfs_watcher_uploader.sessions.session import Session
 from nfs_watcher_uploader.telemetry import Telemetry
 from nfs_watcher_uploader.work.pipeline import Pipeline
 

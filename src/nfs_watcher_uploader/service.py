@@ -36,7 +36,8 @@ from nfs_watcher_uploader.intake.watcher import ScanFn, Watcher
 from nfs_watcher_uploader.nfs import copying, moves, opening, scan
 from nfs_watcher_uploader.nfs.layout import Layout
 from nfs_watcher_uploader.nfs.runner import Nfs
-from nfs_watcher_uploader.sessions import Session, Sessions
+from nfs_watcher_uploader.sessions.registry import Sessions
+from nfs_watcher_uploader.sessions.session import Session
 from nfs_watcher_uploader.telemetry import Gauges, Telemetry
 from nfs_watcher_uploader.uplink.bandwidth import Bandwidth
 from nfs_watcher_uploader.uplink.wire import Meter

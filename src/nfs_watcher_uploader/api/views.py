@@ -5,7 +5,7 @@ from nfs_watcher_uploader.api.schemas import BandwidthView, FailedFile, SessionV
 from nfs_watcher_uploader.items import ParkedFile
 from nfs_watcher_uploader.rates import format_rate
 from nfs_watcher_uploader.service import Service
-from nfs_watcher_uploader.sessions import Session
+from nfs_watcher_uploader.sessions.session import Session
 
 
 def session_view(session: Session) -> SessionView:

@@ -35,7 +35,7 @@ from nfs_watcher_uploader.items import ParkedFile, SessionStateName, printable
 from nfs_watcher_uploader.nfs.copying import Read, Staged
 from nfs_watcher_uploader.nfs.layout import Layout, manifest_blob
 from nfs_watcher_uploader.nfs.runner import Nfs
-from nfs_watcher_uploader.sessions import Session
+from nfs_watcher_uploader.sessions.session import Session
 
 logger = logging.getLogger(__name__)
 

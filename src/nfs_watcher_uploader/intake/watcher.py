@@ -24,7 +24,7 @@ from nfs_watcher_uploader.items import WorkItem, printable
 from nfs_watcher_uploader.nfs import scan, trees
 from nfs_watcher_uploader.nfs.runner import Nfs
 from nfs_watcher_uploader.nfs.scan import Scan, ScanMap, Wanted
-from nfs_watcher_uploader.sessions import Session
+from nfs_watcher_uploader.sessions.session import Session
 from nfs_watcher_uploader.work.order import Key, sort_key
 from nfs_watcher_uploader.work.pipeline import Pipeline
 

@@ -14,7 +14,7 @@ from nfs_watcher_uploader.nfs.copying import Staged
 from nfs_watcher_uploader.nfs.layout import Layout
 from nfs_watcher_uploader.nfs.moves import Moved
 from nfs_watcher_uploader.nfs.runner import Nfs
-from nfs_watcher_uploader.sessions import Sessions
+from nfs_watcher_uploader.sessions.registry import Sessions
 from nfs_watcher_uploader.telemetry import Telemetry
 
 # Test seams: called between stage and upload with the staged path and what was staged (it

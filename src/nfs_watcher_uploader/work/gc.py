@@ -25,7 +25,7 @@ from nfs_watcher_uploader.items import WorkItem
 from nfs_watcher_uploader.nfs import copying, trees
 from nfs_watcher_uploader.nfs.layout import Layout
 from nfs_watcher_uploader.nfs.runner import Nfs
-from nfs_watcher_uploader.sessions import Sessions
+from nfs_watcher_uploader.sessions.registry import Sessions
 from nfs_watcher_uploader.work.completions import Completed, CompletedFiles
 from nfs_watcher_uploader.work.staging import disk_free_and_size, prune_staging
 

@@ -33,7 +33,7 @@ from nfs_watcher_uploader.config import Settings
 from nfs_watcher_uploader.items import Stats, WorkItem, log_extra, printable
 from nfs_watcher_uploader.nfs.layout import Layout
 from nfs_watcher_uploader.nfs.runner import Nfs
-from nfs_watcher_uploader.sessions import Sessions
+from nfs_watcher_uploader.sessions.registry import Sessions
 from nfs_watcher_uploader.telemetry import Telemetry
 from nfs_watcher_uploader.work.completions import CompletedFiles
 from nfs_watcher_uploader.work.context import Context, Seams

@@ -16,7 +16,7 @@ from pathlib import Path
 from nfs_watcher_uploader.items import WorkItem, check_session_name, printable
 from nfs_watcher_uploader.nfs import trees
 from nfs_watcher_uploader.nfs.runner import Nfs
-from nfs_watcher_uploader.sessions import Sessions
+from nfs_watcher_uploader.sessions.registry import Sessions
 from nfs_watcher_uploader.work.pipeline import Pipeline
 
 logger = logging.getLogger(__name__)

@@ -37,7 +37,7 @@ from nfs_watcher_uploader.items import WorkItem, log_extra, printable
 from nfs_watcher_uploader.nfs import copying, moves
 from nfs_watcher_uploader.nfs.copying import Staged
 from nfs_watcher_uploader.nfs.moves import Moved
-from nfs_watcher_uploader.sessions import Session
+from nfs_watcher_uploader.sessions.session import Session
 from nfs_watcher_uploader.work.completions import Completed, CompletedFiles
 from nfs_watcher_uploader.work.context import Context, Progress, Seams
 from nfs_watcher_uploader.work.staging import remove_staged
