@@ -8,12 +8,13 @@ a cycle):
     api/                       routes, views, schemas, the API token, what one client may cost
     service                    the composition root: builds, starts and stops every part
     intake/                    watcher (when a file is completely written), filters
-    work/                      pipeline, transfer, order, parked, gc, recovery, staging
+    work/                      pipeline, transfer, context, order, parked, completions, gc,
+                               recovery, staging
     cloud/                     ledger, manifest, reports, webhooks, jobs, delivery, verify
     blob/                      storage, credentials, azure_errors, blocks, early, single_put,
                                block_ids, blobinfo
     uplink/                    bandwidth, wire
-    sessions/                  sessions, their progress and the file that keeps them
+    sessions/                  session, registry, stored: sessions, their progress, their file
     nfs/                       runner, opening, scan, moves, copying, state, trees, layout
     telemetry                  traces, metrics, logs
     config, errors, items      settings; what a caller does about a failure; the domain's items

@@ -1,1 +1,5 @@
-"""Intake: which files in a session folder are meant, and when each is completely written."""
+"""Intake: which files in a session folder are meant, and when each is completely written.
+
+watcher   scans, the stability rule, the drain of a stopped session
+filters   APP_INCLUDE, APP_EXCLUDE, APP_FILE_EXTENSIONS
+"""

@@ -1,1 +1,5 @@
-"""The uplink: the bandwidth cap and every byte that goes over the wire to storage."""
+"""The uplink: the bandwidth cap and every byte that goes over the wire to storage.
+
+bandwidth   the limit in force (override, schedule, setting) and the token bucket
+wire        every request metered through the bucket, and the proxy for each host
+"""
