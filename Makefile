@@ -88,7 +88,7 @@ check: lint typecheck
 
 test: check pytest
 
-# The Dockerfile built with podman and run like the pod (tests/test_image.py). On a machine with
+# The Dockerfile built with podman and run like the pod (tests/deploy/test_image.py). On a machine with
 # no image registry it uses ../shared/tools/container-env (or $CONTAINER_ENV) for podman and a
 # stand-in base image. CI runs it after `make test`.
 image-test: install
@@ -108,7 +108,7 @@ lock: install
 	$(BIN)/uv pip compile --quiet --python-version 3.12 --extra dev pyproject.toml -o requirements-dev.lock
 
 # k8s/monitoring/prometheusrule.yaml carries deploy/prometheus/alerts.yaml's groups under
-# `spec:` (tests/test_alerts.py checks they are the same).
+# `spec:` (tests/deploy/test_alerts.py checks they are the same).
 prometheusrule:
 	f=k8s/monitoring/prometheusrule.yaml; \
 	{ sed '/^spec:/q' $$f; sed -n '/^groups:/,$$p' deploy/prometheus/alerts.yaml | sed 's/^./  &/'; } > $$f.tmp \

@@ -33,14 +33,14 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.helpers import (  # noqa: E402
+from tests.support.helpers import (  # noqa: E402
     Azurite,
     ServiceProcess,
     free_port,
     make_settings,
     service_env,
 )
-from tests.relay import Relay  # noqa: E402
+from tests.support.relay import Relay  # noqa: E402
 
 BIN = Path(sys.executable).parent
 MIB = 1024 * 1024

@@ -6,8 +6,8 @@ from typing import Any
 import pytest
 
 from nfs_watcher_uploader.config import Settings
-
-from .helpers import Azurite, RunningService, make_settings, serve
+from tests.support.helpers import Azurite, RunningService, free_port, make_settings, serve
+from tests.support.relay import Relay
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +57,21 @@ def service_factory() -> Iterator[Callable[..., RunningService]]:
 @pytest.fixture
 def running(service_factory: Callable[..., RunningService], settings: Settings) -> RunningService:
     return service_factory(settings)
+
+
+@pytest.fixture
+def own_azurite(tmp_path: Path) -> Iterator[Azurite]:
+    """An Azurite of this test alone, keeping its data on disk: it can be stopped (an outage)
+    and started again."""
+    server = Azurite(port=free_port(), location=tmp_path / "azurite")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def relay(azurite: Azurite) -> Iterator[Relay]:
+    """A counting relay in front of the shared Azurite: what went over the wire."""
+    r = Relay(azurite.port).start()
+    yield r
+    r.stop()

@@ -1,0 +1,192 @@
+"""A session's manifest lists every committed blob once, says whether the session is complete, and
+is right after crashes."""
+
+import hashlib
+import os
+import random
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nfs_watcher_uploader.errors import PermanentError
+from nfs_watcher_uploader.nfs.copying import Staged
+from tests.support.cloud import (
+    blobs_of,
+    drain_one_session,
+    run_verify,
+    start_session,
+    wait_manifest,
+)
+from tests.support.helpers import (
+    Azurite,
+    ServiceProcess,
+    blob_bytes,
+    make_settings,
+    wait_for,
+    write_file,
+)
+
+
+def _crash_in_the_middle(
+    proc: ServiceProcess, azurite: Azurite, container_name: str, settings: Any
+) -> None:
+    rng = random.Random(14)
+    proc.start()
+    with proc.client as c:
+        date = c.post("/v1/watch/start", json={"session_name": "crash"}).json()["date_prefix"]
+    incoming = settings.nfs_incoming_dir / "crash"
+    container = azurite.container(container_name)
+    prefix = f"{date}/crash/"
+    expected: dict[str, bytes] = {}
+
+    def drop(batch: int) -> None:
+        for i in range(40):
+            rel = f"cam{i % 3}/b{batch}-{i:02d}.bin"
+            expected[prefix + rel] = data = rng.randbytes(rng.choice([0, 10, 5000, 150_000]))
+            write_file(incoming / rel, data)
+
+    for batch in range(3):
+        drop(batch)
+        # Killed once some of this batch is in storage and while the rest is on its way.
+        wait_for(
+            lambda b=batch: any(f"/b{b}-" in n for n in blobs_of(container, prefix)), timeout=60
+        )
+        assert proc.signal(signal.SIGKILL) == -signal.SIGKILL
+        proc.start()
+    with proc.client as c:
+        assert c.post("/v1/watch/stop").json()["state"] == "draining"
+    manifest = wait_manifest(container, date, "crash")
+    blobs = blobs_of(container, prefix)
+    assert blobs == expected
+    files = manifest["files"]
+    assert [f["blob"] for f in files] == sorted(expected)  # each once, in name order
+    for entry in files:
+        data = expected[entry["blob"]]
+        assert entry["path"] == entry["blob"].removeprefix(prefix)
+        assert entry["size"] == len(data)
+        assert entry["md5"] == hashlib.md5(data).hexdigest()
+    assert manifest["complete"] is True and manifest["state"] == "drained"
+    assert manifest["totals"]["files"] == len(expected)
+    assert manifest["totals"]["bytes"] == sum(len(d) for d in expected.values())
+    proc.signal(signal.SIGTERM)
+    result = run_verify(settings, f"{date}/crash")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("OK   ") == len(expected)
+    assert "120 of 120 files checked (size and Content-MD5)" in result.stdout
+
+
+@pytest.mark.adversarial
+def test_a_damaged_report_job_holds_up_no_other_manifest(
+    service_factory: Any, settings_factory: Any, azurite: Azurite, container_name: str
+) -> None:
+    """Reports.run catches a failing job, then logs job["session"], which raises KeyError for
+    a job without one: the report task ends, and no session's manifest is written again.
+
+    Finding attack2-5 (attack review of issues 12 to 16).
+    """
+    settings = settings_factory()
+    reports = settings.nfs_processing_root / "_reports"
+    reports.mkdir(parents=True)
+    (reports / "damaged.json").write_bytes(b'{"id": "damaged", "created": 0}')
+    running = service_factory(settings)
+    date = drain_one_session(running, settings, "after")
+    container = azurite.container(container_name)
+    wait_for(
+        lambda: blob_bytes(container, f"{date}/after.manifest.json"),
+        timeout=30,
+        what="the manifest of a later session",
+    )
+    assert running.get("/healthz").status_code == 200
+
+
+def test_complete_is_false_with_a_parked_file_and_true_after_its_retry(
+    service_factory: Any, settings_factory: Any, azurite: Azurite
+) -> None:
+    refuse = {"refused.bin"}
+
+    def refuse_once(staged: Path, copied: Staged) -> None:
+        if staged.name in refuse:
+            refuse.discard(staged.name)
+            raise PermanentError("injected: storage refused this file")
+
+    settings = settings_factory(drain_timeout_s=1.0)
+    running = service_factory(settings, on_staged=refuse_once)
+    date = start_session(running, "park")
+    incoming = settings.nfs_incoming_dir / "park"
+    write_file(incoming / "good.bin", b"good")
+    write_file(incoming / "refused.bin", b"refused once")
+    write_file(incoming / "link", b"")
+    os.unlink(incoming / "link")
+    os.symlink("/etc/passwd", incoming / "link")
+    wait_for(lambda: running.get("/v1/sessions/park").json()["failed"] == 1, timeout=20)
+    running.post("/v1/watch/stop")
+    container = azurite.container(settings.azure_container)
+    first = wait_manifest(container, date, "park")
+    assert first["state"] == "drain_timed_out" and first["complete"] is False
+    assert [f["path"] for f in first["files"]] == ["good.bin"]
+    assert first["parked"] == [
+        {
+            "path": "refused.bin",
+            "parked_as": "refused.bin",
+            "reason": "injected: storage refused this file",
+        }
+    ]
+    assert first["excluded"] == [
+        {"path": "link", "reason": "a symbolic link, not a regular file; left in incoming"}
+    ]
+    assert first["totals"] == {
+        "files": 1,
+        "bytes": 4,
+        "parked": 1,
+        "excluded": 1,
+        "not_uploaded": 0,
+    }
+    # The retry reopens the session; it drains, and its manifest is written again.
+    assert running.post("/v1/files/retry", json={"session_name": "park"}).json() == {"requeued": 1}
+    second = wait_manifest(container, date, "park", complete=True)
+    assert second["state"] == "drained"
+    assert [f["path"] for f in second["files"]] == ["good.bin", "refused.bin"]
+    assert second["parked"] == []
+    assert second["started_at"] == first["started_at"]
+    assert second["stopped_at"] == first["stopped_at"]
+    assert second["finished_at"] > first["finished_at"]
+    assert running.get("/v1/sessions/park").json()["state"] == "drained"
+
+
+def test_the_manifest_matches_the_blobs_after_crashes_in_the_middle(
+    tmp_path: Path, azurite: Azurite, container_name: str
+) -> None:
+    settings = make_settings(
+        tmp_path,
+        azurite,
+        container_name,
+        worker_concurrency=4,
+        azure_max_block_size=64 * 1024,
+        azure_max_single_put_size=64 * 1024,
+        gc_interval_s=0.3,
+    )
+    proc = ServiceProcess(settings, tmp_path / "service.log")
+    try:
+        _crash_in_the_middle(proc, azurite, container_name, settings)
+    finally:
+        if proc.proc is not None:
+            proc.proc.kill()
+            proc.proc.wait()
+
+
+def test_manifest_off_keeps_no_ledger_and_writes_no_manifest(
+    service_factory: Any, settings_factory: Any, azurite: Azurite
+) -> None:
+    settings = settings_factory(manifest="off")
+    running = service_factory(settings)
+    date = start_session(running, "quiet")
+    write_file(settings.nfs_incoming_dir / "quiet" / "a.bin", b"a")
+    wait_for(lambda: running.get("/v1/sessions/quiet").json()["uploaded"] == 1, timeout=20)
+    running.post("/v1/watch/stop")
+    wait_for(lambda: running.get("/v1/sessions/quiet").json()["drained"], timeout=20)
+    container = azurite.container(settings.azure_container)
+    assert [b.name for b in container.list_blobs()] == [f"{date}/quiet/a.bin"]
+    assert not (settings.nfs_processing_root / "_ledgers").exists()
+    assert not list((settings.nfs_processing_root / "_reports").glob("*"))

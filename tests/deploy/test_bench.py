@@ -1,0 +1,24 @@
+"""The benchmark runs and reports."""
+
+import json
+from pathlib import Path
+
+import pytest
+from bench.run import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_benchmark_runs_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench.json"
+    main(["--tiny", "--json", str(out)])
+    report = json.loads(out.read_text())
+    ways = {(r["set"], r["way"]) for r in report["results"]}
+    assert ways == {(s, w) for s in ("small", "large") for w in ("service", "rclone", "raw")}
+    assert all(r["seconds"] > 0 and r["files"] > 0 for r in report["results"])
+    assert report["service_peak_rss_mib"] > 0
+    assert report["idle_watch"]["waiting_seen"] == report["idle_watch"]["files"]
+    assert 0.8 < report["uplink"]["capped"]["of_cap"] <= 1.1
+    assert 1.0 <= report["uplink"]["resume"]["sent_x_size"]
+    printed = capsys.readouterr().out
+    assert "time service/rclone" in printed and "idle watch" in printed

@@ -1,0 +1,233 @@
+"""A file is claimed only once it is completely written; the watcher offers each once, and a
+session drains only after a scan made after its stop."""
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nfs_watcher_uploader.blob.storage import Storage
+from nfs_watcher_uploader.config import Settings
+from nfs_watcher_uploader.intake.watcher import Watcher, stable_files
+from nfs_watcher_uploader.items import WorkItem
+from nfs_watcher_uploader.nfs.runner import Nfs
+from nfs_watcher_uploader.nfs.scan import Scan, ScanMap, Wanted
+from nfs_watcher_uploader.sessions.registry import Sessions
+from nfs_watcher_uploader.sessions.session import Session
+from nfs_watcher_uploader.telemetry import Telemetry
+from nfs_watcher_uploader.work.pipeline import Pipeline
+from tests.support.helpers import (
+    Azurite,
+    blob_bytes,
+    session_view,
+    until,
+    wait_for,
+    write_file,
+)
+
+S = 1_000_000_000  # ns per second
+
+
+class FakeScan:
+    """Returns the scan maps a test sets, like a directory that changes between polls."""
+
+    def __init__(self) -> None:
+        self.maps: dict[str, ScanMap] = {}
+        self.calls = 0
+
+    def __call__(self, path: Path, wanted: Wanted, known: ScanMap, young_ns: int) -> Scan:
+        self.calls += 1
+        return Scan(dict(self.maps.get(path.name, {})))
+
+
+@pytest.fixture
+def parts(tmp_path: Path) -> tuple[Settings, Sessions, Pipeline]:
+    settings = Settings(
+        azure_account_url="http://127.0.0.1:1/devstoreaccount1",
+        azure_container="c",
+        nfs_incoming_dir=tmp_path / "in",
+        nfs_processing_root=tmp_path / "proc",
+        local_staging_root=tmp_path / "stage",
+        min_file_age_s=5,
+        max_queue_size=3,
+    )
+    nfs = Nfs(5)
+    sessions = Sessions(settings.nfs_processing_root, nfs)
+    pipeline = Pipeline(settings, sessions, Storage(settings), nfs, Telemetry())
+    return settings, sessions, pipeline
+
+
+@pytest.mark.adversarial
+def test_a_file_with_an_mtime_in_the_future_is_reported_and_judged_by_the_time_seen(
+    service_factory: Any, settings_factory: Any, azurite: Azurite
+) -> None:
+    """A recorder whose clock is a day ahead (no RTC battery, no NTP yet) writes a.bin. It is
+    claimed only once its mtime is APP_MIN_FILE_AGE_S in the past: tomorrow. Meanwhile nothing
+    says so: no notice, no last_error, and `files.waiting.max_age` reports 0 s (now minus a
+    future mtime, clamped), so NfsWatcherUploaderFilesWaitingTooLong can never fire; after a
+    stop the session times out draining with "1 waiting".
+
+    Should: a file that has not changed across scans for APP_MIN_FILE_AGE_S of the service's
+    own time is complete, whatever its mtime (or at least it is reported and counted as
+    waiting since it was first seen).
+
+    Finding adversary-review-L (second adversarial review, issue 10).
+    """
+    settings = settings_factory(min_file_age_s=0.5)
+    running = service_factory(settings)
+    date = running.post("/v1/watch/start", json={"session_name": "skew"}).json()["date_prefix"]
+    path = write_file(settings.nfs_incoming_dir / "skew" / "a.bin", b"from a clock ahead")
+    tomorrow = time.time() + 86_400
+    os.utime(path, (tomorrow, tomorrow))
+    container = azurite.container(settings.azure_container)
+    until(
+        lambda: (
+            blob_bytes(container, f"{date}/skew/a.bin") is not None
+            or any("a.bin" in n for n in session_view(running, "skew")["notices"])
+        ),
+        8,
+        lambda: (
+            f"a.bin neither uploaded nor reported: {session_view(running, 'skew')['notices']}; "
+            f"oldest waiting: {running.service.watcher.oldest_waiting_age()} s"
+        ),
+    )
+
+
+def test_a_file_still_being_written_is_not_claimed_early(
+    service_factory: Any, settings_factory: Any, azurite: Azurite
+) -> None:
+    settings = settings_factory(min_file_age_s=1.0, poll_interval_s=0.1)
+    running = service_factory(settings)
+    date = running.post("/v1/watch/start", json={"session_name": "grow"}).json()["date_prefix"]
+    path = settings.nfs_incoming_dir / "grow" / "growing.bin"
+    chunks = [os.urandom(64 * 1024) for _ in range(8)]
+    # A recorder keeps the file open and appends in bursts, 0.4 s apart, for about 3 s.
+    with open(path, "wb") as f:
+        for chunk in chunks:
+            f.write(chunk)
+            f.flush()
+            time.sleep(0.4)
+            assert running.service.pipeline.stats.uploaded == 0
+            assert path.exists(), "claimed while the recorder was still writing"
+    container = azurite.container(settings.azure_container)
+    data = wait_for(lambda: blob_bytes(container, f"{date}/grow/growing.bin"), timeout=20)
+    assert data == b"".join(chunks)
+    # Counted once its ledger line is written and it is marked done, a moment after the commit.
+    wait_for(lambda: running.service.pipeline.stats.uploaded == 1, timeout=20)
+
+
+def test_a_file_seen_once_is_not_ready() -> None:
+    assert stable_files({}, {"a": (10, 0)}, now=100.0, min_age=0) == []
+
+
+def test_a_file_unchanged_and_old_enough_is_ready() -> None:
+    scan = {"a": (10, 90 * S)}
+    assert stable_files(scan, scan, now=100.0, min_age=5) == ["a"]
+
+
+def test_a_growing_file_is_not_ready() -> None:
+    assert stable_files({"a": (10, 90 * S)}, {"a": (20, 90 * S)}, now=100.0, min_age=0) == []
+
+
+def test_a_touched_file_is_not_ready() -> None:
+    assert stable_files({"a": (10, 90 * S)}, {"a": (10, 91 * S)}, now=100.0, min_age=0) == []
+
+
+def test_a_file_too_young_is_not_ready() -> None:
+    scan = {"a": (10, 98 * S)}
+    assert stable_files(scan, scan, now=100.0, min_age=5) == []
+    assert stable_files(scan, scan, now=103.0, min_age=5) == ["a"]
+
+
+def test_a_file_dated_in_the_future_is_not_ready_at_once() -> None:
+    scan = {"a": (10, 200 * S)}
+    assert stable_files(scan, scan, now=100.0, min_age=0.5) == []
+
+
+def test_files_in_progress_are_skipped_and_the_oldest_goes_first() -> None:
+    scan = {"new": (1, 50 * S), "old": (1, 10 * S), "busy": (1, 5 * S)}
+    assert stable_files(scan, scan, now=100.0, min_age=0, skip={"busy"}) == ["old", "new"]
+
+
+async def test_the_watcher_offers_each_stable_file_once(
+    parts: tuple[Settings, Sessions, Pipeline],
+) -> None:
+    _, sessions, pipeline = parts
+    sessions.by_name["s"] = Session("s", "20260101", "active", 0.0)
+    scan = FakeScan()
+    now = [1000.0]
+    watcher = Watcher(pipeline, Nfs(5), scan=scan, clock=lambda: now[0])
+    scan.maps["s"] = {"a": (1, 900 * S), "young": (1, 999 * S)}
+    await watcher.scan_once()
+    assert pipeline.queue.qsize() == 0  # seen once only
+    await watcher.scan_once()
+    assert pipeline.queue.qsize() == 1
+    assert pipeline.queue.get_nowait().rel == "a"
+    assert sessions.by_name["s"].busy() == {"a"}
+    assert sessions.by_name["s"].count("queued") == 1
+    await watcher.scan_once()
+    assert pipeline.queue.qsize() == 0  # pending: not offered twice
+    # The claim failed and the file was released: it is offered again.
+    sessions.by_name["s"].pending.clear()
+    await watcher.scan_once()
+    assert pipeline.queue.qsize() == 1
+    assert sessions.by_name["s"].waiting == 1  # "young" waits
+
+
+async def test_the_watcher_stops_offering_when_the_queue_is_full(
+    parts: tuple[Settings, Sessions, Pipeline],
+) -> None:
+    _, sessions, pipeline = parts
+    sessions.by_name["s"] = Session("s", "20260101", "active", 0.0)
+    scan = FakeScan()
+    scan.maps["s"] = {f"f{i}": (1, i * S) for i in range(10)}
+    watcher = Watcher(pipeline, Nfs(5), scan=scan, clock=lambda: 1000.0)
+    await watcher.scan_once()
+    await watcher.scan_once()
+    assert pipeline.queue.qsize() == 3
+    assert sessions.by_name["s"].busy() == {"f0", "f1", "f2"}  # oldest first
+
+
+async def test_a_scan_error_keeps_the_heartbeat_stale(
+    parts: tuple[Settings, Sessions, Pipeline],
+) -> None:
+    _, sessions, pipeline = parts
+    sessions.by_name["s"] = Session("s", "20260101", "active", 0.0)
+
+    def broken(path: Path, wanted: Wanted, known: ScanMap, young_ns: int) -> Scan:
+        raise OSError(116, "Stale file handle")
+
+    watcher = Watcher(pipeline, Nfs(5), scan=broken)
+    before = watcher.heartbeat
+    await watcher.scan_once()
+    assert watcher.heartbeat == before
+    assert watcher.scan_errors == 1
+
+
+async def test_a_session_is_drained_only_after_a_scan_made_after_its_stop(
+    parts: tuple[Settings, Sessions, Pipeline],
+) -> None:
+    _, sessions, pipeline = parts
+    session = Session("s", "20260101", "draining", 0.0, stopped_at=500.0)
+    session.mark(WorkItem("s", "20260101", "x", claimed=True), "in_flight")
+    sessions.by_name["s"] = session
+    saved: list[str] = []
+
+    async def finish(s: Session, state: str) -> None:
+        saved.append(state)
+        s.state = state  # type: ignore[assignment]
+
+    sessions.finish = finish  # type: ignore[method-assign]
+    scan = FakeScan()
+    now = [400.0]
+    watcher = Watcher(pipeline, Nfs(5), scan=scan, clock=lambda: now[0])
+    await watcher.scan_once()  # scan started before the stop: proves nothing
+    assert saved == []
+    now[0] = 600.0
+    await watcher.scan_once()  # the file is still in flight
+    assert saved == []
+    session.pending.clear()
+    await watcher.scan_once()
+    assert saved == ["drained"]

@@ -1,0 +1,148 @@
+"""A counting TCP relay for tests: what really went over the wire to storage.
+
+The service is pointed at the relay's port; the relay forwards to the real Azurite (or to
+tinyproxy's target) and records, with a timestamp, every chunk of bytes a client sent upstream.
+With `allow`, connections from any other peer address are refused (counted in `refused`).
+"""
+
+import bisect
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nfs_watcher_uploader.config import Settings
+
+from .helpers import Azurite, free_port, make_settings
+
+
+@dataclass
+class Relay:
+    target_port: int
+    allow: frozenset[str] | None = None
+    port: int = field(default_factory=free_port)
+    refused: int = 0
+    connections: int = 0
+    _times: list[float] = field(default_factory=list[float])
+    _totals: list[int] = field(default_factory=list[int])  # running total after each chunk
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list[threading.Thread])
+    _listener: socket.socket | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/devstoreaccount1"
+
+    def start(self) -> "Relay":
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", self.port))
+        self._listener.listen(128)
+        self._listener.settimeout(0.2)
+        self._spawn(self._accept)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(5)
+        if self._listener is not None:
+            self._listener.close()
+
+    def _spawn(self, target: object, *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)  # type: ignore[arg-type]
+        self._threads.append(thread)
+        thread.start()
+
+    def _accept(self) -> None:
+        assert self._listener is not None
+        while not self._stop.is_set():
+            try:
+                client, (peer, _) = self._listener.accept()
+            except TimeoutError:
+                continue
+            if self.allow is not None and peer not in self.allow:
+                self.refused += 1
+                client.close()
+                continue
+            self.connections += 1
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=10)
+            except OSError:
+                client.close()
+                continue
+            self._spawn(self._pump, client, upstream, True)
+            self._spawn(self._pump, upstream, client, False)
+
+    def _pump(self, src: socket.socket, dst: socket.socket, count: bool) -> None:
+        src.settimeout(0.5)
+        try:
+            while not self._stop.is_set():
+                try:
+                    data = src.recv(256 * 1024)
+                except TimeoutError:
+                    continue
+                if not data:
+                    break
+                if count:
+                    with self._lock:
+                        self._times.append(time.monotonic())
+                        self._totals.append((self._totals[-1] if self._totals else 0) + len(data))
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            src.close()
+
+    # --- what was sent ---------------------------------------------------------------------
+
+    @property
+    def total(self) -> int:
+        with self._lock:
+            return self._totals[-1] if self._totals else 0
+
+    def first_and_last(self, after: float = 0.0) -> tuple[float, float]:
+        """When the first byte after monotonic time `after`, and the last byte, were sent."""
+        with self._lock:
+            return self._times[bisect.bisect_right(self._times, after)], self._times[-1]
+
+    def sent_until(self, t: float) -> int:
+        """Bytes sent upstream up to monotonic time `t`."""
+        with self._lock:
+            i = bisect.bisect_right(self._times, t)
+            return self._totals[i - 1] if i else 0
+
+    def rate(self, start: float, end: float) -> float:
+        """Bytes per second sent upstream between `start` and `end`."""
+        return (self.sent_until(end) - self.sent_until(start)) / (end - start)
+
+    def windows(
+        self, start: float, end: float, width: float = 2.0, step: float = 0.1
+    ) -> list[float]:
+        """The rate over every `width`-second window from `start` to `end`, `step` apart."""
+        rates: list[float] = []
+        t = start
+        while t + width <= end + 1e-9:
+            rates.append(self.rate(t, t + width))
+            t += step
+        return rates
+
+
+def through(relay: Relay, azurite: Azurite, tmp_path: Path, container: str, **kw: Any) -> Settings:
+    """Settings that reach Azurite only through `relay`."""
+    return make_settings(
+        tmp_path,
+        azurite,
+        container,
+        azure_account_url=relay.url,
+        azure_connection_string=azurite.connection_string.replace(azurite.url, relay.url),
+        **kw,
+    )
