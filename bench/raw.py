@@ -10,13 +10,19 @@ import os
 import time
 from pathlib import Path
 
-from azure.storage.blob.aio import BlobServiceClient
+from azure.storage.blob.aio import ContainerClient
 
 
-async def upload_all(conn: str, container: str, src: Path, concurrency: int) -> float:
-    async with BlobServiceClient.from_connection_string(conn) as service:
-        client = service.get_container_client(container)
-        await client.create_container()
+async def upload_all(
+    conn: str, container: str, src: Path, concurrency: int, container_url: str | None
+) -> float:
+    if container_url:  # a SAS: the container exists
+        client = ContainerClient.from_container_url(container_url)
+    else:
+        client = ContainerClient.from_connection_string(conn, container)
+    async with client:
+        if not container_url:
+            await client.create_container()
         files = sorted(src.iterdir())
         slots = asyncio.Semaphore(concurrency)
 
@@ -39,9 +45,12 @@ def main() -> None:
     parser.add_argument("--container", required=True)
     parser.add_argument("--src", type=Path, required=True)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--container-url", help="the container's URL with a SAS")
     args = parser.parse_args()
     conn = os.environ["AZURE_STORAGE_CONNECTION_STRING"]
-    seconds = asyncio.run(upload_all(conn, args.container, args.src, args.concurrency))
+    seconds = asyncio.run(
+        upload_all(conn, args.container, args.src, args.concurrency, args.container_url)
+    )
     print(json.dumps({"seconds": seconds}))
 
 

@@ -1,6 +1,8 @@
 """`make bench`: the service against rclone and the raw async SDK, on one Azurite, in one run.
 
-Per file set (small: 1,000 x 64 KiB; large: 4 x 128 MiB; `--scale` multiplies the counts):
+Per file set (small: 1,000 x 64 KiB; large: 4 x 128 MiB; `--scale` multiplies the counts) and
+per credential (`--auth`: the account key, which signs every request, and a container SAS, which
+signs none: what production uses; all three ways use the same one):
   service  end to end, from the moment the files appear in incoming/<session>/ (hard links,
            made after the clock starts) until the service has committed the last blob;
   rclone   `rclone copy` with its defaults;
@@ -47,6 +49,12 @@ MIB = 1024 * 1024
 TICK = os.sysconf("SC_CLK_TCK")
 
 
+# A container SAS for the bench: what rclone needs for `copy` with its defaults (it lists the
+# destination and reads each blob back), so the three ways use the same one. (The service also
+# runs with `cw` alone, production's least privilege; rclone cannot.)
+SAS_PERMISSION = "rcwl"
+
+
 @dataclass
 class Result:
     set: str
@@ -55,6 +63,7 @@ class Result:
     bytes: int
     seconds: float
     cpu_seconds: float
+    auth: str = "key"
 
     @property
     def mib_s(self) -> float:
@@ -81,6 +90,12 @@ def proc_mem(pid: int, key: str) -> float:
     raise KeyError(key)
 
 
+def container_sas(azurite: Azurite, container: str, permission: str = SAS_PERMISSION) -> str:
+    """Create `container` (a SAS cannot) and return a SAS for it."""
+    azurite.container(container).create_container()
+    return azurite.container_sas(container, permission)
+
+
 def make_set(folder: Path, count: int, size: int, seed: int) -> int:
     folder.mkdir(parents=True)
     rng = random.Random(seed)
@@ -98,8 +113,17 @@ class Service:
         azurite: Azurite,
         container: str,
         extra_env: dict[str, str] | None = None,
+        auth: str = "key",
         **overrides: Any,
     ):
+        self.auth = auth
+        if auth == "sas":
+            overrides.update(
+                azure_auth="sas",
+                azure_sas_token=container_sas(azurite, container),
+                azure_connection_string=None,
+                azure_create_container=False,
+            )
         self.settings = make_settings(root, azurite, container, **overrides)
         self.port = free_port()
         env = service_env(self.settings)
@@ -127,7 +151,7 @@ class Service:
         return self.http.get("/v1/status").json()["processed_ok"]
 
     def upload(self, set_name: str, src: Path, total: int, tag: str = "") -> Result:
-        session = f"bench-{set_name}{tag}"
+        session = f"bench-{set_name}-{self.auth}{tag}"
         self.http.post("/v1/watch/start", json={"session_name": session}).raise_for_status()
         incoming = self.settings.nfs_incoming_dir / session
         files = sorted(src.iterdir())
@@ -145,17 +169,26 @@ class Service:
             profiler.send_signal(signal.SIGINT)
             profiler.wait(60)
         self.http.post("/v1/watch/stop").raise_for_status()
-        return Result(set_name, "service", len(files), total, seconds, cpu)
+        return Result(set_name, "service", len(files), total, seconds, cpu, self.auth)
 
     def _profile(self, set_name: str) -> subprocess.Popen[bytes] | None:
         """With BENCH_PROFILE=DIR, py-spy samples the service during the upload (its CPU
-        figures then include the sampling)."""
+        figures then include the sampling), one folded-stack file per set, credential and run
+        (`python -m bench.profile` sums them up). Only threads holding the GIL are sampled: a
+        thread waiting (epoll in the loop, a queue in a worker) is not CPU, and py-spy cannot
+        tell otherwise; C code that releases the GIL (hashing a large buffer) is left out too."""
         folder = os.environ.get("BENCH_PROFILE")
         if not folder:
             return None
-        out = Path(folder) / f"service-{set_name}.speedscope.json"
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        n = len(list(Path(folder).glob(f"service-{set_name}-{self.auth}-*.folded")))
+        out = Path(folder) / f"service-{set_name}-{self.auth}-{n}.folded"
         cmd = [str(BIN / "py-spy"), "record", "--pid", str(self.proc.pid), "-r", "100"]
-        proc = subprocess.Popen([*cmd, "-f", "speedscope", "-o", str(out)])
+        proc = subprocess.Popen(
+            [*cmd, "--gil", "--threads", "--format", "raw", "-o", str(out)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(1)
         return proc
 
@@ -193,27 +226,35 @@ def timed_child(args: list[str], env: dict[str, str]) -> tuple[float, float, str
     return seconds, usage.ru_utime + usage.ru_stime, out.decode()
 
 
-def rclone(set_name: str, src: Path, total: int, azurite: Azurite, tag: str = "") -> Result:
+def rclone(
+    set_name: str, src: Path, total: int, azurite: Azurite, tag: str = "", auth: str = "key"
+) -> Result:
+    container = f"rclone-{set_name}-{auth}{tag}"
     env = dict(os.environ)
-    env.update(
-        RCLONE_CONFIG_AZ_TYPE="azureblob",
-        RCLONE_CONFIG_AZ_ACCOUNT="devstoreaccount1",
-        RCLONE_CONFIG_AZ_KEY=azurite.connection_string.split("AccountKey=")[1].split(";")[0],
-        RCLONE_CONFIG_AZ_ENDPOINT=azurite.url,
-    )
-    seconds, cpu, _ = timed_child(
-        [str(BIN / "rclone"), "copy", str(src), f"az:rclone-{set_name}{tag}"], env
-    )
-    return Result(set_name, "rclone", len(list(src.iterdir())), total, seconds, cpu)
+    env.update(RCLONE_CONFIG_AZ_TYPE="azureblob", RCLONE_CONFIG_AZ_ENDPOINT=azurite.url)
+    if auth == "sas":
+        sas = container_sas(azurite, container)
+        env["RCLONE_CONFIG_AZ_SAS_URL"] = f"{azurite.url}/{container}?{sas}"
+    else:
+        env["RCLONE_CONFIG_AZ_ACCOUNT"] = "devstoreaccount1"
+        key = azurite.connection_string.split("AccountKey=")[1].split(";")[0]
+        env["RCLONE_CONFIG_AZ_KEY"] = key
+    seconds, cpu, _ = timed_child([str(BIN / "rclone"), "copy", str(src), f"az:{container}"], env)
+    return Result(set_name, "rclone", len(list(src.iterdir())), total, seconds, cpu, auth)
 
 
-def raw(set_name: str, src: Path, total: int, azurite: Azurite, tag: str = "") -> Result:
+def raw(
+    set_name: str, src: Path, total: int, azurite: Azurite, tag: str = "", auth: str = "key"
+) -> Result:
+    container = f"raw-{set_name}-{auth}{tag}"
     env = dict(os.environ, AZURE_STORAGE_CONNECTION_STRING=azurite.connection_string)
-    container = f"raw-{set_name}{tag}"
     cmd = [sys.executable, "-m", "bench.raw", "--container", container, "--src", str(src)]
+    if auth == "sas":
+        sas = container_sas(azurite, container)
+        cmd += ["--container-url", f"{azurite.url}/{container}?{sas}"]
     _, cpu, out = timed_child(cmd, env)
     seconds = json.loads(out)["seconds"]
-    return Result(set_name, "raw", len(list(src.iterdir())), total, seconds, cpu)
+    return Result(set_name, "raw", len(list(src.iterdir())), total, seconds, cpu, auth)
 
 
 def idle_watch(root: Path, azurite: Azurite, files: int, seconds: float) -> dict[str, Any]:
@@ -338,36 +379,40 @@ def resume(root: Path, azurite: Azurite, size: int, cap: int) -> dict[str, Any]:
 
 
 def medians(runs: list[Result]) -> list[Result]:
-    """One Result per (set, way): the median seconds and CPU seconds of its runs."""
+    """One Result per (set, credential, way): the median seconds and CPU seconds of its runs."""
     out: list[Result] = []
-    for key in dict.fromkeys((r.set, r.way) for r in runs):
-        mine = [r for r in runs if (r.set, r.way) == key]
+    for key in dict.fromkeys((r.set, r.auth, r.way) for r in runs):
+        mine = [r for r in runs if (r.set, r.auth, r.way) == key]
         seconds = statistics.median(r.seconds for r in mine)
         cpu = statistics.median(r.cpu_seconds for r in mine)
-        out.append(Result(key[0], key[1], mine[0].files, mine[0].bytes, seconds, cpu))
+        first = mine[0]
+        out.append(Result(key[0], key[2], first.files, first.bytes, seconds, cpu, key[1]))
     return out
 
 
 def print_table(results: list[Result], peak_rss: float, idle: dict[str, Any]) -> None:
     print(
-        f"\n{'set':<6} {'way':<8} {'files':>6} {'MiB':>8} {'seconds':>8} {'MiB/s':>8} "
-        f"{'files/s':>8} {'CPU s':>7} {'CPU s/GiB':>9}"
+        f"\n{'set':<6} {'auth':<4} {'way':<8} {'files':>6} {'MiB':>8} {'seconds':>8} "
+        f"{'MiB/s':>8} {'files/s':>8} {'CPU s':>7} {'CPU s/GiB':>9}"
     )
     for r in results:
         print(
-            f"{r.set:<6} {r.way:<8} {r.files:>6} {r.bytes / MIB:>8.1f} {r.seconds:>8.2f} "
-            f"{r.mib_s:>8.1f} {r.files_s:>8.1f} {r.cpu_seconds:>7.2f} {r.cpu_s_per_gib:>9.2f}"
+            f"{r.set:<6} {r.auth:<4} {r.way:<8} {r.files:>6} {r.bytes / MIB:>8.1f} "
+            f"{r.seconds:>8.2f} {r.mib_s:>8.1f} {r.files_s:>8.1f} {r.cpu_seconds:>7.2f} "
+            f"{r.cpu_s_per_gib:>9.2f}"
         )
     print()
-    for set_name in dict.fromkeys(r.set for r in results):
-        by = {r.way: r for r in results if r.set == set_name}
+    for set_name, auth in dict.fromkeys((r.set, r.auth) for r in results):
+        by = {r.way: r for r in results if (r.set, r.auth) == (set_name, auth)}
         s, rc, rw = by["service"], by["rclone"], by["raw"]
         print(
-            f"{set_name}: time service/rclone {s.seconds / rc.seconds:.2f} "
+            f"{set_name} ({auth}): time service/rclone {s.seconds / rc.seconds:.2f} "
             f"(rclone/service {rc.seconds / s.seconds:.2f}), "
-            f"service/raw {s.seconds / rw.seconds:.2f} "
-            f"(service rate / raw rate {rw.seconds / s.seconds:.2f}); "
-            f"CPU s/GiB service {s.cpu_s_per_gib:.2f} vs rclone {rc.cpu_s_per_gib:.2f}"
+            f"service rate / raw rate {rw.seconds / s.seconds:.2f}; "
+            f"CPU service/rclone {s.cpu_seconds / rc.cpu_seconds:.2f} "
+            f"(CPU s/GiB {s.cpu_s_per_gib:.2f} vs {rc.cpu_s_per_gib:.2f}; "
+            f"ms per file {1000 * s.cpu_seconds / s.files:.2f} vs "
+            f"{1000 * rc.cpu_seconds / rc.files:.2f})"
         )
     print(f"service peak RSS (VmHWM, whole transfer run): {peak_rss:.1f} MiB")
     print(
@@ -388,6 +433,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--idle-files-large", type=int, default=100_000, help="a second idle row (0: none)"
     )
     parser.add_argument("--sets", default="small,large")
+    parser.add_argument(
+        "--auth", default="key,sas", help="credentials to run each set with: key, sas or both"
+    )
     parser.add_argument(
         "--runs", type=int, default=3, help="runs of each set; the table shows medians"
     )
@@ -413,22 +461,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="nwu-bench-"))
     azurite = Azurite()
     azurite.start()
+    auths = [a for a in args.auth.split(",") if a]
     results: list[Result] = []
     runs: list[Result] = []
-    service: Service | None = None
+    services: dict[str, Service] = {}
     try:
         extra = dict(kv.split("=", 1) for kv in args.service_env)
-        # The sets are hard-linked into incoming (no copy in the timing), and a file with more
-        # than one link is left alone unless allowed.
-        service = Service(
-            work / "svc",
-            azurite,
-            "service",
-            extra,
-            poll_interval_s=0.1,
-            min_file_age_s=0,
-            allow_hard_links=True,
-        )
+        for auth in auths:
+            # The sets are hard-linked into incoming (no copy in the timing), and a file with
+            # more than one link is left alone unless allowed.
+            services[auth] = Service(
+                work / f"svc-{auth}",
+                azurite,
+                f"service-{auth}",
+                extra,
+                auth,
+                poll_interval_s=0.1,
+                min_file_age_s=0,
+                allow_hard_links=True,
+            )
         for i, name in enumerate(chosen):
             count, size = sets[name]
             count = max(1, round(count * args.scale))
@@ -437,11 +488,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             # Side by side, run after run: each run's three ways see the same machine load.
             for run in range(args.runs):
                 tag = f"-{run}"
-                runs.append(service.upload(name, src, total, tag))
-                runs.append(rclone(name, src, total, azurite, tag))
-                runs.append(raw(name, src, total, azurite, tag))
+                for auth, service in services.items():
+                    runs.append(service.upload(name, src, total, tag))
+                    runs.append(rclone(name, src, total, azurite, tag, auth))
+                    runs.append(raw(name, src, total, azurite, tag, auth))
         results = medians(runs)
-        peak_rss = service.stop()
+        peak_rss = max(service.stop() for service in services.values())
         idle = idle_watch(work / "idle", azurite, args.idle_files, args.idle_seconds)
         idle_large = None
         if args.idle_files_large:
@@ -452,7 +504,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             uplink["capped"] = capped(work / "capped", azurite, *cap_set)
             uplink["resume"] = resume(work / "resume", azurite, *resume_set)
     finally:
-        if service is not None:
+        for service in services.values():
             service.close()
         azurite.stop()
         shutil.rmtree(work, ignore_errors=True)

@@ -11,7 +11,7 @@ a cycle):
     work/                      pipeline, transfer, context, order, parked, completions, gc,
                                recovery, staging
     cloud/                     ledger, manifest, reports, webhooks, jobs, delivery, verify
-    blob/                      storage, credentials, azure_errors, blocks, early, single_put,
+    blob/                      storage, credentials, azure_errors, blocks, early, rest, signing,
                                block_ids, blobinfo
     uplink/                    bandwidth, wire
     sessions/                  session, registry, stored: sessions, their progress, their file

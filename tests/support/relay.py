@@ -2,13 +2,17 @@
 
 The service is pointed at the relay's port; the relay forwards to the real Azurite (or to
 tinyproxy's target) and records, with a timestamp, every chunk of bytes a client sent upstream.
-With `allow`, connections from any other peer address are refused (counted in `refused`).
+With `allow`, connections from any other peer address are refused (counted in `refused`). With
+`record`, it also keeps those bytes, per connection, and `requests()` reads the HTTP/1.1
+requests out of them (what a client really sent, header by header).
 """
 
 import bisect
+import itertools
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,10 +22,44 @@ from nfs_watcher_uploader.config import Settings
 from .helpers import Azurite, free_port, make_settings
 
 
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One HTTP/1.1 request as it went over the wire: header names as sent, in order."""
+
+    method: str
+    target: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header_map(self) -> dict[str, str]:
+        """Header names in lower case -> value (a name sent twice fails: none of ours is)."""
+        out: dict[str, str] = {}
+        for name, value in self.headers:
+            assert name.lower() not in out, f"{name} sent twice"
+            out[name.lower()] = value
+        return out
+
+
+def parse_requests(stream: bytes) -> Iterator[Request]:
+    """The requests in the bytes a client sent on one connection (bodies by Content-Length;
+    neither chunked nor Expect: 100-continue is used by the storage clients)."""
+    rest = stream
+    while rest:
+        head, sep, rest = rest.partition(b"\r\n\r\n")
+        assert sep, f"a request head with no end: {head[:200]!r}"
+        line, *fields = head.decode("latin-1").split("\r\n")
+        method, target, _ = line.split(" ", 2)
+        headers = [(n, v.strip()) for n, _, v in (f.partition(":") for f in fields)]
+        length = int(dict((n.lower(), v) for n, v in headers).get("content-length", "0"))
+        yield Request(method, target, headers, rest[:length])
+        rest = rest[length:]
+
+
 @dataclass
 class Relay:
     target_port: int
     allow: frozenset[str] | None = None
+    record: bool = False
     port: int = field(default_factory=free_port)
     refused: int = 0
     connections: int = 0
@@ -31,6 +69,9 @@ class Relay:
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list[threading.Thread])
     _listener: socket.socket | None = None
+    # With `record`: connection number -> the bytes its client sent.
+    _streams: dict[int, bytearray] = field(default_factory=dict[int, bytearray])
+    _numbers: Iterator[int] = field(default_factory=itertools.count)
 
     @property
     def url(self) -> str:
@@ -74,10 +115,15 @@ class Relay:
             except OSError:
                 client.close()
                 continue
-            self._spawn(self._pump, client, upstream, True)
+            stream = None
+            if self.record:
+                stream = self._streams.setdefault(next(self._numbers), bytearray())
+            self._spawn(self._pump, client, upstream, True, stream)
             self._spawn(self._pump, upstream, client, False)
 
-    def _pump(self, src: socket.socket, dst: socket.socket, count: bool) -> None:
+    def _pump(
+        self, src: socket.socket, dst: socket.socket, count: bool, keep: bytearray | None = None
+    ) -> None:
         src.settimeout(0.5)
         try:
             while not self._stop.is_set():
@@ -91,6 +137,8 @@ class Relay:
                     with self._lock:
                         self._times.append(time.monotonic())
                         self._totals.append((self._totals[-1] if self._totals else 0) + len(data))
+                        if keep is not None:
+                            keep += data
                 dst.sendall(data)
         except OSError:
             pass
@@ -103,6 +151,15 @@ class Relay:
             src.close()
 
     # --- what was sent ---------------------------------------------------------------------
+
+    def requests(self) -> list[Request]:
+        """Every request recorded so far (`record`), connection by connection, and forget them.
+        Call it once the client has its answers: a request still on its way would be cut."""
+        with self._lock:
+            streams = [bytes(s) for s in self._streams.values()]
+            for s in self._streams.values():
+                s.clear()
+        return [r for stream in streams for r in parse_requests(stream)]
 
     @property
     def total(self) -> int:

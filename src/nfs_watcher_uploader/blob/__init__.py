@@ -5,7 +5,8 @@ credentials   the credential chain, and the first credential that reaches the co
 azure_errors  the one place that maps the SDK's errors to what the caller does
 blocks        files sent in blocks: the memory budget, resume from uncommitted blocks
 early         blocks of a large file sent while it is read
-single_put    the one request of a small file
+rest          the lean request path: Put Blob, Put Block, Put Block List
+signing       Shared Key signatures for it, as the SDK computes them
 block_ids     keyed block ids, and their key on NFS
 blobinfo      what a blob carries besides its bytes (metadata, type, tier, tags)
 """

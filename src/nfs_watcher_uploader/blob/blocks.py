@@ -14,10 +14,10 @@ from collections.abc import Callable
 from functools import partial
 
 import anyio.to_thread
-from azure.storage.blob.aio import BlobClient
 
 from nfs_watcher_uploader.blob.block_ids import block_id
 from nfs_watcher_uploader.blob.early import EarlyBlocks
+from nfs_watcher_uploader.blob.rest import Rest
 from nfs_watcher_uploader.errors import IntegrityError
 from nfs_watcher_uploader.items import printable
 from nfs_watcher_uploader.nfs.copying import Staged
@@ -45,15 +45,17 @@ class Blocks:
         return f"Blocks(size={self.size} concurrency={self.concurrency})"
 
     def early(
-        self, blob: BlobClient, progress: Callable[[], None], held: dict[str, int]
+        self, rest: Rest, blob_name: str, progress: Callable[[], None], held: dict[str, int]
     ) -> EarlyBlocks:
-        """Blocks of `blob` sent while its file is read; `held` are already in storage."""
+        """Blocks of `blob_name` sent while its file is read; `held` are already in storage."""
         ids = partial(block_id, self.key)
-        return EarlyBlocks(blob, ids, self._budget, self.concurrency, progress, held)
+        stage = partial(rest.put_block, blob_name)
+        return EarlyBlocks(blob_name, stage, ids, self._budget, self.concurrency, progress, held)
 
     async def put(
         self,
-        blob: BlobClient,
+        rest: Rest,
+        blob_name: str,
         fd: int,
         staged: Staged,
         held: dict[str, int],
@@ -81,9 +83,7 @@ class Blocks:
                 data = await anyio.to_thread.run_sync(os.pread, fd, length, offset)
                 if len(data) != length:  # the staged copy is shorter than what was read
                     check_length(offset + len(data), staged, log_extra)
-                await blob.stage_block(
-                    ids[index], data, transactional_content_md5=staged.block_md5s[index]
-                )
+                await rest.put_block(blob_name, ids[index], data, staged.block_md5s[index])
             progress()
 
         async with asyncio.TaskGroup() as tg:
@@ -96,7 +96,7 @@ class Blocks:
             logger.info(
                 "%s: %d of %d blocks already staged in storage (sent while the file was read, "
                 "or by an earlier attempt); not sent again",
-                printable(blob.blob_name),
+                printable(blob_name),
                 resumed,
                 count,
                 extra=log_extra,

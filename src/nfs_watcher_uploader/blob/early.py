@@ -15,10 +15,9 @@ bounded; a slow link slows the copy instead of filling memory). Waiting counts a
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import anyio.from_thread
-from azure.storage.blob.aio import BlobClient
 
 from nfs_watcher_uploader.constants import BANDWIDTH_WAIT_TICK_S
 from nfs_watcher_uploader.items import printable
@@ -43,14 +42,17 @@ class EarlyBlocks:
 
     def __init__(
         self,
-        blob: BlobClient,
+        blob_name: str,
+        stage: Callable[[str, bytes, bytes], Awaitable[None]],
         block_id: Callable[[int, bytes], str],
         budget: asyncio.Semaphore,
         concurrency: int,
         progress: Callable[[], None],
         held: dict[str, int],
     ) -> None:
-        self._blob = blob
+        self._blob_name = blob_name
+        # Puts one block: (id, bytes, MD5).
+        self._stage = stage
         # Blocks an earlier attempt staged (id -> size): not sent again.
         self._held = held
         self._block_id = block_id
@@ -62,9 +64,7 @@ class EarlyBlocks:
         self.sent = self.failed = 0
 
     def __repr__(self) -> str:
-        return (
-            f"EarlyBlocks({printable(self._blob.blob_name)} sent={self.sent} failed={self.failed})"
-        )
+        return f"EarlyBlocks({printable(self._blob_name)} sent={self.sent} failed={self.failed})"
 
     def offer(self, index: int, data: bytes, md5: bytes) -> None:
         """From the copy thread: send this block; returns once it is under way."""
@@ -96,13 +96,11 @@ class EarlyBlocks:
 
     async def _send(self, index: int, data: bytes, md5: bytes) -> None:
         try:
-            await self._blob.stage_block(
-                self._block_id(index, md5), data, transactional_content_md5=md5
-            )
+            await self._stage(self._block_id(index, md5), data, md5)
             self.sent += 1
         except Exception as exc:  # the upload sends it again from staging
             self.failed += 1
-            logger.debug("Early block %d of %s failed: %s", index, self._blob.blob_name, exc)
+            logger.debug("Early block %d of %s failed: %s", index, self._blob_name, exc)
 
     async def settle(self) -> None:
         """Wait for the blocks under way, so that the upload's list of uncommitted blocks has

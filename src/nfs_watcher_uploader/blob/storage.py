@@ -29,7 +29,6 @@ from azure.core.exceptions import (
     ResourceExistsError,
     ResourceNotFoundError,
 )
-from azure.storage.blob import ContentSettings
 from azure.storage.blob.aio import BlobClient, ContainerClient
 
 from nfs_watcher_uploader.blob import credentials
@@ -44,7 +43,7 @@ from nfs_watcher_uploader.blob.azure_errors import (
 from nfs_watcher_uploader.blob.blobinfo import BlobInfo
 from nfs_watcher_uploader.blob.blocks import Blocks, check_length, log_mismatch
 from nfs_watcher_uploader.blob.early import EarlyBlocks
-from nfs_watcher_uploader.blob.single_put import SinglePut
+from nfs_watcher_uploader.blob.rest import BlobHeaders, Rest
 from nfs_watcher_uploader.config import AzureAuth, NameConflict, Settings
 from nfs_watcher_uploader.constants import (
     MAX_BLOCKS,
@@ -57,6 +56,7 @@ from nfs_watcher_uploader.uplink.bandwidth import TokenBucket
 from nfs_watcher_uploader.uplink.wire import (
     Meter,
     MeteredTransport,
+    Wire,
     new_session,
     waiting_counts_as,
 )
@@ -67,6 +67,9 @@ DEFAULT_BLOCK_SIZE = 8 * 1024 * 1024
 # Files up to this size are staged in memory (at most one per worker at a time).
 IN_MEMORY_MAX = 1024 * 1024
 DEFAULT_SINGLE_PUT_SIZE = 8 * 1024 * 1024
+# The SDK's socket timeouts for every request (connect, then each read).
+CONNECTION_TIMEOUT_S = 20
+READ_TIMEOUT_S = 120
 
 
 class _Missing:
@@ -117,8 +120,8 @@ class Storage:
         # Every request goes through the meter (the bandwidth cap), on one shared session.
         self.meter = meter or Meter(TokenBucket())
         self._session: aiohttp.ClientSession | None = None
-        self._transport: MeteredTransport | None = None
-        self._single: SinglePut | None = None
+        self._wire: Wire | None = None
+        self._rest: Rest | None = None
         self.block_size = settings.azure_max_block_size or DEFAULT_BLOCK_SIZE
         single = settings.azure_max_single_put_size
         self.single_put_size = DEFAULT_SINGLE_PUT_SIZE if single is None else single
@@ -136,10 +139,11 @@ class Storage:
         )
 
     @property
-    def single(self) -> SinglePut:
-        if self._single is None:
+    def rest(self) -> Rest:
+        """The puts (the lean request path) of the connected container."""
+        if self._rest is None:
             raise RetryableError("storage is not connected yet")
-        return self._single
+        return self._rest
 
     @property
     def container(self) -> ContainerClient:
@@ -150,15 +154,12 @@ class Storage:
     def _client_kwargs(self) -> dict[str, Any]:
         if self._session is None:
             self._session = new_session()
-        self._transport = MeteredTransport(
-            self.meter,
-            session=self._session,
-            session_owner=False,
-            connection_timeout=20,
-            read_timeout=120,
+        self._wire = Wire(self.meter, self._session, CONNECTION_TIMEOUT_S, READ_TIMEOUT_S)
+        transport = MeteredTransport(
+            self._wire, connection_timeout=CONNECTION_TIMEOUT_S, read_timeout=READ_TIMEOUT_S
         )
         return {
-            "transport": self._transport,
+            "transport": transport,
             "max_single_put_size": max(self.single_put_size, 1),
             "max_block_size": self.block_size,
             # The SDK's own retries ride out blips (1 s, then 3 s); longer outages are retried by
@@ -166,8 +167,8 @@ class Storage:
             "retry_total": 2,
             "initial_backoff": 1,
             "increment_base": 2,
-            "connection_timeout": 20,
-            "read_timeout": 120,
+            "connection_timeout": CONNECTION_TIMEOUT_S,
+            "read_timeout": READ_TIMEOUT_S,
         }
 
     async def connect(self, create: bool = True) -> None:
@@ -186,8 +187,8 @@ class Storage:
         if not connection.may_read:
             self._reads_refused()
         self._connection = connection
-        assert self._transport is not None
-        self._single = SinglePut(connection.client, connection.container, self._transport)
+        assert self._wire is not None
+        self._rest = Rest(connection.client, connection.container, self._wire)
         self.auth_used = connection.label
         logger.info("Connected to storage with %s credentials", connection.label)
 
@@ -205,7 +206,7 @@ class Storage:
     async def close(self) -> None:
         if self._connection is not None:
             await self._connection.close()
-        self._connection = self._single = None
+        self._connection = self._rest = None
         await self._close_session()
 
     async def _close_session(self) -> None:
@@ -295,11 +296,10 @@ class Storage:
             if not (overwrite or self._settings.on_name_conflict is NameConflict.OVERWRITE):
                 if await self._md5_of(blob_name) is not _MISSING:
                     return None
-            blob = self.container.get_blob_client(blob_name)
-            held = await self._uncommitted(blob)
+            held = await self._uncommitted(self.container.get_blob_client(blob_name))
         except UploadError:
             return None
-        return self.blocks.early(blob, progress, held)
+        return self.blocks.early(self.rest, blob_name, progress, held)
 
     async def _md5_of(self, name: str) -> bytes | _Missing | _Unreadable | None:
         """The Content-MD5 of blob `name` (None if it has none), _MISSING, or _UNREADABLE when
@@ -328,11 +328,8 @@ class Storage:
         log_extra: dict[str, str] | None,
         info: BlobInfo,
     ) -> None:
-        settings = ContentSettings(
-            content_type=info.content_type, content_md5=bytearray(staged.read.md5)
-        )
-        extra = info.upload_kwargs()
-        commit: dict[str, Any] = extra if overwrite else {"if_none_match": "*", **extra}
+        blob = BlobHeaders.of(info, staged.read.md5, overwrite)
+        rest = self.rest
         try:
             if staged.data is not None:
                 data = staged.data
@@ -340,17 +337,18 @@ class Storage:
                 fd = await anyio.to_thread.run_sync(os.open, local, os.O_RDONLY | os.O_CLOEXEC)
                 try:
                     if staged.block_md5s:
-                        blob = self.container.get_blob_client(blob_name)
-                        held = await self._uncommitted(blob)
-                        ids = await self.blocks.put(blob, fd, staged, held, progress, log_extra)
-                        await blob.commit_block_list(ids, content_settings=settings, **commit)  # pyright: ignore[reportArgumentType]
+                        held = await self._uncommitted(self.container.get_blob_client(blob_name))
+                        ids = await self.blocks.put(
+                            rest, blob_name, fd, staged, held, progress, log_extra
+                        )
+                        await rest.put_block_list(blob_name, ids, blob)
                         progress()
                         return
                     data = await anyio.to_thread.run_sync(os.pread, fd, staged.read.size + 1, 0)
                 finally:
                     os.close(fd)
                 check_length(len(data), staged, log_extra)
-            await self.single.put(blob_name, data, staged.read.md5, overwrite, info)
+            await rest.put_blob(blob_name, data, staged.read.md5, blob)
         except FileNotFoundError:
             raise RetryableError(f"staged copy of {blob_name} vanished; staging again") from None
         except ResourceExistsError as exc:

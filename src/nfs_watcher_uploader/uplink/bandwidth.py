@@ -86,6 +86,11 @@ class TokenBucket:
     def rate(self) -> int | None:
         return self._rate
 
+    @property
+    def unlimited_now(self) -> bool:
+        """No limit in force and nobody waiting: `take` would return at once."""
+        return self._rate is None and not self._waiters
+
     def set_rate(self, rate: int | None) -> None:
         if rate == self._rate:
             return

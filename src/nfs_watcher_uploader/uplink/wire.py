@@ -2,11 +2,13 @@
 and its body leaves as a stream of chunks that each take theirs, so that a cap (or a new cap)
 holds within a chunk, also on a block already in flight.
 
-The SDK hands the transport a request whose body is bytes (a block, a small file, a block
-list); for one attempt, the transport sends it as a stream of memoryview chunks, with the
-Content-Length the SDK set. A retry comes through here again, with the original bytes. Nothing
-is copied and nothing about the bytes changes: each request still carries the MD5 that Azure
-checks.
+Two kinds of caller send through here, one attempt at a time, on one shared session: the lean
+request path's puts (`Wire.send`: blob/rest.py) and the SDK's other requests (lookups, the
+container), through `MeteredTransport`. A body is bytes (a block, a small file, a block list);
+for one attempt it is sent as a stream of memoryview chunks with the Content-Length its caller
+set (one piece when it fits one uncapped chunk). A retry comes through here again, with the
+original bytes. Nothing is copied and nothing about the bytes changes: each request still
+carries the MD5 that Azure checks.
 
 Proxies: HTTPS_PROXY, HTTP_PROXY and NO_PROXY (and a proxy's credentials in ~/.netrc) apply
 to every request to storage, looked up once for each host a request goes to (`env_proxy`; a
@@ -17,7 +19,7 @@ two thread hops per small file.
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -26,7 +28,16 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp.helpers import get_env_proxy_for_url
+from azure.core.exceptions import (
+    AzureError,
+    IncompleteReadError,
+    ServiceRequestError,
+    ServiceRequestTimeoutError,
+    ServiceResponseError,
+    ServiceResponseTimeoutError,
+)
 from azure.core.pipeline.transport import AioHttpTransport
+from multidict import CIMultiDictProxy
 from yarl import URL
 
 from nfs_watcher_uploader.constants import (
@@ -73,8 +84,26 @@ class Meter:
 
     async def take(self, size: int, priority: float) -> None:
         await self.bucket.take(size, priority, WAITING.get())
+        self.count(size)
+
+    def count(self, size: int) -> None:
+        """`size` bytes are going out (their tokens taken, or no limit in force)."""
         self._sent.add(size)
         self.total_sent += size
+
+    async def payload(self, head: int, body: bytes, priority: float) -> Any:
+        """Take the tokens of a request's line and headers (`head` bytes) and return its body
+        as it is to be sent: `body` itself when it goes in one piece (tokens taken), else a
+        stream of chunks that take theirs as they go."""
+        bucket = self.bucket
+        if len(body) <= UNCAPPED_CHUNK and bucket.unlimited_now:  # the common case: no wait
+            self.count(head + len(body))
+            return body
+        await self.take(head, priority)
+        if len(body) <= UNCAPPED_CHUNK and bucket.rate is None:  # one chunk anyway
+            await self.take(len(body), priority)
+            return body
+        return self.stream(memoryview(body), priority)
 
     async def stream(self, body: memoryview, priority: float) -> AsyncIterator[memoryview]:
         """`body` in chunks, each sent once the bucket allows; the chunk size follows the cap
@@ -112,43 +141,131 @@ def env_proxy(url: str) -> Proxy | None:
     return Proxy(str(proxy), auth)
 
 
-class MeteredTransport(AioHttpTransport):
-    """The SDK's aiohttp transport, metered by `meter`, through the environment's proxy."""
+def head_size(method: str, url: str, headers: Mapping[str, str]) -> int:
+    """What a request's line and headers take on the wire (about: aiohttp adds a few)."""
+    size = len(method) + len(url) + REQUEST_OVERHEAD
+    for name, value in headers.items():
+        size += len(name) + len(value) + 4
+    return size
 
-    def __init__(self, meter: Meter, **kwargs: Any) -> None:
-        super().__init__(**kwargs)  # pyright: ignore[reportUnknownMemberType]
-        self._meter = meter
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """Storage's answer to one attempt, its body read. Also what an error raised for it carries
+    as `response` (the SDK's exceptions read `status_code`, `reason` and `text()`)."""
+
+    status_code: int
+    reason: str | None
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+    @property
+    def content_type(self) -> str | None:
+        return self.headers.get("Content-Type")
+
+    def text(self, encoding: str | None = None) -> str:
+        return self.body.decode(encoding or "utf-8", errors="replace")
+
+
+class Wire:
+    """One attempt of one request to storage at a time: metered by `meter`, through the proxy
+    the environment sets for its host, with the SDK's socket timeouts; aiohttp's errors are
+    raised as the SDK's aiohttp transport raises them (ServiceRequestError and its kin), so a
+    retry policy and `azure_errors` judge them the same."""
+
+    def __init__(
+        self,
+        meter: Meter,
+        session: aiohttp.ClientSession,
+        connection_timeout: float,
+        read_timeout: float,
+    ) -> None:
+        self.meter = meter
+        self.session = session
+        self.timeout = aiohttp.ClientTimeout(
+            sock_connect=connection_timeout, sock_read=read_timeout
+        )
         # scheme://host:port -> its proxy (None: straight).
         self._proxies: dict[str, Proxy | None] = {}
 
-    async def _proxy_for(self, url: str) -> Proxy | None:
+    def __repr__(self) -> str:
+        return f"Wire({self.meter!r} proxies={list(self._proxies.values())})"
+
+    async def proxy_for(self, url: str) -> Proxy | None:
         parts = urlsplit(url)
         origin = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
         if origin not in self._proxies:
             self._proxies[origin] = await asyncio.to_thread(env_proxy, origin)
         return self._proxies[origin]
 
+    async def send(
+        self, method: str, url: URL, origin: str, headers: Mapping[str, str], body: bytes
+    ) -> Answer:
+        """Send one request to `url` (whose scheme://host:port is `origin`) and read its
+        answer. Raises the SDK's ServiceRequestError and kin, never aiohttp's errors."""
+        proxy = self._proxies[origin] if origin in self._proxies else await self.proxy_for(origin)
+        # The request that asked first is served first (see TokenBucket).
+        head = head_size(method, origin, headers) + len(url.raw_path_qs)
+        data = await self.meter.payload(head, body, time.monotonic())
+        try:
+            response = await self.session.request(
+                method,
+                url,
+                headers=headers,
+                data=data,
+                timeout=self.timeout,
+                allow_redirects=False,
+                proxy=None if proxy is None else proxy.url,
+                proxy_auth=None if proxy is None else proxy.auth,
+            )
+        except (aiohttp.ClientError, TimeoutError) as err:
+            raise sdk_error(err, reading=False) from err
+        try:
+            content = await response.read()
+        except (aiohttp.ClientError, TimeoutError) as err:
+            raise sdk_error(err, reading=True) from err
+        finally:
+            response.release()
+        return Answer(response.status, response.reason, response.headers, content)
+
+
+def sdk_error(err: BaseException, reading: bool) -> AzureError:
+    """What the SDK's aiohttp transport raises for `err`, met while sending a request or while
+    `reading` its answer's body."""
+    if reading and isinstance(err, aiohttp.ClientPayloadError):  # closed before the end
+        return IncompleteReadError(err, error=err)
+    if isinstance(err, aiohttp.ClientResponseError):
+        return ServiceResponseError(err, error=err)
+    if not reading and isinstance(err, aiohttp.ConnectionTimeoutError):
+        return ServiceRequestTimeoutError(err, error=err)
+    if isinstance(err, TimeoutError):
+        return ServiceResponseTimeoutError(err, error=err)
+    return ServiceRequestError(err, error=err)
+
+
+class MeteredTransport(AioHttpTransport):
+    """The SDK's aiohttp transport, metered and proxied by `wire`, for the SDK's own requests."""
+
+    def __init__(self, wire: Wire, **kwargs: Any) -> None:
+        super().__init__(session=wire.session, session_owner=False, **kwargs)  # pyright: ignore[reportUnknownMemberType]
+        self._wire = wire
+
     async def send(self, request: Any, **config: Any) -> Any:  # pyright: ignore[reportIncompatibleMethodOverride]
-        proxy = await self._proxy_for(request.url)
+        proxy = await self._wire.proxy_for(request.url)
         if proxy is not None:
             config.setdefault("proxy", proxy.url)
             config.setdefault("proxy_auth", proxy.auth)
-        meter = self._meter
+        meter = self._wire.meter
         send = cast(Callable[..., Awaitable[Any]], super().send)  # pyright: ignore[reportUnknownMemberType]
         # The request that asked first is served first (see TokenBucket).
         priority = time.monotonic()
         data: object = request.data
-        head = len(request.method) + len(request.url) + REQUEST_OVERHEAD
-        head += sum(len(k) + len(v) + 4 for k, v in request.headers.items())
-        await meter.take(head, priority)
+        head = head_size(request.method, request.url, request.headers)
         if not isinstance(data, _BYTES):  # no body (or one we do not split): take it whole
+            await meter.take(head, priority)
             await meter.take(int(request.headers.get("Content-Length") or 0), priority)
             return await send(request, **config)
-        body = memoryview(cast(bytes, data))
-        if len(body) <= UNCAPPED_CHUNK and meter.bucket.rate is None:  # one chunk anyway
-            await meter.take(len(body), priority)
-            return await send(request, **config)
-        request.data = meter.stream(body, priority)
+        request.data = await meter.payload(head, cast(bytes, data), priority)
         try:
             return await send(request, **config)
         finally:
