@@ -66,6 +66,11 @@ META_THREADS = 8
 # Calls abandoned at their deadline leave a thread blocked in the kernel until NFS answers.
 # Past this many, new calls fail at once: a dead mount must not grow threads without end.
 MAX_ABANDONED_THREADS = 32
+# Short NFS calls that share one thread call at most (`Nfs.call_batched`): they run one after the
+# other, so a batch's last call waits for the others (on NFS, a few round trips each).
+MAX_BATCHED_CALLS = 16
+# An NFS thread with nothing to do ends after this long (a burst of copies leaves no crowd).
+THREAD_IDLE_EXIT_S = 10.0
 
 # A file whose name is taken in storage by different bytes goes up as `<stem>~2<ext>`, `~3`...
 CONFLICT_MARK = "~"

@@ -145,7 +145,7 @@ class Service:
         self._exit = exit_process
 
     def __repr__(self) -> str:
-        return f"Service(phase={self.phase!r} {self.pipeline!r} {self.sessions!r})"
+        return f"Service(phase={self.phase!r} {self.pipeline!r} {self.sessions!r} {self.nfs!r})"
 
     # --- lifecycle -----------------------------------------------------------------------
 

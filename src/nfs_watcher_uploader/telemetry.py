@@ -3,22 +3,25 @@
 `setup_telemetry` builds a TracerProvider and a MeterProvider from the standard `OTEL_*`
 variables: OTLP/HTTP export only when an endpoint is configured (so a service with no collector
 stays quiet), nothing at all with `OTEL_SDK_DISABLED=true`, and a Prometheus reader on its own
-registry behind `GET /metrics`, fed by the same instruments. `Telemetry` is what the pipeline
-calls: a span per file with child spans per step, and the counters and histograms. Without a
-provider every call is a no-op.
+registry behind `GET /metrics`, fed by the same instruments. A TracerProvider is made only when
+traces are exported: spans that go nowhere would cost every file their making. `Telemetry` is
+what the pipeline calls: a span per file with child spans per step, and the counters and
+histograms. Without a tracer provider no span is made at all (not even a no-op one: entering a
+context per step is CPU a small file notices), and the trace context of log lines is empty.
 """
 
 import logging
 import os
+import time
 from collections.abc import Callable, Generator, Iterable, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, get_args
 
 from fastapi import FastAPI
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry.trace import INVALID_SPAN, Span, Status, StatusCode
 from prometheus_client import CollectorRegistry
 
 from nfs_watcher_uploader.constants import UPLOAD_RATE_WINDOW_S
@@ -32,6 +35,8 @@ SESSION_STATES: tuple[SessionStateName, ...] = get_args(SessionStateName)
 EXCLUDED_URLS = "healthz,readyz,metrics"
 # Request headers that carry credentials: never recorded on a span.
 SECRET_HEADERS = ("authorization", "proxy-authorization", "cookie")
+# What a file and its steps get when no span is made.
+_NO_SPAN: AbstractContextManager[Span] = nullcontext(INVALID_SPAN)
 
 
 def _env_true(name: str) -> bool:
@@ -78,10 +83,11 @@ def setup_telemetry(app: FastAPI) -> Providers:
     resource = Resource.create({"service.name": SERVICE_NAME}).merge(
         OTELResourceDetector().detect()
     )
-    tracer_provider = TracerProvider(resource=resource)
+    tracer_provider: TracerProvider | None = None
     if _exporter_wanted("traces"):
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
+        tracer_provider = TracerProvider(resource=resource)
         tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     readers: list[MetricReader] = [PrometheusMetricReader(registry=registry)]
     if _exporter_wanted("metrics"):
@@ -145,7 +151,12 @@ class Telemetry:
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: metrics.MeterProvider | None = None,
     ) -> None:
-        self._tracer = trace.get_tracer(TRACER_NAME, tracer_provider=tracer_provider)
+        # None: no span is made (no exporter to send them to).
+        self._tracer = (
+            None
+            if tracer_provider is None
+            else trace.get_tracer(TRACER_NAME, tracer_provider=tracer_provider)
+        )
         meter = metrics.get_meter(METER_NAME, meter_provider=meter_provider)
         self.meter = meter
         counters = {
@@ -269,20 +280,28 @@ class Telemetry:
             description="Sessions this service knows, by state",
         )
 
-    @contextmanager
-    def file_span(self, item: WorkItem, blob_name: str) -> Generator[Span]:
+    def file_span(self, item: WorkItem, blob_name: str) -> AbstractContextManager[Span]:
+        """The span of one attempt at a file (the current span inside)."""
+        if self._tracer is None:
+            return _NO_SPAN
         attrs = {
             "session.name": item.session_name,
             "file.name": printable(item.rel),
             "blob.name": printable(blob_name),
             "retry.attempt": item.attempt,
         }
-        with self._tracer.start_as_current_span("file", attributes=attrs) as span:
-            yield span
+        return self._tracer.start_as_current_span("file", attributes=attrs)
 
+    def step(self, name: str, **attrs: Any) -> AbstractContextManager[Span]:
+        """The span of one step of a file, marked failed by an exception through it."""
+        if self._tracer is None:
+            return _NO_SPAN
+        return self._step(self._tracer, name, attrs)
+
+    @staticmethod
     @contextmanager
-    def step(self, name: str, **attrs: Any) -> Generator[Span]:
-        with self._tracer.start_as_current_span(name, record_exception=False) as span:
+    def _step(tracer: trace.Tracer, name: str, attrs: dict[str, Any]) -> Generator[Span]:
+        with tracer.start_as_current_span(name, record_exception=False) as span:
             for key, value in attrs.items():
                 span.set_attribute(key, value)
             try:
@@ -292,6 +311,28 @@ class Telemetry:
                 span.set_status(Status(StatusCode.ERROR, str(exc)[:200]))
                 raise
 
+    def steps(self, *names: str) -> AbstractContextManager[None]:
+        """Sibling spans of steps done in one go (one thread call), ended together; an
+        exception through them marks them all failed."""
+        if self._tracer is None:
+            return nullcontext()
+        return self._steps(self._tracer, names)
+
+    @staticmethod
+    @contextmanager
+    def _steps(tracer: trace.Tracer, names: tuple[str, ...]) -> Generator[None]:
+        spans = [tracer.start_span(name, record_exception=False) for name in names]
+        try:
+            yield
+        except BaseException as exc:
+            for span in spans:
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, str(exc)[:200]))
+            raise
+        finally:
+            for span in spans:
+                span.end()
+
     def failed_attempt(self, span: Span, exc: BaseException) -> None:
         """Mark a file's span as failed (the file is retried or parked under a new span)."""
         span.record_exception(exc)
@@ -299,7 +340,8 @@ class Telemetry:
 
     def set_file_size(self, size: int) -> None:
         """Record the size on the current file span, once it is known."""
-        trace.get_current_span().set_attribute("file.size", size)
+        if self._tracer is not None:
+            trace.get_current_span().set_attribute("file.size", size)
 
     def uploaded(self, size: int, duration: float) -> None:
         self.files_processed.add(1)
@@ -335,13 +377,33 @@ class _TraceContext(logging.Filter):
 
 def configure_logging(level: int = logging.INFO) -> None:
     """JSON lines on stderr (python-json-logger) with the trace context; quiet Azure SDK and
-    access logs."""
+    access logs.
+
+    A line has the time, level, logger, message and its extra fields, never where it was
+    logged from: so logging does not look up the caller's frame, thread, process or task for
+    each record (the standard library's documented switches), and the time's seconds are
+    formatted once a second."""
     from pythonjsonlogger.json import JsonFormatter
 
+    class Formatter(JsonFormatter):
+        _second: tuple[int, str] = (-1, "")
+
+        def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+            if datefmt is not None:
+                return super().formatTime(record, datefmt)
+            second = int(record.created)
+            if self._second[0] != second:
+                text = time.strftime(self.default_time_format, self.converter(record.created))
+                self._second = (second, text)
+            return "%s,%03d" % (self._second[1], record.msecs)  # noqa: UP031 (logging's own)
+
+    logging._srcfile = None  # pyright: ignore[reportPrivateUsage, reportAttributeAccessIssue]
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    logging.logAsyncioTasks = False  # pyright: ignore[reportAttributeAccessIssue]
     handler = logging.StreamHandler()
     handler.addFilter(_TraceContext())
     handler.setFormatter(
-        JsonFormatter(
+        Formatter(
             "%(asctime)s %(levelname)s %(name)s %(message)s",
             rename_fields={"asctime": "timestamp", "levelname": "level", "name": "logger"},
             timestamp=False,

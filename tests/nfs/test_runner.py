@@ -1,12 +1,19 @@
-"""Slow copies have their own thread budget: scans, stops and probes keep answering."""
+"""Slow copies have their own thread budget: scans, stops and probes keep answering; short
+calls of one moment share a thread, each with its own outcome and deadline."""
 
+import asyncio
+import errno
+import functools
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from nfs_watcher_uploader.constants import MAX_BATCHED_CALLS
+from nfs_watcher_uploader.nfs.runner import Nfs
 from tests.support.faultfs import Faults, fuse_available, mounted
 from tests.support.helpers import (
     Azurite,
@@ -52,3 +59,95 @@ def test_slow_copies_never_starve_scans_stops_or_probes(
             assert running.get("/healthz").status_code == 200
             time.sleep(0.3)
         faults.read_latency = 0.0
+
+
+async def test_short_calls_of_one_turn_share_one_thread_each_with_its_own_outcome() -> None:
+    nfs = Nfs(5)
+    ran: list[int] = []
+
+    def call(i: int) -> int:
+        ran.append(i)
+        if i == 3:
+            raise OSError(errno.EIO, "this call's own failure")
+        return threading.get_ident()
+
+    outcomes = await asyncio.gather(
+        *(nfs.call_batched(functools.partial(call, i)) for i in range(6)), return_exceptions=True
+    )
+    assert ran == list(range(6))  # one after the other, in the order they were made
+    assert isinstance(outcomes[3], OSError) and outcomes[3].errno == errno.EIO
+    threads = {o for i, o in enumerate(outcomes) if i != 3}
+    assert len(threads) == 1 and threading.get_ident() not in threads
+    assert (nfs.trips, nfs.batched_calls) == (1, 6)
+
+
+async def test_a_batch_holds_at_most_its_share_of_calls() -> None:
+    nfs = Nfs(5)
+    await asyncio.gather(
+        *(nfs.call_batched(lambda: None) for _ in range(2 * MAX_BATCHED_CALLS + 1))
+    )
+    assert nfs.trips == 3
+
+
+async def test_a_batched_call_given_up_before_its_turn_never_runs() -> None:
+    """Behind a call that hangs (a dead mount), the others of its batch time out on their own
+    deadline, are never run once NFS answers again, and only the hung call counts as a thread
+    stuck in the kernel."""
+    nfs = Nfs(5)
+    release = threading.Event()
+    ran: list[str] = []
+
+    def hung() -> None:
+        release.wait(10)
+        ran.append("hung")
+
+    first = asyncio.ensure_future(nfs.call_batched(hung, timeout=0.2))
+    second = asyncio.ensure_future(nfs.call_batched(lambda: ran.append("second"), timeout=0.2))
+    for task in (first, second):
+        with pytest.raises(TimeoutError):
+            await task
+    assert nfs.abandoned == 1
+    release.set()
+    await asyncio.sleep(0)
+    for _ in range(100):
+        if nfs.abandoned == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert nfs.abandoned == 0
+    assert ran == ["hung"]
+    assert await nfs.call_batched(lambda: "later") == "later"
+
+
+async def test_a_call_given_up_at_its_deadline_frees_its_place_and_counts_its_thread() -> None:
+    """A hung call (a dead mount) times out, its thread counts as stuck until the call returns,
+    and its place in the thread budget goes to the next call at once; past the limit of stuck
+    threads, calls fail at once."""
+    nfs = Nfs(5, meta_threads=1, max_abandoned=1)
+    release = threading.Event()
+    with pytest.raises(TimeoutError):
+        await nfs.call(lambda: release.wait(10), timeout=0.2)
+    assert nfs.abandoned == 1
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="still hung"):
+        await nfs.call(lambda: "refused")
+    assert time.monotonic() - started < 0.1
+    release.set()
+    for _ in range(100):
+        if nfs.abandoned == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert await nfs.call(lambda: "answered", timeout=1) == "answered"
+
+
+async def test_a_call_waiting_for_its_place_when_given_up_never_runs() -> None:
+    nfs = Nfs(5, meta_threads=1)
+    release = threading.Event()
+    ran: list[str] = []
+    first = asyncio.ensure_future(nfs.call(lambda: release.wait(10), timeout=5))
+    await asyncio.sleep(0.05)
+    with pytest.raises(TimeoutError):
+        await nfs.call(lambda: ran.append("second"), timeout=0.1)
+    release.set()
+    assert await first is True
+    assert await nfs.call(lambda: "third") == "third"
+    assert ran == []

@@ -17,8 +17,6 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-import anyio.from_thread
-
 from nfs_watcher_uploader.constants import BANDWIDTH_WAIT_TICK_S
 from nfs_watcher_uploader.items import printable
 
@@ -60,6 +58,8 @@ class EarlyBlocks:
         self._window = asyncio.Semaphore(concurrency)
         self._progress = progress
         self._tasks: set[asyncio.Task[None]] = set()
+        # Made on the loop; `offer` is called from the copy's thread.
+        self._loop = asyncio.get_running_loop()
         self._closed = False
         self.sent = self.failed = 0
 
@@ -70,7 +70,7 @@ class EarlyBlocks:
         """From the copy thread: send this block; returns once it is under way."""
         if self._held.get(self._block_id(index, md5)) == len(data):
             return
-        anyio.from_thread.run(self._start, index, data, md5)
+        asyncio.run_coroutine_threadsafe(self._start(index, data, md5), self._loop).result()
 
     async def _start(self, index: int, data: bytes, md5: bytes) -> None:
         await acquire_waiting(self._window, self._progress)

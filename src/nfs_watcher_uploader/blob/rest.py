@@ -31,7 +31,6 @@ the backoff). Errors are raised as the SDK raises them, the same exception types
 import asyncio
 import base64
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
@@ -72,6 +71,7 @@ from azure.storage.blob._upload_helpers import (  # pyright: ignore[reportPrivat
     _convert_mod_error,  # pyright: ignore[reportPrivateUsage, reportUnknownVariableType]
 )
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient
+from uuid_utils import uuid1
 from yarl import URL
 
 from nfs_watcher_uploader.blob.blobinfo import BlobInfo
@@ -259,12 +259,13 @@ class Rest:
                 await asyncio.sleep(backoff)
 
     def stamp(self, headers: dict[str, str]) -> None:
-        """What the SDK's headers policy adds to each attempt: the date and a request id."""
+        """What the SDK's headers policy adds to each attempt: the date and a request id (a
+        uuid1 as the SDK makes, from uuid_utils: the standard library's takes 25 us)."""
         now = int(time.time())
         if self._date[0] != now:
             self._date = (now, format_date_time(now))
         headers["x-ms-date"] = self._date[1]
-        headers["x-ms-client-request-id"] = str(uuid.uuid1())
+        headers["x-ms-client-request-id"] = str(uuid1())
 
     async def over_wire(self, request: _Request, url: URL | None = None) -> Answer:
         """Send the attempt as it is (stamped, its credential applied). `url`: the request's

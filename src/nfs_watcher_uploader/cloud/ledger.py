@@ -3,15 +3,17 @@
 A file's line is appended and fsynced after its blob is committed and before the file is marked
 completed. So after any crash, every committed file either has its line or is uploaded again
 (found already there, same bytes) and gets it then; lines of one blob name are read as one, the
-last winning. Completions that arrive together share one write and one fsync: the first to take
-the lock writes every line waiting (small files are the hot path). A line torn by a crash is
-ended before anything is appended after it, and skipped when read.
+last winning. Lines are `queue`d on the event loop and written by `flush` in a thread (the
+completion's own, see work/transfer.py): the first flush writes every line waiting, with one
+fsync, and each line's caller gets the outcome of the write that took it (small files are the
+hot path). A line torn by a crash is ended before anything is appended after it, and skipped
+when read.
 """
 
-import asyncio
 import errno
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,20 +30,25 @@ logger = logging.getLogger(__name__)
 _APPEND_FLAGS = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-class _Batch:
-    """Lines waiting for one write, and how that write went (None: not written yet)."""
+class Ticket:
+    """A queued line: how its write went (None: not written yet; True; or the write's error)."""
+
+    __slots__ = ("outcome",)
 
     def __init__(self) -> None:
-        self.lines: dict[Path, list[bytes]] = {}
         self.outcome: OSError | bool | None = None
 
 
 class Ledger:
     def __init__(self, layout: Layout, nfs: Nfs, clock: Callable[[], float] = time.time) -> None:
         self.layout, self.nfs, self._clock = layout, nfs, clock
-        self._open: _Batch | None = None
-        self._lock = asyncio.Lock()
-        # Ledgers known to end with a whole line (touched only by the one writing thread).
+        # Lines queued and not yet taken by a write, and their tickets (under `_queue_lock`).
+        self._queued: dict[Path, list[bytes]] = {}
+        self._tickets: list[Ticket] = []
+        self._queue_lock = threading.Lock()
+        # One write at a time; `_clean` is touched by the writing thread only.
+        self._write_lock = threading.Lock()
+        # Ledgers known to end with a whole line.
         self._clean: set[Path] = set()
         self._paths: dict[tuple[str, str], Path] = {}
         self.writes = 0
@@ -53,6 +60,12 @@ class Ledger:
     async def record(self, item: WorkItem) -> None:
         """Append the line of a committed file (`item.md5` and `item.committed` are set);
         return once it is on disk. Raises OSError when NFS failed."""
+        ticket = self.queue(item)
+        await self.nfs.call_batched(lambda: self.flush(ticket))
+
+    def queue(self, item: WorkItem) -> Ticket:
+        """On the loop: the line of a committed file (`item.md5` and `item.committed` are
+        set), to be written by the next `flush`."""
         assert item.committed is not None and item.md5 is not None
         size, mtime_ns = item.committed
         # Built from values of known types: no validation on the hot path of small files.
@@ -66,25 +79,35 @@ class Ledger:
         )
         key = (item.date_prefix, item.session_name)
         path = self._paths.get(key) or self._paths.setdefault(key, self.layout.ledger(*key))
-        batch = self._open = self._open or _Batch()
-        batch.lines.setdefault(path, []).append(entry.model_dump_json().encode() + b"\n")
-        await asyncio.sleep(0)  # let the completions of this same turn join the batch
-        async with self._lock:
-            if batch.outcome is None:
-                self._open = None  # later lines go into the next batch
+        line = entry.model_dump_json().encode() + b"\n"
+        ticket = Ticket()
+        with self._queue_lock:
+            self._queued.setdefault(path, []).append(line)
+            self._tickets.append(ticket)
+        return ticket
+
+    def flush(self, ticket: Ticket) -> None:
+        """In a thread: make sure the line of `ticket` is on disk, writing every line queued
+        (one write and one fsync per ledger). Raises OSError when its write failed."""
+        with self._write_lock:
+            if ticket.outcome is None:
+                with self._queue_lock:
+                    queued, tickets = self._queued, self._tickets
+                    self._queued, self._tickets = {}, []
+                outcome: OSError | bool = OSError(errno.EINTR, "ledger write interrupted")
                 try:
-                    await self.nfs.call(lambda: self._append(batch.lines))
+                    self._append(queued)
+                    outcome = True
                 except OSError as exc:
-                    batch.outcome = exc
-                except BaseException:
-                    batch.outcome = OSError(errno.EINTR, "ledger write interrupted")
-                    raise
-                else:
-                    batch.outcome = True
+                    outcome = exc
+                finally:
+                    for taken in tickets:
+                        taken.outcome = outcome
+                if outcome is True:
                     self.writes += 1
-                    self.lines += sum(len(lines) for lines in batch.lines.values())
-        if isinstance(batch.outcome, OSError):
-            raise OSError(batch.outcome.errno, f"ledger write failed: {batch.outcome}")
+                    self.lines += sum(len(lines) for lines in queued.values())
+        if isinstance(ticket.outcome, OSError):
+            raise OSError(ticket.outcome.errno, f"ledger write failed: {ticket.outcome}")
 
     def _append(self, batches: dict[Path, list[bytes]]) -> None:
         for path, lines in batches.items():

@@ -205,9 +205,10 @@ class Pipeline:
         session.mark(item, "in_flight")
         with self.telemetry.file_span(item, self.layout.blob_name(item)) as span:
             try:
+                ahead = None
                 if not item.claimed:
-                    item = await self.transfer.claim(item, session)
-                await self.transfer.process(item, slot, session)
+                    item, ahead = await self.transfer.claim(item, session, slot)
+                await self.transfer.process(item, slot, session, ahead)
             except errors.Skip:
                 session.release(item)
             except errors.NotOurs as exc:

@@ -2,12 +2,15 @@
 
     claim     rename incoming/<s>/<rel> -> .processing/<d>/<s>/<rel>, never through a link
               (lost race: Skip; the name still taken by an earlier file: Skip, it waits)
-    stage     copy to local staging, hashing the bytes read from NFS (per block too)
+    stage     copy to local staging, hashing the bytes read from NFS (per block too); a small
+              file is read into memory in the same trip to a thread as its claim
     upload    every request carries the MD5 read from NFS, so Azure refuses changed bytes; a
               name held by other bytes is kept, and this file goes up under the next free name
     record    append the blob's line to the session's ledger (for the manifest), fsynced
     complete  if the file still has the size and mtime that were read, rename it into
               .processing/_completed/<d>/<s>/<rel>; GC looks once more, then deletes it
+              (record and complete: one trip to a thread, shared with the files that finish
+              at the same moment)
 
 Each step raises what errors.py says the caller should do; `Pipeline` acts on it. A file is
 counted as uploaded only after its blob is committed and the file is marked completed.
@@ -15,6 +18,7 @@ counted as uploaded only after its blob is committed and the file is marked comp
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,6 +26,7 @@ import anyio.to_thread
 
 from nfs_watcher_uploader.blob.early import EarlyBlocks
 from nfs_watcher_uploader.blob.storage import Storage
+from nfs_watcher_uploader.cloud.ledger import Ticket
 from nfs_watcher_uploader.cloud.webhooks import event_id
 from nfs_watcher_uploader.constants import OVERLAP_MIN_BYTES
 from nfs_watcher_uploader.errors import (
@@ -44,6 +49,11 @@ from nfs_watcher_uploader.work.staging import remove_staged
 
 logger = logging.getLogger(__name__)
 
+# What was read of a small file right after its claim, in the same thread call: its bytes, or
+# what the read raised, raised again where the copy's errors are handled (the claim happened
+# either way, and is accounted first). None: not read yet.
+ReadAhead = Staged | Exception | None
+
 
 class Transfer:
     """The steps of one file. A file marked completed is added to `completed` (for GC)."""
@@ -64,18 +74,29 @@ class Transfer:
         self._on_staged, self._claim = seams.on_staged, seams.claim
         self._move, self._copy = seams.move, seams.copy
 
-    async def claim(self, item: WorkItem, session: Session) -> WorkItem:
-        """Rename the file from incoming into `.processing`. Raises Skip if it is not ours to
-        take now, NotOurs if it is not a regular file."""
+    async def claim(
+        self, item: WorkItem, session: Session, slot: Progress
+    ) -> tuple[WorkItem, ReadAhead]:
+        """Rename the file from incoming into `.processing`, and read a small file (one that
+        is staged in memory) in the same thread call: one trip instead of two, the one cost
+        of a small file that the share does not set. Raises Skip if it is not ours to take
+        now, NotOurs if it is not a regular file."""
         folder = self.layout.session_folder(item.session_name)
         dst = self.layout.processing(item)
         # Unknown whether a failed rename happened (NFS can report a failure for a rename
         # that succeeded): it is retried, and `moves.move` then sees where the file is.
         links = self.allow_links
+        ahead: ReadAhead = None
         with self.telemetry.step("claim"), nfs_errors("claim"):
-            moved = await self.nfs.call(
-                lambda: self._claim(folder, item.rel, dst, item.seen, links)
-            )
+            if item.seen is not None and 0 <= item.seen[0] <= self.storage.in_memory_max:
+                moved, ahead = await self.nfs.call_watched(
+                    lambda: self._claim_and_read(folder, item, dst, slot.touch),
+                    lambda: slot.progress,
+                )
+            else:
+                moved = await self.nfs.call_batched(
+                    lambda: self._claim(folder, item.rel, dst, item.seen, links)
+                )
         if moved is Moved.TAKEN:
             if session.hold(item.rel):
                 text = f"{item.rel}: waits in incoming until an earlier file of that name is done"
@@ -90,28 +111,50 @@ class Transfer:
                 "Not claiming %s: %s", printable(item.rel), moved.value, extra=log_extra(item)
             )
             raise Skip
-        return claimed
+        return claimed, ahead
 
-    async def process(self, item: WorkItem, slot: Progress, session: Session) -> None:
-        """Stage, upload and complete one claimed file."""
+    def _claim_and_read(
+        self, folder: Path, item: WorkItem, dst: Path, touch: Callable[[], None]
+    ) -> tuple[Moved, ReadAhead]:
+        """In a thread: the claim, then (claimed) the read of a small file."""
+        moved = self._claim(folder, item.rel, dst, item.seen, self.allow_links)
+        if moved is not Moved.DONE:
+            return moved, None
+        s = self.storage
+        try:
+            return moved, self._copy(
+                dst,
+                self.layout.staged(item),
+                touch,
+                s.block_size,
+                s.single_put_size,
+                s.in_memory_max,
+                None,
+            )
+        except Exception as exc:  # the copy's error, for `_copy_out`, after the claim's
+            return moved, exc
+
+    async def process(
+        self, item: WorkItem, slot: Progress, session: Session, ahead: ReadAhead = None
+    ) -> None:
+        """Stage (unless `ahead` was read with the claim), upload and complete one claimed
+        file."""
         sent_bytes = None
         if item.committed is None:
-            staged = await self._stage(item, slot)
+            staged = await self._stage(item, slot, ahead)
             if staged is None:  # an earlier attempt committed it and marked it completed
                 self._count_uploaded(item, session, None)
                 return
             if item.attempt == 0:
                 session.staged(staged.read.size)
             item, sent_bytes = await self._upload(item, staged, slot, session)
-        if not item.recorded:
-            item = await self._record(item)
-        await self._complete(item)
+        await self._record_and_complete(item)
         self._count_uploaded(item, session, sent_bytes)
 
-    async def _stage(self, item: WorkItem, slot: Progress) -> Staged | None:
-        early = await self._early(item, slot)
+    async def _stage(self, item: WorkItem, slot: Progress, ahead: ReadAhead) -> Staged | None:
+        early = None if ahead is not None else await self._early(item, slot)
         try:
-            return await self._copy_out(item, slot, early)
+            return await self._copy_out(item, slot, early, ahead)
         finally:
             if early is not None:
                 await early.cancel()
@@ -126,14 +169,16 @@ class Transfer:
         )
 
     async def _copy_out(
-        self, item: WorkItem, slot: Progress, early: EarlyBlocks | None
+        self, item: WorkItem, slot: Progress, early: EarlyBlocks | None, ahead: ReadAhead
     ) -> Staged | None:
         src, dst = self.layout.source(item), self.layout.staged(item)
         s = self.storage
         on_block = None if early is None else early.offer
         with self.telemetry.step("stage"):
             try:
-                staged = await self.nfs.call_watched(
+                if isinstance(ahead, Exception):
+                    raise ahead
+                staged = ahead or await self.nfs.call_watched(
                     lambda: self._copy(
                         src,
                         dst,
@@ -211,50 +256,63 @@ class Transfer:
             await anyio.to_thread.run_sync(remove_staged, local, item)
         return item, 0 if sent.already else staged.read.size
 
-    async def _record(self, item: WorkItem) -> WorkItem:
-        """Append the committed blob to the session's ledger, before the file is marked
-        completed: a crash after this leaves a line the manifest reads once (the last line
-        of a blob wins), a crash before it a file that is uploaded, and recorded, again."""
-        ledger = self.delivery.ledger
-        if ledger is None:  # APP_MANIFEST=off
-            return item
-        with self.telemetry.step("record"):
+    async def _record_and_complete(self, item: WorkItem) -> None:
+        """Append the committed blob to the session's ledger (unless an earlier attempt did),
+        then move the claimed file into the completed tree if it still has the size and mtime
+        of the bytes committed (LateWrite if not), in one thread call. The line comes first: a
+        crash after it leaves a line the manifest reads once (the last line of a blob wins),
+        a crash before it a file that is uploaded, and recorded, again."""
+        done = self.layout.completed(item)
+        ledger = self.delivery.ledger  # None: APP_MANIFEST=off
+        ticket = None if ledger is None or item.recorded else ledger.queue(item)
+        with self.telemetry.steps("record", "complete"):
             try:
-                await ledger.record(item)
+                moved = await self.nfs.call_batched(
+                    lambda: self._record_then_complete(item, done, ticket)
+                )
             except OSError as exc:
-                raise CompletionPending(item, f"cannot write the ledger: {exc}") from exc
-        return replace(item, recorded=True)
-
-    async def _complete(self, item: WorkItem) -> None:
-        """Move the claimed file into the completed tree if it still has the size and mtime of
-        the bytes committed; raise LateWrite if not."""
-        assert item.committed is not None
-        committed = item.committed
-        src, done = self.layout.source(item), self.layout.completed(item)
-
-        def complete() -> Moved | None:
-            try:
-                if not copying.unchanged(src, *committed):
-                    return None
-            except FileNotFoundError:
-                pass  # already moved by an attempt that reported failure: `move` sees it
-            if item.completed:  # checked where it lies
-                return Moved.DONE
-            return self._move(src, done, committed)
-
-        with self.telemetry.step("complete"):
-            try:
-                moved = await self.nfs.call(complete)
-            except OSError as exc:
-                raise CompletionPending(item, f"cannot mark completed: {exc}") from exc
+                if ticket is not None and ticket.outcome is not True:
+                    raise CompletionPending(item, f"cannot write the ledger: {exc}") from exc
+                moved = exc
+            if ticket is not None:
+                item = replace(item, recorded=True)
+            if isinstance(moved, OSError):
+                raise CompletionPending(item, f"cannot mark completed: {moved}") from moved
         if moved is None:
             raise LateWrite(item)
         if moved is Moved.TAKEN:
             raise CompletionPending(item, "an earlier file of this name is not yet collected")
+        assert item.committed is not None
         if moved is Moved.DONE:
-            self.completed.add(done, Completed(item, *committed))
+            self.completed.add(done, Completed(item, *item.committed))
         else:  # neither side is there: GC already took it
             logger.info("%s already collected", printable(item.rel), extra=log_extra(item))
+
+    def _record_then_complete(
+        self, item: WorkItem, done: Path, ticket: Ticket | None
+    ) -> Moved | OSError | None:
+        """In a thread: the ledger line written (raises if it could not be: nothing else is
+        done then), then the move into the completed tree (None: the file changed; an OSError:
+        it could not be moved, the line being written)."""
+        if ticket is not None and self.delivery.ledger is not None:
+            self.delivery.ledger.flush(ticket)
+        try:
+            return self._mark_completed(item, done)
+        except OSError as exc:
+            return exc
+
+    def _mark_completed(self, item: WorkItem, done: Path) -> Moved | None:
+        """In a thread: move the file to `done` if it still has the size and mtime committed."""
+        assert item.committed is not None
+        src = self.layout.source(item)
+        try:
+            if not copying.unchanged(src, *item.committed):
+                return None
+        except FileNotFoundError:
+            pass  # already moved by an attempt that reported failure: `move` sees it
+        if item.completed:  # checked where it lies
+            return Moved.DONE
+        return self._move(src, done, item.committed)
 
     def _count_uploaded(self, item: WorkItem, session: Session, size: int | None) -> None:
         if item.completed and not size:  # a previous run's upload, found intact: not counted
