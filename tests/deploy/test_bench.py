@@ -13,8 +13,13 @@ def test_the_benchmark_runs_and_reports(tmp_path: Path, capsys: pytest.CaptureFi
     out = tmp_path / "bench.json"
     main(["--tiny", "--json", str(out)])
     report = json.loads(out.read_text())
-    ways = {(r["set"], r["way"]) for r in report["results"]}
-    assert ways == {(s, w) for s in ("small", "large") for w in ("service", "rclone", "raw")}
+    ways = {(r["set"], r["auth"], r["way"]) for r in report["results"]}
+    assert ways == {
+        (s, a, w)
+        for s in ("small", "large")
+        for a in ("key", "sas")
+        for w in ("service", "rclone", "raw")
+    }
     assert all(r["seconds"] > 0 and r["files"] > 0 for r in report["results"])
     assert report["service_peak_rss_mib"] > 0
     assert report["idle_watch"]["waiting_seen"] == report["idle_watch"]["files"]
