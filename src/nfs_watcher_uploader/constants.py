@@ -66,6 +66,12 @@ META_THREADS = 8
 # Calls abandoned at their deadline leave a thread blocked in the kernel until NFS answers.
 # Past this many, new calls fail at once: a dead mount must not grow threads without end.
 MAX_ABANDONED_THREADS = 32
+# A session folder whose folders' attributes have not changed since it was last listed (and
+# whose files are all too young to claim) is not listed again at each poll, but at least this
+# often: on NFS a folder's attributes are cached (acdirmin/acdirmax; actimeo=5 in
+# k8s/pv-nfs.yaml, 30-60 s by default) and may hide a new file that long, while a listing is
+# always fresh. So a new file is seen within this (or the cache time, if shorter) plus a poll.
+FULL_LIST_S = 10.0
 # Short NFS calls that share one thread call at most (`Nfs.call_batched`): they run one after the
 # other, so a batch's last call waits for the others (on NFS, a few round trips each).
 MAX_BATCHED_CALLS = 16

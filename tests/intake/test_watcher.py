@@ -1,5 +1,6 @@
 """A file is claimed only once it is completely written; the watcher offers each once, and a
-session drains only after a scan made after its stop."""
+session drains only after a scan made after its stop. A quiet folder (every file too young to
+claim, no folder changed) is not listed at every poll, yet nothing new goes unseen for long."""
 
 import os
 import time
@@ -13,7 +14,7 @@ from nfs_watcher_uploader.config import Settings
 from nfs_watcher_uploader.intake.watcher import Watcher, stable_files
 from nfs_watcher_uploader.items import WorkItem
 from nfs_watcher_uploader.nfs.runner import Nfs
-from nfs_watcher_uploader.nfs.scan import Scan, ScanMap, Wanted
+from nfs_watcher_uploader.nfs.scan import Scan, ScanMap, Wanted, scan_session
 from nfs_watcher_uploader.sessions.registry import Sessions
 from nfs_watcher_uploader.sessions.session import Session
 from nfs_watcher_uploader.telemetry import Telemetry
@@ -231,3 +232,108 @@ async def test_a_session_is_drained_only_after_a_scan_made_after_its_stop(
     session.pending.clear()
     await watcher.scan_once()
     assert saved == ["drained"]
+
+
+class CountingScan:
+    """The real scan, counted."""
+
+    def __init__(self) -> None:
+        self.listings = 0
+
+    def __call__(self, path: Path, wanted: Wanted, known: ScanMap, young_ns: int) -> Scan:
+        self.listings += 1
+        return scan_session(path, wanted, known, young_ns)
+
+
+def _quiet_parts(
+    parts: tuple[Settings, Sessions, Pipeline], **watcher: Any
+) -> tuple[Path, Watcher, CountingScan]:
+    _, sessions, pipeline = parts
+    sessions.by_name["s"] = Session("s", "20260101", "active", 0.0)
+    folder = pipeline.layout.session_folder("s")
+    (folder / "cam").mkdir(parents=True)
+    for i in range(5):
+        write_file(folder / "cam" / f"young{i}.bin", b"young")  # written now: 5 s to go
+    counting = CountingScan()
+    return folder, Watcher(pipeline, Nfs(5), scan=counting, **watcher), counting
+
+
+async def test_a_quiet_folder_is_listed_again_when_a_folder_in_it_changes(
+    parts: tuple[Settings, Sessions, Pipeline],
+) -> None:
+    folder, watcher, counting = _quiet_parts(parts)
+    await watcher.scan_once()
+    await watcher.scan_once()
+    await watcher.scan_once()
+    assert (counting.listings, watcher.quiet_polls) == (1, 2)  # every file young, nothing new
+    with open(folder / "cam" / "young0.bin", "ab") as f:
+        f.write(b" and more")  # a write into a young file: it only gets younger
+    await watcher.scan_once()
+    assert counting.listings == 1
+    write_file(folder / "cam" / "new.bin", b"new")  # a new entry in a subfolder
+    await watcher.scan_once()
+    assert counting.listings == 2
+    assert parts[1].by_name["s"].waiting == 6
+    (folder / "cam" / "new.bin").rename(folder / "moved.bin")  # renamed out of it
+    await watcher.scan_once()
+    assert counting.listings == 3
+
+
+async def test_a_quiet_folder_is_listed_again_once_a_file_comes_of_age(
+    parts: tuple[Settings, Sessions, Pipeline],
+) -> None:
+    now = [0.0]
+    _, watcher, counting = _quiet_parts(parts, clock=lambda: now[0])
+    now[0] = time.time()  # the files were written just before
+    await watcher.scan_once()
+    await watcher.scan_once()
+    assert counting.listings == 1
+    quiet = watcher.quiet_polls
+    now[0] += 6  # past APP_MIN_FILE_AGE_S (5 s) for the files written at the start
+    await watcher.scan_once()
+    assert counting.listings == 2
+    queue = parts[2].queue
+    assert queue.qsize() == 3  # as many as the queue holds
+    while not queue.empty():
+        queue.get_nowait()
+    await watcher.scan_once()
+    assert counting.listings == 3  # looked at every poll now: they could be claimed
+    assert watcher.quiet_polls == quiet
+
+
+async def test_a_quiet_folder_is_listed_again_at_least_every_full_listing_interval(
+    parts: tuple[Settings, Sessions, Pipeline],
+) -> None:
+    """On NFS a folder's attributes may be cached for a long time (acdirmax), hiding a new
+    file from the check of the folder's attributes, never from a listing."""
+    _, watcher, counting = _quiet_parts(parts, full_list_s=0.3)
+    started = time.monotonic()
+    await watcher.scan_once()
+    while counting.listings < 2:
+        assert time.monotonic() - started < 5, "not listed again"
+        await watcher.scan_once()
+    assert time.monotonic() - started >= 0.3
+    assert watcher.quiet_polls >= 1
+
+
+@pytest.mark.adversarial
+async def test_a_file_old_enough_to_claim_is_looked_at_every_poll_in_a_quiet_folder(
+    parts: tuple[Settings, Sessions, Pipeline],
+) -> None:
+    """The stability rule (the same size and mtime across two scans) holds for a file already
+    seen whose size changes while its mtime stays old (written by a copy that keeps mtimes),
+    among young files that make the rest of the folder quiet."""
+    folder, watcher, counting = _quiet_parts(parts)
+    old = write_file(folder / "kept-mtime.bin", b"part")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    stamp = os.stat(old).st_mtime_ns
+    await watcher.scan_once()
+    with open(old, "ab") as f:
+        f.write(b" and the rest")
+    os.utime(old, ns=(stamp, stamp))
+    await watcher.scan_once()
+    assert parts[2].queue.qsize() == 0  # changed since the last scan: not ready
+    await watcher.scan_once()
+    assert parts[2].queue.qsize() == 1
+    assert parts[2].queue.get_nowait().seen == (len(b"part and the rest"), stamp)
+    assert counting.listings == 3 and watcher.quiet_polls == 0

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from nfs_watcher_uploader.config import Settings
+from nfs_watcher_uploader.constants import FULL_LIST_S
 from tests.support.faultfs import Faults, fuse_available, mounted
 from tests.support.helpers import (
     Azurite,
@@ -66,6 +67,12 @@ def nfs(tmp_path: Path) -> Iterator[Nfs]:
 @pytest.fixture
 def cached_nfs(tmp_path: Path) -> Iterator[Nfs]:
     yield from _nfs(tmp_path, seed=11, cache_s=2.0)
+
+
+@pytest.fixture
+def folder_cached_nfs(tmp_path: Path) -> Iterator[Nfs]:
+    """Attributes cached for 60 s: NFS's default acdirmax."""
+    yield from _nfs(tmp_path, seed=5, cache_s=60.0)
 
 
 def _start(running: RunningService, name: str) -> str:
@@ -237,3 +244,36 @@ def test_the_fault_layer_really_injects_errors_and_stalls(nfs: Nfs) -> None:
     assert not done.wait(0.5)
     nfs.faults.release()
     assert done.wait(5)
+
+
+def test_a_new_file_behind_a_cached_folder_is_seen_within_the_full_listing_interval(
+    folder_cached_nfs: Nfs,
+    tmp_path: Path,
+    azurite: Azurite,
+    container_name: str,
+    service_factory: Any,
+) -> None:
+    """Attributes cached for 60 s (like acdirmax=60) hide a new file from the check that
+    spares a quiet folder its listing (polls go on sparing it after the file came); the
+    listing at least every FULL_LIST_S still finds it."""
+    nfs = folder_cached_nfs
+    settings = nfs.settings(
+        tmp_path, azurite, container_name, min_file_age_s=600.0, poll_interval_s=0.2
+    )
+    running = service_factory(settings)
+    _start(running, "quiet")
+    watcher = running.service.watcher
+
+    def waiting() -> int:
+        return running.get("/v1/sessions/quiet").json()["waiting"]
+
+    for name, seen in (("a.bin", 1), ("b.bin", 2)):
+        spared = watcher.quiet_polls
+        wait_for(lambda s=spared: watcher.quiet_polls >= s + 3, timeout=FULL_LIST_S + 3)
+        spared = watcher.quiet_polls
+        started = time.monotonic()
+        nfs.write("quiet", name, b"x")
+        wait_for(lambda n=seen: waiting() == n, timeout=FULL_LIST_S + 3, what=f"{name}")
+        took = time.monotonic() - started
+        print(f"\n{name} behind a 60 s attribute cache seen after {took:.1f} s")
+        assert watcher.quiet_polls > spared  # the cache hid it from the folder check

@@ -9,6 +9,13 @@ down to MAX_DEPTH levels of subfolders. A draining session becomes `drained` onc
 after the stop finds no file anywhere below its incoming folder (and no folder too deep to
 scan) and none of its files is queued, in flight, retrying or parked. Entries that are not
 regular files (symbolic links, FIFOs) are never taken: they are reported and do not count.
+
+An active session whose files are all too young to claim, and none of whose folders gained,
+lost or renamed an entry since its last scan (one stat per folder says so), is not listed again
+until its first file comes of age: nothing a scan could find would change what is done. It is
+listed anyway at least every FULL_LIST_S, since on NFS a folder's attributes may be cached. A
+file old enough to claim (or one whose attributes are unknown, or dated ahead) is looked at
+every poll, as before: the stability rule is unchanged.
 """
 
 import asyncio
@@ -16,14 +23,16 @@ import logging
 import math
 import time
 from collections.abc import Callable, Container, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from nfs_watcher_uploader.config import UploadOrder
+from nfs_watcher_uploader.constants import FULL_LIST_S
 from nfs_watcher_uploader.intake.filters import FileFilter
 from nfs_watcher_uploader.items import WorkItem, printable
 from nfs_watcher_uploader.nfs import scan, trees
 from nfs_watcher_uploader.nfs.runner import Nfs
-from nfs_watcher_uploader.nfs.scan import Scan, ScanMap, Wanted
+from nfs_watcher_uploader.nfs.scan import Fingerprint, Scan, ScanMap, Wanted
 from nfs_watcher_uploader.sessions.session import Session
 from nfs_watcher_uploader.work.order import Key, sort_key
 from nfs_watcher_uploader.work.pipeline import Pipeline
@@ -59,6 +68,16 @@ def stable_files(
     return [name for _, name in ready]
 
 
+@dataclass(frozen=True, slots=True)
+class _Quiet:
+    """What a session's last scan tells about the next polls: its folders' attributes, when it
+    listed them (monotonic), and until when no file of it can come of age (wall clock)."""
+
+    folders: dict[str, Fingerprint]
+    listed: float
+    until: float
+
+
 class Watcher:
     """Scans each watched session's incoming folder once per poll interval."""
 
@@ -68,6 +87,7 @@ class Watcher:
         nfs: Nfs,
         scan: ScanFn = scan.scan_session,
         clock: Callable[[], float] = time.time,
+        full_list_s: float = FULL_LIST_S,
     ) -> None:
         self.pipeline = pipeline
         self.settings, self.sessions = pipeline.settings, pipeline.sessions
@@ -85,9 +105,16 @@ class Watcher:
         self.scan_errors = 0
         # When the oldest file waiting to be claimed was last written (seconds), per session.
         self._oldest: dict[str, float] = {}
+        # Sessions that need no listing at the next polls if their folders are unchanged.
+        self._quiet: dict[str, _Quiet] = {}
+        self._full_list_s = full_list_s
+        self.scans = self.quiet_polls = 0
 
     def __repr__(self) -> str:
-        return f"Watcher(sessions={list(self._previous)} scan_errors={self.scan_errors})"
+        return (
+            f"Watcher(sessions={list(self._previous)} scans={self.scans} "
+            f"quiet_polls={self.quiet_polls} scan_errors={self.scan_errors})"
+        )
 
     def oldest_waiting_age(self) -> float | None:
         """Seconds since the oldest unclaimed file was last modified (None when none waits)."""
@@ -108,6 +135,7 @@ class Watcher:
             self._oldest.pop(gone, None)
             self._since.pop(gone, None)
             self._ahead.pop(gone, None)
+            self._quiet.pop(gone, None)
         healthy = True
         # With the queue full nothing could be offered: skip the scan. The next comparison then
         # spans a longer interval, which only makes "unchanged" a stronger sign of "complete".
@@ -121,6 +149,11 @@ class Watcher:
     async def _scan_session(self, session: Session) -> bool:
         folder = self.pipeline.layout.session_folder(session.name)
         started = self._clock()
+        if await self._still_quiet(session, folder, started):
+            self.quiet_polls += 1
+            return True
+        self.scans += 1
+        listed = time.monotonic()
         wanted = self.wanted
         previous = self._previous.get(session.name, {})
         young_ns = int((started - self.settings.min_file_age_s) * 1e9)
@@ -148,7 +181,10 @@ class Watcher:
                 scan.ignored[rel] = f"a file with {links} hard links (APP_ALLOW_HARD_LINKS)"
         current = scan.files
         self._previous[session.name] = current
-        since, future = self._look(session, previous, current, started)
+        since, future, quiet_until = self._look(session, previous, current, started)
+        self._quiet.pop(session.name, None)
+        if scan.folders and scan.problem is None and not scan.unreadable:
+            self._quiet[session.name] = _Quiet(scan.folders, listed, quiet_until)
         ready = stable_files(
             previous,
             current,
@@ -167,14 +203,17 @@ class Watcher:
 
     def _look(
         self, session: Session, previous: ScanMap, current: ScanMap, now: float
-    ) -> tuple[dict[str, float], list[str]]:
+    ) -> tuple[dict[str, float], list[str], float]:
         """One pass over what a scan found (it may be 100,000 files, every poll): when each file
         was first seen as it is now, which are dated more than a second ahead (returned), which
-        are dated after now at all (for the next scan), and when the oldest file not in progress
-        was last written."""
+        are dated after now at all (for the next scan), when the oldest file not in progress
+        was last written, and until when every file is too young to claim (returned; now when
+        one is not, or its attributes are unknown or ahead of the clock)."""
         before = self._since.get(session.name, {})
         busy = session.busy()
         now_ns = int(now * 1e9)
+        young_ns = int((now - self.settings.min_file_age_s) * 1e9)
+        earliest = now_ns  # the earliest mtime of the files, all young (else math.inf)
         since: dict[str, float] = {}
         future: list[str] = []
         ahead: list[str] = []
@@ -187,6 +226,10 @@ class Watcher:
                 ahead.append(rel)
                 if mtime > now_ns + 10**9:
                     future.append(rel)
+            if not young_ns < mtime <= now_ns:  # old enough, unknown, or ahead: look each poll
+                earliest = -math.inf
+            elif mtime < earliest:
+                earliest = mtime
             if rel not in busy:
                 written = first if mtime < 0 else min(mtime / 1e9, first)
                 oldest = min(oldest, written)
@@ -196,7 +239,21 @@ class Watcher:
             self._oldest[session.name] = oldest
         else:
             self._oldest.pop(session.name, None)
-        return since, future
+        return since, future, earliest / 1e9 + self.settings.min_file_age_s
+
+    async def _still_quiet(self, session: Session, folder: Path, now: float) -> bool:
+        """True when a scan of this active session now could find nothing to act on: every
+        file it had was too young to claim and still is, its folders' attributes are as they
+        were, and it was listed less than FULL_LIST_S ago."""
+        quiet = self._quiet.get(session.name)
+        if quiet is None or session.state != "active" or now >= quiet.until:
+            return False
+        if time.monotonic() - quiet.listed >= self._full_list_s:
+            return False
+        try:
+            return await self.nfs.call(lambda: scan.unchanged(folder, quiet.folders))
+        except OSError:
+            return False
 
     def _offer(self, session: Session, names: Iterable[str], seen: ScanMap) -> None:
         for rel in names:

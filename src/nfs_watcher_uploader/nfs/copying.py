@@ -132,8 +132,11 @@ def _copy_blocks(
     fin: FileIO, fout: FileIO, block_size: int, progress: Callable[[], None], on_block: BlockSink
 ) -> tuple[int, bytes, tuple[bytes, ...]]:
     """Like `_copy_hashing` with blocks, reading each block in one read (the kernel copies it
-    straight into the bytes object that is then hashed, written and handed to `on_block`; the
-    last block may be shorter)."""
+    straight into the bytes object that is hashed, handed to `on_block` and written; the last
+    block may be shorter). A block goes to `on_block` as soon as its own MD5 is known, before
+    the whole file's MD5 takes it in and before it is written to staging: it goes out that much
+    earlier, and the staging file, the source of any retry, is still whole before the upload
+    that may need it starts (after the copy)."""
     md5 = hashlib.md5(usedforsecurity=False)
     block_md5s: list[bytes] = []
     size = 0
@@ -145,12 +148,12 @@ def _copy_blocks(
             ):
                 parts.append(more)
             data = b"".join(parts)
-        md5.update(data)
         block_md5s.append(hashlib.md5(data, usedforsecurity=False).digest())
+        on_block(len(block_md5s) - 1, data, block_md5s[-1])
+        md5.update(data)
         _write_all(fout, memoryview(data))
         size += len(data)
         progress()
-        on_block(len(block_md5s) - 1, data, block_md5s[-1])
         if len(data) < block_size:
             break
     return size, md5.digest(), tuple(block_md5s)

@@ -1,9 +1,12 @@
 """One pass over a session folder: its regular files with their size and mtime, and what else
-it holds (excluded files, links and FIFOs, folders too deep or unreadable)."""
+it holds (excluded files, links and FIFOs, folders too deep or unreadable), and the attributes
+of every folder it walked (`unchanged` tells, one stat per folder, whether any may hold
+something else now)."""
 
 import errno
 import os
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -18,6 +21,29 @@ ScanMap = dict[str, tuple[int, int]]
 # Stands for "present, but its attributes could not be read this time" (a stale handle): the
 # file is neither ready nor gone.
 UNKNOWN = (-1, -1)
+# What changes when a folder gains, loses or renames an entry: (inode, mode, size, links,
+# mtime, ctime). A write into a file already there changes none of it.
+Fingerprint = tuple[int, int, int, int, int, int]
+
+
+def fingerprint(st: os.stat_result) -> Fingerprint:
+    return (st.st_ino, st.st_mode, st.st_size, st.st_nlink, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def unchanged(folder: Path, folders: Mapping[str, Fingerprint]) -> bool:
+    """True when every folder a scan walked below `folder` (rel path -> its fingerprint then)
+    still has those attributes: none gained, lost or renamed an entry since, as far as the
+    filesystem's (possibly cached) attributes tell. Parents are looked at before their
+    subfolders, so a folder swapped for a link is caught before anything is looked up through
+    it. Any error: False (a scan will say what it is)."""
+    try:
+        for rel in sorted(folders):
+            st = os.stat(folder / rel if rel else folder, follow_symlinks=False)
+            if fingerprint(st) != folders[rel]:
+                return False
+    except OSError:
+        return False
+    return True
 
 
 class Wanted(Protocol):
@@ -46,6 +72,9 @@ class Scan:
     linked: dict[str, int] = field(default_factory=dict[str, int])
     # Set when the session folder itself is not a real folder (a symlink, a file).
     problem: str | None = None
+    # Every folder walked ('' for the session folder, 'cam2' below it) -> its attributes,
+    # taken before it was listed.
+    folders: dict[str, Fingerprint] = field(default_factory=dict[str, Fingerprint])
 
 
 def scan_session(
@@ -96,6 +125,7 @@ class _Walk:
 
     def folder(self, fd: int, prefix: str, depth: int, excluded: bool = False) -> None:
         """Scan one folder. Below an excluded folder every file is listed as excluded, unread."""
+        self.scan.folders[prefix[:-1]] = fingerprint(os.fstat(fd))
         with os.scandir(fd) as it:
             entries = list(it)
         known, young_ns, files = self.known, self.young_ns, self.scan.files
