@@ -126,6 +126,7 @@ docker-build:
 	docker build -t nfs-watcher-uploader:latest .
 
 docker-up: docker-build api-token.env
+	mkdir -p data/incoming data/.processing
 	docker compose up -d
 
 # The API token docker-compose.yaml reads (git-ignored): a random one, readable by you only.

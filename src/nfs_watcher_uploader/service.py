@@ -1,7 +1,10 @@
 """The service: builds the components, starts them in order, reports readiness and liveness.
 
-Start:    webhook deliveries; load sessions -> clear staging -> connect storage (retrying) ->
-          workers and session reports -> recovery -> ready -> watcher and GC.
+Start:    probe the share (probe.py) -> webhook deliveries; load sessions -> clear staging ->
+          connect storage -> load the block id key -> workers and session reports -> recovery
+          -> ready -> watcher and GC. Each step is retried while what fails may heal; one that
+          cannot (CannotStart: a missing incoming folder, two mounts, a storage answer no retry
+          changes) ends start-up: `on_fatal` is told why, and the process exits with status 1.
           The API serves from the first moment; /readyz is 503
           until recovery is done and the container is reachable. With APP_EXIT_ON_STALL_S, a
           watchdog ends the process once liveness has failed that long (for Docker/compose).
@@ -26,11 +29,12 @@ from nfs_watcher_uploader.block_ids import load_block_key
 from nfs_watcher_uploader.config import Settings
 from nfs_watcher_uploader.constants import BLOCK_KEY_FILE
 from nfs_watcher_uploader.delivery import Delivery
-from nfs_watcher_uploader.errors import RetryableError
+from nfs_watcher_uploader.errors import CannotStart, RetryableError
 from nfs_watcher_uploader.fsops import Nfs
 from nfs_watcher_uploader.gc import GarbageCollector
 from nfs_watcher_uploader.layout import Layout
 from nfs_watcher_uploader.pipeline import Pipeline, backoff_delay
+from nfs_watcher_uploader.probe import probe_share
 from nfs_watcher_uploader.recovery import clear_staging, recover
 from nfs_watcher_uploader.reports import Reports
 from nfs_watcher_uploader.sessions import Session, Sessions
@@ -61,6 +65,7 @@ class Service:
         move: MoveFn = fsops.move,
         copy: CopyFn = fsops.copy_and_hash,
         exit_process: Callable[[int], object] = os._exit,
+        on_fatal: Callable[[str], object] | None = None,
     ) -> None:
         self.settings = settings
         self.nfs = Nfs(settings.nfs_timeout_s, copy_threads=settings.worker_concurrency)
@@ -124,6 +129,9 @@ class Service:
         self._outbound: list[asyncio.Task[None]] = []
         self._watchdog: asyncio.Task[None] | None = None
         self._exit = exit_process
+        # Why start-up cannot succeed (None while it can), and who ends the process then.
+        self.fatal: str | None = None
+        self._on_fatal = on_fatal
 
     def __repr__(self) -> str:
         return f"Service(phase={self.phase!r} {self.pipeline!r} {self.sessions!r})"
@@ -161,6 +169,25 @@ class Service:
                 return
 
     async def _run(self) -> None:
+        try:
+            await self._start_up()
+        except CannotStart as exc:
+            self.fatal = str(exc)
+            self.phase = f"cannot start: {self.fatal}"
+            logger.critical("Cannot start: %s", self.fatal)
+            if self._on_fatal is not None:
+                self._on_fatal(self.fatal)
+            return
+        assert self._pipeline_task is not None
+        await asyncio.gather(self._pipeline_task, *self._intake, *self._outbound)
+
+    async def _start_up(self) -> None:
+        """Everything up to ready; raises CannotStart when start-up cannot succeed."""
+        # First, before anything is read or created on the share: is it there, and can a file
+        # be renamed from incoming into processing (the claim)?
+        self.phase = "checking the share"
+        layout = self.pipeline.layout
+        await self._until_ok(lambda: probe_share(layout, self.nfs), "check the share")
         self._outbound.append(asyncio.create_task(self.delivery.webhooks.run(), name="webhooks"))
         self.phase = "loading sessions"
         await self._until_ok(self.sessions.load, "load sessions", lambda: self.sessions.loaded)
@@ -170,10 +197,11 @@ class Service:
         self.phase = "loading the bandwidth override"
         await self._until_ok(self.bandwidth.load, "load the bandwidth override")
         self._bandwidth_task = asyncio.create_task(self.bandwidth.run(), name="bandwidth")
-        self.phase = "loading the block id key"
-        await self._until_ok(self._load_block_key, "load the block id key")
         self.phase = "connecting to storage"
         await self._until_ok(self.storage.connect, "connect to storage")
+        # After the connection: a start-up that storage refuses creates nothing on the share.
+        self.phase = "loading the block id key"
+        await self._until_ok(self._load_block_key, "load the block id key")
         self._pipeline_task = asyncio.create_task(self.pipeline.run(), name="pipeline")
         self._outbound.append(asyncio.create_task(self.reports.run(), name="reports"))
         self.phase = "recovering"
@@ -189,7 +217,6 @@ class Service:
         self.ready = True
         self.phase = "running"
         logger.info("Ready: %r", self)
-        await asyncio.gather(self._pipeline_task, *self._intake, *self._outbound)
 
     async def _load_block_key(self) -> None:
         path = self.settings.nfs_processing_root / BLOCK_KEY_FILE
@@ -249,6 +276,8 @@ class Service:
 
     def liveness(self) -> str | None:
         """None when healthy, else why not. Reads timestamps only; touches no NFS."""
+        if self.fatal is not None:
+            return f"cannot start: {self.fatal}"
         task = self._run_task
         if task is not None and task.done() and not task.cancelled():
             exc = task.exception()
@@ -263,13 +292,14 @@ class Service:
     # --- operations the API calls ----------------------------------------------------------
 
     async def start_session(self, name: str) -> Session:
-        """Start watching `incoming/<name>/`, creating it if needed. Raises NotOurs when it
+        """Start watching `incoming/<name>/`, creating it if needed (never the incoming folder
+        itself: a missing one is an unmounted share, FileNotFoundError). Raises NotOurs when it
         exists but is not a real folder (a symbolic link to a folder elsewhere, say)."""
         layout = self.pipeline.layout
 
         def prepare(name: str, date_prefix: str) -> None:
             folder = layout.session_folder(name)
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(exist_ok=True)
             os.close(fsops.open_dir(folder, []))
             (layout.processing_root / date_prefix / name).mkdir(parents=True, exist_ok=True)
 

@@ -57,10 +57,18 @@ from nfs_watcher_uploader.constants import (
     MAX_NAME_VERSIONS,
 )
 from nfs_watcher_uploader.early import EarlyBlocks
-from nfs_watcher_uploader.errors import IntegrityError, PermanentError, RetryableError, UploadError
+from nfs_watcher_uploader.errors import (
+    CannotStart,
+    IntegrityError,
+    PermanentError,
+    RetryableError,
+    UploadError,
+)
 from nfs_watcher_uploader.fsops import Staged
 from nfs_watcher_uploader.layout import versioned
 from nfs_watcher_uploader.models import printable
+from nfs_watcher_uploader.refusals import error_code as _error_code
+from nfs_watcher_uploader.refusals import every_credential_refused, refused_for_good, stop_line
 from nfs_watcher_uploader.single_put import SinglePut
 from nfs_watcher_uploader.wire import (
     Meter,
@@ -201,13 +209,6 @@ def classify(exc: BaseException) -> UploadError:
     return RetryableError(summary)
 
 
-def _error_code(exc: BaseException) -> str | None:
-    """The service's error code as a plain string (the SDK gives a str Enum, which hashes by
-    member name, so it would never match a set of strings)."""
-    code = getattr(exc, "error_code", None)
-    return None if code is None else str(getattr(code, "value", code))
-
-
 def _summary(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     first = text[0] if text else ""
@@ -342,7 +343,8 @@ class Storage:
         """Try each credential until one reaches the container (creating it when `create` and
         APP_AZURE_CREATE_CONTAINER allow).
 
-        Raises RetryableError when none does yet: the caller keeps trying, the API keeps serving.
+        Raises RetryableError when none does yet: the caller keeps trying, the API keeps serving;
+        CannotStart when none ever can (refusals.py).
         """
         try:
             await self._connect(create)
@@ -352,9 +354,11 @@ class Storage:
 
     async def _connect(self, create: bool) -> None:
         failures: list[str] = []
+        # Credentials refused for good; start-up stops when every candidate is among them.
+        for_good: list[str] = []
         candidates = self._candidates()
         if not candidates:
-            raise RetryableError(
+            raise CannotStart(
                 "no Azure credential configured: set APP_AZURE_CONNECTION_STRING, "
                 "APP_AZURE_ACCOUNT_KEY, or use an https:// account URL with a managed identity"
             )
@@ -363,6 +367,7 @@ class Storage:
                 client, credential = candidate.make()
             except ValueError as exc:  # e.g. a malformed connection string
                 failures.append(f"{candidate.label}: {type(exc).__name__}")
+                for_good.append(candidate.label)
                 continue
             container = client.get_container_client(self._settings.azure_container)
             try:
@@ -376,16 +381,18 @@ class Storage:
             except (ClientAuthenticationError, HttpResponseError) as exc:
                 if not _refused(exc):
                     await _close(client, credential)
-                    raise RetryableError(f"{candidate.label}: {_summary(exc)}") from None
+                    raise _not_refused(exc, candidate.label, self._settings) from None
                 why = f"{_summary(exc)}{_hint(exc)}"
                 failures.append(f"{candidate.label}: {why}")
+                if refused_for_good(exc, candidate.label):
+                    for_good.append(candidate.label)
                 logger.warning("Storage refused the %s credentials: %s", candidate.label, why)
                 await _close(client, credential)
                 continue
             except BaseException as exc:
                 await _close(client, credential)
                 if isinstance(exc, Exception):
-                    raise RetryableError(f"{candidate.label}: {_summary(exc)}") from None
+                    raise _not_refused(exc, candidate.label, self._settings) from None
                 raise
             self._client, self._credential, self._container = client, credential, container
             assert self._transport is not None
@@ -393,6 +400,8 @@ class Storage:
             self.auth_used = candidate.label
             logger.info("Connected to storage with %s credentials", candidate.label)
             return
+        if len(for_good) == len(candidates):
+            raise CannotStart(every_credential_refused(failures, for_good))
         raise RetryableError("no credential could authenticate: " + "; ".join(failures))
 
     async def _prove(self, container: ContainerClient) -> None:
@@ -408,6 +417,8 @@ class Storage:
                     f"container {self._settings.azure_container!r} does not exist, and "
                     "APP_AZURE_CREATE_CONTAINER=false: create it, or set it to true"
                 ) from None
+            if _error_code(exc) == "ResourceNotFound":  # the account, not the blob
+                raise
         except HttpResponseError as exc:
             if _error_code(exc) != _NOT_PERMITTED:
                 raise
@@ -690,6 +701,13 @@ def _refused(exc: BaseException) -> bool:
     return isinstance(exc, ClientAuthenticationError) or (
         isinstance(exc, HttpResponseError) and exc.status_code in (401, 403)
     )
+
+
+def _not_refused(exc: Exception, label: str, settings: Settings) -> CannotStart | RetryableError:
+    """What a failure other than a refused credential means: stop, or try again later."""
+    if (line := stop_line(exc, settings)) is not None:
+        return CannotStart(line)
+    return RetryableError(f"{label}: {_summary(exc)}")
 
 
 def _hint(exc: BaseException) -> str:

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from nfs_watcher_uploader.constants import DATE_DIR_RE, MANIFEST_SUFFIX
-from nfs_watcher_uploader.errors import UploadError
+from nfs_watcher_uploader.errors import CannotStart, UploadError
 from nfs_watcher_uploader.layout import manifest_blob
 from nfs_watcher_uploader.manifest import FileEntry, Manifest
 from nfs_watcher_uploader.models import check_session_name, printable
@@ -86,7 +86,7 @@ async def verify(
         raw = await (await storage.container.download_blob(name)).readall()
         manifest = Manifest.model_validate_json(raw)
     except ResourceNotFoundError:
-        report.problems.append(Problem(name, "no manifest: the session has not ended yet"))
+        report.problems.append(Problem(name, await _no_manifest(storage, date, session)))
         return report
     except ValidationError as exc:
         report.problems.append(Problem(name, f"not a manifest: {exc.error_count()} errors"))
@@ -132,6 +132,21 @@ async def verify(
     except AzureError as exc:
         report.problems.append(Problem(prefix, f"cannot list the folder: {_why(exc)}"))
     return report
+
+
+async def _no_manifest(storage: Storage, date: str, session: str) -> str:
+    """Why there is no manifest: nothing of the session is in storage at all (a wrong date or
+    name), or the session has not ended yet."""
+    prefix = f"{date}/{session}/"
+    try:
+        async for _ in storage.container.list_blobs(name_starts_with=prefix):
+            return "no manifest: the session has not ended yet"
+    except AzureError as exc:
+        return f"no manifest, and cannot list {prefix}: {_why(exc)}"
+    return (
+        f"no such session in storage: nothing under {prefix} (check the date, the UTC day the "
+        "session started, and the name)"
+    )
 
 
 async def _check(storage: Storage, entry: FileEntry, prefix: str, download: bool) -> str | None:
@@ -260,7 +275,7 @@ async def _run(
 ) -> int:
     try:
         await storage.connect(create=False)
-    except UploadError as exc:
+    except (UploadError, CannotStart) as exc:
         print(f"nfs-watcher-uploader verify: cannot reach storage: {exc}", file=err)
         return 1
     progress: Progress = Progress()
