@@ -5,9 +5,10 @@ repeated (a blob already there with the same bytes is recognised, not sent again
 `_completed/` were committed by the previous run, which took with it what it knew of them: each
 is checked once more against its blob (named like it), where it lies, before GC may delete it;
 one written to after its upload goes up again over the same blob. Parked files under `_failed/`
-are counted, not retried. A session found only through such files is resumed: as the active
-session when no state file was ever written (the original design's auto-resume), else as
-draining. Folders whose names cannot be session names are left alone and reported.
+are counted, not retried; each session's counters are read back from its ledger (`recount`).
+A session found only through such files is resumed: as the active session when no state file
+was ever written (the original design's auto-resume), else as draining. Folders whose names
+cannot be session names are left alone and reported.
 """
 
 import logging
@@ -19,6 +20,7 @@ from nfs_watcher_uploader.constants import DATE_DIR_RE
 from nfs_watcher_uploader.fsops import Nfs
 from nfs_watcher_uploader.models import WorkItem, check_session_name, printable
 from nfs_watcher_uploader.pipeline import Pipeline
+from nfs_watcher_uploader.recount import recount
 from nfs_watcher_uploader.sessions import Sessions
 
 logger = logging.getLogger(__name__)
@@ -62,6 +64,8 @@ async def recover(sessions: Sessions, pipeline: Pipeline, nfs: Nfs) -> int:
             await sessions.save()
         except OSError:
             logger.warning("Could not save session state after recovery", exc_info=True)
+    # Before anything is queued: what is uploaded again must find its counts in place.
+    await recount(sessions, pipeline.delivery.ledger, left + completed, nfs)
     queued = sum(pipeline.put(item) for item in left + completed)
     if queued:
         logger.info("Recovery: queued %d files left in %s", queued, layout.processing_root)

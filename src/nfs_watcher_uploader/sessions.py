@@ -31,6 +31,7 @@ from nfs_watcher_uploader.constants import (
 )
 from nfs_watcher_uploader.errors import SessionConflict
 from nfs_watcher_uploader.fsops import Nfs, Scan, read_or_none, set_aside, write_atomic
+from nfs_watcher_uploader.layout import Layout
 from nfs_watcher_uploader.models import (
     SessionStateName,
     SessionView,
@@ -61,7 +62,8 @@ class Session:
     stopped_at: float | None = None
     # Set when parked files of an ended session were retried: it drains again from then.
     redrained_at: float | None = None
-    # Progress since this process started (the files themselves are the durable record).
+    # Progress: since this process started, from what the ledger and the parked files said at
+    # start-up (`restore`).
     files_seen: int = 0
     bytes_seen: int = 0
     uploaded: int = 0
@@ -87,6 +89,9 @@ class Session:
     # Files left in incoming because an earlier file of the same name is still in progress.
     held: set[str] = field(default_factory=set[str])
     notices: deque[str] = field(default_factory=lambda: deque[str](maxlen=NOTICES_KEPT))
+    # Blobs counted from the ledger at start-up whose files were still in progress then (blob ->
+    # size): uploaded again (found already there), they are not counted twice.
+    restored: dict[str, int] = field(default_factory=dict[str, int])
 
     @property
     def watched(self) -> bool:
@@ -119,8 +124,23 @@ class Session:
 
     def count_uploaded(self, item: WorkItem, size: int | None) -> None:
         self.release(item)
-        self.uploaded += 1
-        self.bytes_uploaded += size or 0
+        counted = self.restored.pop(Layout.blob_name(item), None)
+        if counted is None:
+            self.uploaded += 1
+            self.bytes_uploaded += size or 0
+        elif size:  # sent again, whole, over a blob the ledger had: its size now
+            self.bytes_uploaded += size - counted
+
+    def restore(
+        self, uploaded: int, bytes_uploaded: int, pending: int, restored: dict[str, int]
+    ) -> None:
+        """Counters after a restart, from the ledger (`uploaded`, `bytes_uploaded`: one per
+        blob, as the manifest counts) and the parked files (already in `parked`); `pending`
+        files left in progress have no line yet, `restored` blobs do (see the field)."""
+        self.uploaded, self.bytes_uploaded, self.restored = uploaded, bytes_uploaded, restored
+        self.files_seen = uploaded + len(self.parked) + pending
+        # Files in progress are staged again, and counted then.
+        self.bytes_seen = bytes_uploaded - sum(restored.values())
 
     def park(self, item: WorkItem, parked_as: str | None, error: str) -> None:
         """`item` is parked as `parked_as` (None: it had vanished, nothing was parked)."""
