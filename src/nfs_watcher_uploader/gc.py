@@ -1,5 +1,7 @@
 """Garbage collection: delete completed files once they are proven unchanged; prune folders;
-and, on the same beat, sample the staging disk's free space for the metrics.
+and, on the same beat, sample the staging disk's free space for the metrics and run the
+service's other slow chores (each a coroutine of its owner: parked files removed by hand,
+ledgers past their retention).
 
 Only files in `.processing/_completed/` are ever deleted, and only when they still have the size
 and mtime of the bytes committed to their blob. One that changed was written to after it was
@@ -15,7 +17,7 @@ import asyncio
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,9 +40,14 @@ class _Sweep:
     deleted: int = 0
 
 
+# One of the chores run on GC's beat; an OSError it raises is a warning, and it runs again.
+Chore = Callable[[], Awaitable[object]]
+
+
 class GarbageCollector:
-    def __init__(self, pipeline: Pipeline, nfs: Nfs) -> None:
+    def __init__(self, pipeline: Pipeline, nfs: Nfs, chores: Sequence[Chore] = ()) -> None:
         self.pipeline = pipeline
+        self.chores = tuple(chores)
         self.settings, self.layout = pipeline.settings, pipeline.layout
         self.sessions = pipeline.sessions
         self.nfs = nfs
@@ -64,6 +71,11 @@ class GarbageCollector:
                 await self.sweep_once()
             except OSError:
                 logger.warning("GC sweep failed", exc_info=True)
+            for chore in self.chores:
+                try:
+                    await chore()
+                except OSError as exc:
+                    logger.warning("%s failed on NFS: %s", getattr(chore, "__name__", chore), exc)
 
     async def sample_staging(self) -> None:
         """Read the staging disk's usage in a thread; the metrics report the cached values."""

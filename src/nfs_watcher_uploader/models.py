@@ -151,6 +151,8 @@ class SessionView(BaseModel):
     bytes_uploaded: int
     retrying: int
     failed: int
+    # Parked files an operator took out (DELETE /v1/files/failed/..., or by hand).
+    dismissed: int
     # Left in incoming and never uploaded: entries that are not regular files (symbolic links,
     # FIFOs, devices), and folders deeper than the depth limit (these block `drained`).
     ignored: int
@@ -186,6 +188,7 @@ class StatusResponse(BaseModel):
     in_flight: int
     retrying: int
     failed: int
+    dismissed: int
     retries: int
     draining_sessions: list[Printable]
     state_error: Printable | None
@@ -206,6 +209,12 @@ class FailedFile(BaseModel):
 
 class FailedList(BaseModel):
     files: list[FailedFile]
+
+
+class DismissResponse(BaseModel):
+    """The parked file that was removed, with its reason (it is in the session's manifest)."""
+
+    dismissed: FailedFile
 
 
 class RetryRequest(_SessionNameBody):
@@ -267,11 +276,12 @@ class Stats:
     parked: int = 0
     retries: int = 0
     late_writes: int = 0
+    dismissed: int = 0
 
     def __repr__(self) -> str:
         return (
             f"Stats(uploaded={self.uploaded} parked={self.parked} retries={self.retries} "
-            f"late_writes={self.late_writes})"
+            f"late_writes={self.late_writes} dismissed={self.dismissed})"
         )
 
     def count_uploaded(self, size: int | None) -> None:

@@ -49,8 +49,9 @@ class ParkedFiles:
         self.telemetry, self.stats = context.telemetry, context.stats
         self.webhooks = context.delivery.webhooks
         self._requeue, self._move = requeue, move
-        # Two requeues at once would both list the same parked files.
-        self._requeuing = asyncio.Lock()
+        # Held while parked files leave the parked tree (requeue, dismissals): two at once
+        # would both list the same files.
+        self.changing = asyncio.Lock()
 
     def __repr__(self) -> str:
         return f"ParkedFiles(parked={self.sessions.parked()})"
@@ -131,7 +132,7 @@ class ParkedFiles:
 
     async def requeue(self, session_name: str | None) -> int:
         """Move parked files back into `.processing` and queue them. Returns how many."""
-        async with self._requeuing:
+        async with self.changing:
             count = 0
             for parked in await self.nfs.call(self._read):
                 item = parked.item

@@ -13,6 +13,7 @@ cannot be session names are left alone and reported.
 
 import logging
 import shutil
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from nfs_watcher_uploader import fsops
@@ -38,9 +39,14 @@ def clear_staging(folder: Path) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
-async def recover(sessions: Sessions, pipeline: Pipeline, nfs: Nfs) -> int:
-    """Queue unfinished and completed files, count parked ones. Returns how many files were
-    queued."""
+async def recover(
+    sessions: Sessions,
+    pipeline: Pipeline,
+    nfs: Nfs,
+    settle_parked: Callable[[], Awaitable[object]] | None = None,
+) -> int:
+    """Queue unfinished and completed files, count parked ones (after `settle_parked`, which
+    deals with reasons left without their parked file). Returns how many files were queued."""
     layout = pipeline.layout
 
     def listing() -> tuple[list[WorkItem], list[WorkItem], list[WorkItem]]:
@@ -64,7 +70,10 @@ async def recover(sessions: Sessions, pipeline: Pipeline, nfs: Nfs) -> int:
             await sessions.save()
         except OSError:
             logger.warning("Could not save session state after recovery", exc_info=True)
-    # Before anything is queued: what is uploaded again must find its counts in place.
+    # Before anything is queued: no park may start while reasons without files are settled,
+    # and what is uploaded again must find its counts in place.
+    if settle_parked is not None:
+        await settle_parked()
     await recount(sessions, pipeline.delivery.ledger, left + completed, nfs)
     queued = sum(pipeline.put(item) for item in left + completed)
     if queued:

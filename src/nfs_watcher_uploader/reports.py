@@ -2,7 +2,8 @@
 
     ended    (Sessions.finish, before the end is saved) a job is written to
              `.processing/_reports/<id>.json`: the session as it ended
-    run      for each job, oldest first: read the ledger and the parked files, upload the
+    run      for each job, oldest first: read the ledger (committed blobs, dismissed parked
+             files) and the parked files, upload the
              manifest `<date>/<session>.manifest.json`, emit `session.drained` or
              `session.drain_timed_out` (after the manifest, so a consumer woken by the event
              finds it), delete the job; on failure, the job backs off and is tried again
@@ -132,6 +133,7 @@ class Reports:
                 "files": totals.files,
                 "bytes": totals.bytes,
                 "parked": totals.parked,
+                "dismissed": totals.dismissed,
             }
             self.manifests_written += 1
             logger.info(
@@ -147,7 +149,9 @@ class Reports:
 
     async def _manifest(self, job: Job, ledger: Ledger) -> Manifest:
         name, date = job["session"], job["date_prefix"]
-        files = await self.nfs.call(lambda: ledger.read(date, name), timeout=self.nfs.timeout * 10)
+        files, dismissed = await self.nfs.call(
+            lambda: ledger.read_all(date, name), timeout=self.nfs.timeout * 10
+        )
         parked = [
             Parked(path=f.filename, parked_as=f.parked_as, reason=f.reason)
             for f in await self._parked()
@@ -161,7 +165,8 @@ class Reports:
             source_id=self.labels.source_id,
             uploader_version=self.labels.version,
             state=job["state"],
-            complete=job["state"] == "drained" and not parked,
+            # Never complete once a parked file was dismissed: it is not in storage.
+            complete=job["state"] == "drained" and not parked and not dismissed,
             started_at=iso_utc(job["started_at"]),
             stopped_at=_iso_or_none(job["stopped_at"]),
             finished_at=iso_utc(job["finished_at"]),
@@ -172,10 +177,12 @@ class Reports:
                 parked=len(parked),
                 excluded=len(excluded),
                 not_uploaded=job["not_uploaded"],
+                dismissed=len(dismissed),
             ),
             files=files,
             parked=parked,
             excluded=excluded,
+            dismissed=dismissed,
         )
 
     async def _upload(self, blob: str, manifest: Manifest) -> None:

@@ -29,6 +29,7 @@ from nfs_watcher_uploader.block_ids import load_block_key
 from nfs_watcher_uploader.config import Settings
 from nfs_watcher_uploader.constants import BLOCK_KEY_FILE
 from nfs_watcher_uploader.delivery import Delivery
+from nfs_watcher_uploader.dismissals import Dismissals
 from nfs_watcher_uploader.errors import CannotStart, RetryableError
 from nfs_watcher_uploader.fsops import Nfs
 from nfs_watcher_uploader.gc import GarbageCollector
@@ -100,7 +101,10 @@ class Service:
             self.pipeline.parked.listing,
         )
         self.watcher = Watcher(self.pipeline, self.nfs, scan)
-        self.gc = GarbageCollector(self.pipeline, self.nfs)
+        self.dismissals = Dismissals(
+            self.pipeline.parked, d.ledger, self.sessions, self.nfs, self.pipeline.stats
+        )
+        self.gc = GarbageCollector(self.pipeline, self.nfs, chores=[self.dismissals.notice_removed])
         self.telemetry.observe(
             Gauges(
                 queue_depth=self.pipeline.queue.qsize,
@@ -206,7 +210,7 @@ class Service:
         self._outbound.append(asyncio.create_task(self.reports.run(), name="reports"))
         self.phase = "recovering"
         await self._until_ok(
-            lambda: recover(self.sessions, self.pipeline, self.nfs),
+            lambda: recover(self.sessions, self.pipeline, self.nfs, self.dismissals.settle_orphans),
             "recover",
         )
         self.watcher.heartbeat = time.monotonic()

@@ -73,6 +73,7 @@ class Session:
     excluded: list[str] = field(default_factory=list[str])
     renamed: int = 0
     late_writes: int = 0
+    dismissed: int = 0
     last_error: str | None = None
     # Work this process owns for the session: the file's place -> (phase, the work's ticket).
     pending: dict[tuple[Where, str], tuple[Phase, int]] = field(
@@ -155,6 +156,12 @@ class Session:
 
     def unpark(self, parked_as: str) -> None:
         self.parked.discard(parked_as)
+
+    def dismiss(self, parked_as: str, text: str) -> None:
+        """An operator took the parked file out: it no longer keeps the session from draining."""
+        self.parked.discard(parked_as)
+        self.dismissed += 1
+        self.notice(text)
 
     def fail(self, error: str) -> None:
         self.last_error = printable(error)
@@ -272,6 +279,7 @@ class Session:
             bytes_uploaded=self.bytes_uploaded,
             retrying=self.count("retrying"),
             failed=len(self.parked),
+            dismissed=self.dismissed,
             ignored=len(self.ignored),
             excluded=len(self.excluded),
             too_deep=len(self.too_deep),

@@ -102,7 +102,7 @@ async def verify(
             Problem(
                 name,
                 f"the session is not complete ({manifest.state}): {t.parked} parked, "
-                f"{t.not_uploaded} not uploaded",
+                f"{t.dismissed} dismissed, {t.not_uploaded} not uploaded",
             )
         )
     prefix = f"{date}/{session}/"
