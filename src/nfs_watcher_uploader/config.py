@@ -147,6 +147,9 @@ class Settings(BaseSettings):
     # session=<name> on every blob.
     azure_tags: Annotated[dict[str, str] | None, NoDecode] = None
     manifest: bool = True
+    # A session's ledger is removed this many days after its last line, once its manifest is in
+    # storage and nothing of it is parked (retention.py).
+    ledger_retention_days: float = Field(default=30.0, ge=0)
     webhook_url: SecretStr | None = None
     webhook_secret: SecretStr | None = None
 

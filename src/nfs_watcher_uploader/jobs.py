@@ -121,6 +121,9 @@ class DueQueue[T]:
     def __contains__(self, job_id: str) -> bool:
         return job_id in self._items
 
+    def values(self) -> list[T]:
+        return [due.value for due in self._items.values()]
+
     def add(self, job_id: str, value: T) -> None:
         if job_id not in self._items:
             self._items[job_id] = _Due(value)

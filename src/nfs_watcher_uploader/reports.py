@@ -62,6 +62,7 @@ class Reports:
         self._files = JobFiles(layout.reports_root, nfs, _ReportJob)
         self._queue = DueQueue[Job](self._retry, self._rng)
         self.manifests_written = 0
+        self._loaded = False  # the jobs an earlier run left are read
 
     def __repr__(self) -> str:
         return f"Reports(due={len(self._queue)} manifests_written={self.manifests_written})"
@@ -69,6 +70,16 @@ class Reports:
     @property
     def enabled(self) -> bool:
         return self.ledger is not None or self.webhooks.enabled
+
+    def due(self, date_prefix: str, session: str) -> bool:
+        """The session's manifest or event is still to be done (or may be: the jobs an earlier
+        run left are not read yet)."""
+        if not self._loaded:
+            return True
+        return any(
+            (job.get("date_prefix"), job.get("session")) == (date_prefix, session)
+            for job in self._queue.values()
+        )
 
     async def ended(self, session: Session, state: SessionStateName) -> None:
         """Note that `session` ended as `state`. Raises OSError when NFS fails."""
@@ -93,6 +104,7 @@ class Reports:
         """Load the jobs left by an earlier run, then do each as it comes, until cancelled."""
         for job in await self._files.load(self._retry, self._rng):
             self._queue.add(str(job["id"]), job)
+        self._loaded = True
         while True:
             job_id, job = await self._queue.next()
             try:

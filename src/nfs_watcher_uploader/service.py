@@ -32,12 +32,13 @@ from nfs_watcher_uploader.delivery import Delivery
 from nfs_watcher_uploader.dismissals import Dismissals
 from nfs_watcher_uploader.errors import CannotStart, RetryableError
 from nfs_watcher_uploader.fsops import Nfs
-from nfs_watcher_uploader.gc import GarbageCollector
+from nfs_watcher_uploader.gc import Chore, GarbageCollector
 from nfs_watcher_uploader.layout import Layout
 from nfs_watcher_uploader.pipeline import Pipeline, backoff_delay
 from nfs_watcher_uploader.probe import probe_share
 from nfs_watcher_uploader.recovery import clear_staging, recover
 from nfs_watcher_uploader.reports import Reports
+from nfs_watcher_uploader.retention import LedgerRetention
 from nfs_watcher_uploader.sessions import Session, Sessions
 from nfs_watcher_uploader.storage import Storage, TokenCredentialFactory
 from nfs_watcher_uploader.telemetry import Gauges, Telemetry
@@ -104,7 +105,14 @@ class Service:
         self.dismissals = Dismissals(
             self.pipeline.parked, d.ledger, self.sessions, self.nfs, self.pipeline.stats
         )
-        self.gc = GarbageCollector(self.pipeline, self.nfs, chores=[self.dismissals.notice_removed])
+        # Slow chores on GC's beat: parked files removed by hand, ledgers past their retention.
+        chores: list[Chore] = [self.dismissals.notice_removed]
+        self.retention: LedgerRetention | None = None
+        if d.ledger is not None:
+            days = settings.ledger_retention_days
+            self.retention = LedgerRetention(layout, self.nfs, days, self._ledger_needed)
+            chores.append(self.retention.sweep)
+        self.gc = GarbageCollector(self.pipeline, self.nfs, chores)
         self.telemetry.observe(
             Gauges(
                 queue_depth=self.pipeline.queue.qsize,
@@ -221,6 +229,12 @@ class Service:
         self.ready = True
         self.phase = "running"
         logger.info("Ready: %r", self)
+
+    def _ledger_needed(self, date_prefix: str, name: str) -> bool:
+        """The session's manifest may still be written from its ledger under that date."""
+        session = self.sessions.by_name.get(name)
+        watched = session is not None and session.watched and session.date_prefix == date_prefix
+        return watched or self.reports.due(date_prefix, name)
 
     async def _load_block_key(self) -> None:
         path = self.settings.nfs_processing_root / BLOCK_KEY_FILE
