@@ -47,7 +47,14 @@ from nfs_watcher_uploader.errors import NotOurs, SessionConflict
 from nfs_watcher_uploader.fsops import Nfs
 from nfs_watcher_uploader.ledger import Ledger
 from nfs_watcher_uploader.manifest import Dismissed
-from nfs_watcher_uploader.models import FailedFile, Stats, WorkItem, check_session_name, printable
+from nfs_watcher_uploader.models import (
+    FailedFile,
+    Stats,
+    WorkItem,
+    check_session_name,
+    is_session_name,
+    printable,
+)
 from nfs_watcher_uploader.parked import ParkedFiles
 from nfs_watcher_uploader.sessions import Sessions
 
@@ -287,7 +294,7 @@ class Dismissals:
         }
         out: list[tuple[_Found, bool]] = []
         for date, name, rel, _ in fsops.iter_tree_files(self._root / PARKED_REASONS_DIR):
-            if (date, name, rel) in parked or not _session_name(name):
+            if (date, name, rel) in parked or not is_session_name(name):
                 continue
             found = self._read_reason(date, name, rel)
             try:
@@ -298,14 +305,6 @@ class Dismissals:
                 os.close(claimed[0])
             out.append((found, claimed is not None))
         return out
-
-
-def _session_name(name: str) -> bool:
-    try:
-        check_session_name(name)
-    except ValueError:
-        return False
-    return True
 
 
 def _date_dirs(root: Path) -> list[os.DirEntry[str]]:

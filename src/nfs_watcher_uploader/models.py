@@ -86,6 +86,15 @@ def check_session_name(name: str) -> str:
     return name
 
 
+def is_session_name(name: str) -> bool:
+    """True when `name` is a safe session name (a folder name read from NFS, say)."""
+    try:
+        check_session_name(name)
+    except ValueError:
+        return False
+    return True
+
+
 def is_manifest_like(session_name: str) -> bool:
     """A session of this name would have its folder where another session's manifest is
     (`<date>/x.manifest.json/...` beside `<date>/x.manifest.json`): a hierarchical namespace

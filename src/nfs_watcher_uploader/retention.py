@@ -26,7 +26,7 @@ from nfs_watcher_uploader import fsops
 from nfs_watcher_uploader.constants import DATE_DIR_RE, LEDGER_SUFFIX, LEDGERS_DIR
 from nfs_watcher_uploader.fsops import Nfs
 from nfs_watcher_uploader.layout import Layout
-from nfs_watcher_uploader.models import check_session_name
+from nfs_watcher_uploader.models import is_session_name
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,11 @@ class LedgerRetention:
                 continue
             for entry in _entries(Path(date_dir.path)):
                 name = entry.name.removesuffix(LEDGER_SUFFIX)
-                if name != entry.name and _valid(name) and entry.is_file(follow_symlinks=False):
+                if (
+                    name != entry.name
+                    and is_session_name(name)
+                    and entry.is_file(follow_symlinks=False)
+                ):
                     out.append((date_dir.name, name, Path(entry.path)))
         return out
 
@@ -131,11 +135,3 @@ def _older(path: Path, cutoff: float) -> bool:
     except FileNotFoundError:
         return False
     return stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff
-
-
-def _valid(name: str) -> bool:
-    try:
-        check_session_name(name)
-    except ValueError:
-        return False
-    return True
