@@ -538,6 +538,8 @@ class Staged:
     data: bytes | None = None
     block_size: int = 0
     block_md5s: tuple[bytes, ...] = ()
+    # Ids of the blocks already staged while the file was read (early.py), for the log.
+    sent_early: frozenset[str] = frozenset()
 
 
 def open_regular(path: Path) -> int:
