@@ -59,7 +59,7 @@ def _stopped(
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+            proc.communicate()  # reaps it and closes its pipe
     seconds = time.monotonic() - started
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before, "start-up created something"
     return Stopped(proc.returncode, stderr, seconds)
