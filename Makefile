@@ -1,4 +1,5 @@
 # Everything a newcomer needs: `make run` and `make test` set themselves up on a fresh machine.
+# `make run` installs only what running needs; `make install` (and so `make test`) the rest.
 SHELL := /bin/bash
 PYTHON := $(shell scripts/find-python)
 VENV := .venv
@@ -11,7 +12,8 @@ AZURITE := .tools/azurite/node_modules/.bin/azurite
         dev-up dev-down docker-build docker-up docker-down k3s-apply k3s-delete lock clean \
         prometheusrule
 
-install: $(BIN)/.installed $(AZURITE) .tools/fuse3.ok .tools/prometheus.ok .tools/tinyproxy.ok
+install: $(BIN)/.installed $(AZURITE) .tools/fuse3.ok .tools/prometheus.ok .tools/tinyproxy.ok \
+         .tools/wheels.ok
 
 $(BIN)/.installed: pyproject.toml requirements-dev.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,9 +21,26 @@ $(BIN)/.installed: pyproject.toml requirements-dev.lock
 	$(BIN)/python -m pip install --quiet -c requirements-dev.lock -e ".[dev]"
 	touch $@
 
+# What running needs and nothing more: the pinned runtime dependencies (hashes checked), the
+# project itself, and Azurite. No dev toolchain, no Debian packages.
+$(BIN)/.run-installed: pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $@
+
 $(AZURITE):
 	mkdir -p .tools/azurite
 	npm install --prefix .tools/azurite --no-audit --no-fund --silent azurite@$(AZURITE_VERSION)
+
+# The wheels `make run` installs (and hatchling with editables, which build the project), for
+# the README walkthrough test: it runs `make run` in a fresh clone inside a network namespace, with no
+# network, installing from here (tests/deploy/test_readme.py).
+.tools/wheels.ok: requirements.lock $(BIN)/.installed
+	mkdir -p .tools/wheels
+	$(BIN)/python -m pip download --quiet --require-hashes -r requirements.lock -d .tools/wheels
+	$(BIN)/python -m pip download --quiet hatchling editables -d .tools/wheels
+	touch $@
 
 # The NFS fault tests mount a FUSE filesystem: they need libfuse3 and fusermount3 (Debian's
 # fuse3). Installed here when missing and we are root; otherwise those tests say why they skip.
@@ -60,10 +79,10 @@ $(AZURITE):
 
 # --- Local development --------------------------------------------------------------------
 
-run: install
+run: $(BIN)/.run-installed $(AZURITE)
 	scripts/run-dev
 
-azurite: install
+azurite: $(AZURITE)
 	scripts/azurite-dev start
 
 azurite-stop:
@@ -126,6 +145,7 @@ docker-build:
 	docker build -t nfs-watcher-uploader:latest .
 
 docker-up: docker-build api-token.env
+	mkdir -p data/incoming data/.processing
 	docker compose up -d
 
 # The API token docker-compose.yaml reads (git-ignored): a random one, readable by you only.

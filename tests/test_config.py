@@ -16,13 +16,13 @@ from nfs_watcher_uploader.config import (
     AccessTier,
     AzureAuth,
     Settings,
-    load_settings,
     parse_tags,
     unsafe_paths,
 )
 from nfs_watcher_uploader.nfs.layout import Layout
 from nfs_watcher_uploader.nfs.runner import Nfs
 from nfs_watcher_uploader.sessions.session import today_utc
+from nfs_watcher_uploader.settings_checks import load_settings
 from tests.support.helpers import (
     ROOT,
     Azurite,

@@ -155,5 +155,5 @@ def test_an_upward_import_or_a_cycle_would_be_caught() -> None:
 def test_the_imports_are_read_from_the_source_wherever_they_stand() -> None:
     """A function-level import counts (the old main <-> verify cycle was one)."""
     found = graph()
-    assert f"{PACKAGE}.config" in found[f"{PACKAGE}.cloud.verify"]
+    assert f"{PACKAGE}.settings_checks" in found[f"{PACKAGE}.cloud.verify"]
     assert f"{PACKAGE}.nfs.moves" in found[f"{PACKAGE}.work.context"]

@@ -8,15 +8,18 @@ a cycle):
     api/                       routes, views, schemas, the API token, what one client may cost
     service                    the composition root: builds, starts and stops every part
     intake/                    watcher (when a file is completely written), filters
-    work/                      pipeline, transfer, context, order, parked, completions, gc,
-                               recovery, staging
-    cloud/                     ledger, manifest, reports, webhooks, jobs, delivery, verify
+    work/                      pipeline, transfer, context, order, parked, dismissals,
+                               completions, gc, recovery, recount, staging
+    cloud/                     ledger, manifest, reports, webhooks, jobs, delivery, retention,
+                               verify
     blob/                      storage, credentials, azure_errors, blocks, early, rest, signing,
                                block_ids, blobinfo
     uplink/                    bandwidth, wire
     sessions/                  session, registry, stored: sessions, their progress, their file
-    nfs/                       runner, opening, scan, moves, copying, state, trees, layout
+    nfs/                       runner, opening, scan, moves, copying, state, trees, probe,
+                               layout
     telemetry                  traces, metrics, logs
+    settings_checks            settings that can never work; loading them, or exit naming each
     config, errors, items      settings; what a caller does about a failure; the domain's items
     constants, rates, backoff  names and limits; rates and schedules; trying again
 """

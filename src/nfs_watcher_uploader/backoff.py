@@ -83,6 +83,10 @@ class DueQueue[K: Hashable, T]:
     def __repr__(self) -> str:
         return f"DueQueue(items={len(self._items)})"
 
+    def values(self) -> list[T]:
+        """Every value in the queue, due or not (handed out too, until `done`)."""
+        return [due.value for due in self._items.values()]
+
     def add(self, key: K, value: T, delay: float = 0.0) -> None:
         """Due `delay` seconds from now; a key already in the queue is left as it is."""
         if key not in self._items:

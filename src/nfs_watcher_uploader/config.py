@@ -1,14 +1,14 @@
-"""Settings, read once from `APP_*` environment variables (see the README's settings table), and
-`load_settings`, which refuses bad ones at start naming each variable."""
+"""Settings, read once from `APP_*` environment variables (see the README's settings table), each
+checked on its own as it is read; `unsafe_paths` checks the three roots together.
+`settings_checks.load_settings` reads them at start and refuses bad ones, naming each variable."""
 
 import os
 import socket
-import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Self
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from nfs_watcher_uploader.constants import (
@@ -150,6 +150,9 @@ class Settings(BaseSettings):
     # session=<name> on every blob.
     azure_tags: Annotated[dict[str, str] | None, NoDecode] = None
     manifest: bool = True
+    # A session's ledger is removed this many days after its last line, once its manifest is in
+    # storage and nothing of it is parked (cloud/retention).
+    ledger_retention_days: float = Field(default=30.0, ge=0)
     webhook_url: SecretStr | None = None
     webhook_secret: SecretStr | None = None
 
@@ -264,27 +267,6 @@ class Settings(BaseSettings):
         if self.retry_max_s < self.retry_base_s:
             raise ValueError("APP_RETRY_MAX_S must not be below APP_RETRY_BASE_S")
         return self
-
-
-def load_settings() -> Settings:
-    """Settings from the environment, or exit with a message that names each bad variable
-    (never echoing values: some are secrets) or each unsafe combination of folders, before
-    anything is touched."""
-    try:
-        settings = Settings()  # pyright: ignore[reportCallIssue]
-    except ValidationError as exc:
-        lines: list[str] = []
-        for err in exc.errors():
-            loc = "_".join(str(p) for p in err["loc"]).upper()
-            name = f"APP_{loc}" if loc else "settings"
-            lines.append(f"  {name}: {err['msg']}")
-        sys.exit("nfs-watcher-uploader: invalid configuration\n" + "\n".join(lines))
-    if problems := unsafe_paths(settings):
-        sys.exit(
-            "nfs-watcher-uploader: unsafe settings, nothing was touched\n"
-            + "\n".join(f"  {p}" for p in problems)
-        )
-    return settings
 
 
 def check_api_token(token: str) -> str:

@@ -134,3 +134,15 @@ TAG_RE = re.compile(r"^[A-Za-z0-9 +\-./:=_]*$")
 RESERVED_TAG = "session"
 # APP_SOURCE_ID goes into blob metadata, an HTTP header: printable ASCII only.
 SOURCE_ID_MAX = 256
+# Azure's rules for container names (learn.microsoft.com/rest/api/storageservices/naming-and-
+# referencing-containers--blobs--and-metadata): 3 to 63 lowercase letters, digits and single
+# hyphens, starting and ending with a letter or a digit. `$root` and `$web` are Azure's own.
+CONTAINER_NAME_MIN = 3
+CONTAINER_NAME_MAX = 63
+SPECIAL_CONTAINERS = frozenset({"$root", "$web"})
+# The start-up probe (nfs/probe) renames a file of this name from incoming into processing and
+# back. A dot name at the incoming root: the watcher only looks inside session folders, and the
+# default excludes skip dot names anyway. A probe lasts a few NFS calls; one older than this
+# was left by a run that died mid-probe (a younger one may be another replica's).
+PROBE_PREFIX = ".nfs-watcher-uploader-probe-"
+PROBE_STALE_S = 600.0

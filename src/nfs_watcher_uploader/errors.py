@@ -16,6 +16,8 @@
     Skip                   not an error: another claimant took the file, or a file of the same
                            name is still in progress; the watcher offers it again.
     SessionConflict        a start that conflicts with a session that exists (HTTP 409).
+    CannotStart            a setting or a storage answer that no waiting can change: start-up
+                           ends, with exit status 1 and a line that says what to check.
 
 `nfs_errors` turns the OSErrors of one step into the step's UploadError, in one place.
 """
@@ -69,6 +71,10 @@ class Skip(Exception):
 
 class SessionConflict(Exception):
     """The request conflicts with a session that exists (HTTP 409)."""
+
+
+class CannotStart(Exception):
+    """Start-up cannot succeed, however long it waits; the message says what to check."""
 
 
 @contextmanager

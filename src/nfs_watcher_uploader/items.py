@@ -72,9 +72,6 @@ def printable(text: str) -> str:
     return "".join(out)
 
 
-# A string that reaches a response: made printable whatever it holds.
-
-
 def check_session_name(name: str) -> str:
     """Return `name` if it is a safe session name, else raise ValueError naming the rule broken."""
     if name in (".", ".."):
@@ -88,6 +85,15 @@ def check_session_name(name: str) -> str:
             "session_name may contain only letters A-Z and a-z, digits, '_', '.' and '-'"
         )
     return name
+
+
+def is_session_name(name: str) -> bool:
+    """True when `name` is a safe session name (a folder name read from NFS, say)."""
+    try:
+        check_session_name(name)
+    except ValueError:
+        return False
+    return True
 
 
 def is_manifest_like(session_name: str) -> bool:
@@ -124,11 +130,12 @@ class Stats:
     parked: int = 0
     retries: int = 0
     late_writes: int = 0
+    dismissed: int = 0
 
     def __repr__(self) -> str:
         return (
             f"Stats(uploaded={self.uploaded} parked={self.parked} retries={self.retries} "
-            f"late_writes={self.late_writes})"
+            f"late_writes={self.late_writes} dismissed={self.dismissed})"
         )
 
     def count_uploaded(self, size: int | None) -> None:

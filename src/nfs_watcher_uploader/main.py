@@ -11,11 +11,12 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from nfs_watcher_uploader import settings_checks
 from nfs_watcher_uploader.api import routes
 from nfs_watcher_uploader.api.auth import ApiToken, TokenFileError
 from nfs_watcher_uploader.api.limits import server_options
 from nfs_watcher_uploader.cloud import verify
-from nfs_watcher_uploader.config import Settings, load_settings, unsafe_paths
+from nfs_watcher_uploader.config import Settings, unsafe_paths
 from nfs_watcher_uploader.service import Service
 from nfs_watcher_uploader.telemetry import Telemetry, configure_logging, setup_telemetry
 
@@ -29,8 +30,8 @@ def create_app(settings: Settings, **service_options: Any) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncGenerator[None]:
-        if problems := unsafe_paths(settings):
-            raise RuntimeError("unsafe settings: " + "; ".join(problems))
+        if problems := unsafe_paths(settings) + settings_checks.problems(settings):
+            raise RuntimeError("settings that cannot work: " + "; ".join(problems))
         if token is None:
             logger.warning(
                 "APP_API_TOKEN is not set: anyone who can reach port %d can start and stop "
@@ -99,18 +100,33 @@ def run(argv: list[str] | None = None) -> None:
     serve()
 
 
+class _EndOnFatal:
+    """Told by the service why start-up cannot succeed: ends the server, keeps the reason."""
+
+    def __init__(self) -> None:
+        self.server: Any = None
+        self.reason: str | None = None
+
+    def __call__(self, reason: str) -> None:
+        self.reason = reason
+        if self.server is not None:
+            self.server.should_exit = True
+
+
 def serve() -> None:
-    """Serve the API on APP_HOST:APP_PORT (default 0.0.0.0:8000), and upload."""
+    """Serve the API on APP_HOST:APP_PORT (default 0.0.0.0:8000), and upload. Exits with status
+    1 and a line saying what to check when start-up cannot succeed."""
     import uvicorn
 
     _return_freed_memory()
     configure_logging()
-    settings = load_settings()
+    settings = settings_checks.load_settings()
+    end = _EndOnFatal()
     try:
-        app = create_app(settings)
+        app = create_app(settings, on_fatal=end)
     except TokenFileError as exc:
         sys.exit(f"nfs-watcher-uploader: {exc}")
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -120,3 +136,13 @@ def serve() -> None:
         # sum must stay below the pod's terminationGracePeriodSeconds.
         timeout_graceful_shutdown=5,
     )
+    # uvicorn.run, with a server the service can end (it would exit 0 after a clean shutdown).
+    server = end.server = uvicorn.Server(config)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    if end.reason is not None:
+        sys.exit(f"nfs-watcher-uploader: cannot start: {end.reason}")
+    if not server.started:
+        sys.exit("nfs-watcher-uploader: the server did not start (see the lines above)")

@@ -1,12 +1,15 @@
 """The service: builds the components, starts them in order, reports readiness and liveness.
 
-Start, each step tried again with backoff until it succeeds (`until_ok`):
-          webhook deliveries (from their outbox) -> load sessions -> clear staging -> load the
-          bandwidth override, then keep the limit in force -> load the block id key -> connect
-          storage -> workers and session reports -> recovery -> watcher and GC -> ready.
-          The API serves from the first moment; /readyz is 503 (saying which step it waits
-          for) until then. With APP_EXIT_ON_STALL_S, a watchdog ends the process once liveness
-          has failed that long (for Docker/compose).
+Start, each step tried again with backoff while what fails may heal (`until_ok`):
+          probe the share (nfs/probe) -> webhook deliveries (from their outbox) -> load
+          sessions -> clear staging -> load the bandwidth override, then keep the limit in force
+          -> connect storage -> load the block id key -> workers and session reports ->
+          recovery (parked files settled, counters read back) -> watcher and GC -> ready.
+          A step that cannot heal (CannotStart: a missing incoming folder, two mounts, a
+          storage answer no retry changes) ends start-up: `on_fatal` is told why, and the
+          process exits with status 1. The API serves from the first moment; /readyz is 503
+          (saying which step it waits for) until then. With APP_EXIT_ON_STALL_S, a watchdog
+          ends the process once liveness has failed that long (for Docker/compose).
 Shutdown: stop intake (watcher, GC) -> in-flight uploads get APP_SHUTDOWN_GRACE_S -> cancel the
           rest (recovered on the next start), start-up steps still retrying and the bandwidth
           limit -> session reports and deliveries (their jobs stay on NFS) -> close the storage
@@ -29,12 +32,14 @@ from nfs_watcher_uploader.blob.credentials import TokenCredentialFactory
 from nfs_watcher_uploader.blob.storage import Storage
 from nfs_watcher_uploader.cloud.delivery import Delivery
 from nfs_watcher_uploader.cloud.reports import Reports
+from nfs_watcher_uploader.cloud.retention import LedgerRetention
 from nfs_watcher_uploader.config import Settings
 from nfs_watcher_uploader.constants import BLOCK_KEY_FILE
-from nfs_watcher_uploader.errors import RetryableError
+from nfs_watcher_uploader.errors import CannotStart, RetryableError
 from nfs_watcher_uploader.intake.watcher import ScanFn, Watcher
 from nfs_watcher_uploader.nfs import copying, moves, opening, scan
 from nfs_watcher_uploader.nfs.layout import Layout
+from nfs_watcher_uploader.nfs.probe import probe_share
 from nfs_watcher_uploader.nfs.runner import Nfs
 from nfs_watcher_uploader.sessions.registry import Sessions
 from nfs_watcher_uploader.sessions.session import Session
@@ -42,7 +47,8 @@ from nfs_watcher_uploader.telemetry import Gauges, Telemetry
 from nfs_watcher_uploader.uplink.bandwidth import Bandwidth
 from nfs_watcher_uploader.uplink.wire import Meter
 from nfs_watcher_uploader.work.context import ClaimFn, CopyFn, MoveFn, Seams, StagedHook
-from nfs_watcher_uploader.work.gc import GarbageCollector
+from nfs_watcher_uploader.work.dismissals import Dismissals
+from nfs_watcher_uploader.work.gc import Chore, GarbageCollector
 from nfs_watcher_uploader.work.pipeline import Pipeline
 from nfs_watcher_uploader.work.recovery import recover
 from nfs_watcher_uploader.work.staging import clear_staging
@@ -71,6 +77,7 @@ class Service:
         move: MoveFn = moves.move,
         copy: CopyFn = copying.copy_and_hash,
         exit_process: Callable[[int], object] = os._exit,
+        on_fatal: Callable[[str], object] | None = None,
     ) -> None:
         self.settings = settings
         self.nfs = Nfs(settings.nfs_timeout_s, copy_threads=settings.worker_concurrency)
@@ -107,6 +114,16 @@ class Service:
             self.pipeline.parked.listing,
         )
         self.watcher = Watcher(self.pipeline, self.nfs, scan)
+        self.dismissals = Dismissals(
+            self.pipeline.parked, d.ledger, self.sessions, self.nfs, self.pipeline.stats
+        )
+        # Slow chores on GC's beat: parked files removed by hand, ledgers past their retention.
+        chores: list[Chore] = [self.dismissals.notice_removed]
+        self.retention: LedgerRetention | None = None
+        if d.ledger is not None:
+            days = settings.ledger_retention_days
+            self.retention = LedgerRetention(layout, self.nfs, days, self._ledger_needed)
+            chores.append(self.retention.sweep)
         self.gc = GarbageCollector(
             settings,
             layout,
@@ -114,6 +131,7 @@ class Service:
             self.nfs,
             self.pipeline.completed,
             self.pipeline.resend_whole,
+            chores,
         )
         self.telemetry.observe(
             Gauges(
@@ -143,6 +161,9 @@ class Service:
         self._outbound: list[asyncio.Task[None]] = []
         self._watchdog: asyncio.Task[None] | None = None
         self._exit = exit_process
+        # Why start-up cannot succeed (None while it can), and who ends the process then.
+        self.fatal: str | None = None
+        self._on_fatal = on_fatal
 
     def __repr__(self) -> str:
         return f"Service(phase={self.phase!r} {self.pipeline!r} {self.sessions!r} {self.nfs!r})"
@@ -180,6 +201,25 @@ class Service:
                 return
 
     async def _run(self) -> None:
+        try:
+            await self._start_up()
+        except CannotStart as exc:
+            self.fatal = str(exc)
+            self.phase = f"cannot start: {self.fatal}"
+            logger.critical("Cannot start: %s", self.fatal)
+            if self._on_fatal is not None:
+                self._on_fatal(self.fatal)
+            return
+        assert self._pipeline_task is not None
+        await asyncio.gather(self._pipeline_task, *self._intake, *self._outbound)
+
+    async def _start_up(self) -> None:
+        """Everything up to ready; raises CannotStart when start-up cannot succeed."""
+        # First, before anything is read or created on the share: is it there, and can a file
+        # be renamed from incoming into processing (the claim)?
+        self.phase = "checking the share"
+        layout = self.pipeline.layout
+        await self._until_ok(lambda: probe_share(layout, self.nfs), "check the share")
         self._outbound.append(asyncio.create_task(self.delivery.webhooks.run(), name="webhooks"))
         self.phase = "loading sessions"
         await self._until_ok(self.sessions.load, "load sessions", lambda: self.sessions.loaded)
@@ -189,15 +229,16 @@ class Service:
         self.phase = "loading the bandwidth override"
         await self._until_ok(self.bandwidth.load, "load the bandwidth override")
         self._bandwidth_task = asyncio.create_task(self.bandwidth.run(), name="bandwidth")
-        self.phase = "loading the block id key"
-        await self._until_ok(self._load_block_key, "load the block id key")
         self.phase = "connecting to storage"
         await self._until_ok(self.storage.connect, "connect to storage")
+        # After the connection: a start-up that storage refuses creates nothing on the share.
+        self.phase = "loading the block id key"
+        await self._until_ok(self._load_block_key, "load the block id key")
         self._pipeline_task = asyncio.create_task(self.pipeline.run(), name="pipeline")
         self._outbound.append(asyncio.create_task(self.reports.run(), name="reports"))
         self.phase = "recovering"
         await self._until_ok(
-            lambda: recover(self.sessions, self.pipeline, self.nfs),
+            lambda: recover(self.sessions, self.pipeline, self.nfs, self.dismissals.settle_orphans),
             "recover",
         )
         self.watcher.heartbeat = time.monotonic()
@@ -208,7 +249,12 @@ class Service:
         self.ready = True
         self.phase = "running"
         logger.info("Ready: %r", self)
-        await asyncio.gather(self._pipeline_task, *self._intake, *self._outbound)
+
+    def _ledger_needed(self, date_prefix: str, name: str) -> bool:
+        """The session's manifest may still be written from its ledger under that date."""
+        session = self.sessions.by_name.get(name)
+        watched = session is not None and session.watched and session.date_prefix == date_prefix
+        return watched or self.reports.due(date_prefix, name)
 
     async def _load_block_key(self) -> None:
         path = self.settings.nfs_processing_root / BLOCK_KEY_FILE
@@ -269,6 +315,8 @@ class Service:
 
     def liveness(self) -> str | None:
         """None when healthy, else why not. Reads timestamps only; touches no NFS."""
+        if self.fatal is not None:
+            return f"cannot start: {self.fatal}"
         task = self._run_task
         if task is not None and task.done() and not task.cancelled():
             exc = task.exception()
@@ -283,13 +331,14 @@ class Service:
     # --- operations the API calls ----------------------------------------------------------
 
     async def start_session(self, name: str) -> Session:
-        """Start watching `incoming/<name>/`, creating it if needed. Raises NotOurs when it
+        """Start watching `incoming/<name>/`, creating it if needed (never the incoming folder
+        itself: a missing one is an unmounted share, FileNotFoundError). Raises NotOurs when it
         exists but is not a real folder (a symbolic link to a folder elsewhere, say)."""
         layout = self.pipeline.layout
 
         def prepare(name: str, date_prefix: str) -> None:
             folder = layout.session_folder(name)
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(exist_ok=True)
             os.close(opening.open_dir(folder, []))
             (layout.processing_root / date_prefix / name).mkdir(parents=True, exist_ok=True)
 

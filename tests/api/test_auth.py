@@ -27,7 +27,8 @@ def _v1_requests(running: RunningService) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for route, operations in running.get("/openapi.json").json()["paths"].items():
         if route.startswith("/v1"):
-            path = route.replace("{name}", "some-session")
+            path = route.replace("{name}", "some-session").replace("{session_name}", "some-session")
+            path = path.replace("{parked_as}", "some/file.bin")
             assert "{" not in path, f"fill in the parameters of {route}"
             out.extend((method.upper(), path) for method in sorted(operations))
     return out

@@ -16,7 +16,7 @@ from nfs_watcher_uploader.blob.credentials import (
 )
 from nfs_watcher_uploader.blob.storage import Storage
 from nfs_watcher_uploader.config import AzureAuth, Settings
-from nfs_watcher_uploader.errors import RetryableError
+from nfs_watcher_uploader.errors import CannotStart, RetryableError
 from tests.support.helpers import KEY, Azurite
 
 
@@ -91,10 +91,11 @@ async def test_identity_only_mode_does_not_fall_back(azurite: Azurite) -> None:
     assert storage.auth_used is None  # nothing connected
 
 
-async def test_a_wrong_key_is_retryable_and_never_echoed(azurite: Azurite) -> None:
+async def test_a_wrong_key_stops_start_up_and_is_never_echoed(azurite: Azurite) -> None:
+    """A fixed credential that storage refuses is refused the same way at every attempt."""
     wrong = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXk="
     storage = Storage(_settings(azurite, azure_account_key=wrong))
-    with pytest.raises(RetryableError) as info:
+    with pytest.raises(CannotStart, match="APP_AZURE_ACCOUNT_KEY") as info:
         await storage.connect()
     assert wrong not in str(info.value)
 

@@ -142,6 +142,7 @@ def test_complete_is_false_with_a_parked_file_and_true_after_its_retry(
         "parked": 1,
         "excluded": 1,
         "not_uploaded": 0,
+        "dismissed": 0,
     }
     # The retry reopens the session; it drains, and its manifest is written again.
     assert running.post("/v1/files/retry", json={"session_name": "park"}).json() == {"requeued": 1}

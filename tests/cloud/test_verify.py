@@ -102,7 +102,7 @@ def test_verify_fails_on_an_unlisted_blob_a_missing_manifest_and_a_bad_target(
     assert f"FAIL {date}/v/stray.bin: in the session's folder, not listed" in stray.stdout
     missing = run_verify(settings, f"{date}/nosuch")
     assert missing.returncode == 1
-    assert f"FAIL {date}/nosuch.manifest.json: no manifest" in missing.stdout
+    assert f"FAIL {date}/nosuch.manifest.json: no such session in storage" in missing.stdout
     bad = run_verify(settings, "yesterday/v")
     assert bad.returncode == 2 and "is not <YYYYMMDD>/<session>" in bad.stderr
     # The connection string never shows.

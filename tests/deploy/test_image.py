@@ -146,6 +146,7 @@ def test_the_image_runs_like_the_pod(
     user = _run(*podman, "image", "inspect", "--format", "{{.Config.User}}", tag)
     assert user.split(":")[0] not in ("", "0", "root"), f"image runs as {user!r}"
     nfs = _mount_dir(tmp_path / "nfs", user)
+    _mount_dir(nfs / "incoming", user)  # the share has it: the service never creates it
     staging = _mount_dir(tmp_path / "staging", user)
     port = free_port()
     container = f"c{os.getpid()}"

@@ -141,6 +141,8 @@ def make_settings(root: Path, azurite: Azurite, container: str, **overrides: Any
         "shutdown_grace_s": 5.0,
     }
     values.update(overrides)
+    # The share's incoming folder exists before the service starts (it never creates it).
+    Path(values["nfs_incoming_dir"]).mkdir(parents=True, exist_ok=True)
     return Settings(**values)
 
 

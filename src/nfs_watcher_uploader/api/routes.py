@@ -20,6 +20,7 @@ from nfs_watcher_uploader.api.limits import BodyLimit
 from nfs_watcher_uploader.api.schemas import (
     BandwidthRequest,
     BandwidthView,
+    DismissResponse,
     FailedList,
     HealthResponse,
     ReadyResponse,
@@ -33,9 +34,11 @@ from nfs_watcher_uploader.api.schemas import (
     WatchStopResponse,
 )
 from nfs_watcher_uploader.api.views import bandwidth_view, failed_file, session_view
+from nfs_watcher_uploader.constants import DATE_DIR_RE
 from nfs_watcher_uploader.errors import NotOurs, SessionConflict
-from nfs_watcher_uploader.items import check_session_name
+from nfs_watcher_uploader.items import check_session_name, printable
 from nfs_watcher_uploader.service import Service
+from nfs_watcher_uploader.work.dismissals import check_parked_as
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +130,7 @@ async def status(service: ServiceDep) -> StatusResponse:
         in_flight=pipeline.in_flight,
         retrying=pipeline.retrying,
         failed=sessions.parked(),
+        dismissed=pipeline.stats.dismissed,
         retries=pipeline.stats.retries,
         draining_sessions=[s.name for s in sessions.by_name.values() if s.state == "draining"],
         state_error=sessions.state_error,
@@ -168,6 +172,40 @@ async def retry_failed(service: ServiceDep, body: RetryRequest | None = None) ->
     except OSError as exc:
         raise _unavailable("moving parked files back", exc) from None
     return RetryResponse(requeued=count)
+
+
+@router.delete(
+    "/v1/files/failed/{session_name}/{parked_as:path}",
+    responses={404: {}, 409: {}, 422: {}, 503: {}},
+)
+async def dismiss_failed(
+    service: ServiceDep, session_name: str, parked_as: str, date_prefix: str | None = None
+) -> DismissResponse:
+    """Remove a parked file and its reason (you took it out): recorded in the session's
+    manifest as dismissed (never `complete`), counted and logged; the session may drain."""
+    if not service.ready:
+        raise HTTPException(503, f"service is not ready ({service.phase}); retry shortly")
+    try:
+        check_session_name(session_name)
+        check_parked_as(parked_as)
+        if date_prefix is not None and not DATE_DIR_RE.fullmatch(date_prefix):
+            raise ValueError("date_prefix must be YYYYMMDD")
+    except ValueError as exc:
+        raise HTTPException(422, printable(str(exc))) from None
+    try:
+        gone = await service.dismissals.dismiss(session_name, parked_as, date_prefix)
+    except LookupError as exc:
+        raise HTTPException(404, printable(str(exc.args[0]))) from None
+    except SessionConflict as exc:
+        raise HTTPException(409, printable(str(exc))) from None
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise HTTPException(
+            503,
+            f"dismissing failed on NFS ({reason}); retry later (a file already removed is "
+            "recorded as dismissed at the next check)",
+        ) from None
+    return DismissResponse(dismissed=failed_file(gone))
 
 
 def _require_bandwidth(service: Service) -> None:

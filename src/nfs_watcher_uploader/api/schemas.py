@@ -73,6 +73,8 @@ class SessionView(BaseModel):
     bytes_uploaded: int
     retrying: int
     failed: int
+    # Parked files an operator took out (DELETE /v1/files/failed/..., or by hand).
+    dismissed: int
     # Left in incoming and never uploaded: entries that are not regular files (symbolic links,
     # FIFOs, devices), and folders deeper than the depth limit (these block `drained`).
     ignored: int
@@ -108,6 +110,7 @@ class StatusResponse(BaseModel):
     in_flight: int
     retrying: int
     failed: int
+    dismissed: int
     retries: int
     draining_sessions: list[Printable]
     state_error: Printable | None
@@ -128,6 +131,12 @@ class FailedFile(BaseModel):
 
 class FailedList(BaseModel):
     files: list[FailedFile]
+
+
+class DismissResponse(BaseModel):
+    """The parked file that was removed, with its reason (it is in the session's manifest)."""
+
+    dismissed: FailedFile
 
 
 class RetryRequest(_SessionNameBody):

@@ -25,6 +25,7 @@ def session_view(session: Session) -> SessionView:
         bytes_uploaded=session.bytes_uploaded,
         retrying=session.count("retrying"),
         failed=len(session.parked),
+        dismissed=session.dismissed,
         ignored=len(session.ignored),
         excluded=len(session.excluded),
         too_deep=len(session.too_deep),

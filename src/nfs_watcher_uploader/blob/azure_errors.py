@@ -1,16 +1,41 @@
 """What an answer from Azure means for the caller: retry later, give up on this file, the name
-is taken, or this credential may not do that. The one place that maps the SDK's errors.
+is taken, this credential may not do that, or start-up can never succeed. The one place that
+maps the SDK's errors.
+
+While uploading (`classify`):
 
     RetryableError    5xx, 408, 429, 401/403 while a token or key is being rotated, 404 while
                       the container is recreated, network errors, timeouts
     IntegrityError    Md5Mismatch: the bytes that arrived differ from the bytes read from NFS
     PermanentError    a name or a size that no retry can make Azure accept
+
+At start-up, the answers that no retry can change (`stop_line`, `refused_for_good`), which end
+it with CannotStart and a line that says what to check:
+
+    400 (any code)                 the same request is refused the same way every time;
+                                   InvalidResourceName and OutOfRangeInput name the container
+    404 ResourceNotFound           no such account at the URL (not ContainerNotFound, which an
+                                   administrator may still fix by creating it)
+    a host name that does not      DNS answered that the name does not exist (EAI_NONAME), as
+    exist                          for a mistyped account name; "try again later" answers
+                                   (EAI_AGAIN, no DNS server) are retried
+    401/403 with a fixed           a SAS, a connection string or an account key never changes
+    credential                     while the process runs: that credential is refused for good.
+                                   Start-up stops only when every credential tried is (with
+                                   APP_AZURE_AUTH=auto, a refused one hands over to the next);
+                                   an identity may be granted its role later, so never is
+
+Connection errors, timeouts, 5xx, 408 and 429 stay what they were at start-up too: retried for
+as long as it takes. Lines quote the service's error code and its first line, never a secret.
 """
 
+import socket
 from typing import cast
+from urllib.parse import urlsplit
 
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
 
+from nfs_watcher_uploader.config import Settings
 from nfs_watcher_uploader.constants import MAX_BLOB_NAME, MAX_BLOB_PATH_SEGMENTS
 from nfs_watcher_uploader.errors import IntegrityError, PermanentError, RetryableError, UploadError
 
@@ -24,6 +49,15 @@ TAKEN_CODES = frozenset({"BlobAlreadyExists", "ConditionNotMet"})
 # What Azure answers a request the credential is valid for but not allowed to make (a read with
 # a `cw` SAS, say).
 NOT_PERMITTED = "AuthorizationPermissionMismatch"
+# The credentials that stay the same while the process runs (`credentials.candidates` labels).
+FIXED_CREDENTIALS = frozenset({"sas", "connection-string", "account-key"})
+# 400 codes that name the container: its name breaks Azure's rules.
+_CONTAINER_CODES = frozenset({"InvalidResourceName", "OutOfRangeInput"})
+_WHAT_TO_CHECK = {
+    "sas": "APP_AZURE_SAS_TOKEN (its signature, expiry, start time and permissions)",
+    "connection-string": "the AccountKey or SharedAccessSignature in APP_AZURE_CONNECTION_STRING",
+    "account-key": "APP_AZURE_ACCOUNT_KEY and APP_AZURE_ACCOUNT_NAME",
+}
 
 
 def check_blob_name(name: str) -> None:
@@ -86,3 +120,74 @@ def summary(exc: BaseException) -> str:
     code = error_code(exc)
     prefix = type(exc).__name__ + (f" {status}" if status else "") + (f" {code}" if code else "")
     return f"{prefix}: {first[:300]}" if first else prefix
+
+
+def stop_line(exc: BaseException, settings: Settings) -> str | None:
+    """The line that ends start-up when `exc` (not a refusal of the credential) can never
+    heal; None when it may (retry)."""
+    code = error_code(exc)
+    if isinstance(exc, HttpResponseError) and not isinstance(exc, ClientAuthenticationError):
+        status = exc.status_code
+        if status == 400:
+            if code in _CONTAINER_CODES:
+                return (
+                    f"storage refuses the container name {settings.azure_container!r} (400 "
+                    f"{code}): check APP_AZURE_CONTAINER against Azure's rules (3 to 63 lowercase "
+                    "letters, digits and single hyphens)"
+                )
+            return (
+                f"storage refuses the service's requests (400 {code}): check "
+                "APP_AZURE_ACCOUNT_URL and APP_AZURE_CONTAINER"
+            )
+        if status == 404 and code == "ResourceNotFound":
+            return (
+                f"storage answers 404 ResourceNotFound for the account at "
+                f"{settings.azure_account_url}: check the account name in APP_AZURE_ACCOUNT_URL "
+                "(and in APP_AZURE_CONNECTION_STRING, if set)"
+            )
+    if (host := _unknown_host(exc, urlsplit(settings.azure_account_url).hostname)) is not None:
+        return (
+            f"the storage host {host} does not exist (DNS): check the account name in "
+            "APP_AZURE_ACCOUNT_URL (and in APP_AZURE_CONNECTION_STRING, if set)"
+        )
+    return None
+
+
+def refused_for_good(exc: BaseException, label: str) -> bool:
+    """Storage refused credential `label` (401/403) and will refuse it the same way until the
+    process is restarted with another."""
+    if label not in FIXED_CREDENTIALS:
+        return False
+    return isinstance(exc, HttpResponseError) and exc.status_code in (401, 403)
+
+
+def every_credential_refused(failures: list[str], labels: list[str]) -> str:
+    """The line that ends start-up when each credential in `labels` was refused for good."""
+    check = "; ".join(_WHAT_TO_CHECK[label] for label in dict.fromkeys(labels))
+    return (
+        "storage refuses every credential for good ("
+        + "; ".join(failures)
+        + f"): check {check}, and the storage account's network rules"
+    )
+
+
+def _unknown_host(exc: BaseException, default: str | None) -> str | None:
+    """The host name when, somewhere in `exc`'s chain, DNS said the name does not exist (aiohttp
+    names the host it asked for; else `default`)."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    host, unknown = default, False
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(named := getattr(current, "host", None), str):
+            host = named
+        if isinstance(current, socket.gaierror) and current.errno == socket.EAI_NONAME:
+            unknown = True
+        for attr in ("__cause__", "__context__", "inner_exception", "os_error"):
+            nxt = getattr(current, attr, None)
+            if isinstance(nxt, BaseException):
+                todo.append(nxt)
+    return (host or "?") if unknown else None

@@ -92,16 +92,43 @@ class Blocks:
                 tg.create_task(put(index)).add_done_callback(lambda _: window.release())
         longer = await anyio.to_thread.run_sync(os.pread, fd, 1, staged.read.size)
         check_length(staged.read.size + len(longer), staged, log_extra)
-        if resumed:
-            logger.info(
-                "%s: %d of %d blocks already staged in storage (sent while the file was read, "
-                "or by an earlier attempt); not sent again",
-                printable(blob_name),
-                resumed,
-                count,
-                extra=log_extra,
-            )
+        _log_blocks_found(blob_name, ids, held, staged, resumed, log_extra)
         return ids
+
+
+def _log_blocks_found(
+    name: str,
+    ids: list[str],
+    held: dict[str, int],
+    staged: Staged,
+    resumed: int,
+    log_extra: dict[str, str] | None,
+) -> None:
+    """Say where the blocks found in storage came from: sent by this upload while the file was
+    read (the usual way of a large file), or left by an earlier attempt (a resume)."""
+    if not resumed:
+        return
+    early = sum(1 for i in staged.sent_early.intersection(ids) if i in held)
+    earlier = resumed - early
+    blob = printable(name)
+    if earlier:
+        logger.info(
+            "%s: resumed: %d of %d blocks were in storage from an earlier attempt, not sent "
+            "again%s",
+            blob,
+            earlier,
+            len(ids),
+            f"; {early} sent while the file was read" if early else "",
+            extra=log_extra,
+        )
+    else:
+        logger.info(
+            "%s: %d of %d blocks sent while the file was read, the rest now",
+            blob,
+            early,
+            len(ids),
+            extra=log_extra,
+        )
 
 
 def log_mismatch(reason: str, log_extra: dict[str, str] | None) -> None:

@@ -11,6 +11,9 @@ With APP_AZURE_CREATE_CONTAINER=false start-up neither creates nor reads the con
 for one blob that does not exist, and "not found" or "not allowed to read" both prove the
 credential (a `cw` SAS may not read). The same question, asked after the container check
 otherwise, tells whether the credential may read blobs (`Connection.may_read`).
+
+An answer that no retry can change (`azure_errors`: a 400, an account that does not exist, every
+fixed credential refused) raises CannotStart; anything else, RetryableError.
 """
 
 import logging
@@ -30,9 +33,17 @@ from azure.core.exceptions import (
 )
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient
 
-from nfs_watcher_uploader.blob.azure_errors import error_code, not_permitted, refused, summary
+from nfs_watcher_uploader.blob.azure_errors import (
+    error_code,
+    every_credential_refused,
+    not_permitted,
+    refused,
+    refused_for_good,
+    stop_line,
+    summary,
+)
 from nfs_watcher_uploader.config import AzureAuth, Settings
-from nfs_watcher_uploader.errors import RetryableError
+from nfs_watcher_uploader.errors import CannotStart, RetryableError
 
 logger = logging.getLogger(__name__)
 
@@ -150,11 +161,14 @@ async def connect(
     create: bool,
 ) -> Connection:
     """Try each credential until one reaches the container (creating it when `create` and
-    APP_AZURE_CREATE_CONTAINER allow). Raises RetryableError when none does yet."""
+    APP_AZURE_CREATE_CONTAINER allow). Raises RetryableError when none does yet, CannotStart
+    when none ever can."""
     failures: list[str] = []
+    # Credentials refused for good; start-up stops when every candidate is among them.
+    for_good: list[str] = []
     chain = candidates(settings, token_credential, client_kwargs)
     if not chain:
-        raise RetryableError(
+        raise CannotStart(
             "no Azure credential configured: set APP_AZURE_CONNECTION_STRING, "
             "APP_AZURE_ACCOUNT_KEY, or use an https:// account URL with a managed identity"
         )
@@ -163,6 +177,7 @@ async def connect(
             client, credential = candidate.make()
         except ValueError as exc:  # e.g. a malformed connection string
             failures.append(f"{candidate.label}: {type(exc).__name__}")
+            for_good.append(candidate.label)
             continue
         container = client.get_container_client(settings.azure_container)
         try:
@@ -176,19 +191,30 @@ async def connect(
         except (ClientAuthenticationError, HttpResponseError) as exc:
             if not refused(exc):
                 await close_client(client, credential)
-                raise RetryableError(f"{candidate.label}: {summary(exc)}") from None
+                raise _not_refused(exc, candidate.label, settings) from None
             why = f"{summary(exc)}{_hint(exc)}"
             failures.append(f"{candidate.label}: {why}")
+            if refused_for_good(exc, candidate.label):
+                for_good.append(candidate.label)
             logger.warning("Storage refused the %s credentials: %s", candidate.label, why)
             await close_client(client, credential)
             continue
         except BaseException as exc:
             await close_client(client, credential)
             if isinstance(exc, Exception):
-                raise RetryableError(f"{candidate.label}: {summary(exc)}") from None
+                raise _not_refused(exc, candidate.label, settings) from None
             raise
         return Connection(candidate.label, client, credential, container, may_read)
+    if len(for_good) == len(chain):
+        raise CannotStart(every_credential_refused(failures, for_good))
     raise RetryableError("no credential could authenticate: " + "; ".join(failures))
+
+
+def _not_refused(exc: Exception, label: str, settings: Settings) -> CannotStart | RetryableError:
+    """What a failure other than a refused credential means: stop, or try again later."""
+    if (line := stop_line(exc, settings)) is not None:
+        return CannotStart(line)
+    return RetryableError(f"{label}: {summary(exc)}")
 
 
 async def _prove(container: ContainerClient, name: str) -> bool:
@@ -204,6 +230,8 @@ async def _prove(container: ContainerClient, name: str) -> bool:
                 f"container {name!r} does not exist, and "
                 "APP_AZURE_CREATE_CONTAINER=false: create it, or set it to true"
             ) from None
+        if error_code(exc) == "ResourceNotFound":  # the account, not the blob
+            raise
     except HttpResponseError as exc:
         if not not_permitted(exc):
             raise

@@ -62,6 +62,9 @@ class EarlyBlocks:
         self._loop = asyncio.get_running_loop()
         self._closed = False
         self.sent = self.failed = 0
+        # The ids of the blocks this upload staged: the upload's log tells them apart from
+        # blocks an earlier attempt left.
+        self.sent_ids: set[str] = set()
 
     def __repr__(self) -> str:
         return f"EarlyBlocks({printable(self._blob_name)} sent={self.sent} failed={self.failed})"
@@ -95,9 +98,11 @@ class EarlyBlocks:
         self._progress()
 
     async def _send(self, index: int, data: bytes, md5: bytes) -> None:
+        block_id = self._block_id(index, md5)
         try:
-            await self._stage(self._block_id(index, md5), data, md5)
+            await self._stage(block_id, data, md5)
             self.sent += 1
+            self.sent_ids.add(block_id)
         except Exception as exc:  # the upload sends it again from staging
             self.failed += 1
             logger.debug("Early block %d of %s failed: %s", index, self._blob_name, exc)

@@ -174,7 +174,8 @@ class Storage:
     async def connect(self, create: bool = True) -> None:
         """Reach the container with the first credential that works (see `credentials`).
 
-        Raises RetryableError when none does yet: the caller keeps trying, the API keeps serving.
+        Raises RetryableError when none does yet: the caller keeps trying, the API keeps serving;
+        CannotStart when none ever can (`azure_errors`).
         """
         try:
             kwargs = self._client_kwargs()

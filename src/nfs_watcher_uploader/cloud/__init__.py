@@ -6,5 +6,6 @@ reports    a session's end: its manifest, then its event
 webhooks   events, delivered at least once from an outbox on NFS
 jobs       durable jobs on NFS (reports, outbox)
 delivery   builds ledger, blob labels and webhooks from the settings
+retention  ledgers removed once their manifest is in storage and their days have passed
 verify     the `verify` command: a session in storage against its manifest
 """

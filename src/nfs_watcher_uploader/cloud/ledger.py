@@ -1,13 +1,14 @@
-"""The ledger: one JSON line per committed blob, per session, on NFS, for the manifest.
+"""The ledger: one JSON line per committed blob, per session, on NFS, for the manifest; and one
+per parked file an operator dismissed (`{"dismissed": {...}}`), which the manifest lists too.
 
 A file's line is appended and fsynced after its blob is committed and before the file is marked
 completed. So after any crash, every committed file either has its line or is uploaded again
 (found already there, same bytes) and gets it then; lines of one blob name are read as one, the
 last winning. Lines are `queue`d on the event loop and written by `flush` in a thread (the
 completion's own, see work/transfer.py): the first flush writes every line waiting, with one
-fsync, and each line's caller gets the outcome of the write that took it (small files are the
-hot path). A line torn by a crash is ended before anything is appended after it, and skipped
-when read.
+fsync per ledger, and each line's caller gets the outcome of the write that took it (small
+files are the hot path). A line torn by a crash is ended before anything is appended after it,
+and skipped when read.
 """
 
 import errno
@@ -17,9 +18,12 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
+
+from pydantic import BaseModel
 
 from nfs_watcher_uploader.blob.blobinfo import iso_utc, iso_utc_ns
-from nfs_watcher_uploader.cloud.manifest import FileEntry
+from nfs_watcher_uploader.cloud.manifest import Dismissed, FileEntry
 from nfs_watcher_uploader.items import WorkItem
 from nfs_watcher_uploader.nfs.layout import Layout
 from nfs_watcher_uploader.nfs.runner import Nfs
@@ -28,6 +32,17 @@ logger = logging.getLogger(__name__)
 
 # Read too: a ledger is checked for a torn last line before the first append to it.
 _APPEND_FLAGS = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class _DismissedLine(BaseModel):
+    dismissed: Dismissed
+
+
+class Record(NamedTuple):
+    """What a session's ledger holds: its committed blobs and its dismissed parked files."""
+
+    files: list[FileEntry]
+    dismissed: list[Dismissed]
 
 
 class Ticket:
@@ -79,7 +94,9 @@ class Ledger:
         )
         key = (item.date_prefix, item.session_name)
         path = self._paths.get(key) or self._paths.setdefault(key, self.layout.ledger(*key))
-        line = entry.model_dump_json().encode() + b"\n"
+        return self._queue_line(path, entry.model_dump_json().encode() + b"\n")
+
+    def _queue_line(self, path: Path, line: bytes) -> Ticket:
         ticket = Ticket()
         with self._queue_lock:
             self._queued.setdefault(path, []).append(line)
@@ -134,20 +151,36 @@ class Ledger:
                 _fsync_dir(path.parent)
             self._clean.add(path)
 
+    async def record_dismissed(self, date_prefix: str, session_name: str, entry: Dismissed) -> None:
+        """Append a dismissed parked file's line, fsynced. Raises OSError when NFS failed."""
+        line = _DismissedLine(dismissed=entry).model_dump_json().encode() + b"\n"
+        ticket = self._queue_line(self.layout.ledger(date_prefix, session_name), line)
+        await self.nfs.call_batched(lambda: self.flush(ticket))
+
     def read(self, date_prefix: str, session_name: str) -> list[FileEntry]:
         """The session's committed blobs, one entry per blob name (the last line wins), in
         name order. Blocking: run it through `Nfs.call`."""
+        return self.read_all(date_prefix, session_name).files
+
+    def read_all(self, date_prefix: str, session_name: str) -> Record:
+        """The committed blobs (as `read`) and the dismissed parked files, each once (a
+        dismissal recorded twice around a crash is one), in name order. Blocking."""
         path = self.layout.ledger(date_prefix, session_name)
         try:
             raw = path.read_bytes()
         except FileNotFoundError:
-            return []
+            return Record([], [])
         entries: dict[str, FileEntry] = {}
+        dismissed: dict[tuple[str, str | None], Dismissed] = {}
         torn = 0
         for line in raw.splitlines():
             if not line.strip():
                 continue
             try:
+                if line.startswith(b'{"dismissed":'):
+                    gone = _DismissedLine.model_validate_json(line).dismissed
+                    dismissed[(gone.parked_as, gone.parked_at)] = gone
+                    continue
                 entry = FileEntry.model_validate_json(line)
             except ValueError:
                 torn += 1
@@ -155,7 +188,10 @@ class Ledger:
             entries[entry.blob] = entry
         if torn:
             logger.warning("%s: skipped %d unreadable lines (torn by a crash)", path, torn)
-        return [entries[name] for name in sorted(entries)]
+        return Record(
+            [entries[name] for name in sorted(entries)],
+            sorted(dismissed.values(), key=lambda d: (d.parked_as, d.dismissed_at)),
+        )
 
 
 def _ends_whole(fd: int) -> bool:

@@ -2,8 +2,10 @@
 
 One JSON blob per session, `<date>/<session>.manifest.json`, written when the session ends
 (drained or timed out) from its ledger, and again whenever it ends again (parked files
-retried). `complete` is true only when the session drained: every file below its folder is in
-storage and nothing is parked. The writer (`reports`) and `verify` share these models.
+retried, or dismissed). `complete` is true only when the session drained: every file below its
+folder is in storage, nothing is parked and nothing was dismissed (a dismissed file was taken
+out of the parked files by an operator: it is not in storage, whatever became of it). The
+writer (`reports`) and `verify` share these models.
 """
 
 from typing import Literal
@@ -35,6 +37,17 @@ class Parked(_Model):
     reason: str
 
 
+class Dismissed(_Model):
+    """A parked file an operator took out (DELETE /v1/files/failed/..., or removed by hand):
+    not in storage. A line of the ledger, an entry of the manifest."""
+
+    path: str  # the file's path below the session folder
+    parked_as: str
+    reason: str  # why it was parked
+    parked_at: str | None  # ISO 8601 UTC, when known
+    dismissed_at: str  # ISO 8601 UTC: when the service took note
+
+
 class Excluded(_Model):
     path: str
     reason: str
@@ -48,6 +61,8 @@ class Totals(_Model):
     # Files not in storage when the session ended that are neither parked nor excluded: still
     # waiting in incoming or in progress (only a timed-out session has any).
     not_uploaded: int
+    # Parked files taken out by an operator (older manifests have none).
+    dismissed: int = 0
 
 
 class Manifest(_Model):
@@ -67,3 +82,4 @@ class Manifest(_Model):
     files: list[FileEntry]
     parked: list[Parked]
     excluded: list[Excluded]
+    dismissed: list[Dismissed] = []

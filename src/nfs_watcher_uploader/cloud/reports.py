@@ -2,7 +2,8 @@
 
     ended    (Sessions.finish, before the end is saved) a job is written to
              `.processing/_reports/<id>.json`: the session as it ended
-    run      for each job, oldest first: read the ledger and the parked files, upload the
+    run      for each job, oldest first: read the ledger (committed blobs, dismissed parked
+             files) and the parked files, upload the
              manifest `<date>/<session>.manifest.json`, emit `session.drained` or
              `session.drain_timed_out` (after the manifest, so a consumer woken by the event
              finds it), delete the job; on failure, the job backs off and is tried again
@@ -63,6 +64,7 @@ class Reports:
         self._files = JobFiles(layout.reports_root, nfs, _ReportJob)
         self._queue = DueQueue[str, Job](self._retry, self._rng)
         self.manifests_written = 0
+        self._loaded = False  # the jobs an earlier run left are read
 
     def __repr__(self) -> str:
         return f"Reports(due={len(self._queue)} manifests_written={self.manifests_written})"
@@ -70,6 +72,16 @@ class Reports:
     @property
     def enabled(self) -> bool:
         return self.ledger is not None or self.webhooks.enabled
+
+    def due(self, date_prefix: str, session: str) -> bool:
+        """The session's manifest or event is still to be done (or may be: the jobs an earlier
+        run left are not read yet)."""
+        if not self._loaded:
+            return True
+        return any(
+            (job.get("date_prefix"), job.get("session")) == (date_prefix, session)
+            for job in self._queue.values()
+        )
 
     async def ended(self, session: Session, state: SessionStateName) -> None:
         """Note that `session` ended as `state`. Raises OSError when NFS fails."""
@@ -94,6 +106,7 @@ class Reports:
         """Load the jobs left by an earlier run, then do each as it comes, until cancelled."""
         for job in await self._files.load(self._retry, self._rng):
             self._queue.add(str(job["id"]), job)
+        self._loaded = True
         while True:
             job_id, job = await self._queue.next()
             try:
@@ -134,6 +147,7 @@ class Reports:
                 "files": totals.files,
                 "bytes": totals.bytes,
                 "parked": totals.parked,
+                "dismissed": totals.dismissed,
             }
             self.manifests_written += 1
             logger.info(
@@ -149,7 +163,9 @@ class Reports:
 
     async def _manifest(self, job: Job, ledger: Ledger) -> Manifest:
         name, date = job["session"], job["date_prefix"]
-        files = await self.nfs.call(lambda: ledger.read(date, name), timeout=self.nfs.timeout * 10)
+        files, dismissed = await self.nfs.call(
+            lambda: ledger.read_all(date, name), timeout=self.nfs.timeout * 10
+        )
         parked = [
             Parked(
                 path=printable(f.path),
@@ -167,7 +183,8 @@ class Reports:
             source_id=self.labels.source_id,
             uploader_version=self.labels.version,
             state=job["state"],
-            complete=job["state"] == "drained" and not parked,
+            # Never complete once a parked file was dismissed: it is not in storage.
+            complete=job["state"] == "drained" and not parked and not dismissed,
             started_at=iso_utc(job["started_at"]),
             stopped_at=_iso_or_none(job["stopped_at"]),
             finished_at=iso_utc(job["finished_at"]),
@@ -178,10 +195,12 @@ class Reports:
                 parked=len(parked),
                 excluded=len(excluded),
                 not_uploaded=job["not_uploaded"],
+                dismissed=len(dismissed),
             ),
             files=files,
             parked=parked,
             excluded=excluded,
+            dismissed=dismissed,
         )
 
     async def _upload(self, blob: str, manifest: Manifest) -> None:

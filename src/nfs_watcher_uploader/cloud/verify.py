@@ -27,11 +27,11 @@ from tqdm import tqdm
 
 from nfs_watcher_uploader.blob.storage import Storage
 from nfs_watcher_uploader.cloud.manifest import FileEntry, Manifest
-from nfs_watcher_uploader.config import load_settings
 from nfs_watcher_uploader.constants import DATE_DIR_RE, MANIFEST_SUFFIX
-from nfs_watcher_uploader.errors import UploadError
+from nfs_watcher_uploader.errors import CannotStart, UploadError
 from nfs_watcher_uploader.items import check_session_name, printable
 from nfs_watcher_uploader.nfs.layout import manifest_blob
+from nfs_watcher_uploader.settings_checks import load_settings
 
 # Blobs checked at once: each check is one small request. Downloads are fewer: each is a stream.
 CHECKS_AT_ONCE = 16
@@ -87,7 +87,7 @@ async def verify(
         raw = await (await storage.container.download_blob(name)).readall()
         manifest = Manifest.model_validate_json(raw)
     except ResourceNotFoundError:
-        report.problems.append(Problem(name, "no manifest: the session has not ended yet"))
+        report.problems.append(Problem(name, await _no_manifest(storage, date, session)))
         return report
     except ValidationError as exc:
         report.problems.append(Problem(name, f"not a manifest: {exc.error_count()} errors"))
@@ -103,7 +103,7 @@ async def verify(
             Problem(
                 name,
                 f"the session is not complete ({manifest.state}): {t.parked} parked, "
-                f"{t.not_uploaded} not uploaded",
+                f"{t.dismissed} dismissed, {t.not_uploaded} not uploaded",
             )
         )
     prefix = f"{date}/{session}/"
@@ -133,6 +133,21 @@ async def verify(
     except AzureError as exc:
         report.problems.append(Problem(prefix, f"cannot list the folder: {_why(exc)}"))
     return report
+
+
+async def _no_manifest(storage: Storage, date: str, session: str) -> str:
+    """Why there is no manifest: nothing of the session is in storage at all (a wrong date or
+    name), or the session has not ended yet."""
+    prefix = f"{date}/{session}/"
+    try:
+        async for _ in storage.container.list_blobs(name_starts_with=prefix):
+            return "no manifest: the session has not ended yet"
+    except AzureError as exc:
+        return f"no manifest, and cannot list {prefix}: {_why(exc)}"
+    return (
+        f"no such session in storage: nothing under {prefix} (check the date, the UTC day the "
+        "session started, and the name)"
+    )
 
 
 async def _check(storage: Storage, entry: FileEntry, prefix: str, download: bool) -> str | None:
@@ -259,7 +274,7 @@ async def _run(
 ) -> int:
     try:
         await storage.connect(create=False)
-    except UploadError as exc:
+    except (UploadError, CannotStart) as exc:
         print(f"nfs-watcher-uploader verify: cannot reach storage: {exc}", file=err)
         return 1
     progress: Progress = Progress()

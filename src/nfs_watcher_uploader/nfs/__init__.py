@@ -16,5 +16,6 @@ share:
     copying   NFS -> staging, hashing the bytes read
     state     the service's own state files
     trees     walking and pruning <date>/<session>/ trees
+    probe     at start: the incoming folder is there, and a claim's rename works
     layout    every path, computed in one place
 """

@@ -41,6 +41,8 @@ class Staged:
     data: bytes | None = None
     block_size: int = 0
     block_md5s: tuple[bytes, ...] = ()
+    # Ids of the blocks already staged while the file was read (blob/early), for the log.
+    sent_early: frozenset[str] = frozenset()
 
 
 def copy_and_hash(

@@ -13,15 +13,23 @@ from nfs_watcher_uploader.constants import (
 def iter_tree_files(root: Path) -> Iterator[tuple[str, str, str, Path]]:
     """Yield (date_prefix, session_name, rel, path) for regular files anywhere below
     `root/<YYYYMMDD>/<session>/`, in name order; symbolic links are not followed."""
-    for date_dir in _listdir(root):
-        if DATE_DIR_RE.fullmatch(date_dir.name) and date_dir.is_dir(follow_symlinks=False):
-            for session_dir in _listdir(Path(date_dir.path)):
-                if session_dir.is_dir(follow_symlinks=False):
-                    for rel, path in _walk_files(Path(session_dir.path), ""):
-                        yield date_dir.name, session_dir.name, rel, path
+    for date_dir in date_dirs(root):
+        for session_dir in listdir(Path(date_dir.path)):
+            if session_dir.is_dir(follow_symlinks=False):
+                for rel, path in _walk_files(Path(session_dir.path), ""):
+                    yield date_dir.name, session_dir.name, rel, path
 
 
-def _listdir(folder: Path) -> list[os.DirEntry[str]]:
+def date_dirs(root: Path) -> list[os.DirEntry[str]]:
+    """The `<YYYYMMDD>` folders of `root` (real folders, not links to one), in name order."""
+    return [
+        entry
+        for entry in listdir(root)
+        if DATE_DIR_RE.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False)
+    ]
+
+
+def listdir(folder: Path) -> list[os.DirEntry[str]]:
     """The entries of `folder` in name order; none if it is missing."""
     try:
         with os.scandir(folder) as it:
@@ -36,7 +44,7 @@ def files_below(folder: Path) -> list[str]:
 
 
 def _walk_files(folder: Path, prefix: str) -> Iterator[tuple[str, Path]]:
-    for entry in _listdir(folder):
+    for entry in listdir(folder):
         if entry.is_dir(follow_symlinks=False):
             yield from _walk_files(Path(entry.path), f"{prefix}{entry.name}/")
         elif entry.is_file(follow_symlinks=False):
@@ -47,10 +55,8 @@ def prune_empty_dirs(root: Path, keep: Callable[[str, str], bool]) -> int:
     """Remove empty folders below `root/<date>/<session>/` (then the session and date folders
     when they are empty) unless `keep(date, session)`. Returns how many were removed."""
     removed = 0
-    for date_dir in _listdir(root):
-        if not DATE_DIR_RE.fullmatch(date_dir.name) or not date_dir.is_dir(follow_symlinks=False):
-            continue
-        for session_dir in _listdir(Path(date_dir.path)):
+    for date_dir in date_dirs(root):
+        for session_dir in listdir(Path(date_dir.path)):
             if session_dir.is_dir(follow_symlinks=False) and not keep(
                 date_dir.name, session_dir.name
             ):
@@ -62,7 +68,7 @@ def prune_empty_dirs(root: Path, keep: Callable[[str, str], bool]) -> int:
 def _prune(folder: Path) -> int:
     """Remove the empty folders in `folder`, bottom up, then `folder` itself if empty."""
     removed = 0
-    for entry in _listdir(folder):
+    for entry in listdir(folder):
         if entry.is_dir(follow_symlinks=False):
             removed += _prune(Path(entry.path))
     return removed + _rmdir(folder)

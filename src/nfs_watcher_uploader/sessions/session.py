@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from nfs_watcher_uploader.items import SessionStateName, Where, WorkItem, printable
+from nfs_watcher_uploader.nfs.layout import Layout
 from nfs_watcher_uploader.nfs.scan import Scan
 
 # Where a file this process works on is: waiting in the queue, being transferred, or waiting
@@ -33,7 +34,8 @@ class Session:
     stopped_at: float | None = None
     # Set when parked files of an ended session were retried: it drains again from then.
     redrained_at: float | None = None
-    # Progress since this process started (the files themselves are the durable record).
+    # Progress: since this process started, from what the ledger and the parked files said at
+    # start-up (`restore`).
     files_seen: int = 0
     bytes_seen: int = 0
     uploaded: int = 0
@@ -43,6 +45,7 @@ class Session:
     excluded: list[str] = field(default_factory=list[str])
     renamed: int = 0
     late_writes: int = 0
+    dismissed: int = 0
     last_error: str | None = None
     # Work this process owns for the session: the file's place -> (phase, the work's ticket).
     pending: dict[tuple[Where, str], tuple[Phase, int]] = field(
@@ -59,6 +62,9 @@ class Session:
     # Files left in incoming because an earlier file of the same name is still in progress.
     held: set[str] = field(default_factory=set[str])
     notices: deque[str] = field(default_factory=lambda: deque[str](maxlen=NOTICES_KEPT))
+    # Blobs counted from the ledger at start-up whose files were still in progress then (blob ->
+    # size): uploaded again (found already there), they are not counted twice.
+    restored: dict[str, int] = field(default_factory=dict[str, int])
 
     @property
     def watched(self) -> bool:
@@ -88,8 +94,31 @@ class Session:
 
     def count_uploaded(self, item: WorkItem, size: int | None) -> None:
         self.release(item)
-        self.uploaded += 1
-        self.bytes_uploaded += size or 0
+        counted = self.restored.pop(Layout.blob_name(item), None)
+        if counted is None:
+            self.uploaded += 1
+            self.bytes_uploaded += size or 0
+        elif size:  # sent again, whole, over a blob the ledger had: its size now
+            self.bytes_uploaded += size - counted
+
+    def restore(
+        self,
+        uploaded: int,
+        bytes_uploaded: int,
+        pending: int,
+        restored: dict[str, int],
+        *,
+        dismissed: int,
+    ) -> None:
+        """Counters after a restart, from the ledger (`uploaded`, `bytes_uploaded`: one per
+        blob, as the manifest counts; `dismissed`: the parked files an operator took out, as
+        the manifest lists them) and the parked files (already in `parked`); `pending` files
+        left in progress have no line yet, `restored` blobs do (see the field)."""
+        self.uploaded, self.bytes_uploaded, self.restored = uploaded, bytes_uploaded, restored
+        self.dismissed = dismissed
+        self.files_seen = uploaded + len(self.parked) + pending
+        # Files in progress are staged again, and counted then.
+        self.bytes_seen = bytes_uploaded - sum(restored.values())
 
     def park(self, item: WorkItem, parked_as: str | None, error: str) -> None:
         """`item` is parked as `parked_as` (None: it had vanished, nothing was parked)."""
@@ -104,6 +133,12 @@ class Session:
 
     def unpark(self, parked_as: str) -> None:
         self.parked.discard(parked_as)
+
+    def dismiss(self, parked_as: str, text: str) -> None:
+        """An operator took the parked file out: it no longer keeps the session from draining."""
+        self.parked.discard(parked_as)
+        self.dismissed += 1
+        self.notice(text)
 
     def fail(self, error: str) -> None:
         self.last_error = printable(error)

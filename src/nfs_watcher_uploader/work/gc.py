@@ -1,5 +1,7 @@
 """Garbage collection: delete completed files once they are proven unchanged; prune folders;
-and, on the same beat, sample the staging disk's free space for the metrics.
+and, on the same beat, sample the staging disk's free space for the metrics and run the
+service's other slow chores (each a coroutine of its owner: parked files removed by hand,
+ledgers past their retention).
 
 Only files in `.processing/_completed/` are ever deleted, and only when they still have the size
 and mtime of the bytes committed to their blob. One that changed was written to after it was
@@ -14,7 +16,7 @@ never pulls a folder out from under a claim (and `moves.move` recreates a missin
 import asyncio
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,9 +43,13 @@ class _Sweep:
     deleted: int = 0
 
 
+# One of the chores run on GC's beat; an OSError it raises is a warning, and it runs again.
+Chore = Callable[[], Awaitable[object]]
+
+
 class GarbageCollector:
     """Deletes what `completed` holds once proven unchanged; a file that changed goes to
-    `resend` (Pipeline.resend_whole), which sends it again whole."""
+    `resend` (Pipeline.resend_whole), which sends it again whole. Runs `chores` on its beat."""
 
     def __init__(
         self,
@@ -53,10 +59,12 @@ class GarbageCollector:
         nfs: Nfs,
         completed: CompletedFiles,
         resend: Callable[[WorkItem], bool],
+        chores: Sequence[Chore] = (),
     ) -> None:
         self.settings, self.layout, self.sessions, self.nfs = settings, layout, sessions, nfs
         self.completed = completed
         self._resend = resend
+        self.chores = tuple(chores)
         self.markers_deleted = 0
         # Bytes free and total on the staging disk, from the last sample (None: not yet).
         self.staging_free: int | None = None
@@ -77,6 +85,11 @@ class GarbageCollector:
                 await self.sweep_once()
             except OSError:
                 logger.warning("GC sweep failed", exc_info=True)
+            for chore in self.chores:
+                try:
+                    await chore()
+                except OSError as exc:
+                    logger.warning("%s failed on NFS: %s", getattr(chore, "__name__", chore), exc)
 
     async def sample_staging(self) -> None:
         """Read the staging disk's usage in a thread; the metrics report the cached values."""

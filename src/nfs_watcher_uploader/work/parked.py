@@ -27,6 +27,9 @@ from nfs_watcher_uploader.work.context import Context, MoveFn
 
 logger = logging.getLogger(__name__)
 
+# The reason shown for a parked file whose reason file is missing or unreadable.
+NOT_RECORDED = "(reason not recorded)"
+
 
 @dataclass(frozen=True, slots=True)
 class _Parked:
@@ -49,8 +52,9 @@ class ParkedFiles:
         self.telemetry, self.stats = context.telemetry, context.stats
         self.webhooks = context.delivery.webhooks
         self._requeue, self._move = requeue, move
-        # Two requeues at once would both list the same parked files.
-        self._requeuing = asyncio.Lock()
+        # Held while parked files leave the parked tree (requeue, dismissals): two at once
+        # would both list the same files.
+        self.changing = asyncio.Lock()
 
     def __repr__(self) -> str:
         return f"ParkedFiles(parked={self.sessions.parked()})"
@@ -119,13 +123,13 @@ class ParkedFiles:
                 record = json.loads(self.layout.reason(item).read_bytes())
                 reason, rel = str(record["reason"]), str(record.get("rel", parked_as))
             except (OSError, ValueError, KeyError, TypeError):
-                reason, rel = "(reason not recorded)", parked_as
+                reason, rel = NOT_RECORDED, parked_as
             out.append(_Parked(replace(item, rel=rel), parked_as, path, reason))
         return out
 
     async def requeue(self, session_name: str | None) -> int:
         """Move parked files back into `.processing` and queue them. Returns how many."""
-        async with self._requeuing:
+        async with self.changing:
             count = 0
             for parked in await self.nfs.call(self._read):
                 item = parked.item

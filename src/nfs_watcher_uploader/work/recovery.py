@@ -5,12 +5,14 @@ repeated (a blob already there with the same bytes is recognised, not sent again
 `_completed/` were committed by the previous run, which took with it what it knew of them: each
 is checked once more against its blob (named like it), where it lies, before GC may delete it;
 one written to after its upload goes up again over the same blob. Parked files under `_failed/`
-are counted, not retried. A session found only through such files is resumed: as the active
-session when no state file was ever written (the original design's auto-resume), else as
-draining. Folders whose names cannot be session names are left alone and reported.
+are counted, not retried; each session's counters are read back from its ledger (`recount`).
+A session found only through such files is resumed: as the active session when no state file
+was ever written (the original design's auto-resume), else as draining. Folders whose names
+cannot be session names are left alone and reported.
 """
 
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from nfs_watcher_uploader.items import WorkItem, check_session_name, printable
@@ -18,13 +20,19 @@ from nfs_watcher_uploader.nfs import trees
 from nfs_watcher_uploader.nfs.runner import Nfs
 from nfs_watcher_uploader.sessions.registry import Sessions
 from nfs_watcher_uploader.work.pipeline import Pipeline
+from nfs_watcher_uploader.work.recount import recount
 
 logger = logging.getLogger(__name__)
 
 
-async def recover(sessions: Sessions, pipeline: Pipeline, nfs: Nfs) -> int:
-    """Queue unfinished and completed files, count parked ones. Returns how many files were
-    queued."""
+async def recover(
+    sessions: Sessions,
+    pipeline: Pipeline,
+    nfs: Nfs,
+    settle_parked: Callable[[], Awaitable[object]] | None = None,
+) -> int:
+    """Queue unfinished and completed files, count parked ones (after `settle_parked`, which
+    deals with reasons left without their parked file). Returns how many files were queued."""
     layout = pipeline.layout
 
     def listing() -> tuple[list[WorkItem], list[WorkItem], list[WorkItem]]:
@@ -48,6 +56,11 @@ async def recover(sessions: Sessions, pipeline: Pipeline, nfs: Nfs) -> int:
             await sessions.save()
         except OSError:
             logger.warning("Could not save session state after recovery", exc_info=True)
+    # Before anything is queued: no park may start while reasons without files are settled,
+    # and what is uploaded again must find its counts in place.
+    if settle_parked is not None:
+        await settle_parked()
+    await recount(sessions, pipeline.delivery.ledger, left + completed, nfs)
     queued = sum(pipeline.put(item) for item in left + completed)
     if queued:
         logger.info("Recovery: queued %d files left in %s", queued, layout.processing_root)

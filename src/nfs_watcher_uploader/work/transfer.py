@@ -154,7 +154,10 @@ class Transfer:
     async def _stage(self, item: WorkItem, slot: Progress, ahead: ReadAhead) -> Staged | None:
         early = None if ahead is not None else await self._early(item, slot)
         try:
-            return await self._copy_out(item, slot, early, ahead)
+            staged = await self._copy_out(item, slot, early, ahead)
+            if staged is not None and early is not None:
+                staged = replace(staged, sent_early=frozenset(early.sent_ids))
+            return staged
         finally:
             if early is not None:
                 await early.cancel()

@@ -1,0 +1,335 @@
+"""Dismissing a parked file: an operator took it out (copied it elsewhere, say) and says so, or
+removed it by hand. Either way it leaves the parked tree with its reason, is recorded in the
+session's ledger (every later manifest lists it under `dismissed`, and the session is never
+`complete` again: the file is not in storage), counted (`dismissed`) and logged, and its session
+may drain (one that had ended drains again, and its manifest is written anew).
+
+    dismiss(session, parked_as)   DELETE /v1/files/failed/{session}/{parked_as}: the file's name
+                                  below `_failed/<date>/<session>/` (`name~2` for a second park
+                                  of a name), subfolders and all
+    notice_removed()              on GC's beat: a file a session had parked that is no longer in
+                                  `_failed/` was removed by hand, and is dismissed the same way
+    settle_orphans()              at start-up, before anything is queued: a reason whose file is
+                                  gone (removed while the service was down, or a dismissal cut
+                                  short) is a dismissal; one whose file is back in `.processing`
+                                  (a park cut short by a crash) is only removed
+
+Steps, in an order that survives a crash anywhere: remove the file, append the ledger line,
+remove the reason (a reason left without its file is settled by the next start; a line
+recorded twice is read once). Every step walks the parked trees by descriptor without following
+a link, and only a regular file is ever removed, so a link or folder planted there leads
+nowhere. All of it runs under `ParkedFiles.changing`, so a requeue never races it.
+"""
+
+import errno
+import functools
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, FiniteFloat
+
+from nfs_watcher_uploader.blob.blobinfo import iso_utc
+from nfs_watcher_uploader.cloud.ledger import Ledger
+from nfs_watcher_uploader.cloud.manifest import Dismissed
+from nfs_watcher_uploader.constants import (
+    MAX_BLOB_NAME,
+    MAX_DEPTH,
+    NAME_MAX,
+    PARKED_DIR,
+    PARKED_REASONS_DIR,
+)
+from nfs_watcher_uploader.errors import NotOurs, SessionConflict
+from nfs_watcher_uploader.items import (
+    ParkedFile,
+    Stats,
+    WorkItem,
+    check_session_name,
+    is_session_name,
+    printable,
+)
+from nfs_watcher_uploader.nfs.opening import READ_FLAGS, open_dir
+from nfs_watcher_uploader.nfs.runner import Nfs
+from nfs_watcher_uploader.nfs.trees import date_dirs, iter_tree_files
+from nfs_watcher_uploader.sessions.registry import Sessions
+from nfs_watcher_uploader.work.parked import NOT_RECORDED, ParkedFiles
+
+logger = logging.getLogger(__name__)
+
+# A reason file is a few hundred bytes; anything larger is not one of ours.
+_REASON_MAX = 64 * 1024
+
+
+def check_parked_as(path: str) -> list[str]:
+    """The segments of a parked file's name below its session folder, or ValueError naming
+    the rule it breaks (it comes from a URL: `..`, empty segments and NUL are refused)."""
+    if not path or len(path) > MAX_BLOB_NAME:
+        raise ValueError(f"the parked file's name must be 1 to {MAX_BLOB_NAME} characters")
+    parts = path.split("/")
+    if len(parts) > MAX_DEPTH + 1:
+        raise ValueError(f"the parked file's name has more than {MAX_DEPTH} folders")
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise ValueError("the parked file's name must not hold '', '.' or '..' segments")
+        if "\0" in part or len(os.fsencode(part)) > NAME_MAX:
+            raise ValueError(f"{printable(part)!r} cannot be a file name")
+    return parts
+
+
+class _Reason(BaseModel):
+    """A reason file (parked.py writes it); anything else in it is ignored."""
+
+    reason: str = NOT_RECORDED
+    rel: str | None = None
+    at: FiniteFloat | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    """A parked file being dismissed, with what its reason file said."""
+
+    date_prefix: str
+    session_name: str
+    parked_as: str
+    rel: str
+    reason: str
+    parked_at: str | None
+
+    def as_parked(self) -> ParkedFile:
+        return ParkedFile(
+            self.date_prefix, self.session_name, self.rel, self.parked_as, self.reason
+        )
+
+
+class Dismissals:
+    def __init__(
+        self,
+        parked: ParkedFiles,
+        ledger: Ledger | None,
+        sessions: Sessions,
+        nfs: Nfs,
+        stats: Stats,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._parked, self.ledger, self.sessions = parked, ledger, sessions
+        self.nfs, self.stats, self._clock = nfs, stats, clock
+        self._root = parked.layout.processing_root
+
+    def __repr__(self) -> str:
+        return f"Dismissals(dismissed={self.stats.dismissed})"
+
+    async def dismiss(
+        self, session_name: str, parked_as: str, date_prefix: str | None = None
+    ) -> ParkedFile:
+        """Remove the parked file and its reason, and record it. Raises ValueError for a bad
+        name, LookupError when no such parked file is there, SessionConflict when it is parked
+        under several dates and `date_prefix` does not say which, OSError when NFS failed."""
+        check_session_name(session_name)
+        parts = check_parked_as(parked_as)
+        async with self._parked.changing:
+            dates = await self.nfs.call(lambda: self._dates_holding(session_name, parts))
+            if date_prefix is not None:
+                dates = [d for d in dates if d == date_prefix]
+            what = f"{printable(parked_as)!r} of session {session_name!r}"
+            if not dates:
+                raise LookupError(
+                    f"no parked file {what} (GET /v1/files/failed lists them: `parked_as`)"
+                )
+            if len(dates) > 1:
+                raise SessionConflict(
+                    f"{what} is parked under {', '.join(dates)}: add ?date_prefix=YYYYMMDD"
+                )
+            date = dates[0]
+            found = await self.nfs.call(lambda: self._take(date, session_name, parked_as))
+            if found is None:
+                raise LookupError(f"no parked file {what}")
+            await self._settle(found, "through the API")
+        return found.as_parked()
+
+    async def notice_removed(self) -> int:
+        """Dismiss what sessions had parked and `_failed/` no longer holds. Returns how many."""
+        async with self._parked.changing:
+            # Taken before the listing: a park that ends meanwhile is not in it, and not here.
+            had = {(s.name, name) for s in self.sessions.by_name.values() for name in s.parked}
+            if not had:
+                return 0
+            present, reasons = await self.nfs.call(self._trees)
+            count = 0
+            for session_name, parked_as in sorted(had - present):
+                session = self.sessions.by_name.get(session_name)
+                if session is None or parked_as not in session.parked:
+                    continue
+                dates = reasons.get((session_name, parked_as)) or [session.date_prefix]
+                read = functools.partial(self._read_reason, dates[0], session_name, parked_as)
+                found = await self.nfs.call(read)
+                await self._settle(found, "removed from _failed/ by hand")
+                count += 1
+            return count
+
+    async def settle_orphans(self) -> int:
+        """At start-up, before anything is queued: settle reasons left without their file."""
+        async with self._parked.changing:
+            orphans = await self.nfs.call(self._orphans)
+            for found, stale in orphans:
+                if stale:  # a park a crash cut short: the file is claimed again, and goes up
+                    await self.nfs.call(functools.partial(self._remove_reason, found))
+                    continue
+                await self._settle(found, "gone from _failed/ while the service was down")
+            return sum(1 for _, stale in orphans if not stale)
+
+    async def _settle(self, found: _Found, how: str) -> None:
+        """Record the dismissal, remove the reason, count and log it, let the session drain."""
+        if self.ledger is not None:
+            entry = Dismissed(
+                path=printable(found.rel),
+                parked_as=printable(found.parked_as),
+                reason=printable(found.reason),
+                parked_at=found.parked_at,
+                dismissed_at=iso_utc(self._clock()),
+            )
+            await self.ledger.record_dismissed(found.date_prefix, found.session_name, entry)
+        await self.nfs.call(lambda: self._remove_reason(found))
+        item = WorkItem(found.session_name, found.date_prefix, found.rel, claimed=True)
+        session = self.sessions.for_item(item)
+        text = (
+            f"{found.rel}: parked as {found.parked_as} ({found.reason}), dismissed {how}; "
+            "it is not in storage"
+        )
+        session.dismiss(found.parked_as, text)
+        self.stats.dismissed += 1
+        logger.warning(
+            "Parked file dismissed: %s",
+            printable(text),
+            extra={"file_name": printable(found.rel), "session_name": found.session_name},
+        )
+        await self.sessions.reopen(session)
+
+    # --- on NFS, in a thread ------------------------------------------------------------------
+
+    def _dates_holding(self, session_name: str, parts: list[str]) -> list[str]:
+        """The date folders whose `<session>/<parts>` is a regular file in the parked tree."""
+        return [
+            entry.name
+            for entry in date_dirs(self._root / PARKED_DIR)
+            if _regular(self._root, [PARKED_DIR, entry.name, session_name], parts) is not None
+        ]
+
+    def _take(self, date: str, session_name: str, parked_as: str) -> _Found | None:
+        """Read the reason, then remove the parked file (a regular file only)."""
+        found = self._read_reason(date, session_name, parked_as)
+        parts = parked_as.split("/")
+        held = _regular(self._root, [PARKED_DIR, date, session_name], parts)
+        if held is None:
+            return None
+        fd, name = held
+        try:
+            os.unlink(name, dir_fd=fd)
+        except FileNotFoundError:
+            return None
+        finally:
+            os.close(fd)
+        return found
+
+    def _read_reason(self, date: str, session_name: str, parked_as: str) -> _Found:
+        """What the reason file of a parked file says (defaults where it says nothing usable)."""
+        reason, rel, at = NOT_RECORDED, parked_as, None
+        held = _regular(self._root, [PARKED_REASONS_DIR, date, session_name], parked_as.split("/"))
+        if held is not None:
+            fd, name = held
+            try:
+                raw = _read_small(fd, name)
+            finally:
+                os.close(fd)
+            try:
+                record = _Reason.model_validate_json(raw or b"{}")
+            except ValueError:
+                record = _Reason()
+            reason, rel = record.reason, record.rel or rel
+            try:
+                at = iso_utc(record.at) if record.at is not None else None
+            except (OverflowError, ValueError, OSError):  # a time no clock shows
+                at = None
+        return _Found(date, session_name, parked_as, rel, reason, at)
+
+    def _remove_reason(self, found: _Found) -> None:
+        held = _regular(
+            self._root,
+            [PARKED_REASONS_DIR, found.date_prefix, found.session_name],
+            found.parked_as.split("/"),
+        )
+        if held is not None:
+            fd, name = held
+            try:
+                os.unlink(name, dir_fd=fd)
+            except FileNotFoundError:
+                pass
+            finally:
+                os.close(fd)
+
+    def _trees(self) -> tuple[set[tuple[str, str]], dict[tuple[str, str], list[str]]]:
+        """(session, parked_as) of every parked file; the dates of every reason file."""
+        present = {(name, rel) for _, name, rel, _ in iter_tree_files(self._root / PARKED_DIR)}
+        reasons: dict[tuple[str, str], list[str]] = {}
+        for date, name, rel, _ in iter_tree_files(self._root / PARKED_REASONS_DIR):
+            reasons.setdefault((name, rel), []).append(date)
+        return present, reasons
+
+    def _orphans(self) -> list[tuple[_Found, bool]]:
+        """Reasons without their parked file, each with whether its file is claimed again."""
+        parked = {
+            (date, name, rel) for date, name, rel, _ in iter_tree_files(self._root / PARKED_DIR)
+        }
+        out: list[tuple[_Found, bool]] = []
+        for date, name, rel, _ in iter_tree_files(self._root / PARKED_REASONS_DIR):
+            if (date, name, rel) in parked or not is_session_name(name):
+                continue
+            found = self._read_reason(date, name, rel)
+            try:
+                claimed = _regular(self._root, [date, name], check_parked_as(found.rel))
+            except ValueError:
+                claimed = None
+            if claimed is not None:
+                os.close(claimed[0])
+            out.append((found, claimed is not None))
+        return out
+
+
+def _regular(root: Path, folders: list[str], parts: list[str]) -> tuple[int, str] | None:
+    """(a descriptor on the folder, the name) when `root/folders/parts` is a regular file,
+    reached without following any link below `root`; None otherwise. The caller closes it."""
+    try:
+        fd = open_dir(root, [*folders, *parts[:-1]])
+    except (FileNotFoundError, NotADirectoryError, NotOurs):
+        return None
+    try:
+        st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+    except FileNotFoundError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        return None
+    return fd, parts[-1]
+
+
+def _read_small(dir_fd: int, name: str) -> bytes | None:
+    try:
+        fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ELOOP):
+            return None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _REASON_MAX:
+            return None
+        return os.read(fd, _REASON_MAX)
+    finally:
+        os.close(fd)

@@ -1,0 +1,100 @@
+"""Nothing grows for ever on the share: a session's ledger is removed once its manifest is in
+storage, nothing of it is parked or claimed, and APP_LEDGER_RETENTION_DAYS have passed since
+its last line; never before (tested with an injected clock), and nothing else is touched."""
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from nfs_watcher_uploader.cloud.retention import DAY_S, LedgerRetention
+from nfs_watcher_uploader.nfs.layout import Layout
+from nfs_watcher_uploader.nfs.runner import Nfs
+from tests.support.helpers import Azurite, wait_for, write_file
+
+DATE = "20261101"
+
+
+def _ledger(layout: Layout, name: str) -> Path:
+    return write_file(layout.ledger(DATE, name), b'{"blob": "x"}\n')
+
+
+def test_a_ledger_is_removed_only_once_its_session_is_done_and_its_time_has_passed(
+    tmp_path: Path,
+) -> None:
+    layout = Layout(tmp_path / "incoming", tmp_path / ".processing", tmp_path / "staging")
+    now = time.time()
+    clock = [now]
+    busy = {(DATE, "draining")}
+    retention = LedgerRetention(
+        layout, Nfs(10), 30, lambda d, s: (d, s) in busy, clock=lambda: clock[0]
+    )
+    ended = _ledger(layout, "ended")
+    parked = _ledger(layout, "parked")
+    write_file(layout.parked_root / DATE / "parked" / "cam" / "x.", b"parked")
+    claimed = _ledger(layout, "claimed")
+    write_file(layout.processing_root / DATE / "claimed" / "y.bin", b"in progress")
+    draining = _ledger(layout, "draining")
+    other = write_file(layout.ledger(DATE, "ended").parent / "notes.txt", b"not a ledger")
+    link = layout.ledger(DATE, "link")
+    link.symlink_to(other)
+
+    clock[0] = now + 29 * DAY_S
+    assert asyncio.run(retention.sweep()) == 0
+    clock[0] = now + 31 * DAY_S
+    assert asyncio.run(retention.sweep()) == 1
+    assert not ended.exists()
+    assert parked.exists() and claimed.exists() and draining.exists()
+    assert other.exists() and link.is_symlink()
+
+    # Its parked file dismissed, its claimed file done, its drain over: each goes in turn.
+    (layout.parked_root / DATE / "parked" / "cam" / "x.").unlink()
+    (layout.processing_root / DATE / "claimed" / "y.bin").unlink()
+    busy.clear()
+    assert asyncio.run(retention.sweep()) == 3
+    assert not any(p.exists() for p in (parked, claimed, draining))
+    assert other.exists() and link.is_symlink()  # the date folder stays: not empty
+    assert repr(retention) == "LedgerRetention(keep_days=30 removed=4)"
+
+
+def test_a_fresh_line_keeps_a_ledger(tmp_path: Path) -> None:
+    layout = Layout(tmp_path / "incoming", tmp_path / ".processing", tmp_path / "staging")
+    ledger = _ledger(layout, "s")
+    retention = LedgerRetention(layout, Nfs(10), 1, lambda d, s: False)
+    assert asyncio.run(retention.sweep()) == 0  # written just now
+    assert ledger.exists()
+
+
+def test_the_running_service_removes_a_done_sessions_ledger_and_keeps_a_parked_ones(
+    service_factory: Any, settings_factory: Any, azurite: Azurite
+) -> None:
+    settings = settings_factory(ledger_retention_days=0, gc_interval_s=0.3, drain_timeout_s=0.5)
+    running = service_factory(settings)
+    dates: dict[str, str] = {}
+    for name, files in (("done", {"a.bin": b"a"}), ("stuck", {"b.bin": b"b", "bad.": b"x"})):
+        answer = running.post("/v1/watch/start", json={"session_name": name}).json()
+        dates[name] = answer["date_prefix"]
+        for rel, data in files.items():
+            write_file(settings.nfs_incoming_dir / name / rel, data)
+        count = len(files)
+        wait_for(
+            lambda name=name, n=count: (
+                (v := running.get(f"/v1/sessions/{name}").json())["uploaded"] + v["failed"] == n
+            ),
+            what=f"{name}'s files",
+        )
+        running.post("/v1/watch/stop")
+    container = azurite.container(settings.azure_container)
+
+    def manifest(name: str) -> dict[str, Any] | None:
+        blob = container.get_blob_client(f"{dates[name]}/{name}.manifest.json")
+        return json.loads(blob.download_blob().readall()) if blob.exists() else None
+
+    wait_for(lambda: manifest("done") and manifest("stuck"), what="both manifests")
+    ledgers = settings.nfs_processing_root / "_ledgers"
+    done = ledgers / dates["done"] / "done.jsonl"
+    wait_for(lambda: not done.exists(), what="the done session's ledger to go")
+    stuck = ledgers / dates["stuck"] / "stuck.jsonl"
+    assert stuck.exists()  # its parked file may still be retried: the manifest needs it whole
+    assert running.service.retention is not None and running.service.retention.removed >= 1
