@@ -323,11 +323,11 @@ class Transfer:
             return
         session.count_uploaded(item, size)
         self.stats.count_uploaded(size)
-        blob_name = self.layout.blob_name(item)
+        blob_name = printable(self.layout.blob_name(item))
         logger.info(
             "Uploaded %s",
-            printable(blob_name),
-            extra={**log_extra(item), "blob_name": printable(blob_name), "size_bytes": size},
+            blob_name,
+            extra={**log_extra(item), "blob_name": blob_name, "size_bytes": size},
         )
 
     async def _renamed(self, item: WorkItem, session: Session, wanted: str, compared: bool) -> None:
