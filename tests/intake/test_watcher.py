@@ -13,7 +13,7 @@ from nfs_watcher_uploader.config import Settings
 from nfs_watcher_uploader.intake.watcher import Watcher, stable_files
 from nfs_watcher_uploader.items import WorkItem
 from nfs_watcher_uploader.nfs.runner import Nfs
-from nfs_watcher_uploader.nfs.scan import Scan, ScanMap, Wanted
+from nfs_watcher_uploader.nfs.scan import Known, Scan, ScanMap, Wanted
 from nfs_watcher_uploader.sessions.registry import Sessions
 from nfs_watcher_uploader.sessions.session import Session
 from nfs_watcher_uploader.telemetry import Telemetry
@@ -37,7 +37,7 @@ class FakeScan:
         self.maps: dict[str, ScanMap] = {}
         self.calls = 0
 
-    def __call__(self, path: Path, wanted: Wanted, known: ScanMap, young_ns: int) -> Scan:
+    def __call__(self, path: Path, wanted: Wanted, known: Known, young_ns: int) -> Scan:
         self.calls += 1
         return Scan(dict(self.maps.get(path.name, {})))
 
@@ -196,7 +196,7 @@ async def test_a_scan_error_keeps_the_heartbeat_stale(
     _, sessions, pipeline = parts
     sessions.by_name["s"] = Session("s", "20260101", "active", 0.0)
 
-    def broken(path: Path, wanted: Wanted, known: ScanMap, young_ns: int) -> Scan:
+    def broken(path: Path, wanted: Wanted, known: Known, young_ns: int) -> Scan:
         raise OSError(116, "Stale file handle")
 
     watcher = Watcher(pipeline, Nfs(5), scan=broken)

@@ -96,7 +96,7 @@ async def test_gc_deletes_completed_files_only_and_keeps_live_folders(
     completed.add(marker, Completed(item, 4, marker.stat().st_mtime_ns))
     resent: list[WorkItem] = []
 
-    def resend(item: WorkItem) -> bool:
+    async def resend(item: WorkItem) -> bool:
         resent.append(item)
         return True
 

@@ -36,8 +36,9 @@ from urllib.parse import urlsplit
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
 
 from nfs_watcher_uploader.config import Settings
-from nfs_watcher_uploader.constants import MAX_BLOB_NAME, MAX_BLOB_PATH_SEGMENTS
 from nfs_watcher_uploader.errors import IntegrityError, PermanentError, RetryableError, UploadError
+from nfs_watcher_uploader.items import blob_name_problem
+from nfs_watcher_uploader.redaction import redact
 
 # 4xx answers that no retry can turn into a success. Everything else is retried.
 _PERMANENT_CODES = frozenset(
@@ -61,17 +62,10 @@ _WHAT_TO_CHECK = {
 
 
 def check_blob_name(name: str) -> None:
-    """Raise PermanentError for a name Azure would refuse whatever we do."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        raise PermanentError("file name is not valid UTF-8, so it cannot be a blob name") from None
-    if len(name) > MAX_BLOB_NAME:
-        raise PermanentError(f"blob name is {len(name)} characters; Azure allows {MAX_BLOB_NAME}")
-    if name.count("/") + 1 > MAX_BLOB_PATH_SEGMENTS:
-        raise PermanentError(f"blob name has more than {MAX_BLOB_PATH_SEGMENTS} path segments")
-    if name.endswith((".", "/", "\\")):
-        raise PermanentError("blob names must not end with '.', '/' or '\\'")
+    """Raise PermanentError for a name Azure would refuse, or store as another name, whatever
+    we do (`items.blob_name_problem`)."""
+    if (problem := blob_name_problem(name)) is not None:
+        raise PermanentError(problem)
 
 
 def classify(exc: BaseException) -> UploadError:
@@ -113,8 +107,9 @@ def refused(exc: BaseException) -> bool:
 
 
 def summary(exc: BaseException) -> str:
-    """The class, status, error code and first line of an error, for a log line or last_error."""
-    text = str(exc).strip().splitlines()
+    """The class, status, error code and first line of an error, for a log line or last_error;
+    without the URL's query (a SAS) or user that libraries quote in their messages."""
+    text = redact(str(exc)).strip().splitlines()
     first = text[0] if text else ""
     status = getattr(exc, "status_code", None)
     code = error_code(exc)

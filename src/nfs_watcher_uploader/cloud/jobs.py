@@ -5,10 +5,16 @@ event), and the order in which they are tried.
 rename) before anyone relies on it, deleted only once the job is done. In memory the jobs wait
 in a `backoff.DueQueue`, each with the time of its next attempt, so that one failing job backs
 off on its own and never holds up the others.
+
+A job file is read back like any file on the share (`nfs.reading`, its folder entered without
+following a link): one that is not a job of this service (a link, a FIFO, too large, too deep,
+damaged, hand-edited, named after another id) is set aside under `_set_aside/` with an error
+line naming it, and the other jobs go on.
 """
 
 import json
 import logging
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -16,7 +22,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, FiniteFloat
 
 from nfs_watcher_uploader.backoff import until_ok
-from nfs_watcher_uploader.constants import JOB_TMP_PREFIX
+from nfs_watcher_uploader.constants import JOB_FILE_MAX, JOB_TMP_PREFIX
+from nfs_watcher_uploader.nfs import trees
+from nfs_watcher_uploader.nfs.moves import is_regular
+from nfs_watcher_uploader.nfs.reading import Unusable, parse_json, read_regular, set_aside
 from nfs_watcher_uploader.nfs.runner import Nfs
 from nfs_watcher_uploader.nfs.state import write_atomic
 
@@ -67,25 +76,34 @@ class JobFiles:
         )
 
     def _load(self) -> list[Job]:
-        for leftover in self.root.glob(f"{JOB_TMP_PREFIX}*"):
-            leftover.unlink(missing_ok=True)  # a write a crash cut short: its job never was
-        jobs: list[Job] = []
-        for path in sorted(self.root.glob(f"*{_SUFFIX}")):
-            try:
-                raw = path.read_bytes()
-                doc = self.shape.model_validate_json(raw)
-                if path.stem != doc.id:
-                    raise ValueError("not a job of ours")
-                job = json.loads(raw)
-            except FileNotFoundError:
-                continue
-            except (ValueError, RecursionError) as exc:  # a ValidationError is a ValueError
-                logger.error("Ignoring %s: not a job (%s)", path, _first_line(exc))
-                continue
-            jobs.append(job)
+        fd = trees.open_folder(self.root.parent, self.root.name)
+        if fd is None:
+            return []
+        try:
+            jobs = [job for name in sorted(os.listdir(fd)) if (job := self._read(fd, name))]
+        finally:
+            os.close(fd)
         jobs.sort(key=lambda j: float(j["created"]))
         return jobs
 
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    def _read(self, fd: int, name: str) -> Job | None:
+        """The job in the file `name` of the jobs' folder, if it is one of ours."""
+        if name.startswith(JOB_TMP_PREFIX):
+            if is_regular(name, fd):  # a write a crash cut short: its job never was
+                os.unlink(name, dir_fd=fd)
+            return None
+        if not name.endswith(_SUFFIX):
+            return None
+        try:
+            raw = read_regular(name, JOB_FILE_MAX, dir_fd=fd)
+            if raw is None:
+                return None
+            doc = parse_json(raw, self.shape)
+            if name.removesuffix(_SUFFIX) != doc.id:
+                raise Unusable(f"it holds job {doc.id!r}, not the job it is named after")
+            return json.loads(raw)
+        except Unusable as exc:
+            path = self.root / name
+            aside = set_aside(path, "unusable", root=self.root.parent, dir_fd=fd)
+            logger.error("Not a job: %s (%s); set aside as %s", path, exc, aside)
+            return None

@@ -20,9 +20,8 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-from nfs_watcher_uploader.constants import LEDGER_SUFFIX, LEDGERS_DIR
+from nfs_watcher_uploader.constants import LEDGER_SUFFIX, LEDGERS_DIR, PARKED_DIR
 from nfs_watcher_uploader.items import is_session_name
 from nfs_watcher_uploader.nfs import trees
 from nfs_watcher_uploader.nfs.layout import Layout
@@ -71,55 +70,58 @@ class LedgerRetention:
         self.removed += len(removed)
         return len(removed)
 
-    def _ledgers(self) -> list[tuple[str, str, Path]]:
-        root = self.layout.processing_root / LEDGERS_DIR
-        out: list[tuple[str, str, Path]] = []
-        for date_dir in trees.date_dirs(root):
-            for entry in trees.listdir(Path(date_dir.path)):
-                name = entry.name.removesuffix(LEDGER_SUFFIX)
-                if (
-                    name != entry.name
-                    and is_session_name(name)
-                    and entry.is_file(follow_symlinks=False)
-                ):
-                    out.append((date_dir.name, name, Path(entry.path)))
+    def _ledgers(self) -> list[tuple[str, str]]:
+        root = self.layout.processing_root
+        out: list[tuple[str, str]] = []
+        for date in trees.date_dirs(root, LEDGERS_DIR):
+            for entry, _, is_file in trees.listdir(root, LEDGERS_DIR, date):
+                name = entry.removesuffix(LEDGER_SUFFIX)
+                if name != entry and is_session_name(name) and is_file:
+                    out.append((date, name))
         return out
 
     def _old_and_idle(self, cutoff: float) -> list[tuple[str, str]]:
         """Ledgers older than `cutoff` with nothing of their session parked or claimed."""
-        out: list[tuple[str, str]] = []
-        for date, name, path in self._ledgers():
-            if _older(path, cutoff) and not self._holds_files(date, name):
-                out.append((date, name))
-        return out
+        return [
+            (date, name)
+            for date, name in self._ledgers()
+            if self._older(date, name, cutoff) and not self._holds_files(date, name)
+        ]
 
     def _holds_files(self, date: str, name: str) -> bool:
+        root = self.layout.processing_root
         return bool(
-            trees.files_below(self.layout.parked_root / date / name)
-            or trees.files_below(self.layout.processing_root / date / name)
+            trees.files_below(root, PARKED_DIR, date, name) or trees.files_below(root, date, name)
         )
+
+    def _older(self, date: str, name: str, cutoff: float) -> bool:
+        """The ledger is a regular file last written before `cutoff` (never followed)."""
+        fd = trees.open_folder(self.layout.processing_root, LEDGERS_DIR, date)
+        if fd is None:
+            return False
+        try:
+            st = os.stat(f"{name}{LEDGER_SUFFIX}", dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        finally:
+            os.close(fd)
+        return stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff
 
     def _remove(self, ledgers: list[tuple[str, str]], cutoff: float) -> list[tuple[str, str]]:
         removed: list[tuple[str, str]] = []
+        root = self.layout.processing_root
         for date, name in ledgers:
-            path = self.layout.ledger(date, name)
-            if not _older(path, cutoff) or self._holds_files(date, name):
+            if not self._older(date, name, cutoff) or self._holds_files(date, name):
                 continue  # written to, or something parked, since it was looked at
+            fd = trees.open_folder(root, LEDGERS_DIR, date)
+            if fd is None:
+                continue
             try:
-                path.unlink()
+                os.unlink(f"{name}{LEDGER_SUFFIX}", dir_fd=fd)
             except FileNotFoundError:
                 continue
+            finally:
+                os.close(fd)
             removed.append((date, name))
-            try:
-                path.parent.rmdir()
-            except OSError:
-                pass  # other ledgers of that day are there
+            trees.prune_empty_dirs(root, lambda d, s: True, LEDGERS_DIR)  # the day's folder
         return removed
-
-
-def _older(path: Path, cutoff: float) -> bool:
-    try:
-        st = os.stat(path, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    return stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff

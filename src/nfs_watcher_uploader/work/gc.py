@@ -23,6 +23,7 @@ from pathlib import Path
 import anyio.to_thread
 
 from nfs_watcher_uploader.config import Settings
+from nfs_watcher_uploader.constants import COMPLETED_DIR, PARKED_DIR, PARKED_REASONS_DIR
 from nfs_watcher_uploader.items import WorkItem
 from nfs_watcher_uploader.nfs import copying, trees
 from nfs_watcher_uploader.nfs.layout import Layout
@@ -58,7 +59,7 @@ class GarbageCollector:
         sessions: Sessions,
         nfs: Nfs,
         completed: CompletedFiles,
-        resend: Callable[[WorkItem], bool],
+        resend: Callable[[WorkItem], Awaitable[bool]],
         chores: Sequence[Chore] = (),
     ) -> None:
         self.settings, self.layout, self.sessions, self.nfs = settings, layout, sessions, nfs
@@ -121,10 +122,10 @@ class GarbageCollector:
             done = _Sweep()
             for path, record in records.items():
                 _check(path, record, done)
-            for folder in (self.layout.completed_root, self.layout.parked_root):
-                trees.prune_empty_dirs(folder, lambda d, s: False)
-            trees.prune_empty_dirs(self.layout.reasons_root, lambda d, s: False)
-            trees.prune_empty_dirs(self.layout.processing_root, live)
+            root = self.layout.processing_root
+            for folder in (COMPLETED_DIR, PARKED_DIR, PARKED_REASONS_DIR):
+                trees.prune_empty_dirs(root, lambda d, s: False, folder)
+            trees.prune_empty_dirs(root, live)
             return done
 
         # One thread call for the whole NFS sweep, not one round trip per file.
@@ -132,7 +133,7 @@ class GarbageCollector:
         for path in done.forgotten + done.changed:
             self.completed.forget(path, records[path])
         for path in done.changed:
-            self._resend(self.layout.as_completed(records[path].item))
+            await self._resend(self.layout.as_completed(records[path].item))
         self.markers_deleted += done.deleted
         await anyio.to_thread.run_sync(prune_staging, self.layout.staging_dir, live)
         return done.deleted
