@@ -51,6 +51,9 @@ JSON_DEPTH_MAX = 32
 # A listing of parked files reads their reasons in batches, each one NFS call that stops after
 # this share of the NFS deadline: however many are parked, no call runs into its deadline.
 REASON_BATCH_SHARE = 0.25
+# Batches read at once: half the threads for short NFS calls (META_THREADS), the rest stays free
+# for scans, claims and the API's own calls.
+REASON_READERS = 4
 
 # Only ASCII digits: \d would also take other scripts' digits.
 DATE_DIR_RE = re.compile(r"^[0-9]{8}$")

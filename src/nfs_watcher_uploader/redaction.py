@@ -6,6 +6,7 @@ URL, and a storage URL carries the SAS in its query string), so whatever an erro
 cleaned, not only what we write ourselves:
 
     scheme://user:password@host/path?query#fragment  ->  scheme://host/path?<redacted>
+                                                    (#<redacted> for a fragment alone)
     sig=..., AccountKey=..., SharedAccessSignature=..., password=...  ->  name=<redacted>
     Bearer <token>                                                  ->  Bearer <redacted>
 """
@@ -44,6 +45,6 @@ def _clean_url(match: re.Match[str]) -> str:
     authority = authority.rpartition("@")[2]  # no user, no password
     for mark in "?#":
         if (at := tail.find(mark)) != -1:
-            tail = tail[:at] + f"?{REDACTED}"
+            tail = tail[:at] + mark + REDACTED
             break
     return scheme + authority + tail

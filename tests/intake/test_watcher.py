@@ -2,7 +2,10 @@
 session drains only after a scan made after its stop."""
 
 import os
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ from nfs_watcher_uploader.work.pipeline import Pipeline
 from tests.support.helpers import (
     Azurite,
     blob_bytes,
+    make_settings,
     session_view,
     until,
     wait_for,
@@ -231,3 +235,77 @@ async def test_a_session_is_drained_only_after_a_scan_made_after_its_stop(
     session.pending.clear()
     await watcher.scan_once()
     assert saved == ["drained"]
+
+
+@pytest.fixture
+def tmpfs_root() -> Iterator[Path]:
+    """A folder on tmpfs: unlike ext4 (which stops at 2446), it keeps any 64-bit mtime."""
+    if not Path("/dev/shm").is_dir():
+        pytest.skip("no /dev/shm (tmpfs) here: no filesystem that keeps a date past 9999")
+    root = Path(tempfile.mkdtemp(prefix="nwu-times-", dir="/dev/shm"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.adversarial
+def test_a_file_dated_before_1970_or_after_9999_is_uploaded_with_its_time(
+    tmpfs_root: Path, azurite: Azurite, container_name: str, service_factory: Any
+) -> None:
+    """A file dated before 1970 has a negative mtime, which the watcher took for its "unknown"
+    marker: it was never claimed, and no line said why. One dated after 9999 made the metadata
+    formatter raise: retried for ever as "Unexpected error".
+
+    Issue 21, finding 5.
+    """
+    settings = make_settings(tmpfs_root, azurite, container_name)
+    running = service_factory(settings)
+    date = running.post("/v1/watch/start", json={"session_name": "times"}).json()["date_prefix"]
+    dated = {
+        "old.bin": (-315_619_200 * S, "1960-01-01T00:00:00.000000Z"),
+        "far.bin": (253_402_300_800 * S + 5_000, "+10000-01-01T00:00:00.000005Z"),
+    }
+    for name, (mtime_ns, _) in dated.items():
+        path = write_file(settings.nfs_incoming_dir / "times" / name, name.encode())
+        os.utime(path, ns=(mtime_ns, mtime_ns))
+        assert path.stat().st_mtime_ns == mtime_ns
+    container = azurite.container(container_name)
+    until(
+        lambda: all(blob_bytes(container, f"{date}/times/{n}") for n in dated),
+        20,
+        lambda: f"{session_view(running, 'times')}",
+    )
+    for name, (_, shown) in dated.items():
+        props = container.get_blob_client(f"{date}/times/{name}").get_blob_properties()
+        assert props.metadata["source_mtime"] == shown
+
+
+@pytest.mark.adversarial
+@pytest.mark.parametrize("replaced_by", ["a link", "a file"])
+def test_a_stopped_session_whose_folder_was_replaced_still_ends(
+    service_factory: Any, settings_factory: Any, tmp_path: Path, replaced_by: str
+) -> None:
+    """A stopped session whose incoming folder became a link (or a file) never drained and
+    never timed out: `draining` for ever, its name never startable again.
+
+    Issue 21, finding 10.
+    """
+    settings = settings_factory(drain_timeout_s=1.0)
+    running = service_factory(settings)
+    running.post("/v1/watch/start", json={"session_name": "gone"})
+    folder = settings.nfs_incoming_dir / "gone"
+    folder.rmdir()
+    if replaced_by == "a link":
+        (tmp_path / "elsewhere").mkdir()
+        folder.symlink_to(tmp_path / "elsewhere")
+    else:
+        folder.write_bytes(b"not a folder")
+    running.post("/v1/watch/stop")
+    view = wait_for(
+        lambda: (v := session_view(running, "gone"))["state"] != "draining" and v,
+        timeout=20,
+        what="the session to end",
+    )
+    assert view["state"] == "drain_timed_out"
+    assert "not a real folder" in (view["last_error"] or "")
+    again = running.post("/v1/watch/start", json={"session_name": "gone"})
+    assert "still draining" not in again.text

@@ -1,6 +1,7 @@
 """A file that cannot succeed by retrying is parked with its reason, never over another parked
 file, and a retry puts each back once."""
 
+import json
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -216,3 +217,39 @@ def test_permanent_errors_park_and_retry_on_request(
     wait_for(lambda: len(running.get("/v1/files/failed").json()["files"]) == 1, timeout=20)
     assert (parked / "bad-name.").exists()  # parked again, never deleted
     assert running.get("/v1/sessions/perm").json()["drained"] is False
+
+
+@pytest.mark.adversarial
+def test_a_reason_naming_a_path_outside_its_session_is_set_aside_never_followed(
+    service_factory: Any, settings_factory: Any, azurite: Azurite, tmp_path: Path
+) -> None:
+    """A parked file's reason file carries its original path, and a retry put the file back
+    there, unchecked: a reason whose `rel` holds `..` (anyone who can write incoming can write
+    `.processing` on an all_squash export) moved the parked file anywhere on the filesystem
+    and uploaded it outside `<date>/<session>/`.
+
+    Issue 21, finding 2.
+    """
+    settings = settings_factory()
+    running = service_factory(settings)
+    date = running.post("/v1/watch/start", json={"session_name": "rsn"}).json()["date_prefix"]
+    write_file(settings.nfs_incoming_dir / "rsn" / "bad.", b"parked for its name")
+    wait_for(lambda: len(parked_files(running)) == 1, what="bad. parked")
+    reason = settings.nfs_processing_root / "_failed_reasons" / date / "rsn" / "bad."
+    record = json.loads(reason.read_bytes())
+    reason.write_bytes(json.dumps({**record, "rel": "../../../escape/x.bin"}).encode())
+    running.stop()  # the next run has not read the reason yet
+    running = service_factory(settings)
+    assert running.post("/v1/files/retry").json()["requeued"] == 1
+    until(
+        lambda: [p["filename"] for p in parked_files(running)] == ["bad."] and _idle(running),
+        15,
+        lambda: f"parked {parked_files(running)}; escaped: {(tmp_path / 'escape').exists()}",
+    )
+    assert not (tmp_path / "escape").exists()
+    parked = settings.nfs_processing_root / "_failed" / date / "rsn" / "bad."
+    assert parked.read_bytes() == b"parked for its name"
+    container = azurite.container(settings.azure_container)
+    assert all(b.name.startswith(f"{date}/rsn/") for b in container.list_blobs())
+    aside = settings.nfs_processing_root / "_set_aside" / "_failed_reasons" / date / "rsn"
+    assert [p.name.split(".unusable-")[0] for p in aside.iterdir()] == ["bad."]

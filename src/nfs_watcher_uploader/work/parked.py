@@ -34,6 +34,7 @@ from nfs_watcher_uploader.constants import (
     PARKED_DIR,
     PARKED_REASONS_DIR,
     REASON_BATCH_SHARE,
+    REASON_READERS,
     SMALL_FILE_MAX,
 )
 from nfs_watcher_uploader.items import (
@@ -88,15 +89,37 @@ class Found:
     problem: str | None = None
 
 
-def read_reason(root: Path, key: Key) -> Found:
+class ReasonFolders:
+    """Folders of the reasons tree, each entered once (without following a link) for a batch
+    of reads: on a server some milliseconds away every path step is a round trip."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._open: dict[tuple[str, ...], int | None] = {}
+
+    def get(self, *parts: str) -> int | None:
+        if parts not in self._open:
+            self._open[parts] = trees.open_folder(self.root, PARKED_REASONS_DIR, *parts)
+        return self._open[parts]
+
+    def close(self) -> None:
+        for fd in self._open.values():
+            if fd is not None:
+                os.close(fd)
+        self._open.clear()
+
+
+def read_reason(root: Path, key: Key, folders: ReasonFolders | None = None) -> Found:
     """The reason of the parked file `key`, read from the processing `root` without following a
     link; an unusable one is set aside (under `_set_aside/`). Blocking: run it through Nfs."""
     date, session, parked_as = key
-    *folders, name = parked_as.split("/")
-    fd = trees.open_folder(root, PARKED_REASONS_DIR, date, session, *folders)
-    if fd is None:
-        return Found(Reason())
+    *parts, name = parked_as.split("/")
+    mine = folders is None
+    folders = folders or ReasonFolders(root)
     try:
+        fd = folders.get(date, session, *parts)
+        if fd is None:
+            return Found(Reason())
         try:
             raw = read_regular(name, SMALL_FILE_MAX, dir_fd=fd)
             if raw is None:
@@ -114,7 +137,8 @@ def read_reason(root: Path, key: Key) -> Found:
             aside = set_aside(path, "unusable", root=root, dir_fd=fd)
             return Found(Reason(), f"{exc}; set aside as {aside}")
     finally:
-        os.close(fd)
+        if mine:
+            folders.close()
 
 
 def remove_reason(root: Path, key: Key) -> None:
@@ -271,8 +295,14 @@ class ParkedFiles:
         return out
 
     async def _read_reasons(self, keys: list[Key]) -> None:
-        """Read the reasons not known yet, in batches (see the module docstring)."""
+        """Read the reasons not known yet, in batches (see the module docstring), by
+        REASON_READERS at once: a server far away answers several calls at a time."""
         todo = [key for key in keys if key not in self._reasons]
+        async with asyncio.TaskGroup() as tg:
+            for i in range(REASON_READERS):
+                tg.create_task(self._read_some(todo[i::REASON_READERS]))
+
+    async def _read_some(self, todo: list[Key]) -> None:
         budget = self.nfs.timeout * REASON_BATCH_SHARE
         while todo:
             batch = await self.nfs.call(functools.partial(self._read_batch, todo, budget))
@@ -289,13 +319,16 @@ class ParkedFiles:
 
     def _read_batch(self, keys: list[Key], budget: float) -> list[Found]:
         """Read reasons from the start of `keys`, at least one, until `budget` seconds passed."""
-        root = self.layout.processing_root
+        folders = ReasonFolders(self.layout.processing_root)
         start = time.monotonic()
         out: list[Found] = []
-        for key in keys:
-            out.append(read_reason(root, key))
-            if time.monotonic() - start > budget:
-                break
+        try:
+            for key in keys:
+                out.append(read_reason(folders.root, key, folders))
+                if time.monotonic() - start > budget:
+                    break
+        finally:
+            folders.close()
         return out
 
     async def requeue(self, session_name: str | None) -> int:
