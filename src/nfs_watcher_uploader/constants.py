@@ -48,12 +48,13 @@ TOKEN_FILE_MAX = 4 * 1024  # APP_API_TOKEN_FILE: one token
 # JSON nested deeper than this is not ours (ours nest at most 4 levels), and is refused before
 # a parser recurses into it.
 JSON_DEPTH_MAX = 32
-# A listing of parked files reads their reasons in batches, each one NFS call that stops after
-# this share of the NFS deadline: however many are parked, no call runs into its deadline.
-REASON_BATCH_SHARE = 0.25
+# Many small files read back (parked files' reasons, jobs) are read in batches, each one NFS
+# call that stops after this share of the NFS deadline: however many there are, no call runs
+# into its deadline (`Nfs.in_batches`).
+BATCH_SHARE = 0.25
 # Batches read at once: half the threads for short NFS calls (META_THREADS), the rest stays free
 # for scans, claims and the API's own calls.
-REASON_READERS = 4
+BATCH_READERS = 4
 
 # Only ASCII digits: \d would also take other scripts' digits.
 DATE_DIR_RE = re.compile(r"^[0-9]{8}$")

@@ -41,6 +41,7 @@ from nfs_watcher_uploader.nfs import copying, moves, opening, scan
 from nfs_watcher_uploader.nfs.layout import Layout
 from nfs_watcher_uploader.nfs.probe import probe_share
 from nfs_watcher_uploader.nfs.runner import Nfs
+from nfs_watcher_uploader.redaction import redact
 from nfs_watcher_uploader.sessions.registry import Sessions
 from nfs_watcher_uploader.sessions.session import Session
 from nfs_watcher_uploader.telemetry import Gauges, Telemetry
@@ -204,7 +205,7 @@ class Service:
         try:
             await self._start_up()
         except CannotStart as exc:
-            self.fatal = str(exc)
+            self.fatal = redact(str(exc))  # it is /readyz's and /healthz's answer
             self.phase = f"cannot start: {self.fatal}"
             logger.critical("Cannot start: %s", self.fatal)
             if self._on_fatal is not None:

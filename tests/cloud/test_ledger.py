@@ -76,3 +76,19 @@ def test_a_file_is_not_done_until_its_ledger_line_is_written(
     manifest = wait_manifest(container, date, "ledger")
     assert [f["blob"] for f in manifest["files"]] == [f"{date}/ledger/a.bin"]
     assert manifest["complete"] is True
+
+
+async def test_a_manifest_line_from_the_future_is_not_the_ledgers(tmp_path: Path) -> None:
+    """The ledger says which end's manifest was written last, and no older end's is written
+    over it; a line claiming a generation far ahead (anyone who can write the share) would
+    keep every later manifest of the session from being written. It is skipped.
+
+    Found attacking issue 21's change.
+    """
+    layout = Layout(tmp_path / "incoming", tmp_path / ".processing", tmp_path / "staging")
+    ledger = Ledger(layout, Nfs(5.0))
+    await ledger.record_written("20261204", "s", 1_764_800_000_000_000)
+    path = layout.ledger("20261204", "s")
+    with open(path, "ab") as f:
+        f.write(b'{"manifest": {"generation": 99999999999999999999}}\n')
+    assert ledger.read_all("20261204", "s").written == 1_764_800_000_000_000

@@ -309,3 +309,27 @@ def test_a_stopped_session_whose_folder_was_replaced_still_ends(
     assert "not a real folder" in (view["last_error"] or "")
     again = running.post("/v1/watch/start", json={"session_name": "gone"})
     assert "still draining" not in again.text
+
+
+@pytest.mark.adversarial
+def test_a_link_in_place_of_a_sessions_claimed_folder_is_never_followed(
+    service_factory: Any, settings_factory: Any, azurite: Azurite, tmp_path: Path
+) -> None:
+    """A draining session's claimed files are looked for in `.processing/<date>/<session>/`
+    before it is called drained; that folder replaced by a link to a folder elsewhere: the
+    files there were taken for claimed files, uploaded, and deleted by GC.
+
+    Found attacking issue 21's change.
+    """
+    settings = settings_factory()
+    running = service_factory(settings)
+    date = running.post("/v1/watch/start", json={"session_name": "lnk"}).json()["date_prefix"]
+    secret = write_file(tmp_path / "elsewhere" / "secret.txt", b"not the service's")
+    claimed = settings.nfs_processing_root / date / "lnk"
+    claimed.rmdir()
+    claimed.symlink_to(tmp_path / "elsewhere")
+    running.post("/v1/watch/stop")
+    wait_for(lambda: session_view(running, "lnk")["drained"], what="drained")
+    container = azurite.container(settings.azure_container)
+    assert blob_bytes(container, f"{date}/lnk/secret.txt") is None
+    assert secret.read_bytes() == b"not the service's"

@@ -329,3 +329,44 @@ def test_one_file_nfs_cannot_describe_never_holds_up_the_others_or_the_drain(
     assert ended["state"] == "drain_timed_out"
     assert running.get("/healthz").status_code == 200
     assert blob_bytes(container, f"{date}/damaged/damaged.bin") is None
+
+
+@pytest.mark.adversarial
+def test_many_leftover_jobs_and_reasons_on_a_slow_share_never_stop_start_up(
+    nfs: Nfs, tmp_path: Path, azurite: Azurite, container_name: str, service_factory: Any
+) -> None:
+    """Start-up read every webhook job, and settled every reason left without its parked
+    file, each in one NFS call under the plain deadline: past a few hundred of them on a
+    server a millisecond away, the call never finished and the step was retried for ever
+    (never ready; no event ever delivered).
+
+    Found attacking issue 21's change.
+    """
+    processing = nfs.backing / ".processing"
+    reasons = processing / "_failed_reasons" / "20261201" / "old"
+    reasons.mkdir(parents=True)
+    for i in range(300):  # their parked files were removed while the service was down
+        (reasons / f"rec{i:03d}.bin").write_text(json.dumps({"reason": "refused"}))
+    outbox = processing / "_outbox"
+    outbox.mkdir()
+    for i in range(600):
+        event_id = f"00000000-0000-4000-8000-{i:012d}"
+        event = {"id": event_id, "type": "file.parked", "data": {}}
+        (outbox / f"{event_id}.json").write_text(
+            json.dumps({"id": event_id, "created": 1.0 + i, "event": event})
+        )
+    nfs.faults.latency = 0.001
+    settings = nfs.settings(
+        tmp_path,
+        azurite,
+        container_name,
+        nfs_timeout_s=1.0,
+        webhook_url="http://127.0.0.1:9/hook",  # nothing listens: every event stays pending
+    )
+    running = service_factory(settings)  # ready within 30 s
+    assert running.service.pipeline.stats.dismissed == 300
+    wait_for(
+        lambda: running.service.delivery.webhooks.pending == 600,
+        timeout=60,
+        what="the outbox loaded",
+    )

@@ -253,3 +253,46 @@ def test_a_reason_naming_a_path_outside_its_session_is_set_aside_never_followed(
     assert all(b.name.startswith(f"{date}/rsn/") for b in container.list_blobs())
     aside = settings.nfs_processing_root / "_set_aside" / "_failed_reasons" / date / "rsn"
     assert [p.name.split(".unusable-")[0] for p in aside.iterdir()] == ["bad."]
+
+
+@pytest.mark.adversarial
+def test_a_link_in_place_of_the_parked_tree_leads_nowhere(
+    service_factory: Any, settings_factory: Any, tmp_path: Path
+) -> None:
+    """`.processing/_failed` replaced by a link to a folder shaped like it: a listing would read
+    what it points at, and a retry would move those files into `.processing`, upload them, and
+    GC would delete them.
+
+    Found attacking issue 21's change.
+    """
+    settings = settings_factory()
+    elsewhere = tmp_path / "elsewhere"
+    write_file(elsewhere / "20261201" / "s" / "precious.bin", b"not the service's")
+    settings.nfs_processing_root.mkdir(parents=True)
+    (settings.nfs_processing_root / "_failed").symlink_to(elsewhere)
+    running = service_factory(settings)
+    assert parked_files(running) == []
+    assert running.post("/v1/files/retry").json()["requeued"] == 0
+    assert (elsewhere / "20261201" / "s" / "precious.bin").read_bytes() == b"not the service's"
+
+
+@pytest.mark.adversarial
+def test_a_reason_that_cannot_be_set_aside_is_left_and_the_listing_answers(
+    service_factory: Any, settings_factory: Any
+) -> None:
+    """An unusable reason file is set aside; when it cannot be (a file where `_set_aside`
+    should be), the listing still answers: the reason stays, refused again at its next read.
+
+    Found attacking issue 21's change.
+    """
+    settings = settings_factory()
+    proc = settings.nfs_processing_root
+    write_file(proc / "_failed" / "20261201" / "s" / "rec.bin", b"parked earlier")
+    reasons = proc / "_failed_reasons" / "20261201" / "s"
+    reasons.mkdir(parents=True)
+    os.mkfifo(reasons / "rec.bin")
+    write_file(proc / "_set_aside", b"a file, not a folder")
+    running = service_factory(settings)
+    (listed,) = parked_files(running)
+    assert listed["reason"] == "(reason not recorded)"
+    assert (reasons / "rec.bin").is_fifo()

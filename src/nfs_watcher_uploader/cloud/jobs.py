@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,13 @@ from nfs_watcher_uploader.backoff import until_ok
 from nfs_watcher_uploader.constants import JOB_FILE_MAX, JOB_TMP_PREFIX
 from nfs_watcher_uploader.nfs import trees
 from nfs_watcher_uploader.nfs.moves import is_regular
-from nfs_watcher_uploader.nfs.reading import Unusable, parse_json, read_regular, set_aside
-from nfs_watcher_uploader.nfs.runner import Nfs
+from nfs_watcher_uploader.nfs.reading import (
+    Unusable,
+    parse_json,
+    read_regular,
+    set_aside_or_leave,
+)
+from nfs_watcher_uploader.nfs.runner import Nfs, until_spent
 from nfs_watcher_uploader.nfs.state import write_atomic
 
 logger = logging.getLogger(__name__)
@@ -70,21 +76,33 @@ class JobFiles:
         await self.nfs.call(lambda: self._path(job_id).unlink(missing_ok=True))
 
     async def load(self, retry: tuple[float, float], rng: random.Random) -> list[Job]:
-        """Every job on disk, oldest first (by `created`), trying again until NFS answers."""
-        return await until_ok(
-            lambda: self.nfs.call(self._load), f"read {self.root}", retry=retry, rng=rng, log=logger
-        )
+        """Every job on disk, oldest first (by `created`), trying again until NFS answers. Read
+        in batches (`Nfs.in_batches`): no number of jobs makes a call run into its deadline."""
+        return await until_ok(self._load, f"read {self.root}", retry=retry, rng=rng, log=logger)
 
-    def _load(self) -> list[Job]:
+    async def _load(self) -> list[Job]:
+        names = await self.nfs.call(self._names)
+        jobs = [job for job in await self.nfs.in_batches(names, self._read_batch) if job]
+        jobs.sort(key=lambda j: float(j["created"]))
+        return jobs
+
+    def _names(self) -> list[str]:
         fd = trees.open_folder(self.root.parent, self.root.name)
         if fd is None:
             return []
         try:
-            jobs = [job for name in sorted(os.listdir(fd)) if (job := self._read(fd, name))]
+            return sorted(os.listdir(fd))
         finally:
             os.close(fd)
-        jobs.sort(key=lambda j: float(j["created"]))
-        return jobs
+
+    def _read_batch(self, names: Sequence[str], budget: float) -> list[Job | None]:
+        fd = trees.open_folder(self.root.parent, self.root.name)
+        if fd is None:
+            return [None for _ in names]  # gone since it was listed
+        try:
+            return until_spent(names, budget, lambda name: self._read(fd, name))
+        finally:
+            os.close(fd)
 
     def _read(self, fd: int, name: str) -> Job | None:
         """The job in the file `name` of the jobs' folder, if it is one of ours."""
@@ -104,6 +122,6 @@ class JobFiles:
             return json.loads(raw)
         except Unusable as exc:
             path = self.root / name
-            aside = set_aside(path, "unusable", root=self.root.parent, dir_fd=fd)
-            logger.error("Not a job: %s (%s); set aside as %s", path, exc, aside)
+            done = set_aside_or_leave(path, self.root.parent, fd)
+            logger.error("Not a job: %s (%s); %s", path, exc, done)
             return None

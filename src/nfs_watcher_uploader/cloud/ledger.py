@@ -34,11 +34,18 @@ from nfs_watcher_uploader.constants import LEDGER_LINE_MAX, LEDGER_MAX
 from nfs_watcher_uploader.items import WorkItem, blob_name_problem, path_problem, printable
 from nfs_watcher_uploader.nfs import trees
 from nfs_watcher_uploader.nfs.layout import Layout
-from nfs_watcher_uploader.nfs.reading import Unusable, parse_json, read_lines, set_aside
+from nfs_watcher_uploader.nfs.reading import (
+    Unusable,
+    parse_json,
+    read_lines,
+    set_aside,
+    set_aside_or_leave,
+)
 from nfs_watcher_uploader.nfs.runner import Nfs
 
 logger = logging.getLogger(__name__)
 
+_DAY_S = 86_400.0
 # Read too: a ledger is checked for a torn last line before the first append to it. Never
 # through a link; a FIFO put in its place cannot block the open (and is then set aside).
 _APPEND_FLAGS = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -212,15 +219,19 @@ class Ledger:
             lines = read_lines(path.name, LEDGER_MAX, LEDGER_LINE_MAX, dir_fd=folder)
             if lines is None:
                 return Record([], [])
-            return _parse(lines, f"{date_prefix}/{session_name}/", path)
+            # A generation is a time in microseconds: one far ahead is not ours, and would keep
+            # every later manifest from being written.
+            latest = int((self._clock() + _DAY_S) * 1_000_000)
+            return _parse(lines, f"{date_prefix}/{session_name}/", path, latest)
         except Unusable as exc:
-            aside = self._set_aside(path, str(exc), folder)
-            return Record([], [], problem=f"its ledger was unusable ({exc}); set aside as {aside}")
+            done = set_aside_or_leave(path, self.layout.processing_root, folder)
+            logger.error("Ledger %s unusable (%s); %s", path, exc, done)
+            return Record([], [], problem=f"its ledger was unusable ({exc}); {done}")
         finally:
             os.close(folder)
 
 
-def _parse(lines: Iterator[bytes | None], prefix: str, path: Path) -> Record:
+def _parse(lines: Iterator[bytes | None], prefix: str, path: Path, latest: int) -> Record:
     """A ledger's lines; those that are not ours are skipped and counted."""
     entries: dict[str, FileEntry] = {}
     dismissed: dict[tuple[str, str | None], Dismissed] = {}
@@ -235,7 +246,10 @@ def _parse(lines: Iterator[bytes | None], prefix: str, path: Path) -> Record:
                 gone = parse_json(line, _DismissedLine).dismissed
                 dismissed[(gone.parked_as, gone.parked_at)] = gone
             elif line.startswith(b'{"manifest":'):
-                written = max(written, parse_json(line, _ManifestLine).manifest.generation)
+                generation = parse_json(line, _ManifestLine).manifest.generation
+                if generation > latest:
+                    raise Unusable(f"a generation from the future ({generation})")
+                written = max(written, generation)
             else:
                 entry = parse_json(line, FileEntry)
                 _check_entry(entry, prefix)

@@ -147,6 +147,17 @@ def parse_json[M: BaseModel](raw: bytes, model: type[M]) -> M:
         raise Unusable(f"not JSON of ours ({type(exc).__name__})") from None
 
 
+def set_aside_or_leave(path: Path, root: Path, dir_fd: int | None = None) -> str:
+    """`set_aside` a file read back that is unusable into `root/_set_aside/`, and say where it
+    went; when NFS will not move it (or a link sits where `_set_aside` should be, across
+    filesystems), say that it stays: it is refused again at its next reading, never waited on
+    or followed, so nothing more is lost by leaving it."""
+    try:
+        return f"set aside as {set_aside(path, 'unusable', root=root, dir_fd=dir_fd)}"
+    except OSError as exc:
+        return f"cannot be set aside ({exc.strerror or exc}), left where it is"
+
+
 def set_aside(
     path: Path, label: str, *, root: Path | None = None, dir_fd: int | None = None
 ) -> Path:

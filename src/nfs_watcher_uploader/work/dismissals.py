@@ -25,7 +25,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,10 +49,15 @@ from nfs_watcher_uploader.items import (
     printable,
 )
 from nfs_watcher_uploader.nfs.moves import is_regular
-from nfs_watcher_uploader.nfs.runner import Nfs
+from nfs_watcher_uploader.nfs.runner import Nfs, until_spent
 from nfs_watcher_uploader.nfs.trees import date_dirs, iter_tree_files, open_folder
 from nfs_watcher_uploader.sessions.registry import Sessions
-from nfs_watcher_uploader.work.parked import ParkedFiles, read_reason, remove_reason
+from nfs_watcher_uploader.work.parked import (
+    ParkedFiles,
+    log_unusable,
+    read_reason,
+    remove_reason,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +163,8 @@ class Dismissals:
     async def settle_orphans(self) -> int:
         """At start-up, before anything is queued: settle reasons left without their file."""
         async with self._parked.changing:
-            orphans = await self.nfs.call(self._orphans)
+            keys = await self.nfs.call(self._orphan_keys)
+            orphans = await self.nfs.in_batches(keys, self._judge_batch)
             for found, stale in orphans:
                 if stale:  # a park a crash cut short: the file is claimed again, and goes up
                     await self.nfs.call(functools.partial(self._remove_reason, found))
@@ -178,6 +184,7 @@ class Dismissals:
             )
             await self.ledger.record_dismissed(found.date_prefix, found.session_name, entry)
         await self.nfs.call(lambda: self._remove_reason(found))
+        self._parked.forget((found.date_prefix, found.session_name, found.parked_as))
         item = WorkItem(found.session_name, found.date_prefix, found.rel, claimed=True)
         session = self.sessions.for_item(item)
         text = (
@@ -224,12 +231,7 @@ class Dismissals:
         an unusable one is set aside, with an error line)."""
         found = read_reason(self._root, (date, session_name, parked_as))
         if found.problem is not None:
-            logger.error(
-                "Reason file of parked %s unusable: %s",
-                printable(f"{date}/{session_name}/{parked_as}"),
-                printable(found.problem),
-                extra={"session_name": session_name, "file_name": printable(parked_as)},
-            )
+            log_unusable((date, session_name, parked_as), found.problem)
         record = found.reason
         at = None if record.at is None else iso_utc(record.at)
         return _Found(date, session_name, parked_as, record.rel or parked_as, record.reason, at)
@@ -245,24 +247,32 @@ class Dismissals:
             reasons.setdefault((name, rel), []).append(date)
         return present, reasons
 
-    def _orphans(self) -> list[tuple[_Found, bool]]:
-        """Reasons without their parked file, each with whether its file is claimed again."""
+    def _orphan_keys(self) -> list[tuple[str, str, str]]:
+        """(date, session, parked_as) of the reasons without their parked file."""
         parked = {
             (date, name, rel) for date, name, rel, _ in iter_tree_files(self._root, PARKED_DIR)
         }
-        out: list[tuple[_Found, bool]] = []
-        for date, name, rel, _ in iter_tree_files(self._root, PARKED_REASONS_DIR):
-            if (date, name, rel) in parked or not is_session_name(name):
-                continue
-            found = self._read_reason(date, name, rel)
-            try:
-                claimed = _regular(self._root, [date, name], check_parked_as(found.rel))
-            except ValueError:
-                claimed = None
-            if claimed is not None:
-                os.close(claimed[0])
-            out.append((found, claimed is not None))
-        return out
+        return [
+            (date, name, rel)
+            for date, name, rel, _ in iter_tree_files(self._root, PARKED_REASONS_DIR)
+            if (date, name, rel) not in parked and is_session_name(name)
+        ]
+
+    def _judge_batch(
+        self, keys: Sequence[tuple[str, str, str]], budget: float
+    ) -> list[tuple[_Found, bool]]:
+        return until_spent(keys, budget, lambda key: self._judge(*key))
+
+    def _judge(self, date: str, name: str, rel: str) -> tuple[_Found, bool]:
+        """What an orphan reason says, and whether its file is claimed again."""
+        found = self._read_reason(date, name, rel)
+        try:
+            claimed = _regular(self._root, [date, name], check_parked_as(found.rel))
+        except ValueError:
+            claimed = None
+        if claimed is not None:
+            os.close(claimed[0])
+        return found, claimed is not None
 
 
 def _holds(root: Path, folders: list[str], parts: list[str]) -> bool:

@@ -23,7 +23,7 @@ import logging
 import os
 import posixpath
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,8 +33,6 @@ from nfs_watcher_uploader.constants import (
     MAX_NAME_VERSIONS,
     PARKED_DIR,
     PARKED_REASONS_DIR,
-    REASON_BATCH_SHARE,
-    REASON_READERS,
     SMALL_FILE_MAX,
 )
 from nfs_watcher_uploader.items import (
@@ -49,7 +47,13 @@ from nfs_watcher_uploader.items import (
 from nfs_watcher_uploader.nfs import moves, state, trees
 from nfs_watcher_uploader.nfs.layout import versioned
 from nfs_watcher_uploader.nfs.moves import Moved
-from nfs_watcher_uploader.nfs.reading import Unusable, parse_json, read_regular, set_aside
+from nfs_watcher_uploader.nfs.reading import (
+    Unusable,
+    parse_json,
+    read_regular,
+    set_aside_or_leave,
+)
+from nfs_watcher_uploader.nfs.runner import until_spent
 from nfs_watcher_uploader.redaction import redact
 from nfs_watcher_uploader.work.context import Context, MoveFn
 
@@ -134,11 +138,20 @@ def read_reason(root: Path, key: Key, folders: ReasonFolders | None = None) -> F
             return Found(reason)
         except Unusable as exc:
             path = root / PARKED_REASONS_DIR / date / session / parked_as
-            aside = set_aside(path, "unusable", root=root, dir_fd=fd)
-            return Found(Reason(), f"{exc}; set aside as {aside}")
+            return Found(Reason(), f"{exc}; {set_aside_or_leave(path, root, fd)}")
     finally:
         if mine:
             folders.close()
+
+
+def log_unusable(key: Key, problem: str) -> None:
+    """The one line that names a reason file set aside."""
+    logger.error(
+        "Reason file of parked %s unusable: %s",
+        printable("/".join(key)),
+        printable(problem),
+        extra={"session_name": key[1], "file_name": printable(key[2])},
+    )
 
 
 def remove_reason(root: Path, key: Key) -> None:
@@ -295,41 +308,19 @@ class ParkedFiles:
         return out
 
     async def _read_reasons(self, keys: list[Key]) -> None:
-        """Read the reasons not known yet, in batches (see the module docstring), by
-        REASON_READERS at once: a server far away answers several calls at a time."""
+        """Read the reasons not known yet, in batches (`Nfs.in_batches`)."""
         todo = [key for key in keys if key not in self._reasons]
-        async with asyncio.TaskGroup() as tg:
-            for i in range(REASON_READERS):
-                tg.create_task(self._read_some(todo[i::REASON_READERS]))
+        for key, found in zip(todo, await self.nfs.in_batches(todo, self._read_batch), strict=True):
+            self._reasons[key] = found.reason
+            if found.problem is not None:
+                log_unusable(key, found.problem)
 
-    async def _read_some(self, todo: list[Key]) -> None:
-        budget = self.nfs.timeout * REASON_BATCH_SHARE
-        while todo:
-            batch = await self.nfs.call(functools.partial(self._read_batch, todo, budget))
-            for key, found in zip(todo, batch, strict=False):
-                self._reasons[key] = found.reason
-                if found.problem is not None:
-                    logger.error(
-                        "Reason file of parked %s unusable: %s",
-                        printable("/".join(key)),
-                        printable(found.problem),
-                        extra={"session_name": key[1], "file_name": printable(key[2])},
-                    )
-            todo = todo[len(batch) :]
-
-    def _read_batch(self, keys: list[Key], budget: float) -> list[Found]:
-        """Read reasons from the start of `keys`, at least one, until `budget` seconds passed."""
+    def _read_batch(self, keys: Sequence[Key], budget: float) -> list[Found]:
         folders = ReasonFolders(self.layout.processing_root)
-        start = time.monotonic()
-        out: list[Found] = []
         try:
-            for key in keys:
-                out.append(read_reason(folders.root, key, folders))
-                if time.monotonic() - start > budget:
-                    break
+            return until_spent(keys, budget, lambda key: read_reason(folders.root, key, folders))
         finally:
             folders.close()
-        return out
 
     async def requeue(self, session_name: str | None) -> int:
         """Move parked files back into `.processing` and queue them. Returns how many."""
