@@ -46,6 +46,8 @@ from nfs_watcher_uploader.nfs.runner import Nfs
 logger = logging.getLogger(__name__)
 
 _DAY_S = 86_400.0
+# Times something that is not a ledger is set aside before an append gives up (it keeps coming).
+_ATTEMPTS = 5
 # Read too: a ledger is checked for a torn last line before the first append to it. Never
 # through a link; a FIFO put in its place cannot block the open (and is then set aside).
 _APPEND_FLAGS = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -161,7 +163,7 @@ class Ledger:
     def _open_for_append(self, path: Path, folder: int) -> tuple[int, bool]:
         """A descriptor to append to the ledger at `path` (in the folder `folder`), and whether
         it was created. Whatever else stands there (a link, a FIFO, a folder) is set aside."""
-        while True:
+        for _ in range(_ATTEMPTS):
             try:
                 fd = os.open(path.name, _APPEND_FLAGS, dir_fd=folder)
             except FileNotFoundError:
@@ -179,6 +181,7 @@ class Ledger:
                 return fd, False
             os.close(fd)
             self._set_aside(path, "not a regular file", folder)
+        raise OSError(errno.EAGAIN, f"{path} keeps being replaced by something else")
 
     def _set_aside(self, path: Path, why: str, folder: int) -> Path:
         aside = set_aside(path, "unusable", root=self.layout.processing_root, dir_fd=folder)

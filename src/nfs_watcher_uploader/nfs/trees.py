@@ -18,6 +18,8 @@ from nfs_watcher_uploader.nfs.reading import set_aside
 
 logger = logging.getLogger(__name__)
 
+# Times something in the way of a folder is set aside before making it gives up.
+_ATTEMPTS = 5
 # (name, is a real folder, is a regular file) of one entry, from the folder's listing alone.
 Entry = tuple[str, bool, bool]
 
@@ -91,7 +93,7 @@ def make_folder(root: Path, *parts: str) -> int:
     done: list[str] = []
     try:
         for part in parts:
-            while True:
+            for _ in range(_ATTEMPTS):
                 try:
                     child = os.open(part, DIR_FLAGS, dir_fd=fd)
                     break
@@ -106,6 +108,8 @@ def make_folder(root: Path, *parts: str) -> int:
                     path = root.joinpath(*done, part)
                     aside = set_aside(path, "unusable", root=root, dir_fd=fd)
                     logger.error("%s is not a real folder; set aside as %s", path, aside)
+            else:
+                raise OSError(errno.EAGAIN, f"{root.joinpath(*done, part)} keeps being replaced")
             os.close(fd)
             fd = child
             done.append(part)
