@@ -9,6 +9,9 @@ down to MAX_DEPTH levels of subfolders. A draining session becomes `drained` onc
 after the stop finds no file anywhere below its incoming folder (and no folder too deep to
 scan) and none of its files is queued, in flight, retrying or parked. Entries that are not
 regular files (symbolic links, FIFOs) are never taken: they are reported and do not count.
+Every stopped session ends: one that cannot drain (a file NFS cannot describe, a folder
+replaced by a link, a scan that failed) is `drain_timed_out` once APP_DRAIN_TIMEOUT_S has
+passed, whatever its scan found.
 """
 
 import asyncio

@@ -6,7 +6,8 @@ ledgers past their retention).
 Only files in `.processing/_completed/` are ever deleted, and only when they still have the size
 and mtime of the bytes committed to their blob. One that changed was written to after it was
 claimed (a writer that paused longer than APP_MIN_FILE_AGE_S): it is uploaded again, whole,
-over the same blob, from where it lies. Nothing is moved, so nothing here can wait on a name.
+over the same blob, from where it lies, and a session that had ended drains again, so that
+its manifest says what storage holds. Nothing is moved, so nothing here can wait on a name.
 (Completed files left by a previous run are checked the same way by `recovery`.)
 
 Empty folders are pruned only for sessions that are not watched and have no work pending, so GC
