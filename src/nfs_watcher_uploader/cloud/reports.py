@@ -95,7 +95,6 @@ class Reports:
             return
         # Newer than any end before it, also when the state file was lost (the clock's).
         generation = max(session.generation + 1, int(self._clock() * 1_000_000))
-        session.generation = generation
         event = "session.updated" if session.updated else f"session.{state}"
         job: Job = {
             "id": event_id(session.date_prefix, session.name, state, repr(session.drain_start)),
@@ -112,6 +111,7 @@ class Reports:
             "not_uploaded": 0 if state == "drained" else session.waiting + len(session.pending),
         }
         await self._files.add(job)
+        session.generation = generation
         self._queue.add(job["id"], job)
 
     async def run(self) -> None:
