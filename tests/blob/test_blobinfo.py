@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from nfs_watcher_uploader.blob.blobinfo import iso_utc_ns, uploader_version
+from nfs_watcher_uploader.blob.blobinfo import iso_utc, iso_utc_ns, uploader_version
 from tests.support.cloud import start_session, wait_manifest
 from tests.support.helpers import (
     Azurite,
@@ -103,3 +103,14 @@ def test_without_tags_no_tag_is_set(
 )
 def test_any_mtime_a_filesystem_can_hold_is_formatted_as_a_time(ns: int, shown: str) -> None:
     assert iso_utc_ns(ns) == shown
+
+
+def test_any_finite_time_read_back_is_formatted_as_a_time() -> None:
+    """A reason file's `at`, or a time in sessions.json, is read back from the share: 1e308
+    overflowed the float multiplication and raised, a GC chore with it (and the GC loop).
+
+    Found attacking issue 21's change.
+    """
+    assert iso_utc(1_764_500_000.123456) == "2025-11-30T10:53:20.123456Z"
+    assert iso_utc(-0.5) == "1969-12-31T23:59:59.500000Z"
+    assert iso_utc(1e308).startswith("+") and iso_utc(-1e308).startswith("-")

@@ -210,6 +210,27 @@ async def test_a_scan_error_keeps_the_heartbeat_stale(
     assert watcher.scan_errors == 1
 
 
+@pytest.mark.adversarial
+async def test_a_bug_in_one_sessions_scan_costs_that_scan_never_the_watcher(
+    parts: tuple[Settings, Sessions, Pipeline],
+) -> None:
+    """An error other than an OSError in a scan ended the watcher's task, and the service
+    with it; it costs that session's scan, like an NFS error.
+
+    Found attacking issue 21's change.
+    """
+    _, sessions, pipeline = parts
+    sessions.by_name["s"] = Session("s", "20260101", "active", 0.0)
+
+    def buggy(path: Path, wanted: Wanted, known: Known, young_ns: int) -> Scan:
+        raise ValueError("a name no one expected")
+
+    watcher = Watcher(pipeline, Nfs(5), scan=buggy)
+    await watcher.scan_once()
+    await watcher.scan_once()
+    assert watcher.scan_errors == 2
+
+
 async def test_a_session_is_drained_only_after_a_scan_made_after_its_stop(
     parts: tuple[Settings, Sessions, Pipeline],
 ) -> None:

@@ -10,6 +10,7 @@ Metadata names are C# identifiers, as Azure requires; every value is ASCII (an H
 """
 
 import importlib.metadata
+import math
 import mimetypes
 import posixpath
 from dataclasses import dataclass, field
@@ -51,8 +52,10 @@ def content_type(name: str) -> str:
 
 
 def iso_utc(seconds: float) -> str:
-    """`2026-11-29T08:15:02.123456Z`."""
-    return iso_utc_ns(round(seconds * 1_000_000) * 1000)
+    """`2026-11-29T08:15:02.123456Z`, for any finite number of seconds (one read back from the
+    share may be 1e308: its microseconds are no float)."""
+    whole = math.floor(seconds)
+    return iso_utc_ns(whole * 1_000_000_000 + round((seconds - whole) * 1_000_000) * 1000)
 
 
 def iso_utc_ns(ns: int) -> str:

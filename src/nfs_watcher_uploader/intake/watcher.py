@@ -142,10 +142,14 @@ class Watcher:
             known = previous
         try:
             scan = await self.nfs.call(lambda: self._scan(folder, wanted, known, young_ns))
-        except OSError as exc:
+        except Exception as exc:  # NFS failed, or a bug: this session's scan, not the watcher
             self.scan_errors += 1
             logger.warning(
-                "Scan of %s failed: %s", folder, exc, extra={"session_name": session.name}
+                "Scan of %s failed: %s",
+                folder,
+                exc,
+                exc_info=not isinstance(exc, OSError),
+                extra={"session_name": session.name},
             )
             if session.state == "draining":  # a stopped session ends even so: it times out
                 await self._check_drain(session, None, started)

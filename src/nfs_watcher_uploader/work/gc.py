@@ -87,11 +87,16 @@ class GarbageCollector:
                 await self.sweep_once()
             except OSError:
                 logger.warning("GC sweep failed", exc_info=True)
+            except Exception:  # a bug costs this sweep, never GC (nor the service with it)
+                logger.exception("GC sweep failed unexpectedly")
             for chore in self.chores:
+                name = getattr(chore, "__name__", chore)
                 try:
                     await chore()
                 except OSError as exc:
-                    logger.warning("%s failed on NFS: %s", getattr(chore, "__name__", chore), exc)
+                    logger.warning("%s failed on NFS: %s", name, exc)
+                except Exception:  # what a chore reads is input: it costs that chore's turn
+                    logger.exception("%s failed unexpectedly", name)
 
     async def sample_staging(self) -> None:
         """Read the staging disk's usage in a thread; the metrics report the cached values."""
