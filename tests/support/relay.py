@@ -3,6 +3,9 @@
 The service is pointed at the relay's port; the relay forwards to the real Azurite (or to
 tinyproxy's target) and records, with a timestamp, every chunk of bytes a client sent upstream.
 With `allow`, connections from any other peer address are refused (counted in `refused`).
+While `firewall` is set, every request is answered as Azure answers a client that the storage
+account's network rules do not let in (403 AuthorizationFailure), and nothing reaches Azurite;
+clear it and new connections are relayed again (an administrator added the rule).
 """
 
 import bisect
@@ -10,6 +13,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,8 @@ class Relay:
     port: int = field(default_factory=free_port)
     refused: int = 0
     connections: int = 0
+    firewall: bool = False
+    firewalled: int = 0
     _times: list[float] = field(default_factory=list[float])
     _totals: list[int] = field(default_factory=list[int])  # running total after each chunk
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -69,6 +75,9 @@ class Relay:
                 client.close()
                 continue
             self.connections += 1
+            if self.firewall:
+                self._spawn(self._refuse, client)
+                continue
             try:
                 upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=10)
             except OSError:
@@ -101,6 +110,33 @@ class Relay:
                 except OSError:
                     pass
             src.close()
+
+    def _refuse(self, client: socket.socket) -> None:
+        """Answer each request on `client` as Azure's firewall does, until it hangs up."""
+        client.settimeout(0.5)
+        buffer = b""
+        try:
+            while not self._stop.is_set():
+                try:
+                    data = client.recv(65536)
+                except TimeoutError:
+                    continue
+                if not data:
+                    break
+                buffer += data
+                while b"\r\n\r\n" in buffer:
+                    head, buffer = buffer.split(b"\r\n\r\n", 1)
+                    length = _content_length(head)
+                    while len(buffer) < length and (more := client.recv(65536)):
+                        buffer += more
+                    buffer = buffer[length:]
+                    with self._lock:
+                        self.firewalled += 1
+                    client.sendall(_firewall_answer(head.startswith(b"HEAD ")))
+        except OSError:
+            pass
+        finally:
+            client.close()
 
     # --- what was sent ---------------------------------------------------------------------
 
@@ -146,3 +182,33 @@ def through(relay: Relay, azurite: Azurite, tmp_path: Path, container: str, **kw
         azure_connection_string=azurite.connection_string.replace(azurite.url, relay.url),
         **kw,
     )
+
+
+# What Azure answers when the storage account's network rules (firewall, private endpoint) do
+# not let the client in: github.com/microsoft/AzureStorageExplorer/issues/8183, for one.
+FIREWALL_MESSAGE = "This request is not authorized to perform this operation."
+
+
+def _firewall_answer(head_only: bool) -> bytes:
+    body = (
+        '<?xml version="1.0" encoding="utf-8"?><Error><Code>AuthorizationFailure</Code>'
+        f"<Message>{FIREWALL_MESSAGE}\nRequestId:00000000-0000-0000-0000-000000000000\n"
+        "Time:2026-12-04T00:00:00.0000000Z</Message></Error>"
+    ).encode()
+    head = (
+        f"HTTP/1.1 403 {FIREWALL_MESSAGE}\r\n"
+        "Content-Type: application/xml\r\n"
+        "Server: Microsoft-HTTPAPI/2.0\r\n"
+        "x-ms-error-code: AuthorizationFailure\r\n"
+        f"Date: {formatdate(usegmt=True)}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    return head if head_only else head + body
+
+
+def _content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value.strip() or 0)
+    return 0

@@ -8,12 +8,15 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 from azure.core.exceptions import ServiceRequestError
+from azure.storage.blob import generate_container_sas
 
 from nfs_watcher_uploader.blob.azure_errors import stop_line
 from nfs_watcher_uploader.blob.storage import Storage
@@ -21,6 +24,8 @@ from nfs_watcher_uploader.config import Settings
 from nfs_watcher_uploader.errors import CannotStart
 from nfs_watcher_uploader.settings_checks import blob_endpoint, container_name_problem
 from tests.support.helpers import (
+    ACCOUNT,
+    KEY,
     ROOT,
     Azurite,
     ServiceProcess,
@@ -30,7 +35,7 @@ from tests.support.helpers import (
     wait_for,
 )
 from tests.support.mounts import bind_mount
-from tests.support.relay import Relay
+from tests.support.relay import FIREWALL_MESSAGE, Relay, through
 
 # The issue's promise: the exit status and the line, within this.
 STOPS_WITHIN_S = 30.0
@@ -283,6 +288,92 @@ def test_storage_that_cannot_be_reached_is_retried_not_fatal(
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
+
+
+def _waiting_detail(service: ServiceProcess) -> str:
+    """What /readyz says the process waits for ("" while it does not answer); asserts that the
+    process still runs."""
+    assert service.proc is not None
+    assert service.proc.poll() is None, service.log.read_text()[-3000:]
+    try:
+        with service.client as api:
+            return str(api.get("/readyz").json()["detail"] or "")
+    except httpx.HTTPError:
+        return ""
+
+
+@pytest.mark.adversarial
+def test_a_sas_that_is_not_valid_yet_is_waited_for_not_fatal(
+    tmp_path: Path, azurite: Azurite
+) -> None:
+    """A SAS whose start time is still ahead (generated for later, or on a clock a little
+    ahead of storage's) becomes valid by waiting: start-up waits for it and then runs, as for
+    any outage. It used to be judged "refused for good": exit 1, and a line sending the operator
+    to check a SAS that was fine.
+
+    Review of issues 19/20, finding 1.
+    """
+    container = f"later{uuid.uuid4().hex[:16]}"
+    azurite.container(container).create_container()
+    now = datetime.now(UTC)
+    valid_from = now + timedelta(seconds=10)
+    sas = generate_container_sas(
+        ACCOUNT,
+        container,
+        account_key=KEY,
+        permission="cw",
+        start=valid_from,
+        expiry=now + timedelta(hours=1),
+    )
+    settings = make_settings(
+        tmp_path,
+        azurite,
+        container,
+        azure_auth="sas",
+        azure_connection_string=None,
+        azure_sas_token=sas,
+        azure_create_container=False,
+    )
+    service = ServiceProcess(settings, tmp_path / "service.log")
+    try:
+        service.start(wait_ready=False)
+        wait_for(service.ready, timeout=60, what="ready once the SAS is valid")
+        # Azurite enforces the start time: ready only from then on.
+        assert datetime.now(UTC) >= valid_from.replace(microsecond=0)
+    finally:
+        if service.proc is not None and service.proc.poll() is None:
+            service.signal(signal.SIGTERM)
+
+
+@pytest.mark.adversarial
+def test_a_storage_firewall_that_lets_the_device_in_later_is_waited_for_not_fatal(
+    tmp_path: Path, azurite: Azurite, container_name: str
+) -> None:
+    """The account's network rules refuse the device (403 AuthorizationFailure, "This request
+    is not authorized to perform this operation."): an administrator adding the rule heals it
+    with no change on the device, so start-up waits, saying why, and runs once the rule is
+    there. It used to exit 1 as if the account key were wrong.
+
+    Review of issues 19/20, finding 2.
+    """
+    relay = Relay(azurite.port, firewall=True).start()
+    settings = through(relay, azurite, tmp_path, container_name)
+    service = ServiceProcess(settings, tmp_path / "service.log")
+    try:
+        service.start(wait_ready=False)
+        detail = wait_for(
+            lambda: d if FIREWALL_MESSAGE in (d := _waiting_detail(service)) else None,
+            timeout=30,
+            what="start-up waiting on the firewall",
+        )
+        assert detail is not None and "connect to storage" in detail
+        relay.firewall = False  # the administrator adds the rule
+        wait_for(service.ready, timeout=60, what="ready once the firewall lets it in")
+        assert relay.firewalled >= 1
+    finally:
+        if service.proc is not None and service.proc.poll() is None:
+            service.signal(signal.SIGTERM)
+        relay.stop()
 
 
 def test_a_read_only_share_stops_start_up(

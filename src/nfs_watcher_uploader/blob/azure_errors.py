@@ -20,23 +20,31 @@ it with CannotStart and a line that says what to check:
     exist                          for a mistyped account name; "try again later" answers
                                    (EAI_AGAIN, no DNS server) are retried
     401/403 with a fixed           a SAS, a connection string or an account key never changes
-    credential                     while the process runs: that credential is refused for good.
-                                   Start-up stops only when every credential tried is (with
-                                   APP_AZURE_AUTH=auto, a refused one hands over to the next);
-                                   an identity may be granted its role later, so never is
+    credential that storage        while the process runs: storage failed to authenticate it
+    failed to authenticate         (a wrong key or signature, an expired SAS), or it lacks a
+                                   permission, so it is refused for good. Start-up stops only
+                                   when every credential tried is (with APP_AZURE_AUTH=auto, a
+                                   refused one hands over to the next); an identity may be
+                                   granted its role later, so never is
+
+    Not for good, though refused: what an administrator changes on the account with nothing
+    changed on the device (its network rules, `ACCOUNT_RULES`: a firewall rule not added yet),
+    and a SAS whose start time is ahead of the clock or within CLOCK_SKEW_S of it (valid soon:
+    generated for later, or on a clock ahead of storage's). Start-up waits for those, saying why.
 
 Connection errors, timeouts, 5xx, 408 and 429 stay what they were at start-up too: retried for
 as long as it takes. Lines quote the service's error code and its first line, never a secret.
 """
 
 import socket
+import time
 from typing import cast
 from urllib.parse import urlsplit
 
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
 
 from nfs_watcher_uploader.config import Settings
-from nfs_watcher_uploader.constants import MAX_BLOB_NAME, MAX_BLOB_PATH_SEGMENTS
+from nfs_watcher_uploader.constants import CLOCK_SKEW_S, MAX_BLOB_NAME, MAX_BLOB_PATH_SEGMENTS
 from nfs_watcher_uploader.errors import IntegrityError, PermanentError, RetryableError, UploadError
 
 # 4xx answers that no retry can turn into a success. Everything else is retried.
@@ -51,6 +59,21 @@ TAKEN_CODES = frozenset({"BlobAlreadyExists", "ConditionNotMet"})
 NOT_PERMITTED = "AuthorizationPermissionMismatch"
 # The credentials that stay the same while the process runs (`credentials.candidates` labels).
 FIXED_CREDENTIALS = frozenset({"sas", "connection-string", "account-key"})
+# 403 codes of rules an administrator sets on the storage account, which may let the device in
+# at any time with nothing changed on it: network rules (AuthorizationFailure, "This request is
+# not authorized to perform this operation."), shared key access turned off, the account
+# disabled, a SAS's IP range (the device's address may come back into it).
+ACCOUNT_RULES = frozenset(
+    {
+        "AuthorizationFailure",
+        "KeyBasedAuthenticationNotPermitted",
+        "AccountIsDisabled",
+        "AuthorizationSourceIPMismatch",
+    }
+)
+# Azurite answers a wrong signature with AuthorizationFailure, Azure with AuthenticationFailed;
+# both say this.
+_NOT_AUTHENTICATED = "failed to authenticate the request"
 # 400 codes that name the container: its name breaks Azure's rules.
 _CONTAINER_CODES = frozenset({"InvalidResourceName", "OutOfRangeInput"})
 _WHAT_TO_CHECK = {
@@ -153,22 +176,26 @@ def stop_line(exc: BaseException, settings: Settings) -> str | None:
     return None
 
 
-def refused_for_good(exc: BaseException, label: str) -> bool:
+def refused_for_good(
+    exc: BaseException, label: str, valid_from: float | None = None, now: float | None = None
+) -> bool:
     """Storage refused credential `label` (401/403) and will refuse it the same way until the
-    process is restarted with another."""
+    process is restarted with another. `valid_from` is the credential's start time (a SAS's
+    `st`), judged against `now`."""
     if label not in FIXED_CREDENTIALS:
         return False
-    return isinstance(exc, HttpResponseError) and exc.status_code in (401, 403)
+    if not (isinstance(exc, HttpResponseError) and exc.status_code in (401, 403)):
+        return False
+    if error_code(exc) in ACCOUNT_RULES and _NOT_AUTHENTICATED not in str(exc).lower():
+        return False  # the account's rules: an administrator may let the device in
+    now = time.time() if now is None else now
+    return valid_from is None or valid_from <= now - CLOCK_SKEW_S
 
 
 def every_credential_refused(failures: list[str], labels: list[str]) -> str:
     """The line that ends start-up when each credential in `labels` was refused for good."""
     check = "; ".join(_WHAT_TO_CHECK[label] for label in dict.fromkeys(labels))
-    return (
-        "storage refuses every credential for good ("
-        + "; ".join(failures)
-        + f"): check {check}, and the storage account's network rules"
-    )
+    return "storage refuses every credential for good (" + "; ".join(failures) + f"): check {check}"
 
 
 def _unknown_host(exc: BaseException, default: str | None) -> str | None:
