@@ -21,7 +21,9 @@ from azure.storage.blob import generate_container_sas
 from nfs_watcher_uploader.blob.azure_errors import stop_line
 from nfs_watcher_uploader.blob.storage import Storage
 from nfs_watcher_uploader.config import Settings
+from nfs_watcher_uploader.constants import PROBE_STALE_S
 from nfs_watcher_uploader.errors import CannotStart
+from nfs_watcher_uploader.nfs.probe import probe_name
 from nfs_watcher_uploader.settings_checks import blob_endpoint, container_name_problem
 from tests.support.helpers import (
     ACCOUNT,
@@ -376,23 +378,49 @@ def test_a_storage_firewall_that_lets_the_device_in_later_is_waited_for_not_fata
         relay.stop()
 
 
-def test_a_read_only_share_stops_start_up(
-    tmp_path: Path, azurite: Azurite, container_name: str
+def _assert_a_read_only_share_stops(
+    tmp_path: Path, azurite: Azurite, container: str, left: tuple[str, ...] = ()
 ) -> None:
+    """The share (with the files named in `left` in its incoming folder) mounted read-only
+    stops start-up, naming the mount."""
     share = tmp_path / "share"
     (share / "incoming").mkdir(parents=True)
     (share / ".processing").mkdir()
+    old = time.time() - PROBE_STALE_S - 60
+    for name in left:
+        (share / "incoming" / name).write_bytes(b"")
+        os.utime(share / "incoming" / name, (old, old))
     ro = tmp_path / "ro"
     ro.mkdir()
     with bind_mount(share, ro, read_only=True):
         settings = make_settings(
             tmp_path,
             azurite,
-            container_name,
+            container,
             nfs_incoming_dir=ro / "incoming",
             nfs_processing_root=ro / ".processing",
         )
         _assert_stops(_stopped(settings, tmp_path), "read-only", "APP_NFS_INCOMING_DIR")
+    assert all((share / "incoming" / name).exists() for name in left)
+
+
+def test_a_read_only_share_stops_start_up(
+    tmp_path: Path, azurite: Azurite, container_name: str
+) -> None:
+    _assert_a_read_only_share_stops(tmp_path, azurite, container_name)
+
+
+@pytest.mark.adversarial
+def test_a_read_only_share_stops_start_up_though_a_crashed_run_left_a_probe_file(
+    tmp_path: Path, azurite: Azurite, container_name: str
+) -> None:
+    """A probe file that a run killed mid-probe left (old enough to be removed) cannot be
+    removed from a read-only share: that must not turn the read-only mount, which no waiting
+    fixes, into an NFS error retried for ever. Start-up stops, naming the mount.
+
+    Review of issues 19/20, finding 3.
+    """
+    _assert_a_read_only_share_stops(tmp_path, azurite, container_name, (probe_name(),))
 
 
 def test_a_share_the_user_may_not_write_stops_start_up(
