@@ -8,6 +8,9 @@ these hold, checked on GC's beat:
     nothing of it is parked      `_failed/<date>/<session>/` holds no file, and nothing of it
     or claimed                   is in `.processing/<date>/<session>/` (a retry would write to
                                  the ledger, and a new manifest would need it whole)
+    its date is over             the date folder is before today (UTC): a session started
+                                 again on its date writes on in this ledger, and its next
+                                 manifest is written from all of it
     its time has passed          APP_LEDGER_RETENTION_DAYS since its last line (its mtime)
 
 A ledger is looked at again just before it is removed (a line appended meanwhile keeps it).
@@ -27,6 +30,7 @@ from nfs_watcher_uploader.items import is_session_name
 from nfs_watcher_uploader.nfs import trees
 from nfs_watcher_uploader.nfs.layout import Layout
 from nfs_watcher_uploader.nfs.runner import Nfs
+from nfs_watcher_uploader.sessions.session import today_utc
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +57,11 @@ class LedgerRetention:
 
     async def sweep(self) -> int:
         """Remove the ledgers no longer needed; returns how many."""
-        cutoff = self._clock() - self.keep_s
-        old = await self.nfs.call(lambda: self._old_and_idle(cutoff), timeout=self.nfs.timeout * 10)
+        now = self._clock()
+        cutoff, today = now - self.keep_s, today_utc(lambda: now)
+        old = await self.nfs.call(
+            lambda: self._old_and_idle(cutoff, today), timeout=self.nfs.timeout * 10
+        )
         done = [(date, name) for date, name in old if not self._busy(date, name)]
         if not done:
             return 0
@@ -85,11 +92,12 @@ class LedgerRetention:
                     out.append((date_dir.name, name, Path(entry.path)))
         return out
 
-    def _old_and_idle(self, cutoff: float) -> list[tuple[str, str]]:
-        """Ledgers older than `cutoff` with nothing of their session parked or claimed."""
+    def _old_and_idle(self, cutoff: float, today: str) -> list[tuple[str, str]]:
+        """Ledgers of dates before `today`, older than `cutoff`, with nothing of their session
+        parked or claimed."""
         out: list[tuple[str, str]] = []
         for date, name, path in self._ledgers():
-            if _older(path, cutoff) and not self._holds_files(date, name):
+            if date < today and _older(path, cutoff) and not self._holds_files(date, name):
                 out.append((date, name))
         return out
 
