@@ -77,3 +77,24 @@ def test_the_azurite_it_starts_answers_on_its_port_and_stops(checkout: Path) -> 
     assert not (checkout / ".tools" / "azurite.pid").exists()
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))  # free again
+
+
+@pytest.mark.adversarial
+def test_a_stale_pid_file_never_makes_it_stop_another_program(checkout: Path) -> None:
+    """The pid file outlives its Azurite (a `kill -9` of make run, a reboot), and the pid is
+    given to another program: `stop` (make run's exit, make azurite-stop, make clean) signalled
+    that program, and `make run` took it for a running Azurite and started none. Only an
+    Azurite is ever taken for ours.
+
+    Review of issues 19/20, finding 6.
+    """
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        (checkout / ".tools" / "azurite.pid").write_text(f"{other.pid}\n")
+        port = free_port()
+        assert _azurite_dev(checkout, port, "running").returncode != 0
+        _azurite_dev(checkout, port, "stop")
+        assert other.poll() is None, "stop signalled a program that is not its Azurite"
+    finally:
+        other.kill()
+        other.wait()
