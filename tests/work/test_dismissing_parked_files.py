@@ -186,3 +186,32 @@ def test_a_parked_file_removed_while_the_service_was_down_is_dismissed_at_start(
     manifest = wait_for(rewritten, what="the manifest written anew")
     assert manifest is not None and manifest["complete"] is False
     assert manifest["totals"]["parked"] == 0 and manifest["totals"]["dismissed"] == 1
+
+
+@pytest.mark.adversarial
+@pytest.mark.xfail(strict=True, reason="issue 21: meaning checks of reason files read back")
+def test_a_dismissal_records_the_parked_files_own_path_whatever_its_reason_file_says(
+    service_factory: Any, settings_factory: Any, azurite: Azurite
+) -> None:
+    """A reason file is read back from the share: one rewritten to name another path (a file
+    that did go up) made the manifest list that file as dismissed, not in storage.
+
+    Review of issues 19/20, finding 10.
+    """
+    settings = settings_factory(api_token=TOKEN)
+    running = service_factory(settings)
+    date = _park(running, "lie", "bad.")
+    write_file(settings.nfs_incoming_dir / "lie" / "good.bin", b"good")
+    wait_for(lambda: _view(running, "lie")["uploaded"] == 1, what="good.bin up")
+    running.post("/v1/watch/stop")
+    reason = settings.nfs_processing_root / "_failed_reasons" / date / "lie" / "bad."
+    reason.write_text(json.dumps({"reason": "x", "rel": "good.bin", "at": 0}))
+    assert running.client.delete("/v1/files/failed/lie/bad.").status_code == 200
+
+    def drained() -> dict[str, Any] | None:
+        found = _manifest(azurite, settings, date, "lie")
+        return found if found and found["state"] == "drained" else None
+
+    manifest = wait_for(drained, what="the manifest after the dismissal")
+    assert manifest is not None
+    assert [d["path"] for d in manifest["dismissed"]] == ["bad."]
