@@ -215,3 +215,39 @@ def test_a_dismissal_records_the_parked_files_own_path_whatever_its_reason_file_
     manifest = wait_for(drained, what="the manifest after the dismissal")
     assert manifest is not None
     assert [d["path"] for d in manifest["dismissed"]] == ["bad."]
+
+
+@pytest.mark.adversarial
+def test_a_dismissal_cut_short_is_recorded_though_a_file_of_that_name_is_parked_meanwhile(
+    service_factory: Any, settings_factory: Any, azurite: Azurite
+) -> None:
+    """A dismissal whose ledger line cannot be written (NFS fails after the file was removed)
+    answers 503 and leaves the reason behind, to be recorded at the next check. A file of the
+    same name parked meanwhile took the free name and wrote its reason over that one: the first
+    file was then neither in storage, nor parked, nor dismissed anywhere. A name whose reason is
+    still there is not free.
+
+    Review of issues 19/20, finding 11.
+    """
+    settings = settings_factory(api_token=TOKEN, gc_interval_s=0.3)
+    running = service_factory(settings)
+    date = _park(running, "cut", "x.")
+    ledger = settings.nfs_processing_root / "_ledgers" / date / "cut.jsonl"
+    ledger.mkdir(parents=True)  # the ledger cannot be written: an NFS failure, for a while
+    answer = running.client.delete("/v1/files/failed/cut/x.")
+    assert answer.status_code == 503, answer.text
+    write_file(settings.nfs_incoming_dir / "cut" / "x.", b"second")
+    wait_for(lambda: len(_failed(running)) == 1, what="the second x. parked")
+    ledger.rmdir()  # NFS is back
+    wait_for(lambda: _view(running, "cut")["dismissed"] == 1, what="the first x. dismissed")
+    (listed,) = _failed(running)
+    assert "must not end with" in listed["reason"] and listed["filename"] == "x."
+    running.post("/v1/watch/stop")
+    assert running.client.delete(f"/v1/files/failed/cut/{listed['parked_as']}").status_code == 200
+
+    def drained() -> dict[str, Any] | None:
+        found = _manifest(azurite, settings, date, "cut")
+        return found if found and found["state"] == "drained" else None
+
+    manifest = wait_for(drained, what="the manifest")
+    assert manifest is not None and manifest["totals"]["dismissed"] == 2
