@@ -1,5 +1,6 @@
 """Azure's answers map to what the caller does: retry later, or park the file."""
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -47,10 +48,13 @@ def test_a_blob_name_azure_refuses_is_a_permanent_error() -> None:
             check_blob_name(bad)
 
 
-def _refusal(code: str, message: str) -> HttpResponseError:
+def _refusal(code: str | None, message: str, storage: bool = True) -> HttpResponseError:
+    """A 403 as storage gives it (with its request id), or as a proxy does."""
     err = HttpResponseError(message=message)
     err.status_code = 403
     err.error_code = code  # type: ignore[attr-defined]
+    headers = {"x-ms-request-id": "5b0f-1"} if storage else {"Content-Type": "text/html"}
+    err.response = SimpleNamespace(headers=headers)  # type: ignore[assignment]
     return err
 
 
@@ -69,6 +73,8 @@ def test_only_a_credential_storage_cannot_authenticate_is_refused_for_good() -> 
         assert not refused_for_good(firewall, label, None, now)
         assert not refused_for_good(_refusal("KeyBasedAuthenticationNotPermitted", ""), label)
     assert not refused_for_good(wrong, "identity", None, now)  # its role may come later
+    proxy = _refusal(None, "Access denied by the proxy.", storage=False)
+    assert not refused_for_good(proxy, "account-key", None, now)  # not storage's word
     # A SAS valid from a time ahead, or within the clock skew: valid soon, so not for good.
     assert not refused_for_good(wrong, "sas", now + 60, now)
     assert not refused_for_good(wrong, "sas", now - CLOCK_SKEW_S / 2, now)

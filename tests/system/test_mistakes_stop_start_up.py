@@ -37,7 +37,7 @@ from tests.support.helpers import (
     wait_for,
 )
 from tests.support.mounts import bind_mount
-from tests.support.relay import FIREWALL_MESSAGE, Relay, through
+from tests.support.relay import FIREWALL_MESSAGE, Relay, azure_firewall, proxy_denied, through
 
 # The issue's promise: the exit status and the line, within this.
 STOPS_WITHIN_S = 30.0
@@ -358,7 +358,7 @@ def test_a_storage_firewall_that_lets_the_device_in_later_is_waited_for_not_fata
 
     Review of issues 19/20, finding 2.
     """
-    relay = Relay(azurite.port, firewall=True).start()
+    relay = Relay(azurite.port, refuse=azure_firewall).start()
     settings = through(relay, azurite, tmp_path, container_name)
     service = ServiceProcess(settings, tmp_path / "service.log")
     try:
@@ -369,9 +369,40 @@ def test_a_storage_firewall_that_lets_the_device_in_later_is_waited_for_not_fata
             what="start-up waiting on the firewall",
         )
         assert detail is not None and "connect to storage" in detail
-        relay.firewall = False  # the administrator adds the rule
+        relay.refuse = None  # the administrator adds the rule
         wait_for(service.ready, timeout=60, what="ready once the firewall lets it in")
-        assert relay.firewalled >= 1
+        assert relay.refused_requests >= 1
+    finally:
+        if service.proc is not None and service.proc.poll() is None:
+            service.signal(signal.SIGTERM)
+        relay.stop()
+
+
+@pytest.mark.adversarial
+@pytest.mark.parametrize("status", [400, 403, 404])
+def test_a_proxy_that_denies_storage_for_now_is_waited_for_not_fatal(
+    tmp_path: Path, azurite: Azurite, container_name: str, status: int
+) -> None:
+    """An answer that does not come from storage (a proxy's own 403 for a destination its
+    rules deny, a 400 or 404 of its own; none carries storage's x-ms-request-id) says nothing
+    about the credential, the container or the account: the proxy's rules may change at any
+    time. Start-up waits, saying why, and runs once the proxy lets it through. It used to stop
+    with exit 1, naming a credential, the container or the account that were fine.
+
+    Review of issues 19/20, finding 12.
+    """
+    relay = Relay(azurite.port, refuse=proxy_denied(status)).start()
+    settings = through(relay, azurite, tmp_path, container_name)
+    service = ServiceProcess(settings, tmp_path / "service.log")
+    try:
+        service.start(wait_ready=False)
+        wait_for(
+            lambda: _waiting_detail(service) and relay.refused_requests >= 2,
+            timeout=30,
+            what="start-up waiting on the proxy",
+        )
+        relay.refuse = None  # the proxy's rule is added
+        wait_for(service.ready, timeout=60, what="ready once the proxy lets it through")
     finally:
         if service.proc is not None and service.proc.poll() is None:
             service.signal(signal.SIGTERM)

@@ -10,7 +10,9 @@ While uploading (`classify`):
     PermanentError    a name or a size that no retry can make Azure accept
 
 At start-up, the answers that no retry can change (`stop_line`, `refused_for_good`), which end
-it with CannotStart and a line that says what to check:
+it with CannotStart and a line that says what to check. Only storage's own answers count
+(`from_storage`: they carry its x-ms-request-id); a proxy's or a gateway's 4xx says nothing
+about the credential, the container or the account, and its rules may change at any time:
 
     400 (any code)                 the same request is refused the same way every time;
                                    InvalidResourceName and OutOfRangeInput name the container
@@ -71,6 +73,8 @@ ACCOUNT_RULES = frozenset(
         "AuthorizationSourceIPMismatch",
     }
 )
+# The header of every answer Azure Storage gives (Azurite's too), and of no proxy's.
+STORAGE_REQUEST_ID = "x-ms-request-id"
 # Azurite answers a wrong signature with AuthorizationFailure, Azure with AuthenticationFailed;
 # both say this.
 _NOT_AUTHENTICATED = "failed to authenticate the request"
@@ -145,11 +149,23 @@ def summary(exc: BaseException) -> str:
     return f"{prefix}: {first[:300]}" if first else prefix
 
 
+def from_storage(exc: BaseException) -> bool:
+    """`exc` is an answer of Azure Storage (or Azurite) itself: it carries the request id
+    storage gives every answer. A proxy in between answers without it."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    return headers is not None and STORAGE_REQUEST_ID in headers
+
+
 def stop_line(exc: BaseException, settings: Settings) -> str | None:
     """The line that ends start-up when `exc` (not a refusal of the credential) can never
     heal; None when it may (retry)."""
     code = error_code(exc)
-    if isinstance(exc, HttpResponseError) and not isinstance(exc, ClientAuthenticationError):
+    if (
+        isinstance(exc, HttpResponseError)
+        and not isinstance(exc, ClientAuthenticationError)
+        and from_storage(exc)
+    ):
         status = exc.status_code
         if status == 400:
             if code in _CONTAINER_CODES:
@@ -186,6 +202,8 @@ def refused_for_good(
         return False
     if not (isinstance(exc, HttpResponseError) and exc.status_code in (401, 403)):
         return False
+    if not from_storage(exc):
+        return False  # a proxy's refusal: its rules may let the device through later
     if error_code(exc) in ACCOUNT_RULES and _NOT_AUTHENTICATED not in str(exc).lower():
         return False  # the account's rules: an administrator may let the device in
     now = time.time() if now is None else now
