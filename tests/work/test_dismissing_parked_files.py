@@ -251,3 +251,31 @@ def test_a_dismissal_cut_short_is_recorded_though_a_file_of_that_name_is_parked_
 
     manifest = wait_for(drained, what="the manifest")
     assert manifest is not None and manifest["totals"]["dismissed"] == 2
+
+
+@pytest.mark.adversarial
+@pytest.mark.xfail(strict=True, reason="issue 21: meaning checks of reason files read back")
+def test_a_reason_file_planted_for_a_session_never_dismisses_anything_of_it(
+    service_factory: Any, settings_factory: Any, azurite: Azurite
+) -> None:
+    """A reason without its parked file is settled at start-up as a dismissal. Anyone who can
+    write the share can plant one under any session: the session was reopened, counted a
+    dismissal and its manifest was written anew as not complete, though nothing of it was ever
+    parked.
+
+    Review of issues 19/20, finding 13.
+    """
+    settings = settings_factory()
+    running = service_factory(settings)
+    date = running.post("/v1/watch/start", json={"session_name": "whole"}).json()["date_prefix"]
+    write_file(settings.nfs_incoming_dir / "whole" / "a.bin", b"a")
+    wait_for(lambda: _view(running, "whole")["uploaded"] == 1, what="a.bin up")
+    running.post("/v1/watch/stop")
+    first = wait_for(lambda: _manifest(azurite, settings, date, "whole"), what="the manifest")
+    assert first is not None and first["complete"] is True
+    running.stop()
+    planted = settings.nfs_processing_root / "_failed_reasons" / date / "whole" / "ghost.bin"
+    write_file(planted, json.dumps({"reason": "x", "rel": "ghost.bin", "at": 0}).encode())
+    again = service_factory(settings)
+    view = _view(again, "whole")
+    assert (view["dismissed"], view["state"]) == (0, "drained"), view
