@@ -149,3 +149,29 @@ def test_a_session_started_again_the_same_day_keeps_every_file_in_its_manifest(
     second = run("second.bin")
     assert sorted(f["path"] for f in second["files"]) == ["first.bin", "second.bin"]
     assert second["totals"]["files"] == 2
+
+
+@pytest.mark.adversarial
+def test_a_ledger_is_kept_while_a_reason_of_its_session_waits_to_be_settled(
+    tmp_path: Path,
+) -> None:
+    """A reason file without its parked file is a dismissal not recorded yet (the file was
+    removed by hand from a session this process no longer lists, or a dismissal was cut
+    short): the next start records it in the ledger and writes the manifest anew from it. A
+    ledger removed before that came back with the dismissal line alone, and the manifest
+    written from it listed none of the session's files.
+
+    Review of issues 19/20, finding 14.
+    """
+    layout = Layout(tmp_path / "incoming", tmp_path / ".processing", tmp_path / "staging")
+    clock = [time.time() + 31 * DAY_S]
+    retention = LedgerRetention(layout, Nfs(10), 30, lambda d, s: False, clock=lambda: clock[0])
+    ledger = _ledger(layout, "s")
+    reason = write_file(layout.reasons_root / DATE / "s" / "cam" / "x.", b'{"reason": "r"}')
+    assert asyncio.run(retention.sweep()) == 0
+    assert ledger.exists()
+    reason.unlink()  # settled: the dismissal is in the ledger, the manifest written anew
+    done = write_file(layout.completed_root / DATE / "s" / "late.bin", b"checked again")
+    assert asyncio.run(retention.sweep()) == 0  # GC may still find it written to: sent again
+    done.unlink()
+    assert asyncio.run(retention.sweep()) == 1

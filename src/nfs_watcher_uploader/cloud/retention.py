@@ -5,9 +5,12 @@ these hold, checked on GC's beat:
     its manifest is in storage   the session is not active or draining under that date, and
                                  no report job for it is due (the job is deleted only after
                                  the manifest was uploaded and the event emitted)
-    nothing of it is parked      `_failed/<date>/<session>/` holds no file, and nothing of it
-    or claimed                   is in `.processing/<date>/<session>/` (a retry would write to
-                                 the ledger, and a new manifest would need it whole)
+    nothing of it is parked      `_failed/<date>/<session>/` holds no file, nor
+    or claimed                   `_failed_reasons/<date>/<session>/` (a reason without its file
+                                 is a dismissal still to be recorded), and nothing of it is in
+                                 `.processing/<date>/<session>/` or `_completed/` (a retry, a
+                                 dismissal or a late write would write to the ledger, and a new
+                                 manifest would need it whole)
     its date is over             the date folder is before today (UTC): a session started
                                  again on its date writes on in this ledger, and its next
                                  manifest is written from all of it
@@ -102,9 +105,14 @@ class LedgerRetention:
         return out
 
     def _holds_files(self, date: str, name: str) -> bool:
-        return bool(
-            trees.files_below(self.layout.parked_root / date / name)
-            or trees.files_below(self.layout.processing_root / date / name)
+        return any(
+            trees.files_below(root / date / name)
+            for root in (
+                self.layout.parked_root,
+                self.layout.reasons_root,
+                self.layout.completed_root,
+                self.layout.processing_root,
+            )
         )
 
     def _remove(self, ledgers: list[tuple[str, str]], cutoff: float) -> list[tuple[str, str]]:
