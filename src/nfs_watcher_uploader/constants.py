@@ -153,6 +153,11 @@ SOURCE_ID_MAX = 256
 CONTAINER_NAME_MIN = 3
 CONTAINER_NAME_MAX = 63
 SPECIAL_CONTAINERS = frozenset({"$root", "$web"})
+# How far apart this device's clock, storage's and the one a SAS was made on may be: Azure
+# advises a SAS start time 15 minutes back for clock skew
+# (learn.microsoft.com/azure/storage/common/storage-sas-overview, best practices). A SAS refused
+# while its start time is closer than this may be valid later: start-up waits for it.
+CLOCK_SKEW_S = 15 * 60.0
 # The start-up probe (nfs/probe) renames a file of this name from incoming into processing and
 # back. A dot name at the incoming root: the watcher only looks inside session folders, and the
 # default excludes skip dot names anyway. A probe lasts a few NFS calls; one older than this

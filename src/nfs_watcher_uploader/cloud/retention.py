@@ -5,9 +5,15 @@ these hold, checked on GC's beat:
     its manifest is in storage   the session is not active or draining under that date, and
                                  no report job for it is due (the job is deleted only after
                                  the manifest was uploaded and the event emitted)
-    nothing of it is parked      `_failed/<date>/<session>/` holds no file, and nothing of it
-    or claimed                   is in `.processing/<date>/<session>/` (a retry would write to
-                                 the ledger, and a new manifest would need it whole)
+    nothing of it is parked      `_failed/<date>/<session>/` holds no file, nor
+    or claimed                   `_failed_reasons/<date>/<session>/` (a reason without its file
+                                 is a dismissal still to be recorded), and nothing of it is in
+                                 `.processing/<date>/<session>/` or `_completed/` (a retry, a
+                                 dismissal or a late write would write to the ledger, and a new
+                                 manifest would need it whole)
+    its date is over             the date folder is before today (UTC): a session started
+                                 again on its date writes on in this ledger, and its next
+                                 manifest is written from all of it
     its time has passed          APP_LEDGER_RETENTION_DAYS since its last line (its mtime)
 
 A ledger is looked at again just before it is removed (a line appended meanwhile keeps it).
@@ -21,11 +27,18 @@ import stat
 import time
 from collections.abc import Callable
 
-from nfs_watcher_uploader.constants import LEDGER_SUFFIX, LEDGERS_DIR, PARKED_DIR
+from nfs_watcher_uploader.constants import (
+    COMPLETED_DIR,
+    LEDGER_SUFFIX,
+    LEDGERS_DIR,
+    PARKED_DIR,
+    PARKED_REASONS_DIR,
+)
 from nfs_watcher_uploader.items import is_session_name
 from nfs_watcher_uploader.nfs import trees
 from nfs_watcher_uploader.nfs.layout import Layout
 from nfs_watcher_uploader.nfs.runner import Nfs
+from nfs_watcher_uploader.sessions.session import today_utc
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +65,11 @@ class LedgerRetention:
 
     async def sweep(self) -> int:
         """Remove the ledgers no longer needed; returns how many."""
-        cutoff = self._clock() - self.keep_s
-        old = await self.nfs.call(lambda: self._old_and_idle(cutoff), timeout=self.nfs.timeout * 10)
+        now = self._clock()
+        cutoff, today = now - self.keep_s, today_utc(lambda: now)
+        old = await self.nfs.call(
+            lambda: self._old_and_idle(cutoff, today), timeout=self.nfs.timeout * 10
+        )
         done = [(date, name) for date, name in old if not self._busy(date, name)]
         if not done:
             return 0
@@ -80,18 +96,22 @@ class LedgerRetention:
                     out.append((date, name))
         return out
 
-    def _old_and_idle(self, cutoff: float) -> list[tuple[str, str]]:
-        """Ledgers older than `cutoff` with nothing of their session parked or claimed."""
+    def _old_and_idle(self, cutoff: float, today: str) -> list[tuple[str, str]]:
+        """Ledgers of dates before `today`, older than `cutoff`, with nothing of their session
+        parked or claimed."""
         return [
             (date, name)
             for date, name in self._ledgers()
-            if self._older(date, name, cutoff) and not self._holds_files(date, name)
+            if date < today
+            and self._older(date, name, cutoff)
+            and not self._holds_files(date, name)
         ]
 
     def _holds_files(self, date: str, name: str) -> bool:
         root = self.layout.processing_root
-        return bool(
-            trees.files_below(root, PARKED_DIR, date, name) or trees.files_below(root, date, name)
+        return any(
+            trees.files_below(root, *folder, date, name)
+            for folder in ((PARKED_DIR,), (PARKED_REASONS_DIR,), (COMPLETED_DIR,), ())
         )
 
     def _older(self, date: str, name: str, cutoff: float) -> bool:

@@ -219,7 +219,10 @@ class ParkedFiles:
         record = json.dumps(
             {"reason": reason, "rel": item.rel, "blob_name": blob_name, "at": at}
         ).encode()
-        moved, parked_as = await self.nfs.call(lambda: self._park(item, record))
+        # Names the session holds parked, their files there or not: one whose file is gone is
+        # a dismissal not recorded yet (dismissals.py), whose reason must not be written over.
+        held = frozenset(self.sessions.for_item(item).parked)
+        moved, parked_as = await self.nfs.call(lambda: self._park(item, record, held))
         error = f"{item.rel}: {reason}"
         done = moved is Moved.DONE
         if done:
@@ -248,12 +251,12 @@ class ParkedFiles:
             }
             await self.webhooks.emit("file.parked", data)
 
-    def _park(self, item: WorkItem, record: bytes) -> tuple[Moved, str]:
+    def _park(self, item: WorkItem, record: bytes, held: frozenset[str]) -> tuple[Moved, str]:
         src = self.layout.processing(item)
         # The reason is written first, so the file is never listed without it.
         for version in range(1, MAX_NAME_VERSIONS + 1):
             rel = versioned(item.rel, version)
-            if moves.exists(self.layout.parked(item, rel)):
+            if rel in held or moves.exists(self.layout.parked(item, rel)):
                 continue
             reason_file = self.layout.reason(item, rel)
             state.write_atomic(reason_file, record, ".reason.tmp-")
