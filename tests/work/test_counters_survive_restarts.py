@@ -146,7 +146,6 @@ def _ended_session(running: Any, name: str) -> Path:
 
 
 @pytest.mark.adversarial
-@pytest.mark.xfail(strict=True, reason="issue 21: a safe reader for files read back (no FIFOs)")
 def test_a_fifo_planted_as_a_ledger_never_holds_up_start_up_nor_a_thread(
     service_factory: Any, settings_factory: Any
 ) -> None:
@@ -168,7 +167,6 @@ def test_a_fifo_planted_as_a_ledger_never_holds_up_start_up_nor_a_thread(
 
 
 @pytest.mark.adversarial
-@pytest.mark.xfail(strict=True, reason="issue 21: meaning checks of ledgers read back")
 def test_a_ledger_line_naming_another_sessions_blob_is_never_counted(
     service_factory: Any, settings_factory: Any
 ) -> None:
@@ -198,7 +196,6 @@ def test_a_ledger_line_naming_another_sessions_blob_is_never_counted(
 
 
 @pytest.mark.adversarial
-@pytest.mark.xfail(strict=True, reason="issue 21: a safe reader for files read back (no links)")
 def test_a_link_planted_as_a_ledger_is_never_followed(
     service_factory: Any, settings_factory: Any, tmp_path: Path
 ) -> None:

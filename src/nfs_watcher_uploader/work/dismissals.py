@@ -49,6 +49,7 @@ from nfs_watcher_uploader.items import (
     printable,
 )
 from nfs_watcher_uploader.nfs.moves import is_regular
+from nfs_watcher_uploader.nfs.reading import set_aside_or_leave
 from nfs_watcher_uploader.nfs.runner import Nfs, until_spent
 from nfs_watcher_uploader.nfs.trees import date_dirs, iter_tree_files, open_folder
 from nfs_watcher_uploader.sessions.registry import Sessions
@@ -161,16 +162,25 @@ class Dismissals:
             return count
 
     async def settle_orphans(self) -> int:
-        """At start-up, before anything is queued: settle reasons left without their file."""
+        """At start-up, before anything is queued: settle reasons left without their file. Only
+        a session that may hold parked files (known, and not drained: a drained session had
+        none at its end) can have had one; a reason of any other session is not one the
+        service wrote (planted on the share): it is set aside, and nothing is dismissed."""
         async with self._parked.changing:
             keys = await self.nfs.call(self._orphan_keys)
             orphans = await self.nfs.in_batches(keys, self._judge_batch)
+            settled = 0
             for found, stale in orphans:
                 if stale:  # a park a crash cut short: the file is claimed again, and goes up
                     await self.nfs.call(functools.partial(self._remove_reason, found))
                     continue
+                session = self.sessions.by_name.get(found.session_name)
+                if session is None or session.state == "drained":
+                    await self.nfs.call(functools.partial(self._set_aside_reason, found))
+                    continue
                 await self._settle(found, "gone from _failed/ while the service was down")
-            return sum(1 for _, stale in orphans if not stale)
+                settled += 1
+            return settled
 
     async def _settle(self, found: _Found, how: str) -> None:
         """Record the dismissal, remove the reason, count and log it, let the session drain."""
@@ -238,6 +248,28 @@ class Dismissals:
 
     def _remove_reason(self, found: _Found) -> None:
         remove_reason(self._root, (found.date_prefix, found.session_name, found.parked_as))
+
+    def _set_aside_reason(self, found: _Found) -> None:
+        """A reason without its file that no session of ours can have written: kept aside."""
+        key = (found.date_prefix, found.session_name, found.parked_as)
+        *parts, name = found.parked_as.split("/")
+        fd = open_folder(self._root, PARKED_REASONS_DIR, *key[:2], *parts)
+        if fd is None:
+            return
+        try:
+            path = self._root.joinpath(PARKED_REASONS_DIR, *key)
+            done = set_aside_or_leave(path, self._root, fd)
+        finally:
+            os.close(fd)
+        logger.error(
+            "Reason file %s names no parked file of a session that may have one (session %s "
+            "is %s): nothing is dismissed; %s",
+            printable(str(path)),
+            found.session_name,
+            "unknown" if found.session_name not in self.sessions.by_name else "drained",
+            printable(done),
+            extra={"session_name": found.session_name, "file_name": printable(name)},
+        )
 
     def _trees(self) -> tuple[set[tuple[str, str]], dict[tuple[str, str], list[str]]]:
         """(session, parked_as) of every parked file; the dates of every reason file."""

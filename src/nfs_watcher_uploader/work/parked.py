@@ -129,11 +129,10 @@ def read_reason(root: Path, key: Key, folders: ReasonFolders | None = None) -> F
             if raw is None:
                 return Found(Reason())
             reason = parse_json(raw, Reason)
-            if reason.rel is not None and (
-                posixpath.dirname(reason.rel) != posixpath.dirname(parked_as)
-            ):
+            if reason.rel is not None and not _parked_as_from(reason.rel, parked_as):
                 raise Unusable(
-                    f"its path {printable(reason.rel)!r} is not the folder its file is parked in"
+                    f"its path {printable(reason.rel)!r} is not the one its file "
+                    f"{printable(parked_as)!r} was parked from"
                 )
             return Found(reason)
         except Unusable as exc:
@@ -142,6 +141,16 @@ def read_reason(root: Path, key: Key, folders: ReasonFolders | None = None) -> F
     finally:
         if mine:
             folders.close()
+
+
+def _parked_as_from(rel: str, parked_as: str) -> bool:
+    """`parked_as` is the name a file of path `rel` is parked under: `rel` itself, or one of
+    its versions (`name~2`) when that name was taken (`ParkedFiles._park`)."""
+    if rel == parked_as:
+        return True
+    if posixpath.dirname(rel) != posixpath.dirname(parked_as):
+        return False
+    return any(versioned(rel, v) == parked_as for v in range(2, MAX_NAME_VERSIONS + 1))
 
 
 def log_unusable(key: Key, problem: str) -> None:
