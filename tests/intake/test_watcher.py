@@ -341,6 +341,24 @@ async def test_a_quiet_folder_is_listed_again_at_least_every_full_listing_interv
     assert watcher.quiet_polls >= 1
 
 
+async def test_a_file_whose_attributes_are_unknown_keeps_its_folder_looked_at_every_poll(
+    parts: tuple[Settings, Sessions, Pipeline],
+) -> None:
+    """A file NFS could not describe this time (a stale handle) may be ready at the next scan:
+    its session is never spared a listing, however young its other files are."""
+    _, _, counting = _quiet_parts(parts)
+
+    def stale_one(path: Path, wanted: Wanted, known: Known, young_ns: int) -> Scan:
+        scan = counting(path, wanted, known, young_ns)
+        scan.files["cam/young0.bin"] = None
+        return scan
+
+    watcher = Watcher(parts[2], Nfs(5), scan=stale_one)
+    for _ in range(3):
+        await watcher.scan_once()
+    assert (counting.listings, watcher.quiet_polls) == (3, 0)
+
+
 @pytest.mark.adversarial
 async def test_a_file_old_enough_to_claim_is_looked_at_every_poll_in_a_quiet_folder(
     parts: tuple[Settings, Sessions, Pipeline],
