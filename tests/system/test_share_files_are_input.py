@@ -206,3 +206,63 @@ def test_a_report_is_written_though_a_job_beside_it_is_not_ours(
     aside = share.processing / "_set_aside" / "_reports"
     assert [p.name.split(".unusable-")[0] for p in aside.iterdir()] == ["not-a-job.json"]
     assert not job.exists()
+
+
+def _job(job_id: str, session: str, date: str, **fields: Any) -> bytes:
+    """A report job as `Reports.ended` writes one, with `fields` changed."""
+    job = {
+        "id": job_id,
+        "created": 1.0,
+        "session": session,
+        "date_prefix": date,
+        "state": "drained",
+        "started_at": 1.0,
+        "stopped_at": 2.0,
+        "finished_at": 3.0,
+        "excluded": [],
+        "not_uploaded": 0,
+        "generation": 1,
+        "event": "session.drained",
+    }
+    return json.dumps(job | fields).encode()
+
+
+@pytest.mark.adversarial
+def test_a_report_job_read_back_names_one_session_of_one_date_and_no_end_from_the_future(
+    share: Share, service_factory: Callable[..., RunningService]
+) -> None:
+    """A report job read back was checked for its shape only: one whose session was
+    `victim/rec` wrote its manifest over the blob `<date>/victim/rec.manifest.json` (a
+    recording of session `victim`); one whose date held `..` had the ledger read from outside
+    the ledgers' folder; and one claiming an end from the future (generation 10**18) put a
+    manifest in storage that no later end of its session could replace.
+
+    Issue 21 review, finding 1.
+    """
+    date = today_utc()
+    container = share.azurite.container(share.settings.azure_container)
+    container.create_container()
+    container.upload_blob(f"{date}/victim/rec.manifest.json", b"a recording")
+    reports = share.processing / "_reports"
+    planted = {
+        "inside-another": _job("inside-another", "victim/rec", date),
+        "outside": _job("outside", "x", "20261204/../../..", generation=2),
+        "future": _job("future", "later", date, generation=10**18, state="drain_timed_out"),
+    }
+    for name, data in planted.items():
+        write_file(reports / f"{name}.json", data)
+    running = service_factory(share.settings)
+    aside = share.processing / "_set_aside" / "_reports"
+    wait_for(
+        lambda: aside.is_dir() and len(list(aside.iterdir())) == len(planted),
+        what="the planted jobs set aside",
+    )
+    assert sorted(p.name.split(".unusable-")[0] for p in aside.iterdir()) == sorted(
+        f"{name}.json" for name in planted
+    )
+    assert (
+        container.get_blob_client(f"{date}/victim/rec.manifest.json").download_blob().readall()
+        == b"a recording"
+    )
+    _end_a_session(running, share, "later")
+    assert wait_manifest(container, date, "later")["state"] == "drained"
