@@ -3,6 +3,7 @@ bandwidth override, report and outbox jobs, ledgers, parked files' reasons) is i
 never blocks it, deep nesting never raises, and the service goes on without the file, set
 aside with a line naming it."""
 
+import functools
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -266,3 +267,63 @@ def test_a_report_job_read_back_names_one_session_of_one_date_and_no_end_from_th
     )
     _end_a_session(running, share, "later")
     assert wait_manifest(container, date, "later")["state"] == "drained"
+
+
+def _nest(top: Path, levels: int) -> None:
+    """`top/d/d/.../d/f`, `levels` folders deep (made by descriptor: no path grows too long)."""
+    top.mkdir(parents=True, exist_ok=True)
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(levels):
+            os.mkdir("d", dir_fd=fd)
+            child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        os.close(os.open("f", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd))
+    finally:
+        os.close(fd)
+
+
+def _unnest(top: Path) -> None:
+    """Remove what `_nest` made below `top`, one level at a time (pytest's clean-up of
+    `tmp_path` recurses, and would fail on it)."""
+    nest, moved = top / "d", top / "d.next"
+    while nest.is_dir():
+        (nest / "f").unlink(missing_ok=True)
+        if (nest / "d").is_dir():
+            os.rename(nest / "d", moved)
+            os.rmdir(nest)
+            os.rename(moved, nest)
+        else:
+            os.rmdir(nest)
+
+
+@pytest.mark.adversarial
+def test_folders_nested_past_any_session_path_in_the_trees_read_back_never_stop_a_listing(
+    share: Share,
+    service_factory: Callable[..., RunningService],
+    request: pytest.FixtureRequest,
+) -> None:
+    """The processing, parked and reasons trees were walked to any depth, one recursion per
+    folder: 1,500 nested folders planted in them raised RecursionError, so start-up's
+    recovery, `GET /v1/files/failed` and the manifest of the session they were planted in
+    failed (500, or retried for ever). No file of ours is deeper than MAX_DEPTH levels below
+    its session folder.
+
+    Issue 21 review, finding 2.
+    """
+    date = today_utc()
+    for tree in ("", "_failed", "_failed_reasons", "_completed"):
+        top = share.processing / tree / date / "deep"
+        _nest(top, 1500)
+        request.addfinalizer(functools.partial(_unnest, top))
+    write_file(share.processing / "_failed" / date / "deep" / "rec.bin", b"parked earlier")
+    # Recovered (a session with a parked file, which ends when its drain times out), ready.
+    running = service_factory(share.settings.model_copy(update={"drain_timeout_s": 1.0}))
+    listed = parked_files(running)
+    assert [f["filename"] for f in listed] == ["rec.bin"]
+    container = share.azurite.container(share.settings.azure_container)
+    manifest = wait_manifest(container, date, "deep")
+    assert manifest["state"] == "drain_timed_out"
+    assert [f["path"] for f in manifest["parked"]] == ["rec.bin"]
+    assert running.get("/healthz").status_code == 200
