@@ -327,3 +327,38 @@ def test_folders_nested_past_any_session_path_in_the_trees_read_back_never_stop_
     assert manifest["state"] == "drain_timed_out"
     assert [f["path"] for f in manifest["parked"]] == ["rec.bin"]
     assert running.get("/healthz").status_code == 200
+
+
+@pytest.mark.adversarial
+def test_a_link_planted_where_the_service_writes_its_own_files_never_leads_its_writes_out(
+    share: Share, service_factory: Callable[..., RunningService], tmp_path: Path
+) -> None:
+    """Reason files and report jobs were written through their folder's path (temp file,
+    then a rename over the name): a symbolic link planted as `_failed_reasons/<date>/<session>`
+    or `_reports` led both out of the share, and the rename replaced a file of that name
+    wherever the link pointed (here a file `rec.` beside the victim's other files).
+
+    Issue 21 review, finding 3.
+    """
+    date = today_utc()
+    outside, jobs_outside = tmp_path / "outside", tmp_path / "jobs-outside"
+    outside.mkdir()
+    jobs_outside.mkdir()
+    (outside / "rec.").write_bytes(b"not the service's")
+    reasons = share.processing / "_failed_reasons" / date
+    reasons.mkdir(parents=True)
+    os.symlink(outside, reasons / "lnk")
+    os.symlink(jobs_outside, share.processing / "_reports")
+    running = service_factory(share.settings.model_copy(update={"drain_timeout_s": 1.0}))
+    running.post("/v1/watch/start", json={"session_name": "lnk"})
+    write_file(share.settings.nfs_incoming_dir / "lnk" / "rec.", b"a name that cannot be a blob")
+    wait_for(lambda: session_view(running, "lnk")["failed"] == 1, what="rec. parked")
+    (listed,) = parked_files(running)
+    assert listed["filename"] == "rec." and "'.'" in listed["reason"]
+    running.post("/v1/watch/stop")
+    container = share.azurite.container(share.settings.azure_container)
+    wait_manifest(container, date, "lnk")
+    assert [p.name for p in outside.iterdir()] == ["rec."]
+    assert (outside / "rec.").read_bytes() == b"not the service's"
+    assert list(jobs_outside.iterdir()) == []
+    assert (share.processing / "_failed_reasons" / date / "lnk" / "rec.").is_file()

@@ -64,12 +64,8 @@ class JobFiles:
     async def add(self, job: Job) -> None:
         """Write `job` (which has an `id`) unless a job of that id is there. Raises OSError."""
         path, data = self._path(job["id"]), json.dumps(job).encode()
-
-        def add() -> None:
-            if not path.exists():
-                write_atomic(path, data, JOB_TMP_PREFIX)
-
-        await self.nfs.call(add)
+        root = self.root.parent
+        await self.nfs.call(lambda: write_atomic(path, data, JOB_TMP_PREFIX, root, only_new=True))
 
     async def remove(self, job_id: str) -> None:
         """Raises OSError; a job already gone is fine."""

@@ -43,6 +43,7 @@ from nfs_watcher_uploader.nfs.reading import (
     set_aside_or_leave,
 )
 from nfs_watcher_uploader.nfs.runner import Nfs
+from nfs_watcher_uploader.nfs.state import write_all
 
 logger = logging.getLogger(__name__)
 
@@ -148,10 +149,7 @@ class Ledger:
                 data = b"".join(lines)
                 if not created and not known_whole and not _ends_whole(fd):
                     data = b"\n" + data  # a crash tore the last line: end it first
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
+                write_all(fd, data)
             finally:
                 os.close(fd)
             self._clean.add(path)

@@ -267,11 +267,11 @@ class ParkedFiles:
             rel = versioned(item.rel, version)
             if rel in held or moves.exists(self.layout.parked(item, rel)):
                 continue
-            reason_file = self.layout.reason(item, rel)
-            state.write_atomic(reason_file, record, ".reason.tmp-")
+            root = self.layout.processing_root
+            state.write_atomic(self.layout.reason(item, rel), record, ".reason.tmp-", root)
             moved = self._move(src, self.layout.parked(item, rel), None)
             if moved is not Moved.DONE:
-                reason_file.unlink(missing_ok=True)
+                remove_reason(root, (item.date_prefix, item.session_name, rel))
             if moved is not Moved.TAKEN:
                 return moved, rel
         raise OSError(f"{MAX_NAME_VERSIONS} parked files are named like {item.rel}")
