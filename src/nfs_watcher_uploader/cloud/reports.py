@@ -27,6 +27,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
+from pydantic import NonNegativeInt
+
 from nfs_watcher_uploader.backoff import DueQueue
 from nfs_watcher_uploader.blob.blobinfo import BlobLabels, iso_utc
 from nfs_watcher_uploader.blob.storage import Storage
@@ -38,7 +40,7 @@ from nfs_watcher_uploader.config import Settings
 from nfs_watcher_uploader.constants import MAX_DEPTH
 from nfs_watcher_uploader.items import ParkedFile, SessionStateName, printable
 from nfs_watcher_uploader.nfs.layout import Layout, manifest_blob
-from nfs_watcher_uploader.nfs.reading import DatePrefix, Generation, SessionName, Time
+from nfs_watcher_uploader.nfs.reading import DatePrefix, SessionName, Time
 from nfs_watcher_uploader.nfs.runner import Nfs
 from nfs_watcher_uploader.sessions.session import Session
 
@@ -255,8 +257,10 @@ class _ReportJob(JobDoc):
     finished_at: Time
     excluded: list[Excluded]
     not_uploaded: int
-    # Older jobs have neither: they are the oldest end, reported as their state says.
-    generation: Generation = 0
+    # Older jobs have neither: they are the oldest end, reported as their state says. (Not
+    # bounded by this device's clock: one that starts a day behind, a board before NTP, would
+    # set its own jobs aside.)
+    generation: NonNegativeInt = 0
     event: Literal["session.drained", "session.drain_timed_out", "session.updated"] | None = None
 
 

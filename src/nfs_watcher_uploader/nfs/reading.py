@@ -55,8 +55,10 @@ def _date_prefix(date: str) -> str:
 
 
 def _not_ahead(generation: int) -> int:
-    # A generation is a time in microseconds (`reports`): one far ahead is not ours, and would
-    # keep every later end of its session from being reported.
+    # A generation is a time in microseconds (`reports`): a manifest line claiming one far
+    # ahead is not ours, and would keep every later end of its session from being reported.
+    # (Only where skipping it costs nothing: a ledger line; a job or the state file read back
+    # on a device whose clock starts behind must still be used.)
     if generation > (time.time() + GENERATION_AHEAD_MAX_S) * 1_000_000:
         raise ValueError(f"a generation from the future ({generation})")
     return generation

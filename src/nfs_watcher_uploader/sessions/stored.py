@@ -7,10 +7,10 @@ import logging
 from collections.abc import Iterable
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, NonNegativeInt
 
 from nfs_watcher_uploader.items import SessionStateName
-from nfs_watcher_uploader.nfs.reading import DatePrefix, Generation, SessionName, Time
+from nfs_watcher_uploader.nfs.reading import DatePrefix, SessionName, Time
 from nfs_watcher_uploader.sessions.session import Session
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,9 @@ class _StoredSession(BaseModel):
     started_at: Time
     stopped_at: Time | None
     redrained_at: Time | None = None
-    generation: Generation = 0
+    # Not bounded by this device's clock: one that starts a day behind (a board before NTP)
+    # must not set the sessions aside.
+    generation: NonNegativeInt = 0
     updated: bool = False
 
 
