@@ -360,3 +360,34 @@ def test_a_link_planted_where_the_service_writes_its_own_files_never_leads_its_w
     assert (outside / "rec.").read_bytes() == b"not the service's"
     assert list(jobs_outside.iterdir()) == []
     assert (share.processing / "_failed_reasons" / date / "lnk" / "rec.").is_file()
+
+
+@pytest.mark.adversarial
+def test_a_link_planted_in_the_parked_tree_never_leads_a_parked_file_out_of_it(
+    share: Share, service_factory: Callable[..., RunningService], tmp_path: Path
+) -> None:
+    """A file was parked by a rename to its path in `_failed/`: a symbolic link planted as
+    `_failed/<date>/<session>` took the recording out of the share, where no listing (they
+    walk the tree by descriptor) found it, and its reason, left without its file, was
+    recorded as an operator's dismissal in the manifest.
+
+    Issue 21 review, finding 5.
+    """
+    date = today_utc()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (share.processing / "_failed" / date).mkdir(parents=True)
+    os.symlink(outside, share.processing / "_failed" / date / "lnk")
+    running = service_factory(share.settings.model_copy(update={"drain_timeout_s": 1.0}))
+    running.post("/v1/watch/start", json={"session_name": "lnk"})
+    write_file(share.settings.nfs_incoming_dir / "lnk" / "rec.", b"a name that cannot be a blob")
+    wait_for(lambda: session_view(running, "lnk")["failed"] == 1, what="rec. parked")
+    assert [f["filename"] for f in parked_files(running)] == ["rec."]
+    running.post("/v1/watch/stop")
+    container = share.azurite.container(share.settings.azure_container)
+    manifest = wait_manifest(container, date, "lnk")
+    assert [f["path"] for f in manifest["parked"]] == ["rec."]
+    assert manifest["dismissed"] == []
+    assert list(outside.iterdir()) == []
+    parked = share.processing / "_failed" / date / "lnk" / "rec."
+    assert parked.read_bytes() == b"a name that cannot be a blob"
