@@ -8,13 +8,13 @@ a cycle):
     api/                       routes, views, schemas, the API token, what one client may cost
     service                    the composition root: builds, starts and stops every part
     intake/                    watcher (when a file is completely written), filters
-    work/                      pipeline, transfer, context, order, parked, dismissals,
-                               completions, gc, recovery, recount, staging
+    work/                      pipeline, transfer, context, progress, order, parked,
+                               dismissals, completions, gc, recovery, recount, staging
     cloud/                     ledger, manifest, reports, webhooks, jobs, delivery, retention,
                                verify
     blob/                      storage, credentials, azure_errors, blocks, early, single_put,
                                block_ids, blobinfo
-    uplink/                    bandwidth, wire
+    uplink/                    bandwidth, wire, history
     sessions/                  session, registry, stored: sessions, their progress, their file
     nfs/                       runner, opening, scan, moves, copying, state, trees, probe,
                                layout

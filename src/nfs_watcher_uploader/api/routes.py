@@ -33,7 +33,13 @@ from nfs_watcher_uploader.api.schemas import (
     WatchStartResponse,
     WatchStopResponse,
 )
-from nfs_watcher_uploader.api.views import bandwidth_view, failed_file, session_view
+from nfs_watcher_uploader.api.views import (
+    bandwidth_view,
+    failed_file,
+    files_view,
+    session_view,
+    sessions_view,
+)
 from nfs_watcher_uploader.constants import DATE_DIR_RE
 from nfs_watcher_uploader.errors import NotOurs, SessionConflict
 from nfs_watcher_uploader.items import check_session_name, printable
@@ -119,6 +125,8 @@ async def status(service: ServiceDep) -> StatusResponse:
     sessions = service.sessions
     active = sessions.active
     pipeline = service.pipeline
+    problem = service.liveness()
+    files = list(pipeline.progress.files.values())
     return StatusResponse(
         enabled=active is not None,
         active_session=active.name if active else None,
@@ -135,12 +143,18 @@ async def status(service: ServiceDep) -> StatusResponse:
         draining_sessions=[s.name for s in sessions.by_name.values() if s.state == "draining"],
         state_error=sessions.state_error,
         nfs_calls_hung=service.nfs.abandoned,
+        healthy=problem is None,
+        health_detail=problem,
+        phase=service.phase,
+        rate_bytes_per_second=round(service.meter.rate(), 1),
+        files_in_flight=files_view(files),
+        files_in_flight_total=len(files),
     )
 
 
 @router.get("/v1/sessions")
 async def list_sessions(service: ServiceDep) -> SessionList:
-    return SessionList(sessions=[session_view(s) for s in service.sessions.by_name.values()])
+    return SessionList(sessions=sessions_view(service))
 
 
 @router.get("/v1/sessions/{name}", responses={404: {}, 422: {}})
@@ -152,7 +166,7 @@ async def get_session(service: ServiceDep, name: str) -> SessionView:
     session = service.sessions.by_name.get(name)
     if session is None:
         raise HTTPException(404, f"no session named {name!r} is known")
-    return session_view(session)
+    return session_view(service, session)
 
 
 @router.get("/v1/files/failed", responses={503: {}})

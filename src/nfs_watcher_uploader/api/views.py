@@ -1,14 +1,49 @@
 """What the API shows of the service's state: the domain's objects turned into response bodies
 (`schemas`), so that no layer below the API knows an HTTP schema."""
 
-from nfs_watcher_uploader.api.schemas import BandwidthView, FailedFile, SessionView
+import time
+
+from nfs_watcher_uploader.api.schemas import BandwidthView, FailedFile, FileInFlight, SessionView
 from nfs_watcher_uploader.items import ParkedFile
 from nfs_watcher_uploader.rates import format_rate
 from nfs_watcher_uploader.service import Service
 from nfs_watcher_uploader.sessions.session import Session
+from nfs_watcher_uploader.work.progress import FileProgress
+
+# Files listed in one answer at most (a storage outage may leave thousands retrying; they are
+# counted in full elsewhere): those in flight first, then those due soonest.
+FILES_SHOWN = 100
+_STEP_ORDER = {"committing": 0, "uploading": 1, "staging": 2, "claiming": 3, "retrying": 4}
 
 
-def session_view(session: Session) -> SessionView:
+def files_view(files: list[FileProgress]) -> list[FileInFlight]:
+    now, wall = time.monotonic(), time.time()
+    shown = sorted(files, key=lambda f: (_STEP_ORDER[f.state], f.due or 0.0, f.began))
+    return [
+        FileInFlight(
+            session_name=f.session_name,
+            date_prefix=f.date_prefix,
+            path=f.path,
+            state=f.state,
+            size=f.size,
+            bytes_sent=f.done,
+            rate_bytes_per_second=round(f.rate(now), 1),
+            attempt=f.attempt + 1,
+            next_attempt_at=f.due,
+            next_attempt_in_s=None if f.due is None else round(max(0.0, f.due - wall), 1),
+            last_error=f.error,
+        )
+        for f in shown[:FILES_SHOWN]
+    ]
+
+
+def session_view(
+    service: Service, session: Session, files: list[FileProgress] | None = None
+) -> SessionView:
+    """`files`: the session's files in flight, when the caller grouped them already."""
+    if files is None:
+        files = service.pipeline.progress.by_session().get(session.name, [])
+    progress = service.pipeline.progress.session(session, files)
     return SessionView(
         session_name=session.name,
         date_prefix=session.date_prefix,
@@ -35,7 +70,19 @@ def session_view(session: Session) -> SessionView:
         late_writes=session.late_writes,
         last_error=session.last_error,
         notices=list(session.notices),
+        bytes_done=progress.bytes_done,
+        bytes_remaining=progress.bytes_remaining,
+        rate_bytes_per_second=round(progress.rate, 1),
+        eta_seconds=None if progress.eta_s is None else round(progress.eta_s, 1),
+        files_in_flight=files_view(files),
     )
+
+
+def sessions_view(service: Service) -> list[SessionView]:
+    grouped = service.pipeline.progress.by_session()
+    return [
+        session_view(service, s, grouped.get(s.name, [])) for s in service.sessions.by_name.values()
+    ]
 
 
 def failed_file(parked: ParkedFile) -> FailedFile:
@@ -62,4 +109,6 @@ def bandwidth_view(service: Service) -> BandwidthView:
         schedule=None if bandwidth.schedule is None else str(bandwidth.schedule),
         timezone=service.settings.timezone,
         rate_bytes_per_second=round(service.meter.rate(), 1),
+        history=[(round(t, 1), round(r, 1)) for t, r in service.uplink_history.points],
+        history_step_s=service.uplink_history.step,
     )

@@ -96,13 +96,16 @@ class Transfer:
         """Stage, upload and complete one claimed file."""
         sent_bytes = None
         if item.committed is None:
+            slot.enter("staging")
             staged = await self._stage(item, slot)
             if staged is None:  # an earlier attempt committed it and marked it completed
                 self._count_uploaded(item, session, None)
                 return
             if item.attempt == 0:
                 session.staged(staged.read.size)
+            slot.enter("uploading", staged.read.size)
             item, sent_bytes = await self._upload(item, staged, slot, session)
+        slot.enter("committing")
         if not item.recorded:
             item = await self._record(item)
         await self._complete(item)
@@ -149,6 +152,8 @@ class Transfer:
                     lambda: slot.progress,
                 )
                 if early is not None:
+                    # Read: what is left is sending the blocks under way.
+                    slot.enter("uploading", staged.read.size)
                     await early.settle()
             except FileNotFoundError as exc:
                 if exc.filename is None or Path(exc.filename) != src:
