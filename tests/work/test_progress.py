@@ -78,7 +78,7 @@ def test_a_file_waiting_for_its_next_attempt_says_when_and_why(
     own_azurite.stop()
     write_file(settings.nfs_incoming_dir / "away" / "a.bin", b"a" * 1000)
 
-    f: dict[str, Any] = wait_for(
+    f: Any = wait_for(
         lambda: (f := _file(running, "away")) is not None and f["state"] == "retrying" and f,
         timeout=60,
         interval=0.2,
