@@ -56,7 +56,8 @@ def create_app(settings: Settings, **service_options: Any) -> FastAPI:
             # Last: flush spans and metrics of the shutdown itself.
             providers.shutdown()
 
-    app = FastAPI(title="nfs-watcher-uploader", lifespan=lifespan)
+    # /docs is the package's own page (Swagger UI from files served here, no CDN); no ReDoc.
+    app = FastAPI(title="nfs-watcher-uploader", lifespan=lifespan, docs_url=None, redoc_url=None)
     routes.install(app, token, settings.metrics_require_token)
     providers = setup_telemetry(app)
     app.state.metrics_registry = providers.registry

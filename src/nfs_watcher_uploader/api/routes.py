@@ -1,5 +1,6 @@
 """HTTP endpoints. Probes read in-memory state only; everything else answers 4xx or 503 with a
-message, never a traceback.
+message, never a traceback. The status page and the docs are `page`'s; what every answer tells
+a browser, `headers`'.
 
 With a token configured (auth.py), every /v1/* request needs it, and /metrics too with
 APP_METRICS_REQUIRE_TOKEN; the probes stay open (the kubelet has no token). Every request is
@@ -15,7 +16,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from uuid_utils import uuid7
 
+from nfs_watcher_uploader.api import page
 from nfs_watcher_uploader.api.auth import ApiToken, TokenFirst, require_token
+from nfs_watcher_uploader.api.headers import BrowserHeaders
 from nfs_watcher_uploader.api.limits import BodyLimit
 from nfs_watcher_uploader.api.schemas import (
     BandwidthRequest,
@@ -182,7 +185,10 @@ async def retry_failed(service: ServiceDep, body: RetryRequest | None = None) ->
     if not service.ready:
         raise HTTPException(503, f"service is not ready ({service.phase}); retry shortly")
     try:
-        count = await service.pipeline.parked.requeue(body.session_name if body else None)
+        if body is None:
+            count = await service.pipeline.parked.requeue(None)
+        else:
+            count = await service.pipeline.parked.requeue(body.session_name, body.parked_as)
     except OSError as exc:
         raise _unavailable("moving parked files back", exc) from None
     return RetryResponse(requeued=count)
@@ -288,6 +294,8 @@ def install(app: FastAPI, token: ApiToken | None, metrics_require_token: bool = 
     if token is not None:
         protected = (CONTROL_PREFIX, "/metrics") if metrics_require_token else (CONTROL_PREFIX,)
         app.add_middleware(TokenFirst, token=token, prefixes=protected)
-    app.add_middleware(BodyLimit)  # added last, so it runs first
+    app.include_router(page.router)
+    app.add_middleware(BodyLimit)
+    app.add_middleware(BrowserHeaders, protected=CONTROL_PREFIX)  # added last, so it runs first
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(OSError, _os_error)

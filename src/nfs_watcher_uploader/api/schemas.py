@@ -3,7 +3,7 @@ Every name in a response passes through `printable` (the `Printable` type)."""
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, field_validator, model_validator
 
 from nfs_watcher_uploader.constants import MANIFEST_SUFFIX
 from nfs_watcher_uploader.items import (
@@ -13,6 +13,7 @@ from nfs_watcher_uploader.items import (
     printable,
 )
 from nfs_watcher_uploader.rates import parse_rate
+from nfs_watcher_uploader.work.dismissals import check_parked_as
 
 # A string that reaches a response: made printable whatever it holds.
 Printable = Annotated[str, AfterValidator(printable)]
@@ -180,7 +181,18 @@ class DismissResponse(BaseModel):
 
 
 class RetryRequest(_SessionNameBody):
-    """Put parked files back in the queue: all of them, or one session's."""
+    """Put parked files back in the queue: all of them, one session's, or one file of a session
+    (`parked_as` as GET /v1/files/failed lists it)."""
+
+    parked_as: str | None = None
+
+    @model_validator(mode="after")
+    def _one_file_of_a_session(self) -> "RetryRequest":
+        if self.parked_as is not None:
+            if self.session_name is None:
+                raise ValueError("parked_as needs session_name")
+            check_parked_as(self.parked_as)
+        return self
 
 
 class RetryResponse(BaseModel):

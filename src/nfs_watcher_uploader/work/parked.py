@@ -127,13 +127,20 @@ class ParkedFiles:
             out.append(_Parked(replace(item, rel=rel), parked_as, path, reason))
         return out
 
-    async def requeue(self, session_name: str | None) -> int:
-        """Move parked files back into `.processing` and queue them. Returns how many."""
+    async def requeue(self, session_name: str | None, parked_as: str | None = None) -> int:
+        """Move parked files back into `.processing` and queue them: all, a session's, or the
+        session's file `parked_as` (its name as NFS holds it, or as the listing shows it:
+        printable). Returns how many."""
         async with self.changing:
             count = 0
             for parked in await self.nfs.call(self._read):
                 item = parked.item
                 if session_name is not None and item.session_name != session_name:
+                    continue
+                if parked_as is not None and parked_as not in (
+                    parked.parked_as,
+                    printable(parked.parked_as),
+                ):
                     continue
                 moved = await self.nfs.call(functools.partial(self._unpark, parked))
                 if moved is Moved.TAKEN:
