@@ -5,6 +5,7 @@ its own, never from a layer above (tests/test_layers.py checks it, and that noth
 a cycle):
 
     main, __main__             the console script and the app factory
+    cli/                       terminal commands that read the API: status
     api/                       routes, views, schemas, the API token, what one client may cost
     service                    the composition root: builds, starts and stops every part
     intake/                    watcher (when a file is completely written), filters

@@ -1,5 +1,5 @@
 """Entry points: the app factory (`create_app`) and the console script (`run`): the service,
-or `verify`."""
+`verify` or `status`."""
 
 import argparse
 import asyncio
@@ -15,6 +15,7 @@ from nfs_watcher_uploader import settings_checks
 from nfs_watcher_uploader.api import routes
 from nfs_watcher_uploader.api.auth import ApiToken, TokenFileError
 from nfs_watcher_uploader.api.limits import server_options
+from nfs_watcher_uploader.cli import status
 from nfs_watcher_uploader.cloud import verify
 from nfs_watcher_uploader.config import Settings, unsafe_paths
 from nfs_watcher_uploader.service import Service
@@ -81,7 +82,8 @@ def _return_freed_memory() -> None:
 
 def run(argv: list[str] | None = None) -> None:
     """Console script: with no command (or `serve`), the service; `verify <date>/<session>`
-    checks a session in storage against its manifest."""
+    checks a session in storage against its manifest; `status` shows what a running service is
+    doing."""
     parser = argparse.ArgumentParser(
         prog="nfs-watcher-uploader", description="Upload finished recordings from NFS to Azure."
     )
@@ -95,9 +97,19 @@ def run(argv: list[str] | None = None) -> None:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
     )
+    status.add_arguments(
+        commands.add_parser(
+            "status",
+            help=status.HELP,
+            description=status.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+    )
     args = parser.parse_args(argv)
     if args.command == "verify":
         sys.exit(verify.main(args))
+    if args.command == "status":
+        sys.exit(status.main(args))
     serve()
 
 
