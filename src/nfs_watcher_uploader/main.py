@@ -5,7 +5,7 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -89,27 +89,20 @@ def run(argv: list[str] | None = None) -> None:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("serve", help="watch, upload and serve the API (the default)")
-    verify.add_arguments(
-        commands.add_parser(
-            "verify",
-            help=verify.HELP,
-            description=verify.__doc__,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+    # Commands other than the service: (name, help, description, arguments, main).
+    tools: dict[str, Callable[[argparse.Namespace], int]] = {}
+    for name, help_text, doc, add_arguments, main in (
+        ("verify", verify.HELP, verify.__doc__, verify.add_arguments, verify.main),
+        ("status", status.HELP, status.__doc__, status.add_arguments, status.main),
+    ):
+        formatter = argparse.RawDescriptionHelpFormatter
+        add_arguments(
+            commands.add_parser(name, help=help_text, description=doc, formatter_class=formatter)
         )
-    )
-    status.add_arguments(
-        commands.add_parser(
-            "status",
-            help=status.HELP,
-            description=status.__doc__,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-    )
+        tools[name] = main
     args = parser.parse_args(argv)
-    if args.command == "verify":
-        sys.exit(verify.main(args))
-    if args.command == "status":
-        sys.exit(status.main(args))
+    if args.command in tools:
+        sys.exit(tools[args.command](args))
     serve()
 
 

@@ -48,6 +48,12 @@
     return el("td", text, className);
   }
 
+  function emptyRow(text) {
+    const row = document.createElement("tr");
+    row.append(cell(text, "empty"));
+    return row;
+  }
+
   function bytes(n) {
     if (n === null || n === undefined) return "?";
     const units = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -228,11 +234,7 @@
       .sort((a, b) => (b.stopped_at || b.started_at) - (a.stopped_at || a.started_at));
     const shown = watched.concat(ended.slice(0, SESSIONS_ENDED_SHOWN));
     const rows = shown.map(sessionRow);
-    if (!rows.length) {
-      const row = document.createElement("tr");
-      row.append(cell("No session yet: POST /v1/watch/start starts one.", "empty"));
-      rows.push(row);
-    }
+    if (!rows.length) rows.push(emptyRow("No session yet: POST /v1/watch/start starts one."));
     $("sessions-body").replaceChildren(...rows);
     const hidden = list.length - shown.length;
     $("sessions-more").textContent = hidden > 0 ? hidden + " older sessions not shown (GET /v1/sessions)" : "";
@@ -260,11 +262,7 @@
       row.append(progress, cell(rate(f.rate_bytes_per_second), "num"));
       return row;
     });
-    if (!rows.length) {
-      const row = document.createElement("tr");
-      row.append(cell("Nothing in flight.", "empty"));
-      rows.push(row);
-    }
+    if (!rows.length) rows.push(emptyRow("Nothing in flight."));
     $("files-body").replaceChildren(...rows);
     $("files-count").textContent = "(" + status.files_in_flight_total + ")";
     const more = status.files_in_flight_total - status.files_in_flight.length;
@@ -365,11 +363,7 @@
       row.append(actions);
       return row;
     });
-    if (!rows.length) {
-      const row = document.createElement("tr");
-      row.append(cell("No parked files.", "empty"));
-      rows.push(row);
-    }
+    if (!rows.length) rows.push(emptyRow("No parked files."));
     $("parked-body").replaceChildren(...rows);
     $("parked-count").textContent = "(" + files.length + ")";
     const more = files.length - PARKED_SHOWN;
