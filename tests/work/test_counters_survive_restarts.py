@@ -1,7 +1,7 @@
 """A session's counters survive a restart of the process: `/v1/sessions/{name}` then says what
-its manifest says (uploaded, bytes_uploaded, failed), read back from the ledger and the parked
-files, which are durable; and a file found already uploaded after a restart is not counted
-twice."""
+its manifest says (uploaded, bytes_uploaded, failed, dismissed), read back from the ledger and
+the parked files, which are durable; and a file found already uploaded after a restart is not
+counted twice."""
 
 import json
 import signal
@@ -85,9 +85,39 @@ def test_a_file_found_already_uploaded_after_a_restart_is_counted_once() -> None
     and its upload after the restart finds it in storage."""
     session = Session("s", "20261204", "draining", 0.0)
     item = WorkItem("s", "20261204", "a.bin", claimed=True)
-    session.restore(2, 300, 0, {"20261204/s/a.bin": 100})
+    session.restore(2, 300, 0, {"20261204/s/a.bin": 100}, dismissed=0)
     session.count_uploaded(item, 0)  # found already there: nothing sent
     assert (session.uploaded, session.bytes_uploaded) == (2, 300)
     late = WorkItem("s", "20261204", "b.bin", claimed=True)
     session.count_uploaded(late, 50)  # a file the ledger did not have
     assert (session.uploaded, session.bytes_uploaded) == (3, 350)
+
+
+def test_a_dismissal_is_still_counted_after_a_restart(
+    service_factory: Any, settings_factory: Any, azurite: Azurite
+) -> None:
+    """`dismissed` is read back from the ledger too: after a restart the session says what its
+    manifest's totals say, as for the other counters."""
+    settings = settings_factory()
+    running = service_factory(settings)
+    date = running.post("/v1/watch/start", json={"session_name": "d"}).json()["date_prefix"]
+    write_file(settings.nfs_incoming_dir / "d" / "bad.", b"x")  # a name Azure refuses: parked
+    write_file(settings.nfs_incoming_dir / "d" / "ok.bin", b"fine")
+    wait_for(
+        lambda: (v := running.get("/v1/sessions/d").json())["uploaded"] + v["failed"] == 2,
+        what="ok.bin up and bad. parked",
+    )
+    running.post("/v1/watch/stop")
+    assert running.client.delete("/v1/files/failed/d/bad.").status_code == 200
+
+    def drained_manifest() -> dict[str, Any] | None:
+        found = _manifest(azurite, settings.azure_container, date, "d")
+        return found if found and found["state"] == "drained" else None
+
+    manifest = wait_for(drained_manifest, what="the manifest after the dismissal")
+    assert manifest is not None and manifest["totals"]["dismissed"] == 1
+    before = running.get("/v1/sessions/d").json()
+    running.stop()
+    after = service_factory(settings).get("/v1/sessions/d").json()
+    assert after["dismissed"] == manifest["totals"]["dismissed"] == before["dismissed"], after
+    assert (after["uploaded"], after["failed"]) == (1, 0)

@@ -118,12 +118,20 @@ class Session:
             self.bytes_uploaded += size - counted
 
     def restore(
-        self, uploaded: int, bytes_uploaded: int, pending: int, restored: dict[str, int]
+        self,
+        uploaded: int,
+        bytes_uploaded: int,
+        pending: int,
+        restored: dict[str, int],
+        *,
+        dismissed: int,
     ) -> None:
         """Counters after a restart, from the ledger (`uploaded`, `bytes_uploaded`: one per
-        blob, as the manifest counts) and the parked files (already in `parked`); `pending`
-        files left in progress have no line yet, `restored` blobs do (see the field)."""
+        blob, as the manifest counts; `dismissed`: the parked files an operator took out, as
+        the manifest lists them) and the parked files (already in `parked`); `pending` files
+        left in progress have no line yet, `restored` blobs do (see the field)."""
         self.uploaded, self.bytes_uploaded, self.restored = uploaded, bytes_uploaded, restored
+        self.dismissed = dismissed
         self.files_seen = uploaded + len(self.parked) + pending
         # Files in progress are staged again, and counted then.
         self.bytes_seen = bytes_uploaded - sum(restored.values())

@@ -1,7 +1,8 @@
 """Session counters after a restart, read back from what is durable: the ledger (one line per
 committed blob) and the parked files. So `/v1/sessions/{name}` says after a restart what the
 session's manifest says: `uploaded` and `bytes_uploaded` are the ledger's blobs (each once,
-as the manifest lists them), `failed` its parked files (counted by `recovery`).
+as the manifest lists them), `dismissed` the parked files an operator took out (the ledger's
+dismissal lines, each once), `failed` its parked files (counted by `recovery`).
 
 Files still in progress at the restart are uploaded again; those whose blob already has its
 line (committed and recorded before the crash) are marked on the session, so that finding
@@ -40,11 +41,15 @@ async def recount(
 
 async def _recount(session: Session, ledger: Ledger, recovered: list[WorkItem], nfs: Nfs) -> None:
     date, name = session.date_prefix, session.name
-    entries = await nfs.call(lambda: ledger.read(date, name), timeout=nfs.timeout * 10)
+    entries, dismissed = await nfs.call(
+        lambda: ledger.read_all(date, name), timeout=nfs.timeout * 10
+    )
     mine = [i for i in recovered if (i.session_name, i.date_prefix) == (name, date)]
     paths = {i.rel for i in mine if not i.completed}
     blobs = {i.blob_name for i in mine if i.completed}
     restored = {e.blob: e.size for e in entries if e.path in paths or e.blob in blobs}
     recorded = {e.path for e in entries}
     pending = sum(1 for i in mine if not i.completed and i.rel not in recorded)
-    session.restore(len(entries), sum(e.size for e in entries), pending, restored)
+    session.restore(
+        len(entries), sum(e.size for e in entries), pending, restored, dismissed=len(dismissed)
+    )
