@@ -5,6 +5,9 @@ Per file set (small: 1,000 x 64 KiB; large: 4 x 128 MiB; `--scale` multiplies th
            made after the clock starts) until the service has committed the last blob;
   rclone   `rclone copy` with its defaults;
   raw      the async SDK uploading straight from the files (the limit of machine and Azurite).
+The small set is also sent with the status page's poller asking the API once a second (way
+`service+page`, side by side with `service` in each run), and the CPU of one poll round is
+measured on its own (rounds back to back against the idle service, less its idle CPU).
 Then the cost of watching 10,000 waiting files at a 1 s poll (CPU and RSS over time), and the
 uplink figures, counted on the wire by a relay between the service and Azurite: throughput
 under a 20 MiB/s cap (how close to the cap), and the resume figure (a 256 MiB file under a
@@ -23,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -126,14 +130,21 @@ class Service:
     def processed(self) -> int:
         return self.http.get("/v1/status").json()["processed_ok"]
 
-    def upload(self, set_name: str, src: Path, total: int, tag: str = "") -> Result:
-        session = f"bench-{set_name}{tag}"
+    def upload(
+        self, set_name: str, src: Path, total: int, tag: str = "", page: bool = False
+    ) -> Result:
+        """The set, from the moment it appears to its last commit; with `page`, while a poller
+        asks the API what the status page asks, once a second."""
+        session = f"bench-{set_name}{tag}{'-page' if page else ''}"
         self.http.post("/v1/watch/start", json={"session_name": session}).raise_for_status()
         incoming = self.settings.nfs_incoming_dir / session
         files = sorted(src.iterdir())
         before, cpu0 = self.processed(), proc_cpu(self.proc.pid)
         profiler = self._profile(set_name)
+        poller = PagePoller(self.http.base_url) if page else None
         started = time.perf_counter()
+        if poller is not None:
+            poller.start()
         for path in files:
             os.link(path, incoming / path.name)
         # Asked 10 times a second: each answer costs the service CPU that rclone is not charged
@@ -141,11 +152,35 @@ class Service:
         self._wait(lambda: self.processed() >= before + len(files), 3600, 0.1)
         seconds = time.perf_counter() - started
         cpu = proc_cpu(self.proc.pid) - cpu0
+        if poller is not None:
+            poller.stop()
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)
             profiler.wait(60)
         self.http.post("/v1/watch/stop").raise_for_status()
-        return Result(set_name, "service", len(files), total, seconds, cpu)
+        way = "service+page" if page else "service"
+        return Result(set_name, way, len(files), total, seconds, cpu)
+
+    def poll_round_cpu(self, rounds: int) -> dict[str, float]:
+        """CPU seconds of the service per poll round (the page's requests, back to back),
+        less what the idle service spends in as long without them."""
+        client = httpx.Client(base_url=self.http.base_url, timeout=30)
+        cpu0, started = proc_cpu(self.proc.pid), time.perf_counter()
+        for _ in range(rounds):
+            for path in PagePoller.PATHS:
+                client.get(path).raise_for_status()
+        busy_s = time.perf_counter() - started
+        busy_cpu = proc_cpu(self.proc.pid) - cpu0
+        cpu0 = proc_cpu(self.proc.pid)
+        time.sleep(busy_s)
+        idle_cpu = proc_cpu(self.proc.pid) - cpu0
+        client.close()
+        per_round = max(0.0, busy_cpu - idle_cpu) / rounds
+        return {
+            "rounds": rounds,
+            "cpu_ms_per_round": round(per_round * 1000, 3),
+            "core_percent_at_1_hz": round(per_round * 100, 3),
+        }
 
     def _profile(self, set_name: str) -> subprocess.Popen[bytes] | None:
         """With BENCH_PROFILE=DIR, py-spy samples the service during the upload (its CPU
@@ -175,6 +210,36 @@ class Service:
                 self.proc.wait()
         self.http.close()
         self.log.close()
+
+
+class PagePoller:
+    """Asks the API what the status page asks, once a second, in a thread of its own (the
+    parked list only when files are parked: none are here)."""
+
+    PATHS = ("/v1/status", "/v1/sessions", "/v1/bandwidth")
+
+    def __init__(self, base_url: Any, interval: float = 1.0) -> None:
+        self._client = httpx.Client(base_url=base_url, timeout=30)
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.rounds = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            for path in self.PATHS:
+                self._client.get(path)
+            self.rounds += 1
+            if self._stop.wait(self._interval):
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        self._client.close()
 
 
 def timed_child(args: list[str], env: dict[str, str]) -> tuple[float, float, str]:
@@ -337,6 +402,27 @@ def resume(root: Path, azurite: Azurite, size: int, cap: int) -> dict[str, Any]:
     }
 
 
+def page_cost(runs: list[Result], direct: dict[str, float]) -> dict[str, Any]:
+    """The status page's cost: the CPU the poller added to the small set's upload (medians of
+    the runs side by side), as a share of a core over the upload's time; and the direct
+    figure of one poll round."""
+    without = [r for r in runs if (r.set, r.way) == ("small", "service")]
+    with_page = [r for r in runs if (r.set, r.way) == ("small", "service+page")]
+    if not with_page:
+        return {}
+    added = statistics.median(r.cpu_seconds for r in with_page) - statistics.median(
+        r.cpu_seconds for r in without
+    )
+    seconds = statistics.median(r.seconds for r in with_page)
+    return {
+        "runs": len(with_page),
+        "cpu_s_without": round(statistics.median(r.cpu_seconds for r in without), 3),
+        "cpu_s_with": round(statistics.median(r.cpu_seconds for r in with_page), 3),
+        "core_percent_side_by_side": round(100 * added / seconds, 2),
+        **direct,
+    }
+
+
 def medians(runs: list[Result]) -> list[Result]:
     """One Result per (set, way): the median seconds and CPU seconds of its runs."""
     out: list[Result] = []
@@ -415,6 +501,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     azurite.start()
     results: list[Result] = []
     runs: list[Result] = []
+    page: dict[str, Any] = {}
     service: Service | None = None
     try:
         extra = dict(kv.split("=", 1) for kv in args.service_env)
@@ -438,9 +525,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for run in range(args.runs):
                 tag = f"-{run}"
                 runs.append(service.upload(name, src, total, tag))
+                if name == "small":
+                    runs.append(service.upload(name, src, total, tag, page=True))
                 runs.append(rclone(name, src, total, azurite, tag))
                 runs.append(raw(name, src, total, azurite, tag))
         results = medians(runs)
+        page = page_cost(runs, service.poll_round_cpu(50 if args.tiny else 300))
         peak_rss = service.stop()
         idle = idle_watch(work / "idle", azurite, args.idle_files, args.idle_seconds)
         idle_large = None
@@ -457,6 +547,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         azurite.stop()
         shutil.rmtree(work, ignore_errors=True)
     print_table(results, peak_rss, idle)
+    if page:
+        print(
+            f"status page polled every 1 s while the small set uploads: "
+            f"{page['core_percent_side_by_side']:+.2f} % of a core (CPU with - without, medians "
+            f"of {page['runs']} runs side by side; noise of a run is larger); one poll round "
+            f"{page['cpu_ms_per_round']:.2f} ms of CPU = {page['core_percent_at_1_hz']:.2f} % "
+            f"of a core at one round a second ({page['rounds']} rounds)"
+        )
     if idle_large is not None:
         print(
             f"idle watch of {idle_large['files']} waiting files: {idle_large['core_percent']:.2f}%"
@@ -488,6 +586,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ],
         "runs": [asdict(r) for r in runs],
         "service_peak_rss_mib": peak_rss,
+        "status_page": page,
         "idle_watch": idle,
         "idle_watch_large": idle_large,
         "uplink": uplink,

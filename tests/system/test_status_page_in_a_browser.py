@@ -97,7 +97,7 @@ def test_an_operator_signs_in_and_sees_a_session_go_from_0_to_done(
     _until(lambda: _session_bar(watched, "rec-2026") is not None, "the session's row")
     assert _session_bar(watched, "rec-2026") == [0, 1]  # nothing yet
     incoming = settings.nfs_incoming_dir / "rec-2026"
-    files = {f"cam{i}/take-{i:02d}.bin": os.urandom(3 * MIB) for i in range(1, 4)}
+    files = {f"cam{i}/take-{i:02d}.bin": os.urandom(6 * MIB) for i in range(1, 4)}
     for rel, data in files.items():
         write_file(incoming / rel, data)
     write_file(incoming / "notes-ending-in-a-dot.", b"Azure refuses this name")
@@ -108,10 +108,15 @@ def test_an_operator_signs_in_and_sees_a_session_go_from_0_to_done(
         bar = _session_bar(watched, "rec-2026")
         if bar and bar[1] > 1:
             seen.append(bar[0] / bar[1])
-        return any(0.2 < s < 0.9 for s in seen) and "take-" in _text(watched, "#files-body")
+        points = watched.page.get_attribute("#spark-line", "points") or ""
+        return (
+            any(0.2 < s < 0.9 for s in seen)
+            and "take-" in _text(watched, "#files-body")
+            and len(points.split()) >= 5  # the sparkline has a few seconds to show
+        )
 
     _until(midway, "the session's bar part way, with files in flight")
-    assert " of 3.00 MiB" in _text(watched, "#files-body")
+    assert " of 6.00 MiB" in _text(watched, "#files-body")
     _until(lambda: "notes-ending-in-a-dot." in _text(watched, "#parked-body"), "the parked file")
     shot = _screenshot(watched, tmp_path)
     assert shot.stat().st_size > 10_000

@@ -18,13 +18,13 @@ _STEP_ORDER = {"committing": 0, "uploading": 1, "staging": 2, "claiming": 3, "re
 
 def files_view(files: list[FileProgress]) -> list[FileInFlight]:
     now, wall = time.monotonic(), time.time()
-    shown = sorted(files, key=lambda f: (_STEP_ORDER[f.state], f.due or 0.0, f.began))
+    shown = sorted(files, key=lambda f: (_STEP_ORDER[f.step], f.due or 0.0, f.began))
     return [
         FileInFlight(
             session_name=f.session_name,
             date_prefix=f.date_prefix,
             path=f.path,
-            state=f.state,
+            state=f.step,
             size=f.size,
             bytes_sent=f.done,
             rate_bytes_per_second=round(f.rate(now), 1),
@@ -43,7 +43,7 @@ def session_view(
     """`files`: the session's files in flight, when the caller grouped them already."""
     if files is None:
         files = service.pipeline.progress.by_session().get(session.name, [])
-    progress = service.pipeline.progress.session(session, files)
+    progress = service.pipeline.progress.session(session, files, service.meter.rate())
     return SessionView(
         session_name=session.name,
         date_prefix=session.date_prefix,

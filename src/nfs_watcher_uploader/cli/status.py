@@ -274,9 +274,11 @@ def _sessions(snap: Snapshot, width: int) -> list[str]:
         key=lambda s: s.get("stopped_at") or s.get("started_at") or 0,
         reverse=True,
     )[:ENDED_SHOWN]
-    name_w = max(8, min(32, width - 100))
+    shown = watched + ended
+    longest = max((len(printable(str(s.get("session_name", "")))) for s in shown), default=0)
+    name_w = max(7, min(32, longest, width - 100))
     rows = [["SESSION", "STATE", "PROGRESS", "DONE / TOTAL", "RATE", "ETA", "FILES"]]
-    for s in watched + ended:
+    for s in shown:
         done, left = int(s.get("bytes_done", 0)), int(s.get("bytes_remaining", 0))
         total = done + left
         drained = s.get("state") == "drained"
@@ -288,7 +290,7 @@ def _sessions(snap: Snapshot, width: int) -> list[str]:
         rows.append(
             [
                 cut(s.get("session_name", "?"), name_w),
-                cut(s.get("state", "?"), 15),
+                cut(s.get("state", "?"), 8 if s.get("state") != "drain_timed_out" else 15),
                 bar(1, 1) if drained and total == 0 else bar(done, total),
                 f"{human(done)} / {human(total)}",
                 per_second(s.get("rate_bytes_per_second")),
@@ -298,7 +300,7 @@ def _sessions(snap: Snapshot, width: int) -> list[str]:
         )
     if len(rows) == 1:
         return ["No session yet (POST /v1/watch/start starts one)."]
-    return _table(rows, [name_w, 15, BAR_WIDTH + 7, 21, 12, 12, 0])
+    return _table(rows, [name_w, 8, BAR_WIDTH + 7, 21, 12, 10, 0])
 
 
 def _step(f: Json) -> str:
@@ -314,22 +316,24 @@ def _files(snap: Snapshot, width: int) -> list[str]:
     lines = [f"FILES IN FLIGHT ({total})"]
     if not files:
         return [*lines, "Nothing in flight."]
-    path_w = max(12, min(60, width - 100))
+    longest = max((len(printable(str(f.get("path", "")))) for f in files), default=0)
+    path_w = max(4, min(60, longest, width - 100))
+    session_w = max(7, min(16, max(len(printable(str(f.get("session_name", "")))) for f in files)))
     rows = [["SESSION", "FILE", "STEP", "PROGRESS", "SENT / SIZE", "RATE"]]
     for f in files:
         size = f.get("size")
         sent = int(f.get("bytes_sent", 0))
         rows.append(
             [
-                cut(f.get("session_name", "?"), 16),
+                cut(f.get("session_name", "?"), session_w),
                 cut(f.get("path", "?"), path_w),
-                cut(_step(f), 20),
+                cut(_step(f), 24),
                 bar(sent, int(size)) if size is not None else "",
                 f"{human(sent)} / {human(size)}",
                 per_second(f.get("rate_bytes_per_second")),
             ]
         )
-    lines += _table(rows, [16, path_w, 20, BAR_WIDTH + 7, 21, 0])
+    lines += _table(rows, [session_w, path_w, 12, BAR_WIDTH + 7, 21, 0])
     if total > len(files):
         lines.append(f"... and {total - len(files)} more")
     for f in files:

@@ -26,6 +26,7 @@ from nfs_watcher_uploader.sessions.session import Session
 from nfs_watcher_uploader.uplink.wire import Sending
 
 FileState = Literal["claiming", "staging", "uploading", "committing", "retrying"]
+_SENDING = ("staging", "uploading")
 
 
 class FileProgress(Sending):
@@ -77,13 +78,20 @@ class FileProgress(Sending):
             self._rate = SampledRate(PROGRESS_RATE_WINDOW_S, now)
 
     @property
+    def step(self) -> FileState:
+        """The state as shown: every byte sent means the upload waits for its commit."""
+        if self.state == "uploading" and self.size is not None and self.sent >= self.size:
+            return "committing"
+        return self.state
+
+    @property
     def done(self) -> int:
         """Bytes sent, at most the file's size."""
         return self.sent if self.size is None else min(self.sent, self.size)
 
     def rate(self, now: float) -> float:
         """Bytes per second over the last asks (0 outside an attempt's sending steps)."""
-        if self.state not in ("staging", "uploading"):
+        if self.state not in _SENDING:
             return 0.0
         return self._rate.rate(now, self.sent)
 
@@ -138,9 +146,11 @@ class InFlight:
             out.setdefault(f.session_name, []).append(f)
         return out
 
-    def session(self, session: Session, files: list[FileProgress]) -> SessionProgress:
+    def session(
+        self, session: Session, files: list[FileProgress], uplink_rate: float = 0.0
+    ) -> SessionProgress:
         """Bytes done and left, the recent rate, and the ETA at that rate; `files` are the
-        session's (`by_session`)."""
+        session's (`by_session`), `uplink_rate` what the uplink sends now (for a first ask)."""
         now = self._clock()
         done = session.bytes_uploaded + sum(f.done for f in files)
         left = sum((f.size or 0) - f.done for f in files)
@@ -149,7 +159,13 @@ class InFlight:
         sampled = session.done_rate
         if sampled is None or not session.watched:
             # Sampled afresh while a session is not watched: started again, it starts from 0.
-            sampled = session.done_rate = SampledRate(PROGRESS_RATE_WINDOW_S, now, done)
-        rate = sampled.rate(now, done)
+            # At a first ask there is nothing to compare with: the uplink's recent rate, shared
+            # by the files sending now.
+            session.done_rate = SampledRate(PROGRESS_RATE_WINDOW_S, now, done)
+            sending = sum(1 for f in self.files.values() if f.state in _SENDING)
+            mine = sum(1 for f in files if f.state in _SENDING)
+            rate = uplink_rate * mine / sending if sending else 0.0
+        else:
+            rate = sampled.rate(now, done)
         eta = left / rate if rate > 0 and left > 0 else (0.0 if left == 0 else None)
         return SessionProgress(done, left, rate, eta, files)

@@ -15,6 +15,7 @@
   const PARKED_SHOWN = 200;
   const SESSIONS_ENDED_SHOWN = 10;
   const ARMED_MS = 5000;
+  const SEEN_RATES_KEPT = 300;
 
   const body = document.body;
   const refreshMs = Math.max(250, Number(body.dataset.refreshMs) || 1000);
@@ -27,6 +28,7 @@
   let busy = false;
   let parkedAsked = 0;
   let parkedCount = -1;
+  const seenRates = [];
 
   class ApiError extends Error {
     constructor(status, message) {
@@ -274,8 +276,13 @@
     $("limit").textContent = b.limit === "off" ? "none" : b.limit + "/s";
     $("limit-source").textContent =
       "(" + b.source + (b.schedule_entry ? ": " + b.schedule_entry : "") + ")";
-    const points = b.history.map((p) => p[1]);
-    points.push(b.rate_bytes_per_second);
+    // The service's history (a point every 5 s over 10 min); until it has a few points, what
+    // this page has seen since it opened.
+    seenRates.push(b.rate_bytes_per_second);
+    if (seenRates.length > SEEN_RATES_KEPT) seenRates.shift();
+    const points =
+      b.history.length >= 6 ? b.history.map((p) => p[1]).concat([b.rate_bytes_per_second]) : seenRates.slice();
+    if (points.length < 2) points.unshift(0);
     const top = Math.max(1, ...points);
     const width = 600;
     const height = 60;
@@ -286,9 +293,9 @@
       return x + "," + y;
     });
     $("spark-line").setAttribute("points", coords.join(" "));
-    const minutes = Math.round((b.history.length * b.history_step_s) / 60);
+    const seconds = b.history.length >= 6 ? b.history.length * b.history_step_s : (seenRates.length * refreshMs) / 1000;
     $("spark-caption").textContent =
-      "Rate over the last " + (minutes > 0 ? minutes + " min" : "moments") + "; peak " + rate(top);
+      "Rate over the last " + duration(seconds) + "; peak " + rate(top);
   }
 
   function retryButton(p) {
