@@ -105,6 +105,11 @@ def test_unreachable_or_refused_exits_2_saying_what_to_do(
     nobody = _status(None)
     assert nobody.returncode == 2
     assert "cannot reach the service at http://127.0.0.1:" in nobody.stderr
+    for url in ("file:///etc/passwd", "ftp://127.0.0.1/", "http://127.0.0.1:1/?token=x"):
+        refused = subprocess.run(
+            [CLI, "status", "--url", url], env=_env(), capture_output=True, text=True, timeout=60
+        )
+        assert refused.returncode == 2 and "--url must be http(s)://host:port" in refused.stderr
 
     running = _start(service_factory, settings_factory)
     without = _status(running)

@@ -380,3 +380,29 @@ def test_the_page_and_the_docs_cannot_be_framed(
     # Chromium shows its own error page in the frame instead of ours.
     frame = watched.page.frame_locator("#f")
     assert frame.locator("#sign-in, #main, #swagger-ui").count() == 0
+
+
+def test_hundreds_of_parked_files_show_a_page_of_them_and_their_count(
+    service_factory: Any, settings_factory: Any, browser: Any
+) -> None:
+    """205 parked files: the page reads a page's worth (`?limit=200`, only their reasons read
+    from NFS), shows 200 rows, the full count and how many more there are."""
+    settings: Settings = settings_factory(api_token=TOKEN)
+    running = service_factory(settings)
+    _start(running, "many")
+    for i in range(205):
+        write_file(settings.nfs_incoming_dir / "many" / f"p{i:03d}.", b"x")
+    _until(lambda: session_view(running, "many")["failed"] == 205, "205 parked", 120)
+    answer = running.get("/v1/files/failed", params={"limit": 10}).json()
+    assert len(answer["files"]) == 10 and answer["truncated"] is True
+    assert running.get("/v1/files/failed", params={"limit": 0}).status_code == 422
+    full = running.get("/v1/files/failed").json()
+    assert len(full["files"]) == 205 and full["truncated"] is False
+
+    watched = _open(browser, running)
+    _until(lambda: "5 more not shown" in _text(watched, "#parked-more"), "the page's count")
+    assert watched.page.locator("#parked-body tr").count() == 200
+    assert "(205)" in _text(watched, "#parked-count")
+    listings = [url for url, _ in watched.requests if "/v1/files/failed" in url]
+    assert listings and all(url.endswith("?limit=200") for url in listings)
+    _clean(watched)

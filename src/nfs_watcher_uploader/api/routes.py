@@ -10,7 +10,7 @@ bounded first (limits.py).
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -172,12 +172,18 @@ async def get_session(service: ServiceDep, name: str) -> SessionView:
     return session_view(service, session)
 
 
-@router.get("/v1/files/failed", responses={503: {}})
-async def failed_files(service: ServiceDep) -> FailedList:
+@router.get("/v1/files/failed", responses={422: {}, 503: {}})
+async def failed_files(
+    service: ServiceDep, limit: Annotated[int | None, Query(ge=1, le=100_000)] = None
+) -> FailedList:
+    """Parked files with their reasons, read from NFS: all, or the first `limit` (the status
+    page asks for a page's worth: only their reasons are read)."""
     try:
-        return FailedList(files=[failed_file(p) for p in await service.pipeline.parked.listing()])
+        listed = await service.pipeline.parked.listing(None if limit is None else limit + 1)
     except OSError as exc:
         raise _unavailable("listing parked files", exc) from None
+    truncated = limit is not None and len(listed) > limit
+    return FailedList(files=[failed_file(p) for p in listed[:limit]], truncated=truncated)
 
 
 @router.post("/v1/files/retry", responses={503: {}})

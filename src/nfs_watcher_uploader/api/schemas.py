@@ -172,6 +172,8 @@ class FailedFile(BaseModel):
 
 class FailedList(BaseModel):
     files: list[FailedFile]
+    # More are parked than `?limit=` let through.
+    truncated: bool = False
 
 
 class DismissResponse(BaseModel):

@@ -1,6 +1,7 @@
 """What the API shows of the service's state: the domain's objects turned into response bodies
 (`schemas`), so that no layer below the API knows an HTTP schema."""
 
+import heapq
 import time
 
 from nfs_watcher_uploader.api.schemas import BandwidthView, FailedFile, FileInFlight, SessionView
@@ -18,7 +19,9 @@ _STEP_ORDER = {"committing": 0, "uploading": 1, "staging": 2, "claiming": 3, "re
 
 def files_view(files: list[FileProgress]) -> list[FileInFlight]:
     now, wall = time.monotonic(), time.time()
-    shown = sorted(files, key=lambda f: (_STEP_ORDER[f.step], f.due or 0.0, f.began))
+    shown = heapq.nsmallest(
+        FILES_SHOWN, files, key=lambda f: (_STEP_ORDER[f.step], f.due or 0.0, f.began)
+    )
     return [
         FileInFlight(
             session_name=f.session_name,
@@ -33,7 +36,7 @@ def files_view(files: list[FileProgress]) -> list[FileInFlight]:
             next_attempt_in_s=None if f.due is None else round(max(0.0, f.due - wall), 1),
             last_error=f.error,
         )
-        for f in shown[:FILES_SHOWN]
+        for f in shown
     ]
 
 

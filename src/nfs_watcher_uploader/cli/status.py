@@ -26,6 +26,7 @@ import shutil
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -88,6 +89,9 @@ class Client:
 
     def __post_init__(self) -> None:
         self.url = self.url.rstrip("/")
+        parts = urllib.parse.urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+            raise Unreachable(f"--url must be http(s)://host:port, not {printable(self.url)!r}")
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
 
     def __repr__(self) -> str:  # never the token
@@ -205,7 +209,8 @@ def snapshot(client: Client, parked_cache: dict[int, list[Json]] | None = None) 
         if parked_cache is not None and count in parked_cache:
             parked = parked_cache[count]
         else:
-            parked = client.get("/v1/files/failed", ok=(200, 503)).get("files", [])
+            path = f"/v1/files/failed?limit={PARKED_SHOWN}"
+            parked = client.get(path, ok=(200, 503)).get("files", [])
             if parked_cache is not None:
                 parked_cache.clear()
                 parked_cache[count] = parked
@@ -365,8 +370,8 @@ def render(snap: Snapshot, width: int = 120) -> list[str]:
         lines += ["", f"PARKED ({status.get('failed', len(snap.parked))})"]
         for p in snap.parked[:PARKED_SHOWN]:
             lines.append(f"  {p.get('session_name')}/{p.get('filename')}: {p.get('reason')}")
-        if len(snap.parked) > PARKED_SHOWN:
-            lines.append(f"  ... and {len(snap.parked) - PARKED_SHOWN} more (GET /v1/files/failed)")
+        if (more := status.get("failed", 0) - len(snap.parked)) > 0:
+            lines.append(f"  ... and {more} more (GET /v1/files/failed)")
     if problems := snap.problems():
         lines += ["", "NEEDS A LOOK: " + "; ".join(problems)]
     return [fit(printable(line), width) for line in lines]

@@ -11,6 +11,7 @@ ends anew, with a new manifest.
 
 import asyncio
 import functools
+import itertools
 import json
 import logging
 import time
@@ -108,16 +109,18 @@ class ParkedFiles:
                 return moved, rel
         raise OSError(f"{MAX_NAME_VERSIONS} parked files are named like {item.rel}")
 
-    async def listing(self) -> list[ParkedFile]:
-        """Parked files with their reasons, read from the parked tree."""
+    async def listing(self, limit: int | None = None) -> list[ParkedFile]:
+        """Parked files with their reasons, read from the parked tree (the first `limit` in
+        name order: their reasons only are read)."""
         return [
             ParkedFile(p.item.date_prefix, p.item.session_name, p.item.rel, p.parked_as, p.reason)
-            for p in await self.nfs.call(self._read)
+            for p in await self.nfs.call(lambda: self._read(limit))
         ]
 
-    def _read(self) -> list[_Parked]:
+    def _read(self, limit: int | None = None) -> list[_Parked]:
         out: list[_Parked] = []
-        for date_prefix, name, parked_as, path in trees.iter_tree_files(self.layout.parked_root):
+        found = trees.iter_tree_files(self.layout.parked_root)
+        for date_prefix, name, parked_as, path in itertools.islice(found, limit):
             item = WorkItem(name, date_prefix, parked_as, claimed=True)
             try:
                 record = json.loads(self.layout.reason(item).read_bytes())

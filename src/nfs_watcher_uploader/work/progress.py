@@ -156,9 +156,11 @@ class InFlight:
         left = sum((f.size or 0) - f.done for f in files)
         if session.watched:
             left += session.bytes_in_incoming()
+        if not session.watched and not files:  # ended, nothing in flight: nothing moves
+            session.done_rate = None
+            return SessionProgress(done, left, 0.0, 0.0 if left == 0 else None, files)
         sampled = session.done_rate
-        if sampled is None or not session.watched:
-            # Sampled afresh while a session is not watched: started again, it starts from 0.
+        if sampled is None:
             # At a first ask there is nothing to compare with: the uplink's recent rate, shared
             # by the files sending now.
             session.done_rate = SampledRate(PROGRESS_RATE_WINDOW_S, now, done)

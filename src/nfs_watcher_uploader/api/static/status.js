@@ -9,9 +9,11 @@
 (function () {
   const TOKEN_KEY = "nfs-watcher-uploader.api-token";
   const REQUEST_TIMEOUT_MS = 10000;
-  // The parked list is read from NFS: asked when the count of parked files changes, and
-  // otherwise at most this often.
+  // The parked list is read from NFS (a page's worth): asked again when the count of parked
+  // files changes (at most every PARKED_MIN_MS: many files parking at once), after a retry or
+  // a dismissal, and at least every PARKED_EVERY_MS.
   const PARKED_EVERY_MS = 15000;
+  const PARKED_MIN_MS = 3000;
   const PARKED_SHOWN = 200;
   const SESSIONS_ENDED_SHOWN = 10;
   const ARMED_MS = 5000;
@@ -359,8 +361,8 @@
     return button;
   }
 
-  function drawParked(files) {
-    const rows = files.slice(0, PARKED_SHOWN).map(function (p) {
+  function drawParked(files, count) {
+    const rows = files.map(function (p) {
       const row = document.createElement("tr");
       row.dataset.parkedAs = p.parked_as;
       const name = p.parked_as === p.filename ? p.filename : p.filename + " (parked as " + p.parked_as + ")";
@@ -372,8 +374,9 @@
     });
     if (!rows.length) rows.push(emptyRow("No parked files."));
     $("parked-body").replaceChildren(...rows);
-    $("parked-count").textContent = "(" + files.length + ")";
-    const more = files.length - PARKED_SHOWN;
+    const total = Math.max(count, files.length);
+    $("parked-count").textContent = "(" + total + ")";
+    const more = total - files.length;
     $("parked-more").textContent = more > 0 ? more + " more not shown (GET /v1/files/failed)" : "";
   }
 
@@ -395,16 +398,18 @@
     ]);
     const now = Date.now();
     let parked = null;
-    if (status.failed !== parkedCount || now - parkedAsked > PARKED_EVERY_MS) {
-      parked = await api("GET", "/v1/files/failed");
+    const changed = status.failed !== parkedCount && now - parkedAsked > PARKED_MIN_MS;
+    if (parkedAsked === 0 || changed || now - parkedAsked > PARKED_EVERY_MS) {
+      parked = await api("GET", "/v1/files/failed?limit=" + PARKED_SHOWN);
       parkedAsked = now;
       parkedCount = status.failed;
     }
+    if (!running) return; // signed out meanwhile: nothing of it is drawn
     drawHealth(status);
     drawSessions(sessions.sessions);
     drawFiles(status);
     drawBandwidth(bandwidth);
-    if (parked !== null) drawParked(parked.files);
+    if (parked !== null) drawParked(parked.files, status.failed);
     $("updated").textContent = "updated " + new Date().toLocaleTimeString();
     show($("main"), true);
     show($("sign-out"), Boolean(token));
@@ -418,6 +423,7 @@
       await refresh();
       if ($("message").className !== "info") say("", "");
     } catch (error) {
+      if (!running) return;
       if (error.status === 401) {
         refused(error);
         return;
