@@ -161,10 +161,24 @@ class Service:
         way = "service+page" if page else "service"
         return Result(set_name, way, len(files), total, seconds, cpu)
 
-    def poll_round_cpu(self, rounds: int) -> dict[str, float]:
-        """CPU seconds of the service per poll round (the page's requests, back to back),
-        less what the idle service spends in as long without them."""
-        client = httpx.Client(base_url=self.http.base_url, timeout=30)
+    def poll_round_cpu(self, src: Path, rounds: int) -> dict[str, Any]:
+        """CPU of the service per poll round (the page's requests, back to back) while the
+        files of `src` upload: a 64 KiB/s override keeps every worker busy with a file in
+        flight and the rest waiting (what a round reads), at little CPU of its own, which is
+        measured as long again without the rounds and taken off. Then the files go up at full
+        speed and the session is stopped."""
+        http = self.http
+        session = "bench-page-state"
+        http.post("/v1/watch/start", json={"session_name": session}).raise_for_status()
+        http.put("/v1/bandwidth", json={"limit": "64K"}).raise_for_status()
+        files = sorted(src.iterdir())
+        incoming = self.settings.nfs_incoming_dir / session
+        for path in files:
+            os.link(path, incoming / path.name)
+        workers = self.settings.worker_concurrency
+        self._wait(lambda: http.get("/v1/status").json()["in_flight"] >= workers, 120)
+        client = httpx.Client(base_url=http.base_url, timeout=30)
+        status = client.get("/v1/status").json()
         cpu0, started = proc_cpu(self.proc.pid), time.perf_counter()
         for _ in range(rounds):
             for path in PagePoller.PATHS:
@@ -173,11 +187,17 @@ class Service:
         busy_cpu = proc_cpu(self.proc.pid) - cpu0
         cpu0 = proc_cpu(self.proc.pid)
         time.sleep(busy_s)
-        idle_cpu = proc_cpu(self.proc.pid) - cpu0
+        quiet_cpu = proc_cpu(self.proc.pid) - cpu0
         client.close()
-        per_round = max(0.0, busy_cpu - idle_cpu) / rounds
+        http.delete("/v1/bandwidth").raise_for_status()
+        view = f"/v1/sessions/{session}"
+        self._wait(lambda: http.get(view).json()["uploaded"] >= len(files), 600)
+        http.post("/v1/watch/stop").raise_for_status()
+        per_round = max(0.0, busy_cpu - quiet_cpu) / rounds
         return {
             "rounds": rounds,
+            "files_in_flight": status["files_in_flight_total"],
+            "files_waiting": len(files) - status["files_in_flight_total"],
             "cpu_ms_per_round": round(per_round * 1000, 3),
             "core_percent_at_1_hz": round(per_round * 100, 3),
         }
@@ -402,23 +422,22 @@ def resume(root: Path, azurite: Azurite, size: int, cap: int) -> dict[str, Any]:
     }
 
 
-def page_cost(runs: list[Result], direct: dict[str, float]) -> dict[str, Any]:
-    """The status page's cost: the CPU the poller added to the small set's upload (medians of
-    the runs side by side), as a share of a core over the upload's time; and the direct
-    figure of one poll round."""
+def page_cost(runs: list[Result], direct: dict[str, Any]) -> dict[str, Any]:
+    """The status page's cost: in each run, the CPU the poller added to the small set's upload
+    (with minus without, side by side) as a share of a core over the upload's time, the
+    median of the runs; and the direct figure of one poll round."""
     without = [r for r in runs if (r.set, r.way) == ("small", "service")]
     with_page = [r for r in runs if (r.set, r.way) == ("small", "service+page")]
     if not with_page:
         return {}
-    added = statistics.median(r.cpu_seconds for r in with_page) - statistics.median(
-        r.cpu_seconds for r in without
-    )
-    seconds = statistics.median(r.seconds for r in with_page)
+    added = [
+        100 * (w.cpu_seconds - o.cpu_seconds) / w.seconds
+        for o, w in zip(without, with_page, strict=True)
+    ]
     return {
         "runs": len(with_page),
-        "cpu_s_without": round(statistics.median(r.cpu_seconds for r in without), 3),
-        "cpu_s_with": round(statistics.median(r.cpu_seconds for r in with_page), 3),
-        "core_percent_side_by_side": round(100 * added / seconds, 2),
+        "core_percent_each_run": [round(a, 2) for a in added],
+        "core_percent_side_by_side": round(statistics.median(added), 2),
         **direct,
     }
 
@@ -530,7 +549,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 runs.append(rclone(name, src, total, azurite, tag))
                 runs.append(raw(name, src, total, azurite, tag))
         results = medians(runs)
-        page = page_cost(runs, service.poll_round_cpu(50 if args.tiny else 300))
+        if "small" in chosen:
+            small = work / "src" / "small"
+            page = page_cost(runs, service.poll_round_cpu(small, 50 if args.tiny else 300))
         peak_rss = service.stop()
         idle = idle_watch(work / "idle", azurite, args.idle_files, args.idle_seconds)
         idle_large = None
@@ -550,8 +571,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if page:
         print(
             f"status page polled every 1 s while the small set uploads: "
-            f"{page['core_percent_side_by_side']:+.2f} % of a core (CPU with - without, medians "
-            f"of {page['runs']} runs side by side; noise of a run is larger); one poll round "
+            f"{page['core_percent_side_by_side']:+.2f} % of a core (CPU with - without in each "
+            f"of {page['runs']} runs side by side, median; each run "
+            f"{page['core_percent_each_run']}); one poll round with "
+            f"{page['files_in_flight']} files in flight and {page['files_waiting']} waiting: "
             f"{page['cpu_ms_per_round']:.2f} ms of CPU = {page['core_percent_at_1_hz']:.2f} % "
             f"of a core at one round a second ({page['rounds']} rounds)"
         )

@@ -18,7 +18,8 @@ def test_the_benchmark_runs_and_reports(tmp_path: Path, capsys: pytest.CaptureFi
         ("small", "service+page")
     }
     page = report["status_page"]
-    assert page["rounds"] > 0 and page["cpu_ms_per_round"] > 0 and page["runs"] >= 1
+    assert page["rounds"] > 0 and page["files_in_flight"] > 0 and page["runs"] >= 1
+    assert page["cpu_ms_per_round"] >= 0 and len(page["core_percent_each_run"]) == page["runs"]
     assert all(r["seconds"] > 0 and r["files"] > 0 for r in report["results"])
     assert report["service_peak_rss_mib"] > 0
     assert report["idle_watch"]["waiting_seen"] == report["idle_watch"]["files"]
