@@ -136,6 +136,7 @@ class Service:
         """The set, from the moment it appears to its last commit; with `page`, while a poller
         asks the API what the status page asks, once a second."""
         session = f"bench-{set_name}{tag}{'-page' if page else ''}"
+        self._settle()
         self.http.post("/v1/watch/start", json={"session_name": session}).raise_for_status()
         incoming = self.settings.nfs_incoming_dir / session
         files = sorted(src.iterdir())
@@ -160,6 +161,23 @@ class Service:
         self.http.post("/v1/watch/stop").raise_for_status()
         way = "service+page" if page else "service"
         return Result(set_name, way, len(files), total, seconds, cpu)
+
+    def _settle(self, quiet: float = 0.03, timeout: float = 60) -> None:
+        """Wait until the previous sessions have drained and the service is quiet (less than
+        `quiet` of a core over half a second): a run must not pay for the last one's manifest
+        and clean-up (the page run comes right after the plain one)."""
+
+        def drained() -> bool:
+            sessions = self.http.get("/v1/sessions").json()["sessions"]
+            return all(s["state"] != "draining" for s in sessions)
+
+        self._wait(drained, timeout, 0.1)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            cpu0 = proc_cpu(self.proc.pid)
+            time.sleep(0.5)
+            if proc_cpu(self.proc.pid) - cpu0 < quiet * 0.5:
+                return
 
     def poll_round_cpu(self, src: Path, rounds: int) -> dict[str, Any]:
         """CPU of the service per poll round (the page's requests, back to back) while the

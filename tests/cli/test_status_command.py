@@ -20,6 +20,7 @@ from typing import Any
 from nfs_watcher_uploader.config import Settings
 from tests.support.helpers import (
     ROOT,
+    HeldCopy,
     RunningService,
     free_port,
     session_view,
@@ -181,3 +182,24 @@ def test_watch_redraws_in_place_within_the_terminal(
             assert "\x1b" not in plain and "\x07" not in plain, repr(plain)
         assert "cli" in frame and "PARKED (1)" in frame
     assert text.endswith("\x1b[?25h") or "\x1b[?25h" in text[-200:]
+
+
+def test_a_stalled_worker_exits_1_and_says_so(service_factory: Any, settings_factory: Any) -> None:
+    """A copy that makes no progress past the liveness limit: /healthz fails, and `status`
+    exits 1 naming it; the copy released, it exits 0 again."""
+    held = HeldCopy("hold.bin")
+    settings: Settings = settings_factory(api_token=TOKEN, liveness_timeout_s=1.0)
+    running = service_factory(settings, copy=held)
+    running.post("/v1/watch/start", json={"session_name": "stall"})
+    write_file(settings.nfs_incoming_dir / "stall" / "hold.bin", b"x" * 1000)
+    try:
+        assert held.started.wait(30)
+        wait_for(lambda: running.get("/healthz").status_code == 503, what="liveness failing")
+        done = _status(running, APP_API_TOKEN=TOKEN)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "UNHEALTHY" in done.stdout
+        assert "unhealthy: a worker has made no progress" in done.stdout
+    finally:
+        held.release.set()
+    wait_for(lambda: session_view(running, "stall")["uploaded"] == 1, what="hold.bin up")
+    assert _status(running, APP_API_TOKEN=TOKEN).returncode == 0
