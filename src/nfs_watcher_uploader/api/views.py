@@ -41,12 +41,18 @@ def files_view(files: list[FileProgress]) -> list[FileInFlight]:
 
 
 def session_view(
-    service: Service, session: Session, files: list[FileProgress] | None = None
+    service: Service,
+    session: Session,
+    files: list[FileProgress] | None = None,
+    uplink_rate: float | None = None,
 ) -> SessionView:
-    """`files`: the session's files in flight, when the caller grouped them already."""
+    """`files` (the session's files in flight) and `uplink_rate`, when the caller has them
+    for several sessions already."""
     if files is None:
         files = service.pipeline.progress.by_session().get(session.name, [])
-    progress = service.pipeline.progress.session(session, files, service.meter.rate())
+    if uplink_rate is None:
+        uplink_rate = service.meter.rate()
+    progress = service.pipeline.progress.session(session, files, uplink_rate)
     return SessionView(
         session_name=session.name,
         date_prefix=session.date_prefix,
@@ -83,8 +89,10 @@ def session_view(
 
 def sessions_view(service: Service) -> list[SessionView]:
     grouped = service.pipeline.progress.by_session()
+    uplink_rate = service.meter.rate()  # sums the last seconds' chunks: once per answer
     return [
-        session_view(service, s, grouped.get(s.name, [])) for s in service.sessions.by_name.values()
+        session_view(service, s, grouped.get(s.name, []), uplink_rate)
+        for s in service.sessions.by_name.values()
     ]
 
 
