@@ -17,10 +17,11 @@ a cycle):
                                block_ids, blobinfo
     uplink/                    bandwidth, wire, history
     sessions/                  session, registry, stored: sessions, their progress, their file
-    nfs/                       runner, opening, scan, moves, copying, state, trees, probe,
-                               layout
+    nfs/                       runner, opening, reading, scan, moves, copying, state, trees,
+                               probe, layout
     telemetry                  traces, metrics, logs
     settings_checks            settings that can never work; loading them, or exit naming each
     config, errors, items      settings; what a caller does about a failure; the domain's items
     constants, rates, backoff  names and limits; rates and schedules; trying again
+    redaction                  what no error text may show (a URL's query, a key)
 """

@@ -41,6 +41,7 @@ from nfs_watcher_uploader.nfs import copying, moves, opening, scan
 from nfs_watcher_uploader.nfs.layout import Layout
 from nfs_watcher_uploader.nfs.probe import probe_share
 from nfs_watcher_uploader.nfs.runner import Nfs
+from nfs_watcher_uploader.redaction import redact
 from nfs_watcher_uploader.sessions.registry import Sessions
 from nfs_watcher_uploader.sessions.session import Session
 from nfs_watcher_uploader.telemetry import Gauges, Telemetry
@@ -79,7 +80,10 @@ class Service:
         copy: CopyFn = copying.copy_and_hash,
         exit_process: Callable[[int], object] = os._exit,
         on_fatal: Callable[[str], object] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """`clock` is the wall clock of sessions' dates and times and of ledger retention (tests
+        move it); the other keyword arguments are test seams too."""
         self.settings = settings
         self.nfs = Nfs(settings.nfs_timeout_s, copy_threads=settings.worker_concurrency)
         self.telemetry = telemetry or Telemetry()
@@ -87,7 +91,10 @@ class Service:
         self.delivery = Delivery.from_settings(settings, layout, self.nfs)
         # Told of each session's end: its manifest and event are due from then on.
         self.sessions = Sessions(
-            settings.nfs_processing_root, self.nfs, on_end=lambda s, st: self.reports.ended(s, st)
+            settings.nfs_processing_root,
+            self.nfs,
+            clock,
+            on_end=lambda s, st: self.reports.ended(s, st),
         )
         self.bandwidth = Bandwidth.from_settings(settings, self.nfs)
         # Every request to storage is metered through the bandwidth bucket.
@@ -124,7 +131,7 @@ class Service:
         self.retention: LedgerRetention | None = None
         if d.ledger is not None:
             days = settings.ledger_retention_days
-            self.retention = LedgerRetention(layout, self.nfs, days, self._ledger_needed)
+            self.retention = LedgerRetention(layout, self.nfs, days, self._ledger_needed, clock)
             chores.append(self.retention.sweep)
         self.gc = GarbageCollector(
             settings,
@@ -208,7 +215,7 @@ class Service:
         try:
             await self._start_up()
         except CannotStart as exc:
-            self.fatal = str(exc)
+            self.fatal = redact(str(exc))  # it is /readyz's and /healthz's answer
             self.phase = f"cannot start: {self.fatal}"
             logger.critical("Cannot start: %s", self.fatal)
             if self._on_fatal is not None:

@@ -179,7 +179,7 @@ async def failed_files(
     """Parked files with their reasons, read from NFS: all, or the first `limit` (the status
     page asks for a page's worth: only their reasons are read)."""
     try:
-        listed = await service.pipeline.parked.listing(None if limit is None else limit + 1)
+        listed = await service.pipeline.parked.listing(limit=None if limit is None else limit + 1)
     except OSError as exc:
         raise _unavailable("listing parked files", exc) from None
     truncated = limit is not None and len(listed) > limit

@@ -14,6 +14,7 @@ SDK raises them (the same exception types, with `error_code`).
 
 import base64
 import re
+from collections.abc import Mapping
 from typing import Any, cast
 from urllib.parse import quote
 
@@ -64,8 +65,15 @@ class SinglePut:
         return f"SinglePut({self._base})"
 
     async def put(
-        self, blob_name: str, data: bytes, md5: bytes, overwrite: bool, info: BlobInfo
+        self,
+        blob_name: str,
+        data: bytes,
+        md5: bytes,
+        overwrite: bool,
+        info: BlobInfo,
+        condition: Mapping[str, str] | None = None,
     ) -> None:
+        """Put Blob; `condition` adds conditional headers (If-Match: <ETag>, say)."""
         digest = base64.b64encode(md5).decode()
         headers = {
             "x-ms-version": self._version,
@@ -83,6 +91,7 @@ class SinglePut:
             headers["x-ms-access-tier"] = str(info.tier.value)
         if not overwrite:
             headers["If-None-Match"] = "*"
+        headers.update(condition or {})
         url = f"{self._base}/{quote(blob_name, safe='~/')}{self._query}"
         request = HttpRequest("PUT", url, headers=headers, content=data)
         response: Any = (await self._pipeline.run(request)).http_response

@@ -7,7 +7,12 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from nfs_watcher_uploader.constants import DRAINED_SESSIONS_KEPT, STATE_FILE, STATE_TMP_PREFIX
+from nfs_watcher_uploader.constants import (
+    DRAINED_SESSIONS_KEPT,
+    STATE_FILE,
+    STATE_FILE_MAX,
+    STATE_TMP_PREFIX,
+)
 from nfs_watcher_uploader.errors import SessionConflict
 from nfs_watcher_uploader.items import SessionStateName, WorkItem, check_session_name
 from nfs_watcher_uploader.nfs.runner import Nfs
@@ -34,7 +39,7 @@ class Sessions:
         on_end: EndHook | None = None,
     ):
         self.state_path = processing_root / STATE_FILE
-        self._file = StateFile(self.state_path, nfs, STATE_TMP_PREFIX)
+        self._file = StateFile(self.state_path, nfs, STATE_TMP_PREFIX, STATE_FILE_MAX)
         self._nfs = nfs
         self._clock = clock
         self._on_end = on_end
@@ -82,10 +87,13 @@ class Sessions:
 
     async def save(self) -> None:
         """Write the sessions worth keeping to the state file, atomically. The state is taken
-        once the previous save is done, so the file always ends with the latest state."""
+        once the previous save is done, so the file always ends with the latest state. Only
+        the oldest ended sessions past DRAINED_SESSIONS_KEPT are forgotten, and never one with
+        parked files or work in progress: what still needs a person stays counted."""
         async with self._saving:
-            drained = [s for s in self.by_name.values() if not s.watched]
-            for old in drained[:-DRAINED_SESSIONS_KEPT]:
+            ended = [s for s in self.by_name.values() if not s.watched]
+            done = [s for s in ended if not s.parked and not s.pending]
+            for old in done[: max(0, len(ended) - DRAINED_SESSIONS_KEPT)]:
                 del self.by_name[old.name]
             await self._file.save(dump_state(self.by_name.values()))
             self.state_error = None
@@ -169,19 +177,26 @@ class Sessions:
                     extra={"session_name": session.name},
                 )
                 return
+        session.updated = False
         try:
             await self.save()
         except OSError:
             logger.warning("Could not save session state; will retry on the next change")
 
-    async def reopen(self, session: Session) -> None:
-        """Files of an ended session were retried: it drains again, with a fresh timeout."""
+    async def reopen(
+        self, session: Session, why: str = "its parked files were retried", update: bool = False
+    ) -> None:
+        """Something changed for an ended session (`why`): it drains again, with a fresh
+        timeout, and ends anew. With `update`, a file it had uploaded changed: its next end is
+        reported as an update of the last (`session.updated`)."""
         if session.watched:
             return
         session.state, session.redrained_at = "draining", self._clock()
+        session.updated = session.updated or update
         logger.info(
-            "Session %s drains again: its parked files were retried",
+            "Session %s drains again: %s",
             session.name,
+            why,
             extra={"session_name": session.name},
         )
         try:
