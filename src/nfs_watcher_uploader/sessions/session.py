@@ -89,7 +89,7 @@ class Session:
         asked: a scan may list 100,000 files)."""
         summed_for, total = self._incoming_bytes
         if summed_for is not self.incoming:
-            total = sum(size for size, _ in self.incoming.values() if size > 0)
+            total = sum(seen[0] for seen in self.incoming.values() if seen and seen[0] > 0)
             self._incoming_bytes = (self.incoming, total)
         return total
 
