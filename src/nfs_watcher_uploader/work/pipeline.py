@@ -274,7 +274,7 @@ class Pipeline:
             extra=log_extra(item),
         )
         self._retrying.add(next(self._retry_keys), replace(item, attempt=attempt), delay)
-        self.progress.retrying(item, time.time() + delay, printable(reason))
+        self.progress.retrying(item, time.time() + delay, error_text(reason))
 
     async def _park(self, item: WorkItem, reason: str) -> None:
         if not item.claimed:  # nothing of ours to park
