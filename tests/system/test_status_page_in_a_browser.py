@@ -409,3 +409,60 @@ def test_hundreds_of_parked_files_show_a_page_of_them_and_their_count(
     listings = [url for url, _ in watched.requests if "/v1/files/failed" in url]
     assert listings and all(url.endswith("?limit=200") for url in listings)
     _clean(watched)
+
+
+def test_a_hung_parked_listing_leaves_the_rest_of_the_page_live(
+    service_factory: Any, settings_factory: Any, browser: Any
+) -> None:
+    """The parked list is the one thing the page reads from NFS. While that read hangs (here
+    the browser holds the request), sessions, files and health go on refreshing from memory;
+    a listing that fails is said in the parked section, and the service is not called
+    unreachable; once it answers again, the list is back."""
+    settings: Settings = settings_factory(api_token=TOKEN)
+    running = service_factory(settings)
+    watched = new_page(browser)
+    held: list[Any] = []
+
+    def hold(route: Any) -> None:
+        held.append(route)
+
+    watched.page.route("**/v1/files/failed*", hold)
+    watched.page.goto(running.base_url + "/")
+    watched.page.fill("#token", TOKEN)
+    watched.page.click("#sign-in button[type=submit]")
+    watched.page.wait_for_selector("#main", state="visible", timeout=15000)
+    _until(lambda: held, "the page asking for the parked list")
+    _start(running, "live")
+    _until(lambda: "live" in _text(watched, "#sessions-body"), "a new session, the list hung")
+    assert _text(watched, "#health") == "healthy"
+
+    def refuse(route: Any) -> None:
+        route.fulfill(
+            status=503,
+            content_type="application/json",
+            body=json.dumps({"detail": "listing parked files failed: NFS timed out"}),
+        )
+
+    watched.page.unroute("**/v1/files/failed*")
+    watched.page.route("**/v1/files/failed*", refuse)
+    for route in held:
+        try:
+            refuse(route)
+        except Exception:  # the page gave up on it already (its 10 s timeout)
+            pass
+    _until(
+        lambda: (
+            "Could not list the parked files: 503 listing parked files failed"
+            in _text(watched, "#parked-error")
+        ),
+        "the parked section saying why",
+    )
+    assert _text(watched, "#health") == "healthy"
+    assert watched.page.is_hidden("#message")
+
+    watched.page.unroute("**/v1/files/failed*")
+    _until(lambda: _text(watched, "#parked-error") == "", "the message gone", 20)
+    assert "No parked files." in _text(watched, "#parked-body")
+    # The 503s are the answers the test gave; nothing else went wrong.
+    watched.errors = [e for e in watched.errors if "503" not in e]
+    _clean(watched)

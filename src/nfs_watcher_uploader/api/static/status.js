@@ -28,6 +28,7 @@
   let timer = null;
   let running = false;
   let busy = false;
+  let parkedBusy = false;
   let parkedAsked = 0;
   let parkedCount = -1;
   const seenRates = [];
@@ -396,23 +397,45 @@
       api("GET", "/v1/sessions"),
       api("GET", "/v1/bandwidth"),
     ]);
-    const now = Date.now();
-    let parked = null;
-    const changed = status.failed !== parkedCount && now - parkedAsked > PARKED_MIN_MS;
-    if (parkedAsked === 0 || changed || now - parkedAsked > PARKED_EVERY_MS) {
-      parked = await api("GET", "/v1/files/failed?limit=" + PARKED_SHOWN);
-      parkedAsked = now;
-      parkedCount = status.failed;
-    }
     if (!running) return; // signed out meanwhile: nothing of it is drawn
     drawHealth(status);
     drawSessions(sessions.sessions);
     drawFiles(status);
     drawBandwidth(bandwidth);
-    if (parked !== null) drawParked(parked.files, status.failed);
     $("updated").textContent = "updated " + new Date().toLocaleTimeString();
     show($("main"), true);
     show($("sign-out"), Boolean(token));
+    const now = Date.now();
+    const changed = status.failed !== parkedCount && now - parkedAsked > PARKED_MIN_MS;
+    if (parkedAsked === 0 || changed || now - parkedAsked > PARKED_EVERY_MS) {
+      parkedAsked = now;
+      parkedCount = status.failed;
+      refreshParked(status.failed); // not awaited: a slow NFS holds up this list only
+    }
+  }
+
+  // The parked list is read from NFS: while NFS is slow or hung, the rest of the page goes on
+  // refreshing from memory, and this section says why its list is old.
+  async function refreshParked(count) {
+    if (parkedBusy) return;
+    parkedBusy = true;
+    try {
+      const parked = await api("GET", "/v1/files/failed?limit=" + PARKED_SHOWN);
+      if (!running) return;
+      drawParked(parked.files, count);
+      $("parked-error").textContent = "";
+    } catch (error) {
+      if (!running) return;
+      if (error.status === 401) {
+        refused(error);
+        return;
+      }
+      $("parked-error").textContent =
+        "Could not list the parked files: " + (error.status ? error.status + " " : "") + error.message;
+      parkedAsked = Date.now() - PARKED_EVERY_MS + PARKED_MIN_MS; // again in PARKED_MIN_MS
+    } finally {
+      parkedBusy = false;
+    }
   }
 
   async function tick() {
@@ -428,7 +451,7 @@
         refused(error);
         return;
       }
-      chip($("health"), "unreachable", "bad");
+      if (!error.status) chip($("health"), "unreachable", "bad");
       say("Could not read the state: " + (error.status ? error.status + " " : "") + error.message, "error");
     } finally {
       busy = false;
