@@ -3,6 +3,7 @@
 (0 healthy, 1 something parked, 2 unreachable or the token refused, saying what to set), and no
 control character from a file name ever reaching the terminal."""
 
+import http.server
 import json
 import os
 import pty
@@ -12,10 +13,13 @@ import signal
 import struct
 import subprocess
 import termios
+import threading
 import time
 from fcntl import ioctl
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from nfs_watcher_uploader.config import Settings
 from tests.support.helpers import (
@@ -203,3 +207,66 @@ def test_a_stalled_worker_exits_1_and_says_so(service_factory: Any, settings_fac
         held.release.set()
     wait_for(lambda: session_view(running, "stall")["uploaded"] == 1, what="hold.bin up")
     assert _status(running, APP_API_TOKEN=TOKEN).returncode == 0
+
+
+class HoldingProxy:
+    """Forwards to the service, holding each request for the parked list until `release` (a
+    parked listing stuck on a hung NFS mount, up to its 30 s deadline)."""
+
+    def __init__(self, target: str) -> None:
+        self.release = threading.Event()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.startswith("/v1/files/failed"):
+                    proxy.release.wait(60)
+                headers = {k: v for k, v in self.headers.items() if k.lower() == "authorization"}
+                answer = httpx.get(target + self.path, headers=headers, timeout=30)
+                self.send_response(answer.status_code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_parked_list_stuck_on_nfs_is_named_and_the_rest_still_shown(
+    service_factory: Any, settings_factory: Any
+) -> None:
+    """The parked list is the one answer read from NFS: while it hangs, `status` still shows
+    sessions and health from the rest, says the list could not be read and why (exit 1), and
+    does not call the service unreachable (exit 2)."""
+    running = _start(service_factory, settings_factory)
+    write_file(running.settings.nfs_incoming_dir / "cli" / "stuck.", b"x")
+    wait_for(lambda: session_view(running, "cli")["failed"] == 1, what="stuck. parked")
+    proxy = HoldingProxy(running.base_url)
+    try:
+        command = [CLI, "status", "--json", "--url", proxy.url]
+        env = _env(APP_API_TOKEN=TOKEN)
+        held = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+        assert held.returncode == 1, held.stdout + held.stderr
+        report = json.loads(held.stdout)
+        assert [s["session_name"] for s in report["sessions"]] == ["cli"]
+        assert report["parked"] == [] and "timed out" in report["parked_error"]
+        assert report["problems"][0] == "1 file(s) parked"
+        assert report["problems"][1].startswith("parked files not listed: ")
+        proxy.release.set()
+        answered = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+        report = json.loads(answered.stdout)
+        assert answered.returncode == 1 and report["parked_error"] is None
+        assert [p["filename"] for p in report["parked"]] == ["stuck."]
+    finally:
+        proxy.close()

@@ -40,6 +40,10 @@ HELP = (
     "(exit 0 healthy, 1 something parked or stalled, 2 service unreachable)"
 )
 TIMEOUT_S = 10.0
+# The parked list is the one answer the service reads from NFS: while NFS hangs it may take
+# up to the NFS deadline (30 s by default). It gets a shorter wait, and its failure is shown
+# in the picture instead of calling the whole service unreachable.
+PARKED_TIMEOUT_S = 5.0
 ENDED_SHOWN = 5
 PARKED_SHOWN = 5
 BAR_WIDTH = 20
@@ -97,12 +101,12 @@ class Client:
     def __repr__(self) -> str:  # never the token
         return f"Client({self.url!r})"
 
-    def get(self, path: str, ok: tuple[int, ...] = (200,)) -> Json:
+    def get(self, path: str, ok: tuple[int, ...] = (200,), timeout: float = TIMEOUT_S) -> Json:
         request = urllib.request.Request(self.url + path, headers={"Accept": "application/json"})
         if self.token:
             request.add_header("Authorization", f"Bearer {self.token}")
         try:
-            with self._opener.open(request, timeout=TIMEOUT_S) as answer:
+            with self._opener.open(request, timeout=timeout) as answer:
                 return json.loads(answer.read())
         except urllib.error.HTTPError as exc:
             body = exc.read()
@@ -160,6 +164,8 @@ class Snapshot:
     sessions: list[Json]
     bandwidth: Json
     parked: list[Json]
+    # Why the parked list could not be read (NFS slow or failing), or None.
+    parked_error: str | None = None
     at: float = field(default_factory=time.time)
 
     def problems(self) -> list[str]:
@@ -171,6 +177,8 @@ class Snapshot:
             out.append(f"not ready: {self.ready.get('detail') or 'starting'}")
         if failed := self.status.get("failed", 0):
             out.append(f"{failed} file(s) parked")
+        if self.parked_error is not None:
+            out.append(f"parked files not listed: {self.parked_error}")
         if error := self.status.get("state_error"):
             out.append(f"session state: {error}")
         if hung := self.status.get("nfs_calls_hung", 0):
@@ -192,6 +200,7 @@ class Snapshot:
             "sessions": self.sessions,
             "bandwidth": self.bandwidth,
             "parked": self.parked,
+            "parked_error": self.parked_error,
         }
 
 
@@ -205,16 +214,29 @@ def snapshot(client: Client, parked_cache: dict[int, list[Json]] | None = None) 
     bandwidth = client.get("/v1/bandwidth", ok=(200, 503))
     count = int(status.get("failed", 0))
     parked: list[Json] = []
+    error: str | None = None
     if count:
         if parked_cache is not None and count in parked_cache:
             parked = parked_cache[count]
         else:
-            path = f"/v1/files/failed?limit={PARKED_SHOWN}"
-            parked = client.get(path, ok=(200, 503)).get("files", [])
-            if parked_cache is not None:
+            parked, error = _parked(client)
+            if parked_cache is not None and error is None:
                 parked_cache.clear()
                 parked_cache[count] = parked
-    return Snapshot(client.url, health, ready, status, sessions, bandwidth, parked)
+    return Snapshot(client.url, health, ready, status, sessions, bandwidth, parked, error)
+
+
+def _parked(client: Client) -> tuple[list[Json], str | None]:
+    """The first parked files, or why they could not be listed (the service answered the rest:
+    only this read waits for NFS)."""
+    path = f"/v1/files/failed?limit={PARKED_SHOWN}"
+    try:
+        answer = client.get(path, ok=(200, 503), timeout=PARKED_TIMEOUT_S)
+    except Unreachable as exc:
+        return [], f"{exc} (waited {PARKED_TIMEOUT_S:.0f} s: the list is read from NFS)"
+    if "files" not in answer:
+        return [], str(answer.get("detail") or "no list in the answer")
+    return answer["files"], None
 
 
 # --- drawing -------------------------------------------------------------------------------
