@@ -155,9 +155,13 @@ async def status(service: ServiceDep) -> StatusResponse:
     )
 
 
-@router.get("/v1/sessions")
-async def list_sessions(service: ServiceDep) -> SessionList:
-    return SessionList(sessions=sessions_view(service))
+@router.get("/v1/sessions", responses={422: {}})
+async def list_sessions(
+    service: ServiceDep, ended: Annotated[int | None, Query(ge=0, le=10_000)] = None
+) -> SessionList:
+    """Every session watched, and those that ended: all, or the `ended` latest."""
+    sessions, ended_total = sessions_view(service, ended)
+    return SessionList(sessions=sessions, ended_total=ended_total)
 
 
 @router.get("/v1/sessions/{name}", responses={404: {}, 422: {}})

@@ -128,6 +128,8 @@ class SessionView(BaseModel):
 
 class SessionList(BaseModel):
     sessions: list[SessionView]
+    # Sessions that ended (drained or timed out) known to the service, listed or not.
+    ended_total: int
 
 
 class StatusResponse(BaseModel):

@@ -87,13 +87,19 @@ def session_view(
     )
 
 
-def sessions_view(service: Service) -> list[SessionView]:
+def sessions_view(service: Service, ended: int | None = None) -> tuple[list[SessionView], int]:
+    """Every session watched and, of those that ended, all or the `ended` latest (a poller
+    such as the status page needs a few, not the hundreds kept); and how many ended."""
+    known = list(service.sessions.by_name.values())
+    done = [s for s in known if not s.watched]
+    if ended is not None:
+        latest = heapq.nlargest(ended, done, key=lambda s: s.stopped_at or s.started_at)
+        shown = {id(s) for s in latest}
+        known = [s for s in known if s.watched or id(s) in shown]
     grouped = service.pipeline.progress.by_session()
     uplink_rate = service.meter.rate()  # sums the last seconds' chunks: once per answer
-    return [
-        session_view(service, s, grouped.get(s.name, []), uplink_rate)
-        for s in service.sessions.by_name.values()
-    ]
+    views = [session_view(service, s, grouped.get(s.name, []), uplink_rate) for s in known]
+    return views, len(done)
 
 
 def failed_file(parked: ParkedFile) -> FailedFile:

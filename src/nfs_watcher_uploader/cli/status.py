@@ -210,7 +210,7 @@ def snapshot(client: Client, parked_cache: dict[int, list[Json]] | None = None) 
     health = client.get("/healthz", ok=(200, 503))
     ready = client.get("/readyz", ok=(200, 503))
     status = client.get("/v1/status")
-    sessions = client.get("/v1/sessions").get("sessions", [])
+    sessions = client.get(f"/v1/sessions?ended={ENDED_SHOWN}").get("sessions", [])
     bandwidth = client.get("/v1/bandwidth", ok=(200, 503))
     count = int(status.get("failed", 0))
     parked: list[Json] = []

@@ -232,7 +232,7 @@
     return row;
   }
 
-  function drawSessions(list) {
+  function drawSessions(list, endedTotal) {
     const watched = list.filter((s) => s.state === "active" || s.state === "draining");
     const ended = list
       .filter((s) => s.state !== "active" && s.state !== "draining")
@@ -241,7 +241,7 @@
     const rows = shown.map(sessionRow);
     if (!rows.length) rows.push(emptyRow("No session yet: POST /v1/watch/start starts one."));
     $("sessions-body").replaceChildren(...rows);
-    const hidden = list.length - shown.length;
+    const hidden = Math.max(endedTotal, ended.length) - Math.min(ended.length, SESSIONS_ENDED_SHOWN);
     $("sessions-more").textContent = hidden > 0 ? hidden + " older sessions not shown (GET /v1/sessions)" : "";
   }
 
@@ -394,12 +394,12 @@
   async function refresh() {
     const [status, sessions, bandwidth] = await Promise.all([
       api("GET", "/v1/status"),
-      api("GET", "/v1/sessions"),
+      api("GET", "/v1/sessions?ended=" + SESSIONS_ENDED_SHOWN),
       api("GET", "/v1/bandwidth"),
     ]);
     if (!running) return; // signed out meanwhile: nothing of it is drawn
     drawHealth(status);
-    drawSessions(sessions.sessions);
+    drawSessions(sessions.sessions, sessions.ended_total);
     drawFiles(status);
     drawBandwidth(bandwidth);
     $("updated").textContent = "updated " + new Date().toLocaleTimeString();
