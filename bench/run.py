@@ -254,7 +254,7 @@ class PagePoller:
     """Asks the API what the status page asks, once a second, in a thread of its own (the
     parked list only when files are parked: none are here)."""
 
-    PATHS = ("/v1/status", "/v1/sessions", "/v1/bandwidth")
+    PATHS = ("/v1/status", "/v1/sessions?ended=10", "/v1/bandwidth")
 
     def __init__(self, base_url: Any, interval: float = 1.0) -> None:
         self._client = httpx.Client(base_url=base_url, timeout=30)
