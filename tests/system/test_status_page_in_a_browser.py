@@ -281,8 +281,16 @@ def test_hostile_names_and_reasons_show_as_text_and_run_nothing(
         return len(shown) == len(HOSTILE_UPLOADED)
 
     _until(all_in_flight_seen, "each uploading name on the page", 60)
-    for row in watched.page.locator("#files-body tr, #parked-body tr").all():
-        row.hover()
+    # Every cell gets a mouseover, at once: the rows are redrawn each second and files leave
+    # the list as they finish, so hovering them one by one could wait on a row that is gone.
+    hovered = watched.page.evaluate(
+        """() => {
+            const cells = document.querySelectorAll('#files-body td, #parked-body td');
+            cells.forEach(c => c.dispatchEvent(new MouseEvent('mouseover', {bubbles: true})));
+            return cells.length;
+        }"""
+    )
+    assert hovered > 0
     counts = watched.page.evaluate(
         """() => ({
             img: document.querySelectorAll('img').length,
