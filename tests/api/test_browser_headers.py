@@ -109,3 +109,44 @@ def test_the_page_loads_without_the_token_and_shows_only_what_the_probes_tell(
     assert "healthy" in answer.text and "ready" in answer.text
     assert "secret-session" not in answer.text
     assert running.client.get("/v1/status", headers={"Authorization": ""}).status_code == 401
+
+
+@pytest.mark.parametrize(
+    "host", ["attacker.example", "attacker.example:8000", "rebound.localhost", "10.0.0.7.nip.io"]
+)
+def test_a_page_rebound_to_this_device_cannot_change_things_on_an_open_api(
+    open_api: RunningService, host: str
+) -> None:
+    """DNS rebinding: a page at attacker.example whose name then resolves to this device is
+    same-origin to the browser (Sec-Fetch-Site: same-origin, Origin = Host). With no token
+    set, such a change is refused (403, saying what to do); the session stays active. Read
+    as such, by an IP address or localhost, or by a client that is not a browser, it passes."""
+    rebound = {"Host": host, "Origin": f"http://{host}", "Sec-Fetch-Site": "same-origin"}
+    answer = open_api.post("/v1/watch/stop", headers=rebound)
+    assert answer.status_code == 403 and "DNS rebinding" in answer.json()["detail"]
+    assert open_api.client.delete("/v1/bandwidth", headers=rebound).status_code == 403
+    assert open_api.get("/v1/status").json()["active_session"] == "s"
+    assert open_api.client.post("/v1/watch/stop", headers={"Host": host}).status_code == 200
+    port = open_api.base_url.rsplit(":", 1)[1]
+    for by_address in ("127.0.0.1", "localhost", "[::1]"):
+        own = f"{by_address}:{port}"
+        same = {"Host": own, "Origin": f"http://{own}", "Sec-Fetch-Site": "same-origin"}
+        answer = open_api.client.put("/v1/bandwidth", json={"limit": "1M"}, headers=same)
+        assert answer.status_code == 200, (by_address, answer.text)
+
+
+def test_with_a_token_a_page_at_a_host_name_changes_things_with_it(
+    service_factory: Any, settings_factory: Any
+) -> None:
+    """With a token set, rebinding gains nothing (the attacker's page has no token), so the
+    operator may use the device's name."""
+    token = "rebind-token-0123456789abcdef"
+    running = service_factory(settings_factory(api_token=token))
+    named = {
+        "Host": "jetson.local:8000",
+        "Origin": "http://jetson.local:8000",
+        "Sec-Fetch-Site": "same-origin",
+        "Authorization": f"Bearer {token}",
+    }
+    answer = running.client.put("/v1/bandwidth", json={"limit": "1M"}, headers=named)
+    assert answer.status_code == 200, answer.text

@@ -11,8 +11,14 @@ cross-site        a request that changes something (not GET, HEAD or OPTIONS) th
                   token configured, another site's page must not stop a session through the
                   operator's browser. Clients that are not browsers (curl, the CLI, a
                   recorder) send neither header and are not affected.
+rebinding         with no API token configured, a browser's request that changes something
+                  must name this host by an IP address or `localhost`: a page whose own name
+                  an attacker's DNS has pointed at this device (DNS rebinding) is same-origin
+                  to the browser, and could otherwise stop sessions and dismiss parked files
+                  through the operator's browser. With a token it has nothing to send.
 """
 
+import ipaddress
 from urllib.parse import urlsplit
 
 from fastapi.responses import JSONResponse
@@ -67,12 +73,33 @@ def cross_site(scope: Scope) -> bool:
     return origin == "null" or host is None or urlsplit(origin).netloc != host
 
 
-class BrowserHeaders:
-    """ASGI middleware: the headers above on every answer, and cross-site changes refused."""
+def by_address(scope: Scope) -> bool:
+    """The request names this host by an IP address or `localhost` (not by a name that some
+    DNS could point anywhere)."""
+    host = urlsplit("//" + (_header(scope, b"host") or "")).hostname
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
-    def __init__(self, app: ASGIApp, protected: str) -> None:
+
+def from_browser(scope: Scope) -> bool:
+    return _header(scope, b"sec-fetch-site") is not None or _header(scope, b"origin") is not None
+
+
+class BrowserHeaders:
+    """ASGI middleware: the headers above on every answer, cross-site changes refused, and,
+    on an API with no token (`open_api`), changes by a browser at a host name refused."""
+
+    def __init__(self, app: ASGIApp, protected: str, open_api: bool = False) -> None:
         self.app = app
         self.protected = protected
+        self.open_api = open_api
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -88,11 +115,19 @@ class BrowserHeaders:
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
-        if scope["method"] not in _SAFE_METHODS and cross_site(scope):
-            refusal = JSONResponse(
-                {"detail": "a request from another site's page may not change anything here"},
-                status_code=403,
-            )
-            await refusal(scope, receive, with_headers)
+        if scope["method"] not in _SAFE_METHODS and (problem := self._refused(scope)):
+            await JSONResponse({"detail": problem}, 403)(scope, receive, with_headers)
             return
         await self.app(scope, receive, with_headers)
+
+    def _refused(self, scope: Scope) -> str | None:
+        if cross_site(scope):
+            return "a request from another site's page may not change anything here"
+        if self.open_api and from_browser(scope) and not by_address(scope):
+            return (
+                "no API token is set, so a browser may change things here only when it "
+                "reaches the service by IP address or localhost (a host name could be another "
+                "site's, pointed at this device: DNS rebinding); set APP_API_TOKEN, or open "
+                "the page by address"
+            )
+        return None

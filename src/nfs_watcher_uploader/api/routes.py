@@ -306,6 +306,7 @@ def install(app: FastAPI, token: ApiToken | None, metrics_require_token: bool = 
         app.add_middleware(TokenFirst, token=token, prefixes=protected)
     app.include_router(page.router)
     app.add_middleware(BodyLimit)
-    app.add_middleware(BrowserHeaders, protected=CONTROL_PREFIX)  # added last, so it runs first
+    # Added last, so it runs first.
+    app.add_middleware(BrowserHeaders, protected=CONTROL_PREFIX, open_api=token is None)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(OSError, _os_error)
