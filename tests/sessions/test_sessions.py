@@ -12,6 +12,7 @@ from nfs_watcher_uploader.constants import DRAINED_SESSIONS_KEPT
 from nfs_watcher_uploader.nfs.runner import Nfs
 from nfs_watcher_uploader.sessions.registry import Sessions
 from nfs_watcher_uploader.sessions.session import Session
+from nfs_watcher_uploader.sessions.stored import parse_state
 from tests.support.helpers import (
     Azurite,
     blob_bytes,
@@ -217,3 +218,41 @@ def test_a_poller_gets_the_watched_sessions_and_only_the_latest_that_ended(
     none = running.get("/v1/sessions", params={"ended": 0}).json()
     assert [s["session_name"] for s in none["sessions"]] == ["now"]
     assert running.get("/v1/sessions", params={"ended": -1}).status_code == 422
+
+
+@pytest.mark.adversarial
+@pytest.mark.parametrize(
+    "field",
+    [
+        '"stopped_at": NaN',
+        '"stopped_at": Infinity',
+        '"started_at": -Infinity, "stopped_at": 2.0',
+    ],
+)
+def test_a_state_file_whose_session_could_never_end_is_not_loaded(
+    field: str,
+) -> None:
+    """`sessions.json` took any float: a draining session stopped at NaN never timed out
+    (every comparison with NaN is false) and one started at infinity raised where its time
+    was formatted.
+
+    Issue 21 review, finding 1.
+    """
+    raw = (
+        '{"version": 1, "sessions": [{"name": "s", "date_prefix": "20261204", '
+        f'"state": "draining", "started_at": 1.0, {field}}}]}}'
+    )
+    with pytest.raises(ValueError):
+        parse_state(raw.encode())
+
+
+def test_a_state_file_written_while_the_clock_was_days_ahead_is_still_loaded() -> None:
+    """A board whose clock starts behind (before NTP) reads generations from its future: the
+    sessions are still its own."""
+    raw = (
+        '{"version": 1, "sessions": [{"name": "s", "date_prefix": "20261204", '
+        '"state": "draining", "started_at": 1.0, "stopped_at": 2.0, '
+        '"generation": 4102444800000000}]}'
+    )
+    (session,) = parse_state(raw.encode())
+    assert session.generation == 4102444800000000

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-from pydantic import BaseModel, NonNegativeInt
+from pydantic import BaseModel
 
 from nfs_watcher_uploader.blob.blobinfo import iso_utc, iso_utc_ns
 from nfs_watcher_uploader.cloud.manifest import Dismissed, FileEntry
@@ -35,6 +35,7 @@ from nfs_watcher_uploader.items import WorkItem, blob_name_problem, path_problem
 from nfs_watcher_uploader.nfs import trees
 from nfs_watcher_uploader.nfs.layout import Layout
 from nfs_watcher_uploader.nfs.reading import (
+    Generation,
     Unusable,
     parse_json,
     read_lines,
@@ -42,10 +43,10 @@ from nfs_watcher_uploader.nfs.reading import (
     set_aside_or_leave,
 )
 from nfs_watcher_uploader.nfs.runner import Nfs
+from nfs_watcher_uploader.nfs.state import write_all
 
 logger = logging.getLogger(__name__)
 
-_DAY_S = 86_400.0
 # Times something that is not a ledger is set aside before an append gives up (it keeps coming).
 _ATTEMPTS = 5
 # Read too: a ledger is checked for a torn last line before the first append to it. Never
@@ -58,7 +59,7 @@ class _DismissedLine(BaseModel):
 
 
 class _Written(BaseModel):
-    generation: NonNegativeInt
+    generation: Generation
 
 
 class _ManifestLine(BaseModel):
@@ -148,10 +149,7 @@ class Ledger:
                 data = b"".join(lines)
                 if not created and not known_whole and not _ends_whole(fd):
                     data = b"\n" + data  # a crash tore the last line: end it first
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
+                write_all(fd, data)
             finally:
                 os.close(fd)
             self._clean.add(path)
@@ -222,10 +220,7 @@ class Ledger:
             lines = read_lines(path.name, LEDGER_MAX, LEDGER_LINE_MAX, dir_fd=folder)
             if lines is None:
                 return Record([], [])
-            # A generation is a time in microseconds: one far ahead is not ours, and would keep
-            # every later manifest from being written.
-            latest = int((self._clock() + _DAY_S) * 1_000_000)
-            return _parse(lines, f"{date_prefix}/{session_name}/", path, latest)
+            return _parse(lines, f"{date_prefix}/{session_name}/", path)
         except Unusable as exc:
             done = set_aside_or_leave(path, self.layout.processing_root, folder)
             logger.error("Ledger %s unusable (%s); %s", path, exc, done)
@@ -234,7 +229,7 @@ class Ledger:
             os.close(folder)
 
 
-def _parse(lines: Iterator[bytes | None], prefix: str, path: Path, latest: int) -> Record:
+def _parse(lines: Iterator[bytes | None], prefix: str, path: Path) -> Record:
     """A ledger's lines; those that are not ours are skipped and counted."""
     entries: dict[str, FileEntry] = {}
     dismissed: dict[tuple[str, str | None], Dismissed] = {}
@@ -250,8 +245,6 @@ def _parse(lines: Iterator[bytes | None], prefix: str, path: Path, latest: int) 
                 dismissed[(gone.parked_as, gone.parked_at)] = gone
             elif line.startswith(b'{"manifest":'):
                 generation = parse_json(line, _ManifestLine).manifest.generation
-                if generation > latest:
-                    raise Unusable(f"a generation from the future ({generation})")
                 written = max(written, generation)
             else:
                 entry = parse_json(line, FileEntry)
