@@ -7,13 +7,13 @@ BIN := $(VENV)/bin
 AZURITE_VERSION := 3.35.0
 AZURITE := .tools/azurite/node_modules/.bin/azurite
 
-.PHONY: install run test check lint format typecheck pytest image-test check-arm64 bench \
+.PHONY: install run test check lint format typecheck pytest image-test check-arm64 bench screenshot \
         azurite azurite-stop \
         dev-up dev-down docker-build docker-up docker-down k3s-apply k3s-delete lock clean \
         prometheusrule
 
 install: $(BIN)/.installed $(AZURITE) .tools/fuse3.ok .tools/prometheus.ok .tools/tinyproxy.ok \
-         .tools/wheels.ok
+         .tools/chromium.ok .tools/wheels.ok
 
 $(BIN)/.installed: pyproject.toml requirements-dev.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -77,6 +77,18 @@ $(AZURITE):
 	fi
 	touch $@
 
+# The status page's browser tests drive Debian's chromium with Playwright (whose own browser
+# download cannot work here). Installed here when missing and we are root; otherwise those
+# tests say why they skip (and fail under CI=true).
+.tools/chromium.ok:
+	mkdir -p .tools
+	if ! command -v chromium >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
+	  else echo "chromium missing: the status page's browser tests will be skipped" >&2; fi; \
+	fi
+	touch $@
+
 # --- Local development --------------------------------------------------------------------
 
 run: $(BIN)/.run-installed $(AZURITE)
@@ -119,6 +131,11 @@ check-arm64: install
 
 bench: install
 	$(BIN)/python -m bench.run
+
+# The README's screenshot of the status page (docs/status-page.png), taken by the browser test.
+screenshot: install
+	STATUS_PAGE_SCREENSHOT=docs/status-page.png $(BIN)/python -m pytest -q \
+	  tests/system/test_status_page_in_a_browser.py -k "0_to_done"
 
 # Re-pin dependencies (needs network to PyPI).
 lock: install

@@ -9,6 +9,9 @@ signs none: what production uses; all three ways use the same one):
            by default, the OpenTelemetry SDK on for /metrics, no exporter;
   rclone   `rclone copy` with its defaults;
   raw      the async SDK uploading straight from the files (the limit of machine and Azurite).
+The small set is also sent with the status page's poller asking the API once a second (way
+`service+page`, side by side with `service` in each run), and the CPU of one poll round is
+measured on its own (rounds back to back against the idle service, less its idle CPU).
 Then the cost of watching 10,000 waiting files at a 1 s poll (CPU and RSS over time), and the
 uplink figures, counted on the wire by a relay between the service and Azurite: throughput
 under a 20 MiB/s cap (how close to the cap), and the resume figure (a 256 MiB file under a
@@ -27,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -162,15 +166,23 @@ class Service:
             self._log_read.seek(-len(lines.pop()), os.SEEK_CUR)
         return sum(1 for line in lines if b'"message": "Uploaded ' in line and needle in line)
 
-    def upload(self, set_name: str, src: Path, total: int, tag: str = "") -> Result:
-        session = f"bench-{set_name}-{self.auth}{tag}"
+    def upload(
+        self, set_name: str, src: Path, total: int, tag: str = "", page: bool = False
+    ) -> Result:
+        """The set, from the moment it appears to its last commit; with `page`, while a poller
+        asks the API what the status page asks, once a second."""
+        session = f"bench-{set_name}-{self.auth}{tag}{'-page' if page else ''}"
+        self._settle()
         self.http.post("/v1/watch/start", json={"session_name": session}).raise_for_status()
         incoming = self.settings.nfs_incoming_dir / session
         files = sorted(src.iterdir())
         self.uploaded(session)  # skip what was logged before
         cpu0 = proc_cpu(self.proc.pid)
         profiler = self._profile(set_name)
+        poller = PagePoller(self.http.base_url) if page else None
         started = time.perf_counter()
+        if poller is not None:
+            poller.start()
         for path in files:
             os.link(path, incoming / path.name)
         # Read from the log: asking the API would cost the service CPU that rclone is not
@@ -184,11 +196,72 @@ class Service:
         self._wait(all_up, 3600, 0.01)
         seconds = time.perf_counter() - started
         cpu = proc_cpu(self.proc.pid) - cpu0
+        if poller is not None:
+            poller.stop()
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)
             profiler.wait(60)
         self.http.post("/v1/watch/stop").raise_for_status()
-        return Result(set_name, "service", len(files), total, seconds, cpu, self.auth)
+        way = "service+page" if page else "service"
+        return Result(set_name, way, len(files), total, seconds, cpu, self.auth)
+
+    def _settle(self, quiet: float = 0.03, timeout: float = 60) -> None:
+        """Wait until the previous sessions have drained and the service is quiet (less than
+        `quiet` of a core over half a second): a run must not pay for the last one's manifest
+        and clean-up (the page run comes right after the plain one)."""
+
+        def drained() -> bool:
+            sessions = self.http.get("/v1/sessions").json()["sessions"]
+            return all(s["state"] != "draining" for s in sessions)
+
+        self._wait(drained, timeout, 0.1)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            cpu0 = proc_cpu(self.proc.pid)
+            time.sleep(0.5)
+            if proc_cpu(self.proc.pid) - cpu0 < quiet * 0.5:
+                return
+
+    def poll_round_cpu(self, src: Path, rounds: int) -> dict[str, Any]:
+        """CPU of the service per poll round (the page's requests, back to back) while the
+        files of `src` upload: a 64 KiB/s override keeps every worker busy with a file in
+        flight and the rest waiting (what a round reads), at little CPU of its own, which is
+        measured as long again without the rounds and taken off. Then the files go up at full
+        speed and the session is stopped."""
+        http = self.http
+        session = "bench-page-state"
+        http.post("/v1/watch/start", json={"session_name": session}).raise_for_status()
+        http.put("/v1/bandwidth", json={"limit": "64K"}).raise_for_status()
+        files = sorted(src.iterdir())
+        incoming = self.settings.nfs_incoming_dir / session
+        for path in files:
+            os.link(path, incoming / path.name)
+        workers = self.settings.worker_concurrency
+        self._wait(lambda: http.get("/v1/status").json()["in_flight"] >= workers, 120)
+        client = httpx.Client(base_url=http.base_url, timeout=30)
+        status = client.get("/v1/status").json()
+        cpu0, started = proc_cpu(self.proc.pid), time.perf_counter()
+        for _ in range(rounds):
+            for path in PagePoller.PATHS:
+                client.get(path).raise_for_status()
+        busy_s = time.perf_counter() - started
+        busy_cpu = proc_cpu(self.proc.pid) - cpu0
+        cpu0 = proc_cpu(self.proc.pid)
+        time.sleep(busy_s)
+        quiet_cpu = proc_cpu(self.proc.pid) - cpu0
+        client.close()
+        http.delete("/v1/bandwidth").raise_for_status()
+        view = f"/v1/sessions/{session}"
+        self._wait(lambda: http.get(view).json()["uploaded"] >= len(files), 600)
+        http.post("/v1/watch/stop").raise_for_status()
+        per_round = max(0.0, busy_cpu - quiet_cpu) / rounds
+        return {
+            "rounds": rounds,
+            "files_in_flight": status["files_in_flight_total"],
+            "files_waiting": len(files) - status["files_in_flight_total"],
+            "cpu_ms_per_round": round(per_round * 1000, 3),
+            "core_percent_at_1_hz": round(per_round * 100, 3),
+        }
 
     def _profile(self, set_name: str) -> subprocess.Popen[bytes] | None:
         """With BENCH_PROFILE=DIR, py-spy samples the service during the upload (its CPU
@@ -228,6 +301,36 @@ class Service:
         self.http.close()
         self.log.close()
         self._log_read.close()
+
+
+class PagePoller:
+    """Asks the API what the status page asks, once a second, in a thread of its own (the
+    parked list only when files are parked: none are here)."""
+
+    PATHS = ("/v1/status", "/v1/sessions?ended=10", "/v1/bandwidth")
+
+    def __init__(self, base_url: Any, interval: float = 1.0) -> None:
+        self._client = httpx.Client(base_url=base_url, timeout=30)
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.rounds = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            for path in self.PATHS:
+                self._client.get(path)
+            self.rounds += 1
+            if self._stop.wait(self._interval):
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        self._client.close()
 
 
 def timed_child(args: list[str], env: dict[str, str]) -> tuple[float, float, str]:
@@ -398,16 +501,47 @@ def resume(root: Path, azurite: Azurite, size: int, cap: int) -> dict[str, Any]:
     }
 
 
+def page_cost(runs: list[Result], direct: dict[str, Any]) -> dict[str, Any]:
+    """The status page's cost: in each run, the CPU the poller added to the small set's upload
+    (with minus without, side by side) as a share of a core over the upload's time, the
+    median of the runs; and the direct figure of one poll round."""
+    with_page = [r for r in runs if (r.set, r.way) == ("small", "service+page")]
+    if not with_page:
+        return {}
+    auth = with_page[0].auth  # the page runs beside the first credential's plain runs
+    without = [r for r in runs if (r.set, r.way, r.auth) == ("small", "service", auth)]
+    added = [
+        100 * (w.cpu_seconds - o.cpu_seconds) / w.seconds
+        for o, w in zip(without, with_page, strict=True)
+    ]
+    return {
+        "runs": len(with_page),
+        "core_percent_each_run": [round(a, 2) for a in added],
+        "core_percent_side_by_side": round(statistics.median(added), 2),
+        **direct,
+    }
+
+
 def side_by_side(
-    service: Service, azurite: Azurite, name: str, src: Path, total: int, run: int, auth: str
+    service: Service,
+    azurite: Azurite,
+    name: str,
+    src: Path,
+    total: int,
+    run: int,
+    auth: str,
+    page: bool = False,
 ) -> list[Result]:
     """One run of a set the three ways, one after the other: each sees the same machine load.
-    The order turns from run to run (Azurite slows down as it fills up)."""
+    The order turns from run to run (Azurite slows down as it fills up). With `page`, the
+    service is run a second time, beside itself, with the status page's poller."""
     out: list[Result] = []
     tag = f"-{run}"
     for way in WAYS[run % 3 :] + WAYS[: run % 3]:
         if way == "service":
             out.append(service.upload(name, src, total, tag))
+            if page:
+                out.append(service.upload(name, src, total, tag, page=True))
         elif way == "rclone":
             out.append(rclone(name, src, total, azurite, tag, auth))
         else:
@@ -429,12 +563,12 @@ def medians(runs: list[Result]) -> list[Result]:
 
 def print_table(results: list[Result], peak_rss: float, idle: dict[str, Any]) -> None:
     print(
-        f"\n{'set':<6} {'auth':<4} {'way':<8} {'files':>6} {'MiB':>8} {'seconds':>8} "
+        f"\n{'set':<6} {'auth':<4} {'way':<12} {'files':>6} {'MiB':>8} {'seconds':>8} "
         f"{'MiB/s':>8} {'files/s':>8} {'CPU s':>7} {'CPU s/GiB':>9}"
     )
     for r in results:
         print(
-            f"{r.set:<6} {r.auth:<4} {r.way:<8} {r.files:>6} {r.bytes / MIB:>8.1f} "
+            f"{r.set:<6} {r.auth:<4} {r.way:<12} {r.files:>6} {r.bytes / MIB:>8.1f} "
             f"{r.seconds:>8.2f} {r.mib_s:>8.1f} {r.files_s:>8.1f} {r.cpu_seconds:>7.2f} "
             f"{r.cpu_s_per_gib:>9.2f}"
         )
@@ -456,6 +590,21 @@ def print_table(results: list[Result], peak_rss: float, idle: dict[str, Any]) ->
         f"idle watch of {idle['files']} waiting files at 1 s poll: {idle['core_percent']:.2f}% "
         f"of a core over {idle['seconds']:.0f} s; RSS first {idle['rss_mib_first']} MiB, "
         f"last {idle['rss_mib_last']} MiB, max {idle['rss_mib_max']} MiB"
+    )
+
+
+def print_page(page: dict[str, Any]) -> None:
+    """The status page's cost, when the small set ran."""
+    if not page:
+        return
+    print(
+        f"status page polled every 1 s while the small set uploads: "
+        f"{page['core_percent_side_by_side']:+.2f} % of a core (CPU with - without in each "
+        f"of {page['runs']} runs side by side, median; each run "
+        f"{page['core_percent_each_run']}); one poll round with "
+        f"{page['files_in_flight']} files in flight and {page['files_waiting']} waiting: "
+        f"{page['cpu_ms_per_round']:.2f} ms of CPU = {page['core_percent_at_1_hz']:.2f} % "
+        f"of a core at one round a second ({page['rounds']} rounds)"
     )
 
 
@@ -502,6 +651,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results: list[Result] = []
     runs: list[Result] = []
     services: dict[str, Service] = {}
+    page: dict[str, Any] = {}
     try:
         extra = dict(kv.split("=", 1) for kv in args.service_env)
         for auth in auths:
@@ -524,8 +674,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             total = make_set(src, count, size, seed=i)
             for run in range(args.runs):
                 for auth, service in services.items():
-                    runs += side_by_side(service, azurite, name, src, total, run, auth)
+                    with_page = name == "small" and auth == auths[0]
+                    runs += side_by_side(service, azurite, name, src, total, run, auth, with_page)
         results = medians(runs)
+        if "small" in chosen:
+            small = work / "src" / "small"
+            first = services[auths[0]]
+            page = page_cost(runs, first.poll_round_cpu(small, 50 if args.tiny else 300))
         peak_rss = max(service.stop() for service in services.values())
         idle = idle_watch(work / "idle", azurite, args.idle_files, args.idle_seconds)
         idle_large = None
@@ -542,6 +697,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         azurite.stop()
         shutil.rmtree(work, ignore_errors=True)
     print_table(results, peak_rss, idle)
+    print_page(page)
     if idle_large is not None:
         print(
             f"idle watch of {idle_large['files']} waiting files: {idle_large['core_percent']:.2f}%"
@@ -573,6 +729,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ],
         "runs": [asdict(r) for r in runs],
         "service_peak_rss_mib": peak_rss,
+        "status_page": page,
         "idle_watch": idle,
         "idle_watch_large": idle_large,
         "uplink": uplink,

@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 
 from nfs_watcher_uploader.config import Settings
+from tests.support.browser import launch
 from tests.support.helpers import Azurite, RunningService, free_port, make_settings, serve
 from tests.support.relay import Relay
 
@@ -75,3 +76,9 @@ def relay(azurite: Azurite) -> Iterator[Relay]:
     r = Relay(azurite.port).start()
     yield r
     r.stop()
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """Debian's chromium through Playwright (skipped, saying why, where it cannot run)."""
+    yield from launch()

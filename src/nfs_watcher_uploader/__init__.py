@@ -5,16 +5,17 @@ its own, never from a layer above (tests/test_layers.py checks it, and that noth
 a cycle):
 
     main, __main__             the console script and the app factory
+    cli/                       terminal commands that read the API: status
     api/                       routes, views, schemas, the API token, what one client may cost
     service                    the composition root: builds, starts and stops every part
     intake/                    watcher (when a file is completely written), filters
-    work/                      pipeline, transfer, context, order, parked, dismissals,
-                               completions, gc, recovery, recount, staging
+    work/                      pipeline, transfer, context, progress, order, parked,
+                               dismissals, completions, gc, recovery, recount, staging
     cloud/                     ledger, manifest, reports, webhooks, jobs, delivery, retention,
                                verify
     blob/                      storage, credentials, azure_errors, blocks, early, rest, signing,
                                block_ids, blobinfo
-    uplink/                    bandwidth, wire
+    uplink/                    bandwidth, wire, history
     sessions/                  session, registry, stored: sessions, their progress, their file
     nfs/                       runner, opening, reading, scan, moves, copying, state, trees,
                                probe, layout

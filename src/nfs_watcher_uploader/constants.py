@@ -179,3 +179,9 @@ CLOCK_SKEW_S = 15 * 60.0
 # was left by a run that died mid-probe (a younger one may be another replica's).
 PROBE_PREFIX = ".nfs-watcher-uploader-probe-"
 PROBE_STALE_S = 600.0
+# Rates of files and sessions in flight (work/progress) are taken over this many seconds of the
+# API's asks: long enough to smooth a block's steps, short enough to show a slowdown.
+PROGRESS_RATE_WINDOW_S = 10.0
+# The uplink's rate is kept for the status page's sparkline: one point per step, this many.
+UPLINK_HISTORY_STEP_S = 5.0
+UPLINK_HISTORY_POINTS = 120

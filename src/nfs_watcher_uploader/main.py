@@ -1,11 +1,11 @@
 """Entry points: the app factory (`create_app`) and the console script (`run`): the service,
-or `verify`."""
+`verify` or `status`."""
 
 import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -15,6 +15,7 @@ from nfs_watcher_uploader import settings_checks
 from nfs_watcher_uploader.api import routes
 from nfs_watcher_uploader.api.auth import ApiToken, TokenFileError
 from nfs_watcher_uploader.api.limits import server_options
+from nfs_watcher_uploader.cli import status
 from nfs_watcher_uploader.cloud import verify
 from nfs_watcher_uploader.config import Settings, unsafe_paths
 from nfs_watcher_uploader.service import Service
@@ -56,7 +57,8 @@ def create_app(settings: Settings, **service_options: Any) -> FastAPI:
             # Last: flush spans and metrics of the shutdown itself.
             providers.shutdown()
 
-    app = FastAPI(title="nfs-watcher-uploader", lifespan=lifespan)
+    # /docs is the package's own page (Swagger UI from files served here, no CDN); no ReDoc.
+    app = FastAPI(title="nfs-watcher-uploader", lifespan=lifespan, docs_url=None, redoc_url=None)
     routes.install(app, token, settings.metrics_require_token)
     providers = setup_telemetry(app)
     app.state.metrics_registry = providers.registry
@@ -80,23 +82,27 @@ def _return_freed_memory() -> None:
 
 def run(argv: list[str] | None = None) -> None:
     """Console script: with no command (or `serve`), the service; `verify <date>/<session>`
-    checks a session in storage against its manifest."""
+    checks a session in storage against its manifest; `status` shows what a running service is
+    doing."""
     parser = argparse.ArgumentParser(
         prog="nfs-watcher-uploader", description="Upload finished recordings from NFS to Azure."
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("serve", help="watch, upload and serve the API (the default)")
-    verify.add_arguments(
-        commands.add_parser(
-            "verify",
-            help=verify.HELP,
-            description=verify.__doc__,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+    # Commands other than the service: (name, help, description, arguments, main).
+    tools: dict[str, Callable[[argparse.Namespace], int]] = {}
+    for name, help_text, doc, add_arguments, main in (
+        ("verify", verify.HELP, verify.__doc__, verify.add_arguments, verify.main),
+        ("status", status.HELP, status.__doc__, status.add_arguments, status.main),
+    ):
+        formatter = argparse.RawDescriptionHelpFormatter
+        add_arguments(
+            commands.add_parser(name, help=help_text, description=doc, formatter_class=formatter)
         )
-    )
+        tools[name] = main
     args = parser.parse_args(argv)
-    if args.command == "verify":
-        sys.exit(verify.main(args))
+    if args.command in tools:
+        sys.exit(tools[args.command](args))
     serve()
 
 

@@ -144,3 +144,30 @@ class RecentRate:
     def _forget_before(self, start: float) -> None:
         while self._events and self._events[0][0] < start:
             self._events.popleft()
+
+
+class SampledRate:
+    """The rate of a growing counter, from samples taken only when someone asks (nothing runs
+    between asks): over the last `window` seconds of asks, or since the first sample when the
+    asks are further apart. Used on the event loop only."""
+
+    # Samples closer together than this add nothing (a page and a CLI asking at once).
+    MIN_GAP_S = 0.25
+
+    def __init__(self, window: float, start: float, value: int = 0) -> None:
+        self.window = window
+        # Enough room for `window` seconds of samples at MIN_GAP_S.
+        self._samples: deque[tuple[float, int]] = deque(
+            [(start, value)], maxlen=int(window / self.MIN_GAP_S) + 2
+        )
+
+    def rate(self, now: float, value: int) -> float:
+        """Per second, from the newest sample at least `window` old (or the oldest) to now."""
+        samples = self._samples
+        if now - samples[-1][0] >= self.MIN_GAP_S:
+            samples.append((now, value))
+        while len(samples) > 2 and now - samples[1][0] >= self.window:
+            samples.popleft()
+        then, before = samples[0]
+        elapsed = now - then
+        return max(0.0, (value - before) / elapsed) if elapsed > 0 else 0.0

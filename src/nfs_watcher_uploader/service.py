@@ -11,9 +11,9 @@ Start, each step tried again with backoff while what fails may heal (`until_ok`)
           (saying which step it waits for) until then. With APP_EXIT_ON_STALL_S, a watchdog
           ends the process once liveness has failed that long (for Docker/compose).
 Shutdown: stop intake (watcher, GC) -> in-flight uploads get APP_SHUTDOWN_GRACE_S -> cancel the
-          rest (recovered on the next start), start-up steps still retrying and the bandwidth
-          limit -> session reports and deliveries (their jobs stay on NFS) -> close the storage
-          client.
+          rest (recovered on the next start), start-up steps still retrying, the bandwidth
+          limit and the uplink's history -> session reports and deliveries (their jobs stay
+          on NFS) -> close the storage client.
 """
 
 import asyncio
@@ -46,6 +46,7 @@ from nfs_watcher_uploader.sessions.registry import Sessions
 from nfs_watcher_uploader.sessions.session import Session
 from nfs_watcher_uploader.telemetry import Gauges, Telemetry
 from nfs_watcher_uploader.uplink.bandwidth import Bandwidth
+from nfs_watcher_uploader.uplink.history import UplinkHistory
 from nfs_watcher_uploader.uplink.wire import Meter
 from nfs_watcher_uploader.work.context import ClaimFn, CopyFn, MoveFn, Seams, StagedHook
 from nfs_watcher_uploader.work.dismissals import Dismissals
@@ -98,6 +99,7 @@ class Service:
         self.bandwidth = Bandwidth.from_settings(settings, self.nfs)
         # Every request to storage is metered through the bandwidth bucket.
         self.meter = Meter(self.bandwidth.bucket)
+        self.uplink_history = UplinkHistory(self.meter)
         self.storage = Storage(settings, token_credential, self.meter)
         seams = Seams(on_staged, claim, move, copy)
         self.pipeline = Pipeline(
@@ -163,6 +165,7 @@ class Service:
         self._intake: list[asyncio.Task[None]] = []
         self._pipeline_task: asyncio.Task[None] | None = None
         self._bandwidth_task: asyncio.Task[None] | None = None
+        self._history_task: asyncio.Task[None] | None = None
         # Session reports and webhook deliveries: on their own, so that neither can hold up
         # an upload.
         self._outbound: list[asyncio.Task[None]] = []
@@ -179,6 +182,7 @@ class Service:
 
     def start(self) -> None:
         self._run_task = asyncio.create_task(self._run(), name="service")
+        self._history_task = asyncio.create_task(self.uplink_history.run(), name="uplink")
         if self.settings.exit_on_stall_s is not None:
             self._watchdog = asyncio.create_task(
                 self._watch(self.settings.exit_on_stall_s), name="watchdog"
@@ -306,7 +310,7 @@ class Service:
         if self._run_task is not None:
             self._run_task.cancel()
             await asyncio.gather(self._run_task, return_exceptions=True)
-        for task in (self._pipeline_task, self._bandwidth_task):
+        for task in (self._pipeline_task, self._bandwidth_task, self._history_task):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)

@@ -19,7 +19,10 @@ def test_the_benchmark_runs_and_reports(tmp_path: Path, capsys: pytest.CaptureFi
         for s in ("small", "large")
         for a in ("key", "sas")
         for w in ("service", "rclone", "raw")
-    }
+    } | {("small", "key", "service+page")}
+    page = report["status_page"]
+    assert page["rounds"] > 0 and page["files_in_flight"] > 0 and page["runs"] >= 1
+    assert page["cpu_ms_per_round"] >= 0 and len(page["core_percent_each_run"]) == page["runs"]
     assert all(r["seconds"] > 0 and r["files"] > 0 for r in report["results"])
     assert report["service_peak_rss_mib"] > 0
     assert report["idle_watch"]["waiting_seen"] == report["idle_watch"]["files"]
@@ -27,3 +30,4 @@ def test_the_benchmark_runs_and_reports(tmp_path: Path, capsys: pytest.CaptureFi
     assert 1.0 <= report["uplink"]["resume"]["sent_x_size"]
     printed = capsys.readouterr().out
     assert "time service/rclone" in printed and "idle watch" in printed
+    assert "status page polled every 1 s" in printed

@@ -217,6 +217,27 @@ def test_the_image_runs_like_the_pod(
                 what=f"{name} byte-exact in Azurite",
             )
         assert "files_processed_total" in api.get("/metrics").text
+        # The status page, its files and the docs' Swagger UI are in the image (package data).
+        page = api.get("/")
+        assert page.status_code == 200 and "/static/status.js" in page.text
+        for name in (
+            "status.js",
+            "status.css",
+            "docs.js",
+            "swagger-ui-bundle.js",
+            "swagger-ui.css",
+        ):
+            assert api.get(f"/static/{name}").status_code == 200, name
+        assert api.get("/docs").status_code == 200
+    # `status` in the container reads the API at its own APP_PORT by default.
+    shown = subprocess.run(
+        [*podman, "exec", container_name, "nfs-watcher-uploader", "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert "healthy | ready" in shown.stdout and "image" in shown.stdout
 
     begun = time.monotonic()
     _run(*podman, "stop", "--time", str(STOP_WITHIN_S + 10), container_name, timeout=60)

@@ -2,6 +2,7 @@
 calls of one moment share a thread, each with its own outcome and deadline."""
 
 import asyncio
+import contextvars
 import errno
 import functools
 import os
@@ -80,6 +81,26 @@ async def test_short_calls_of_one_turn_share_one_thread_each_with_its_own_outcom
     threads = {o for i, o in enumerate(outcomes) if i != 3}
     assert len(threads) == 1 and threading.get_ident() not in threads
     assert (nfs.trips, nfs.batched_calls) == (1, 6)
+
+
+_WHOSE: contextvars.ContextVar[str] = contextvars.ContextVar("whose", default="nobody")
+
+
+async def test_a_call_runs_with_its_callers_context_variables_in_a_shared_thread() -> None:
+    """As `asyncio.to_thread` does: what a thread call starts on the loop (an early block's
+    send, started from the copy's thread) works for the caller's file, and its progress is
+    counted on it (uplink/wire's SENDING); calls of one batch each see their own caller's."""
+    nfs = Nfs(5)
+
+    async def caller(name: str, batched: bool) -> str:
+        _WHOSE.set(name)
+        fn = _WHOSE.get
+        return await (nfs.call_batched(fn) if batched else nfs.call(fn))
+
+    names = [f"file-{i}" for i in range(4)]
+    seen = await asyncio.gather(*(caller(n, i % 2 == 0) for i, n in enumerate(names)))
+    assert seen == names
+    assert _WHOSE.get() == "nobody"  # the callers' settings stayed theirs
 
 
 async def test_a_batch_holds_at_most_its_share_of_calls() -> None:

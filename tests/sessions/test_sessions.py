@@ -198,6 +198,28 @@ async def test_an_ended_session_with_parked_files_is_never_forgotten(tmp_path: P
     assert "s000" in again.by_name and "s001" not in again.by_name
 
 
+def test_a_poller_gets_the_watched_sessions_and_only_the_latest_that_ended(
+    service_factory: Any, settings_factory: Any
+) -> None:
+    """Up to DRAINED_SESSIONS_KEPT ended sessions are kept (and those with parked files, with
+    no limit): `?ended=N` (the status page asks 10 a second, `status` 5) lists every session
+    watched and the N that ended last, with the count of all that ended; without it, all."""
+    running = service_factory(settings_factory())
+    for i in range(12):
+        assert running.post("/v1/watch/start", json={"session_name": f"e{i:02d}"}).is_success
+        running.post("/v1/watch/stop")
+    running.post("/v1/watch/start", json={"session_name": "now"})
+    wait_for(lambda: running.get("/v1/sessions").json()["ended_total"] == 12, what="12 drained")
+    every = running.get("/v1/sessions").json()
+    assert len(every["sessions"]) == 13
+    few = running.get("/v1/sessions", params={"ended": 3}).json()
+    assert few["ended_total"] == 12
+    assert [s["session_name"] for s in few["sessions"]] == ["e09", "e10", "e11", "now"]
+    none = running.get("/v1/sessions", params={"ended": 0}).json()
+    assert [s["session_name"] for s in none["sessions"]] == ["now"]
+    assert running.get("/v1/sessions", params={"ended": -1}).status_code == 422
+
+
 @pytest.mark.adversarial
 @pytest.mark.parametrize(
     "field",

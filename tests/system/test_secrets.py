@@ -219,6 +219,16 @@ def test_a_malformed_answer_from_the_storage_endpoint_never_shows_the_sas(
                 what="an upload failed",
             )
             answers += [json.dumps(status), c.get("/v1/sessions/s").text]
+            # A file waiting for its next attempt shows its error (the status page's files in
+            # flight): redacted like every other.
+            retrying = wait_for(
+                lambda: [
+                    f for f in c.get("/v1/status").json()["files_in_flight"] if f["last_error"]
+                ],
+                timeout=60,
+                what="a file in flight with its error",
+            )
+            answers.append(json.dumps(retrying))
             wait_for(
                 lambda: any(s.status_code == 2 for s in receiver.spans()), what="a failed span"
             )

@@ -6,9 +6,11 @@ Hostile names are refused and change nothing."""
 
 import json
 import logging
+import os
 import socket
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -280,3 +282,34 @@ def test_a_reason_file_planted_for_a_session_never_dismisses_anything_of_it(
     again = service_factory(settings)
     view = _view(again, "whole")
     assert (view["dismissed"], view["state"]) == (0, "drained"), view
+
+
+def test_a_name_with_control_characters_or_bytes_not_utf8_is_dismissed_as_listed(
+    service_factory: Any, settings_factory: Any
+) -> None:
+    """Listings show a name printably (ESC as `\\x1b`, a byte that is not UTF-8 as `\\xff`):
+    the status page's Dismiss sends it as listed, and that dismisses the file NFS holds. A
+    listed name that could be two parked files (one with ESC, one with `\\x1b` written out)
+    dismisses neither (409)."""
+    settings = settings_factory(api_token=TOKEN)
+    running = service_factory(settings)
+    running.post("/v1/watch/start", json={"session_name": "odd"})
+    incoming = os.fsencode(settings.nfs_incoming_dir / "odd")
+    names = [b"esc-\x1b[31m.", b"bytes-\xff\xfe.", b"twin-\x1b.", b"twin-\\x1b."]
+    for name in names:
+        with open(os.path.join(incoming, name), "wb") as f:
+            f.write(b"x")
+    wait_for(lambda: _view(running, "odd")["failed"] == 4, what="all four parked")
+    listed = sorted(f["parked_as"] for f in _failed(running))
+    assert listed == ["bytes-\\xff\\xfe.", "esc-\\x1b[31m.", "twin-\\x1b.", "twin-\\x1b."]
+    failed = os.fsencode(settings.nfs_processing_root / "_failed")
+    for shown in ("esc-\\x1b[31m.", "bytes-\\xff\\xfe."):
+        answer = running.client.delete(f"/v1/files/failed/odd/{quote(shown)}")
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["dismissed"]["parked_as"] == shown
+    twin = running.client.delete(f"/v1/files/failed/odd/{quote('twin-\\x1b.')}")
+    assert twin.status_code == 409 and "may name 2 parked files" in twin.text
+    assert sorted(f["parked_as"] for f in _failed(running)) == ["twin-\\x1b.", "twin-\\x1b."]
+    assert _view(running, "odd")["dismissed"] == 2
+    left = [n for _, _, files in os.walk(failed) for n in files]
+    assert sorted(left) == [b"twin-\x1b.", b"twin-\\x1b."]

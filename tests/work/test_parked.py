@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from nfs_watcher_uploader.config import Settings
 from nfs_watcher_uploader.errors import PermanentError
 from nfs_watcher_uploader.nfs.copying import Staged
 from tests.support.cloud import blobs_of
@@ -217,6 +218,34 @@ def test_permanent_errors_park_and_retry_on_request(
     wait_for(lambda: len(running.get("/v1/files/failed").json()["files"]) == 1, timeout=20)
     assert (parked / "bad-name.").exists()  # parked again, never deleted
     assert running.get("/v1/sessions/perm").json()["drained"] is False
+
+
+def test_one_parked_file_is_retried_by_its_name_and_bad_names_are_refused(
+    service_factory: Any, settings_factory: Any
+) -> None:
+    """POST /v1/files/retry with `parked_as` requeues that file only (the status page's Retry
+    button); `parked_as` needs `session_name`, and a name with `..` is 422, changing nothing."""
+    settings: Settings = settings_factory()
+    running = service_factory(settings)
+    running.post("/v1/watch/start", json={"session_name": "one"})
+    for name in ("a.", "b."):
+        write_file(settings.nfs_incoming_dir / "one" / name, b"x")
+    wait_for(lambda: session_view(running, "one")["failed"] == 2, what="both parked")
+    bad = [
+        ({"parked_as": "a."}, "parked_as needs session_name"),
+        ({"session_name": "one", "parked_as": "../a."}, "must not hold"),
+        ({"session_name": "one", "parked_as": ""}, "1 to 1024 characters"),
+    ]
+    for body, why in bad:
+        answer = running.post("/v1/files/retry", json=body)
+        assert answer.status_code == 422 and why in answer.text, answer.text
+    assert session_view(running, "one")["failed"] == 2
+    answer = running.post("/v1/files/retry", json={"session_name": "one", "parked_as": "a."})
+    assert answer.json() == {"requeued": 1}
+    # a. went through the queue again and was parked again; b. stayed where it was.
+    wait_for(lambda: running.get("/v1/status").json()["processed_err"] == 3, what="a. again")
+    assert sorted(p["parked_as"] for p in parked_files(running)) == ["a.", "b."]
+    assert running.get("/v1/status").json()["processed_err"] == 3
 
 
 @pytest.mark.adversarial

@@ -1,5 +1,6 @@
 """HTTP endpoints. Probes read in-memory state only; everything else answers 4xx or 503 with a
-message, never a traceback.
+message, never a traceback. The status page and the docs are `page`'s; what every answer tells
+a browser, `headers`'.
 
 With a token configured (auth.py), every /v1/* request needs it, and /metrics too with
 APP_METRICS_REQUIRE_TOKEN; the probes stay open (the kubelet has no token). Every request is
@@ -9,13 +10,15 @@ bounded first (limits.py).
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from uuid_utils import uuid7
 
+from nfs_watcher_uploader.api import page
 from nfs_watcher_uploader.api.auth import ApiToken, TokenFirst, require_token
+from nfs_watcher_uploader.api.headers import BrowserHeaders
 from nfs_watcher_uploader.api.limits import BodyLimit
 from nfs_watcher_uploader.api.schemas import (
     BandwidthRequest,
@@ -33,7 +36,13 @@ from nfs_watcher_uploader.api.schemas import (
     WatchStartResponse,
     WatchStopResponse,
 )
-from nfs_watcher_uploader.api.views import bandwidth_view, failed_file, session_view
+from nfs_watcher_uploader.api.views import (
+    bandwidth_view,
+    failed_file,
+    files_view,
+    session_view,
+    sessions_view,
+)
 from nfs_watcher_uploader.constants import DATE_DIR_RE
 from nfs_watcher_uploader.errors import NotOurs, SessionConflict
 from nfs_watcher_uploader.items import check_session_name, printable
@@ -119,6 +128,8 @@ async def status(service: ServiceDep) -> StatusResponse:
     sessions = service.sessions
     active = sessions.active
     pipeline = service.pipeline
+    problem = service.liveness()
+    files = list(pipeline.progress.files.values())
     return StatusResponse(
         enabled=active is not None,
         active_session=active.name if active else None,
@@ -135,12 +146,22 @@ async def status(service: ServiceDep) -> StatusResponse:
         draining_sessions=[s.name for s in sessions.by_name.values() if s.state == "draining"],
         state_error=sessions.state_error,
         nfs_calls_hung=service.nfs.abandoned,
+        healthy=problem is None,
+        health_detail=problem,
+        phase=service.phase,
+        rate_bytes_per_second=round(service.meter.rate(), 1),
+        files_in_flight=files_view(files),
+        files_in_flight_total=len(files),
     )
 
 
-@router.get("/v1/sessions")
-async def list_sessions(service: ServiceDep) -> SessionList:
-    return SessionList(sessions=[session_view(s) for s in service.sessions.by_name.values()])
+@router.get("/v1/sessions", responses={422: {}})
+async def list_sessions(
+    service: ServiceDep, ended: Annotated[int | None, Query(ge=0, le=10_000)] = None
+) -> SessionList:
+    """Every session watched, and those that ended: all, or the `ended` latest."""
+    sessions, ended_total = sessions_view(service, ended)
+    return SessionList(sessions=sessions, ended_total=ended_total)
 
 
 @router.get("/v1/sessions/{name}", responses={404: {}, 422: {}})
@@ -152,15 +173,21 @@ async def get_session(service: ServiceDep, name: str) -> SessionView:
     session = service.sessions.by_name.get(name)
     if session is None:
         raise HTTPException(404, f"no session named {name!r} is known")
-    return session_view(session)
+    return session_view(service, session)
 
 
-@router.get("/v1/files/failed", responses={503: {}})
-async def failed_files(service: ServiceDep) -> FailedList:
+@router.get("/v1/files/failed", responses={422: {}, 503: {}})
+async def failed_files(
+    service: ServiceDep, limit: Annotated[int | None, Query(ge=1, le=100_000)] = None
+) -> FailedList:
+    """Parked files with their reasons, read from NFS: all, or the first `limit` (the status
+    page asks for a page's worth: only their reasons are read)."""
     try:
-        return FailedList(files=[failed_file(p) for p in await service.pipeline.parked.listing()])
+        listed = await service.pipeline.parked.listing(limit=None if limit is None else limit + 1)
     except OSError as exc:
         raise _unavailable("listing parked files", exc) from None
+    truncated = limit is not None and len(listed) > limit
+    return FailedList(files=[failed_file(p) for p in listed[:limit]], truncated=truncated)
 
 
 @router.post("/v1/files/retry", responses={503: {}})
@@ -168,7 +195,10 @@ async def retry_failed(service: ServiceDep, body: RetryRequest | None = None) ->
     if not service.ready:
         raise HTTPException(503, f"service is not ready ({service.phase}); retry shortly")
     try:
-        count = await service.pipeline.parked.requeue(body.session_name if body else None)
+        if body is None:
+            count = await service.pipeline.parked.requeue(None)
+        else:
+            count = await service.pipeline.parked.requeue(body.session_name, body.parked_as)
     except OSError as exc:
         raise _unavailable("moving parked files back", exc) from None
     return RetryResponse(requeued=count)
@@ -274,6 +304,9 @@ def install(app: FastAPI, token: ApiToken | None, metrics_require_token: bool = 
     if token is not None:
         protected = (CONTROL_PREFIX, "/metrics") if metrics_require_token else (CONTROL_PREFIX,)
         app.add_middleware(TokenFirst, token=token, prefixes=protected)
-    app.add_middleware(BodyLimit)  # added last, so it runs first
+    app.include_router(page.router)
+    app.add_middleware(BodyLimit)
+    # Added last, so it runs first.
+    app.add_middleware(BrowserHeaders, protected=CONTROL_PREFIX, open_api=token is None)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(OSError, _os_error)

@@ -3,7 +3,7 @@ Every name in a response passes through `printable` (the `Printable` type)."""
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, field_validator, model_validator
 
 from nfs_watcher_uploader.constants import MANIFEST_SUFFIX
 from nfs_watcher_uploader.items import (
@@ -13,6 +13,7 @@ from nfs_watcher_uploader.items import (
     printable,
 )
 from nfs_watcher_uploader.rates import parse_rate
+from nfs_watcher_uploader.work.dismissals import check_parked_as
 
 # A string that reaches a response: made printable whatever it holds.
 Printable = Annotated[str, AfterValidator(printable)]
@@ -57,6 +58,27 @@ class WatchStopResponse(BaseModel):
     state: str | None
 
 
+class FileInFlight(BaseModel):
+    """A file a worker has taken and not finished, and how far it is."""
+
+    session_name: Printable
+    date_prefix: str
+    # Its path below the session folder.
+    path: Printable
+    state: Literal["claiming", "staging", "uploading", "committing", "retrying"]
+    # None until known (a file recovered from `.processing` before it is staged).
+    size: int | None
+    # Body bytes of this attempt in storage (sent, or found there from an earlier attempt).
+    bytes_sent: int
+    rate_bytes_per_second: float
+    # 1 for the first attempt; retrying: the number of the next one, due at `next_attempt_at`
+    # (seconds since the epoch), in `next_attempt_in_s`.
+    attempt: int
+    next_attempt_at: float | None
+    next_attempt_in_s: float | None
+    last_error: Printable | None
+
+
 class SessionView(BaseModel):
     session_name: Printable
     date_prefix: str
@@ -93,10 +115,21 @@ class SessionView(BaseModel):
     last_error: Printable | None
     # The latest things worth a look (ignored entries, renames, late writes), newest last.
     notices: list[Printable]
+    # Progress: bytes uploaded plus those of files in flight; bytes still to go (files in
+    # incoming as of the last scan, the rest of those in flight); the rate over the last
+    # seconds; the ETA at that rate (null while nothing moves, 0 when nothing is left).
+    bytes_done: int
+    bytes_remaining: int
+    rate_bytes_per_second: float
+    eta_seconds: float | None
+    # Its files in flight (FILES_SHOWN at most: `in_flight` and `retrying` count them all).
+    files_in_flight: list[FileInFlight]
 
 
 class SessionList(BaseModel):
     sessions: list[SessionView]
+    # Sessions that ended (drained or timed out) known to the service, listed or not.
+    ended_total: int
 
 
 class StatusResponse(BaseModel):
@@ -116,6 +149,16 @@ class StatusResponse(BaseModel):
     state_error: Printable | None
     # NFS calls given up at their deadline whose threads are still blocked (a hung mount).
     nfs_calls_hung: int
+    # /healthz and /readyz in one look: liveness, and the start-up phase while not ready.
+    healthy: bool
+    health_detail: Printable | None
+    phase: Printable
+    # Bytes per second sent to storage over the last few seconds (headers included).
+    rate_bytes_per_second: float
+    # Files in flight and waiting for their next attempt, over all sessions (FILES_SHOWN at
+    # most, those in flight first; `files_in_flight_total` counts them all).
+    files_in_flight: list[FileInFlight]
+    files_in_flight_total: int
 
 
 class FailedFile(BaseModel):
@@ -131,6 +174,8 @@ class FailedFile(BaseModel):
 
 class FailedList(BaseModel):
     files: list[FailedFile]
+    # More are parked than `?limit=` let through.
+    truncated: bool = False
 
 
 class DismissResponse(BaseModel):
@@ -140,7 +185,18 @@ class DismissResponse(BaseModel):
 
 
 class RetryRequest(_SessionNameBody):
-    """Put parked files back in the queue: all of them, or one session's."""
+    """Put parked files back in the queue: all of them, one session's, or one file of a session
+    (`parked_as` as GET /v1/files/failed lists it)."""
+
+    parked_as: str | None = None
+
+    @model_validator(mode="after")
+    def _one_file_of_a_session(self) -> "RetryRequest":
+        if self.parked_as is not None:
+            if self.session_name is None:
+                raise ValueError("parked_as needs session_name")
+            check_parked_as(self.parked_as)
+        return self
 
 
 class RetryResponse(BaseModel):
@@ -186,3 +242,7 @@ class BandwidthView(BaseModel):
     timezone: str
     # Bytes sent to storage per second over the last few seconds (headers included).
     rate_bytes_per_second: float
+    # The rate over the last minutes, one point per `history_step_s`: [time (seconds since
+    # the epoch), bytes per second], oldest first.
+    history: list[tuple[float, float]]
+    history_step_s: float

@@ -1,14 +1,58 @@
 """What the API shows of the service's state: the domain's objects turned into response bodies
 (`schemas`), so that no layer below the API knows an HTTP schema."""
 
-from nfs_watcher_uploader.api.schemas import BandwidthView, FailedFile, SessionView
+import heapq
+import time
+
+from nfs_watcher_uploader.api.schemas import BandwidthView, FailedFile, FileInFlight, SessionView
 from nfs_watcher_uploader.items import ParkedFile
 from nfs_watcher_uploader.rates import format_rate
 from nfs_watcher_uploader.service import Service
 from nfs_watcher_uploader.sessions.session import Session
+from nfs_watcher_uploader.work.progress import FileProgress
+
+# Files listed in one answer at most (a storage outage may leave thousands retrying; they are
+# counted in full elsewhere): those in flight first, then those due soonest.
+FILES_SHOWN = 100
+_STEP_ORDER = {"committing": 0, "uploading": 1, "staging": 2, "claiming": 3, "retrying": 4}
 
 
-def session_view(session: Session) -> SessionView:
+def files_view(files: list[FileProgress]) -> list[FileInFlight]:
+    now, wall = time.monotonic(), time.time()
+    shown = heapq.nsmallest(
+        FILES_SHOWN, files, key=lambda f: (_STEP_ORDER[f.step], f.due or 0.0, f.began)
+    )
+    return [
+        FileInFlight(
+            session_name=f.session_name,
+            date_prefix=f.date_prefix,
+            path=f.path,
+            state=f.step,
+            size=f.size,
+            bytes_sent=f.done,
+            rate_bytes_per_second=round(f.rate(now), 1),
+            attempt=f.attempt + 1,
+            next_attempt_at=f.due,
+            next_attempt_in_s=None if f.due is None else round(max(0.0, f.due - wall), 1),
+            last_error=f.error,
+        )
+        for f in shown
+    ]
+
+
+def session_view(
+    service: Service,
+    session: Session,
+    files: list[FileProgress] | None = None,
+    uplink_rate: float | None = None,
+) -> SessionView:
+    """`files` (the session's files in flight) and `uplink_rate`, when the caller has them
+    for several sessions already."""
+    if files is None:
+        files = service.pipeline.progress.by_session().get(session.name, [])
+    if uplink_rate is None:
+        uplink_rate = service.meter.rate()
+    progress = service.pipeline.progress.session(session, files, uplink_rate)
     return SessionView(
         session_name=session.name,
         date_prefix=session.date_prefix,
@@ -35,7 +79,27 @@ def session_view(session: Session) -> SessionView:
         late_writes=session.late_writes,
         last_error=session.last_error,
         notices=list(session.notices),
+        bytes_done=progress.bytes_done,
+        bytes_remaining=progress.bytes_remaining,
+        rate_bytes_per_second=round(progress.rate, 1),
+        eta_seconds=None if progress.eta_s is None else round(progress.eta_s, 1),
+        files_in_flight=files_view(files),
     )
+
+
+def sessions_view(service: Service, ended: int | None = None) -> tuple[list[SessionView], int]:
+    """Every session watched and, of those that ended, all or the `ended` latest (a poller
+    such as the status page needs a few, not the hundreds kept); and how many ended."""
+    known = list(service.sessions.by_name.values())
+    done = [s for s in known if not s.watched]
+    if ended is not None:
+        latest = heapq.nlargest(ended, done, key=lambda s: s.stopped_at or s.started_at)
+        shown = {id(s) for s in latest}
+        known = [s for s in known if s.watched or id(s) in shown]
+    grouped = service.pipeline.progress.by_session()
+    uplink_rate = service.meter.rate()  # sums the last seconds' chunks: once per answer
+    views = [session_view(service, s, grouped.get(s.name, []), uplink_rate) for s in known]
+    return views, len(done)
 
 
 def failed_file(parked: ParkedFile) -> FailedFile:
@@ -62,4 +126,6 @@ def bandwidth_view(service: Service) -> BandwidthView:
         schedule=None if bandwidth.schedule is None else str(bandwidth.schedule),
         timezone=service.settings.timezone,
         rate_bytes_per_second=round(service.meter.rate(), 1),
+        history=[(round(t, 1), round(r, 1)) for t, r in service.uplink_history.points],
+        history_step_s=service.uplink_history.step,
     )

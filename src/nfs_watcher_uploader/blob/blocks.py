@@ -21,6 +21,7 @@ from nfs_watcher_uploader.blob.rest import Rest
 from nfs_watcher_uploader.errors import IntegrityError
 from nfs_watcher_uploader.items import printable
 from nfs_watcher_uploader.nfs.copying import Staged
+from nfs_watcher_uploader.uplink.wire import already_in_storage
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,8 @@ class Blocks:
             length = min(staged.block_size, staged.read.size - offset)
             if held.get(ids[index]) == length:
                 resumed += 1
+                if ids[index] not in staged.sent_early:  # sent early: counted as it went
+                    already_in_storage(length)
                 return
             async with self._budget:
                 data = await anyio.to_thread.run_sync(os.pread, fd, length, offset)

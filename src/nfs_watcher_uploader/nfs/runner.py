@@ -13,6 +13,7 @@ thread, each with its own outcome (one call's error is that call's alone) and it
 """
 
 import asyncio
+import contextvars
 import errno
 import functools
 import queue
@@ -199,6 +200,9 @@ class _Call:
 
     fn: Callable[[], Any]
     future: "asyncio.Future[Any]"
+    # The caller's context variables, as `asyncio.to_thread` passes them: what the call
+    # starts on the loop from its thread (an early block's send) works for the caller's file.
+    context: contextvars.Context
     result: Any = None
     error: BaseException | None = None
     started: bool = False
@@ -221,7 +225,7 @@ class _Job:
     holds_lane: bool = False
 
     def add(self, fn: Callable[[], Any]) -> _Call:
-        call = _Call(fn, self.loop.create_future())
+        call = _Call(fn, self.loop.create_future(), contextvars.copy_context())
         self.calls.append(call)
         return call
 
@@ -234,7 +238,7 @@ class _Job:
                     continue
                 call.started = True
             try:
-                call.result = call.fn()
+                call.result = call.context.run(call.fn)
             except BaseException as exc:  # that call's outcome, not the job's
                 call.error = exc
             finally:

@@ -164,6 +164,7 @@ class Sessions:
         """Record that a draining session is drained or timed out (the caller has just checked
         that it is: the state changes before any await)."""
         session.state = state
+        session.incoming = {}  # not scanned any more: its last scan is not kept
         if self._on_end is not None:
             try:
                 await self._on_end(session, state)

@@ -11,7 +11,8 @@ from typing import Literal
 
 from nfs_watcher_uploader.items import SessionStateName, Where, WorkItem, error_text, printable
 from nfs_watcher_uploader.nfs.layout import Layout
-from nfs_watcher_uploader.nfs.scan import Scan
+from nfs_watcher_uploader.nfs.scan import Scan, ScanMap
+from nfs_watcher_uploader.rates import SampledRate
 
 # Where a file this process works on is: waiting in the queue, being transferred, or waiting
 # for its next attempt.
@@ -72,10 +73,25 @@ class Session:
     # Blobs counted from the ledger at start-up whose files were still in progress then (blob ->
     # size): uploaded again (found already there), they are not counted twice.
     restored: dict[str, int] = field(default_factory=dict[str, int])
+    # The last scan's files in incoming (the watcher's own map, not a copy), and their bytes,
+    # summed when first asked (`bytes_in_incoming`).
+    incoming: ScanMap = field(default_factory=ScanMap, repr=False)
+    _incoming_bytes: tuple[ScanMap | None, int] = (None, 0)
+    # The rate of its bytes done, sampled when the API asks (work/progress).
+    done_rate: SampledRate | None = field(default=None, repr=False)
 
     @property
     def watched(self) -> bool:
         return self.state in WATCHED_STATES
+
+    def bytes_in_incoming(self) -> int:
+        """Bytes of the files the last scan found in incoming (computed once per scan, when
+        asked: a scan may list 100,000 files)."""
+        summed_for, total = self._incoming_bytes
+        if summed_for is not self.incoming:
+            total = sum(seen[0] for seen in self.incoming.values() if seen and seen[0] > 0)
+            self._incoming_bytes = (self.incoming, total)
+        return total
 
     @property
     def drain_start(self) -> float:
@@ -204,6 +220,7 @@ class Session:
         for _, text in new:
             self.notice(text)
         self.ignored, self.too_deep = scan.ignored, scan.too_deep
+        self.incoming = scan.files
         self.unreadable = scan.unreadable
         # A file whose name an earlier, claimed file still holds waits in incoming.
         # (Counted from the work in progress, which is small, not from the files, which may be

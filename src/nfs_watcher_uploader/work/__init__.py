@@ -3,6 +3,7 @@
 pipeline      the queue, the workers, the retries, what happens to a file that fails
 transfer      one file's steps: claim, stage, upload, record, complete
 context       what the steps share, and the seams a test may replace
+progress      files in flight: their step, bytes sent, rate; sessions' ETAs
 order         the order files go up in (APP_UPLOAD_ORDER)
 parked        park, list and requeue files that cannot succeed by retrying
 dismissals    parked files an operator took out: removed, recorded, counted

@@ -5,7 +5,7 @@ them; the transfer of a file and the parked files take them."""
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from nfs_watcher_uploader.cloud.delivery import Delivery
 from nfs_watcher_uploader.items import Stats
@@ -16,6 +16,9 @@ from nfs_watcher_uploader.nfs.moves import Moved
 from nfs_watcher_uploader.nfs.runner import Nfs
 from nfs_watcher_uploader.sessions.registry import Sessions
 from nfs_watcher_uploader.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from nfs_watcher_uploader.work.progress import FileState
 
 # Test seams: called between stage and upload with the staged path and what was staged (it
 # may return a replacement, to corrupt an in-memory copy); the claim; the other renames; the
@@ -38,11 +41,14 @@ class Seams:
 
 
 class Progress(Protocol):
-    """Where a long step reports that it is still moving (a worker's slot)."""
+    """Where a long step reports that it is still moving, and which step a file is in (a
+    worker's slot)."""
 
     progress: float
 
     def touch(self) -> None: ...
+
+    def enter(self, state: "FileState", size: int | None = None) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

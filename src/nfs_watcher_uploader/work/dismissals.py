@@ -120,8 +120,10 @@ class Dismissals:
         name, LookupError when no such parked file is there, SessionConflict when it is parked
         under several dates and `date_prefix` does not say which, OSError when NFS failed."""
         check_session_name(session_name)
-        parts = check_parked_as(parked_as)
+        check_parked_as(parked_as)
         async with self._parked.changing:
+            parked_as = self._named(session_name, parked_as)
+            parts = check_parked_as(parked_as)
             dates = await self.nfs.call(lambda: self._dates_holding(session_name, parts))
             if date_prefix is not None:
                 dates = [d for d in dates if d == date_prefix]
@@ -140,6 +142,22 @@ class Dismissals:
                 raise LookupError(f"no parked file {what}")
             await self._settle(found, "through the API")
         return found.as_parked()
+
+    def _named(self, session_name: str, parked_as: str) -> str:
+        """The name NFS holds for `parked_as`, which may be given as listings show it
+        (printable: a control character as `\\x1b`, a byte that is not UTF-8 as `\\xff`).
+        Two parked files it could name (`a\\x1b` written out, and `a` + ESC) dismiss
+        neither: SessionConflict."""
+        session = self.sessions.by_name.get(session_name)
+        if session is None:
+            return parked_as
+        named = {n for n in session.parked if parked_as in (n, printable(n))}
+        if len(named) > 1:
+            raise SessionConflict(
+                f"{printable(parked_as)!r} of session {session_name!r} may name "
+                f"{len(named)} parked files; remove the one you mean from _failed/ by hand"
+            )
+        return named.pop() if named else parked_as
 
     async def notice_removed(self) -> int:
         """Dismiss what sessions had parked and `_failed/` no longer holds. Returns how many."""

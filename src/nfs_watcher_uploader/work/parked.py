@@ -289,13 +289,20 @@ class ParkedFiles:
         self._reasons.pop(key, None)
 
     async def listing(
-        self, date_prefix: str | None = None, session_name: str | None = None
+        self,
+        date_prefix: str | None = None,
+        session_name: str | None = None,
+        limit: int | None = None,
     ) -> list[ParkedFile]:
         """Parked files with their reasons, read from the parked tree: all of them, or those of
-        one session (under one date, if given). Raises OSError when NFS fails."""
-        return [p.as_file() for p in await self._find(date_prefix, session_name)]
+        one session (under one date, if given); only the first `limit` in name order (only
+        their reasons are read: the status page asks a page's worth). Raises OSError when NFS
+        fails."""
+        return [p.as_file() for p in await self._find(date_prefix, session_name, limit)]
 
-    async def _find(self, date_prefix: str | None, session_name: str | None) -> list[_Parked]:
+    async def _find(
+        self, date_prefix: str | None, session_name: str | None, limit: int | None = None
+    ) -> list[_Parked]:
         root = self.layout.processing_root
 
         def folders() -> list[tuple[str, str]]:
@@ -314,8 +321,9 @@ class ParkedFiles:
                 functools.partial(trees.files_below, root, PARKED_DIR, date, name)
             )
             keys += [(date, name, parked_as) for parked_as in files]
-        await self._read_reasons(keys)
         listed = set(keys)
+        keys = keys[:limit]
+        await self._read_reasons(keys)
         for key in [k for k in self._reasons if k not in listed]:
             if date_prefix in (None, key[0]) and session_name in (None, key[1]):
                 del self._reasons[key]  # gone from the parked tree
@@ -342,13 +350,20 @@ class ParkedFiles:
         finally:
             folders.close()
 
-    async def requeue(self, session_name: str | None) -> int:
-        """Move parked files back into `.processing` and queue them. Returns how many."""
+    async def requeue(self, session_name: str | None, parked_as: str | None = None) -> int:
+        """Move parked files back into `.processing` and queue them: all, a session's, or the
+        session's file `parked_as` (its name as NFS holds it, or as the listing shows it:
+        printable). Returns how many."""
         async with self.changing:
             count = 0
             for parked in await self._find(None, session_name):
                 item = parked.item
                 if not is_session_name(item.session_name):  # listed, never taken (recovery)
+                    continue
+                if parked_as is not None and parked_as not in (
+                    parked.parked_as,
+                    printable(parked.parked_as),
+                ):
                     continue
                 moved = await self.nfs.call(functools.partial(self._unpark, parked))
                 if moved is Moved.TAKEN:

@@ -35,10 +35,12 @@ from nfs_watcher_uploader.nfs.layout import Layout
 from nfs_watcher_uploader.nfs.runner import Nfs
 from nfs_watcher_uploader.sessions.registry import Sessions
 from nfs_watcher_uploader.telemetry import Telemetry
+from nfs_watcher_uploader.uplink.wire import SENDING
 from nfs_watcher_uploader.work.completions import CompletedFiles
 from nfs_watcher_uploader.work.context import Context, Seams
 from nfs_watcher_uploader.work.order import WorkQueue
 from nfs_watcher_uploader.work.parked import ParkedFiles
+from nfs_watcher_uploader.work.progress import FileProgress, FileState, InFlight
 from nfs_watcher_uploader.work.staging import remove_staged
 from nfs_watcher_uploader.work.transfer import Transfer
 
@@ -47,14 +49,22 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Slot:
-    """One worker: its task, the file it is on, and when it last made progress."""
+    """One worker: its task, the file it is on (and how far it is), and when it last made
+    progress."""
 
     task: asyncio.Task[None] | None = None
     item: WorkItem | None = None
     progress: float = field(default_factory=time.monotonic)
+    file: FileProgress | None = None
 
     def touch(self) -> None:
         self.progress = time.monotonic()
+
+    def enter(self, state: FileState, size: int | None = None) -> None:
+        """The file entered the step `state` (for the API's view of files in flight)."""
+        self.touch()
+        if self.file is not None:
+            self.file.enter(state, self.progress, size)
 
 
 class Pipeline:
@@ -90,6 +100,8 @@ class Pipeline:
         )
         self._backlog: asyncio.Queue[WorkItem] = WorkQueue(0, settings.upload_order)
         self.slots = [Slot() for _ in range(settings.worker_concurrency)]
+        # How far each file taken by a worker is (the API's files in flight).
+        self.progress = InFlight()
         # Files waiting for their next attempt (keys: only to tell them apart).
         self._retrying = DueQueue[int, WorkItem]((settings.retry_base_s, settings.retry_max_s))
         self._retry_keys = itertools.count()
@@ -201,6 +213,19 @@ class Pipeline:
                 self.queue.task_done()
 
     async def _handle(self, item: WorkItem, slot: Slot) -> None:
+        file = slot.file = self.progress.take(item)
+        # Every body byte sent for this file, in this task and the tasks it starts (early
+        # blocks), is counted on `file` (uplink/wire).
+        counting = SENDING.set(file)
+        try:
+            await self._attempt(item, slot)
+        finally:
+            SENDING.reset(counting)
+            slot.file = None
+            if file.state != "retrying":
+                self.progress.forget(item)
+
+    async def _attempt(self, item: WorkItem, slot: Slot) -> None:
         session = self.sessions.for_item(item)
         session.mark(item, "in_flight")
         with self.telemetry.file_span(item, self.layout.blob_name(item)) as span:
@@ -250,6 +275,7 @@ class Pipeline:
             extra=log_extra(item),
         )
         self._retrying.add(next(self._retry_keys), replace(item, attempt=attempt), delay)
+        self.progress.retrying(item, time.time() + delay, error_text(reason))
 
     async def _park(self, item: WorkItem, reason: str) -> None:
         if not item.claimed:  # nothing of ours to park

@@ -141,13 +141,16 @@ class Transfer:
         file."""
         sent_bytes = None
         if item.committed is None:
+            slot.enter("staging")
             staged = await self._stage(item, slot, ahead)
             if staged is None:  # an earlier attempt committed it and marked it completed
                 self._count_uploaded(item, session, None)
                 return
             if item.attempt == 0:
                 session.staged(staged.read.size)
+            slot.enter("uploading", staged.read.size)
             item, sent_bytes = await self._upload(item, staged, slot, session)
+        slot.enter("committing")
         await self._record_and_complete(item)
         self._count_uploaded(item, session, sent_bytes)
 
@@ -194,6 +197,8 @@ class Transfer:
                     lambda: slot.progress,
                 )
                 if early is not None:
+                    # Read: what is left is sending the blocks under way.
+                    slot.enter("uploading", staged.read.size)
                     await early.settle()
             except FileNotFoundError as exc:
                 if exc.filename is None or Path(exc.filename) != src:
