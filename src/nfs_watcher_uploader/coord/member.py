@@ -91,7 +91,8 @@ class Member:
             raise ValueError("an incarnation is a UUID in lowercase (it is also the lease id)")
         self._blob: BlobClient = client.get_blob_client(member_blob(self.incarnation))
         self._lease = BlobLeaseClient(self._blob, lease_id=self.incarnation)
-        self._labels = {META_HOST: label(host), META_VERSION: label(version)}
+        labels = {META_HOST: label(host), META_VERSION: label(version)}
+        self._labels = {k: v for k, v in labels.items() if v}
         self.lease_s, self.renew_every_s, self.retry_s = lease_s, renew_every_s, retry_s
         self.progress_every_s = progress_every_s
         self._healthy, self._on_lost, self._clock = healthy, on_lost, clock

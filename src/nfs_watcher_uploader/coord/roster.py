@@ -27,6 +27,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import cast
 
 from azure.core.exceptions import HttpResponseError
 from azure.storage.blob import BlobProperties, ContainerClient
@@ -164,7 +165,9 @@ class Roster:
 
     def _record(self, blob: BlobProperties) -> MemberRecord:
         incarnation = str(incarnation_of(blob.name))
-        meta: dict[str, str] = dict(blob.metadata or {})
+        # A value may be missing (an empty one is listed as none), or anything at all.
+        listed = cast(dict[str, object], blob.metadata or {})
+        meta = {k: v for k, v in listed.items() if isinstance(v, str)}
         problems: list[str] = []
         adopted_by = meta.get(META_ADOPTED_BY)
         if adopted_by is not None and not is_incarnation(adopted_by):
@@ -201,12 +204,10 @@ class Roster:
         """Claim the dead member `record` for `me`, by a write conditional on its listed ETag.
         Returns the adopted record (with its new ETag), or None when another peer won, the
         member renewed since the listing, or its blob is gone."""
-        metadata = {
-            META_HOST: record.host,
-            META_VERSION: record.version,
-            META_ADOPTED_BY: me,
-            META_ADOPTED_AT: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        }
+        labels = {META_HOST: record.host, META_VERSION: record.version}
+        metadata = {k: v for k, v in labels.items() if v}
+        metadata[META_ADOPTED_BY] = me
+        metadata[META_ADOPTED_AT] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         if record.progress:
             metadata[META_PROGRESS] = progress_codec.encode(record.progress)[0]
         blob = self._client.get_blob_client(member_blob(record.incarnation))

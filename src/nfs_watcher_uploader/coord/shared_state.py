@@ -37,7 +37,7 @@ from nfs_watcher_uploader.coord.errors import (
     status_of,
 )
 from nfs_watcher_uploader.coord.fields import quoted
-from nfs_watcher_uploader.coord.statedoc import EMPTY, StateDoc, dump, parse
+from nfs_watcher_uploader.coord.statedoc import EMPTY, StateDoc, dump, parse, reason
 
 logger = logging.getLogger(__name__)
 
@@ -92,15 +92,16 @@ class SharedState:
         except STORAGE_ERRORS as exc:
             raise classify(exc, "reading the session state") from None
         etag = quoted(str(stream.properties.etag))
-        if stream.properties.size > STATE_MAX_BYTES:
-            return self._damaged(b"", f"{stream.properties.size} bytes", etag)
+        if len(raw) > STATE_MAX_BYTES:
+            # What was read is kept aside; the rest is never downloaded.
+            return self._damaged(raw, f"more than {STATE_MAX_BYTES} bytes", etag)
         try:
             return Snapshot(parse(raw), etag)
         except ValueError as exc:
-            return self._damaged(raw, str(exc), etag)
+            return self._damaged(raw, reason(exc), etag)
 
     def _damaged(self, raw: bytes, why: str, etag: str | None) -> Snapshot:
-        text = f"the session state blob {STATE_BLOB} is damaged ({why.splitlines()[0]})"
+        text = f"the session state blob {STATE_BLOB} is damaged ({why})"
         logger.error("%s; read as empty until it is replaced", text)
         return Snapshot(EMPTY, etag, text, raw)
 
@@ -164,6 +165,6 @@ class SharedState:
         try:
             doc = parse(raw)
         except ValueError as exc:
-            logger.error("Not importing the local session state file: %s", exc)
+            logger.error("Not importing the local session state file: %s", reason(exc))
             return False
         return self._write(doc, None) is not None

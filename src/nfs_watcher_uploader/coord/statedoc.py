@@ -16,9 +16,16 @@ is StateTooNew: read by a newer replica during a rolling upgrade, never overwrit
 
 import json
 import logging
-from typing import cast
+from typing import Annotated, cast
 
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    ValidationError,
+)
 
 from nfs_watcher_uploader.constants import DATE_DIR_RE
 from nfs_watcher_uploader.coord.constants import JSON_MAX_DEPTH, STATE_MAX_BYTES
@@ -32,29 +39,29 @@ STATE_VERSION = 1
 # 200 drained sessions are kept (constants.DRAINED_SESSIONS_KEPT), and a few watched ones.
 SESSIONS_MAX = 1000
 WATCHED_STATES = ("active", "draining")
+_REASONS_SHOWN = 3
+
+
+def _date(v: str) -> str:
+    if not DATE_DIR_RE.fullmatch(v):
+        raise ValueError("date_prefix must be YYYYMMDD")
+    return v
+
+
+SessionName = Annotated[str, AfterValidator(check_session_name)]
+DatePrefix = Annotated[str, AfterValidator(_date)]
+Seconds = Annotated[FiniteFloat, Field(ge=0)]
 
 
 class StoredSession(BaseModel):
     model_config = ConfigDict(frozen=True, strict=True, extra="ignore", hide_input_in_errors=True)
 
-    name: str
-    date_prefix: str
+    name: SessionName
+    date_prefix: DatePrefix
     state: SessionStateName
-    started_at: FiniteFloat = Field(ge=0)
-    stopped_at: FiniteFloat | None = Field(default=None, ge=0)
-    redrained_at: FiniteFloat | None = Field(default=None, ge=0)
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        return check_session_name(v)
-
-    @field_validator("date_prefix")
-    @classmethod
-    def _date(cls, v: str) -> str:
-        if not DATE_DIR_RE.fullmatch(v):
-            raise ValueError("date_prefix must be YYYYMMDD")
-        return v
+    started_at: Seconds
+    stopped_at: Seconds | None = None
+    redrained_at: Seconds | None = None
 
     @property
     def watched(self) -> bool:
@@ -120,6 +127,19 @@ def _one_active(doc: StateDoc) -> StateDoc:
             )
         }
     )
+
+
+def reason(exc: ValueError) -> str:
+    """Why a state was refused, in one line: where and what, for the first few problems."""
+    if not isinstance(exc, ValidationError):
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    problems = [
+        f"{'.'.join(str(p) for p in e['loc']) or 'document'}: "
+        + str(e["msg"]).removeprefix("Value error, ")
+        for e in exc.errors()[:_REASONS_SHOWN]
+    ]
+    more = exc.error_count() - len(problems)
+    return "; ".join(problems) + (f"; and {more} more" if more > 0 else "")
 
 
 def dump(doc: StateDoc) -> bytes:
