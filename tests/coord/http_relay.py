@@ -7,12 +7,11 @@ believes it sent.
 """
 
 import socket
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..helpers import free_port
+from ..relay import Relay
 
 Mode = Literal["pass", "refuse", "blackhole"]
 
@@ -54,43 +53,26 @@ class _Parser:
 
 
 @dataclass
-class HttpRelay:
-    target_port: int
-    port: int = field(default_factory=free_port)
+class HttpRelay(Relay):
+    """`tests/relay.Relay`, reading requests off each client's stream."""
+
     mode: Mode = "pass"
     requests: list[Request] = field(default_factory=list[Request])
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _stop: threading.Event = field(default_factory=threading.Event)
     _sockets: set[socket.socket] = field(default_factory=set[socket.socket])
     # Connections that lost bytes to a blackhole: they never carry anything again.
     _poisoned: set[socket.socket] = field(default_factory=set[socket.socket])
-    _threads: list[threading.Thread] = field(default_factory=list[threading.Thread])
-    _listener: socket.socket | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/devstoreaccount1"
 
     def start(self) -> "HttpRelay":
-        self._listener = socket.socket()
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", self.port))
-        self._listener.listen(64)
-        self._listener.settimeout(0.2)
-        self._spawn(self._accept)
+        super().start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
         self.cut("refuse")
-        for thread in self._threads:
-            thread.join(5)
-        if self._listener is not None:
-            self._listener.close()
+        super().stop()
 
     def cut(self, mode: Mode) -> None:
-        """From now on: `refuse` new connections and close open ones, or `blackhole` (accept
-        and forward nothing, either way), or `pass` again."""
+        """From now on: `refuse` connections (open ones are closed), or `blackhole` (accept and
+        forward nothing, either way), or `pass` again."""
         with self._lock:
             self.mode = mode
             if mode == "blackhole":
@@ -108,36 +90,20 @@ class HttpRelay:
                 if r.at >= since and (method is None or r.method == method) and has in r.path
             )
 
-    def _spawn(self, target: object, *args: object) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True)  # type: ignore[arg-type]
-        self._threads.append(thread)
-        thread.start()
-
-    def _accept(self) -> None:
-        assert self._listener is not None
-        while not self._stop.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            with self._lock:
-                mode = self.mode
-            if mode == "refuse":
-                _close(client)
-                continue
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=10)
-            except OSError:
-                _close(client)
-                continue
-            with self._lock:
-                self._sockets.update((client, upstream))
-                if mode == "blackhole":
-                    self._poisoned.add(client)
-            self._spawn(self._pump, client, upstream, _Parser())
-            self._spawn(self._pump, upstream, client, None)
-
-    def _pump(self, src: socket.socket, dst: socket.socket, parser: _Parser | None) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, count: bool) -> None:
+        parser = _Parser() if count else None
+        with self._lock:
+            if self.mode == "refuse":
+                doomed = True
+            else:
+                doomed = False
+                self._sockets |= {src, dst}
+                if self.mode == "blackhole":
+                    self._poisoned.add(src)
+        if doomed:
+            _close(src)
+            _close(dst)
+            return
         src.settimeout(0.2)
         try:
             while not self._stop.is_set():

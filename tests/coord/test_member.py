@@ -2,6 +2,7 @@
 incarnation."""
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -9,6 +10,7 @@ import pytest
 import requests
 from azure.storage.blob import BlobLeaseClient
 
+from nfs_watcher_uploader.coord.constants import CONNECT_TIMEOUT_S, READ_TIMEOUT_S
 from nfs_watcher_uploader.coord.errors import IncarnationLost
 from nfs_watcher_uploader.coord.fields import plain
 from nfs_watcher_uploader.coord.member import Member
@@ -17,6 +19,7 @@ from nfs_watcher_uploader.coord.roster import Roster
 
 from ..helpers import wait_for
 from .conftest import Control, ManualClock
+from .http_relay import HttpRelay
 
 
 def _lease_state(control: Control, incarnation: str) -> tuple[str, str]:
@@ -197,3 +200,17 @@ def test_leaving_releases_the_lease_or_removes_the_blob(
     done = join(start=False)
     done.leave(delete=True)
     assert Roster(control.client()).read().get(done.incarnation) is None
+
+
+def test_a_renew_that_hangs_gives_up_within_its_timeout_and_the_next_goes_through(
+    control: Control, relay: HttpRelay, join: Callable[..., Member]
+) -> None:
+    member = join(start=False, client=control.client(relay.url))
+    relay.cut("blackhole")  # the link is dead: nothing comes back
+    started = time.monotonic()
+    assert not member.renew_once()
+    assert time.monotonic() - started < CONNECT_TIMEOUT_S + READ_TIMEOUT_S + 1
+    assert member.renew_failures == 1 and member.lost is None
+    assert member.last_error is not None and "renewing" in member.last_error
+    relay.cut("pass")
+    assert member.renew_once() and member.last_error is None
