@@ -15,7 +15,6 @@ Prints the figures; no assertions (tests/coord assert the targets).
 import argparse
 import asyncio
 import os
-import statistics
 import threading
 import time
 import uuid
@@ -28,7 +27,7 @@ from tests.helpers import ACCOUNT, KEY, Azurite
 from nfs_watcher_uploader.bandwidth import TokenBucket
 from nfs_watcher_uploader.coord.client import control_client, ensure_container
 from nfs_watcher_uploader.coord.coordinator import Coordinator
-from nfs_watcher_uploader.coord.member import Member
+from nfs_watcher_uploader.coord.member import Member, latency
 from nfs_watcher_uploader.coord.names import member_blob
 from nfs_watcher_uploader.wire import Meter, MeteredTransport, new_session
 
@@ -86,7 +85,7 @@ def traffic(azurite: Azurite, seconds: float, busy: bool) -> str:
     )
 
 
-async def latency(azurite: Azurite, seconds: float) -> list[str]:
+async def renew_latency(azurite: Azurite, seconds: float) -> list[str]:
     name = f"bench{uuid.uuid4().hex[:12]}-ctl"
     ensure_container(control_client(name, connection_string=azurite.connection_string))
     member = Member(control_client(name, connection_string=azurite.connection_string))
@@ -135,17 +134,7 @@ async def latency(azurite: Azurite, seconds: float) -> list[str]:
 
 
 def _figures(what: str, values: list[float]) -> str:
-    if not values:
-        return f"{what}: no renew completed"
-    p99 = (
-        statistics.quantiles(values, n=100, method="inclusive")[98]
-        if len(values) > 1
-        else values[0]
-    )
-    return (
-        f"renew latency via {what}: median {statistics.median(values) * 1000:.0f} ms, "
-        f"p99 {p99 * 1000:.0f} ms, max {max(values) * 1000:.0f} ms ({len(values)} renews)"
-    )
+    return f"renew latency via {what}: {latency(values) or 'no renew completed'}"
 
 
 def main() -> None:
@@ -157,7 +146,7 @@ def main() -> None:
     try:
         print(traffic(azurite, args.seconds, busy=False))
         print(traffic(azurite, args.seconds, busy=True))
-        for line in asyncio.run(latency(azurite, min(args.seconds, 30.0))):
+        for line in asyncio.run(renew_latency(azurite, min(args.seconds, 30.0))):
             print(line)
     finally:
         azurite.stop()

@@ -28,9 +28,11 @@ exits non-zero.
 
 import collections
 import logging
+import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from azure.core.exceptions import HttpResponseError
 from azure.storage.blob import BlobClient, BlobLeaseClient, ContainerClient
@@ -65,6 +67,34 @@ LATENCIES_KEPT = 200
 # A metadata write refused because this member's own lease has expired (nobody else holds
 # it): not a loss by itself; the next renew says whether the blob was adopted meanwhile.
 _OWN_LEASE_EXPIRED = "LeaseNotPresentWithBlobOperation"
+
+
+@dataclass(frozen=True, slots=True)
+class Latency:
+    """How long renews took, in seconds (for /v1/status, metrics and measurements)."""
+
+    count: int
+    median: float
+    p99: float
+    max: float
+
+    def __str__(self) -> str:
+        return (
+            f"median {self.median * 1000:.1f} ms, p99 {self.p99 * 1000:.1f} ms, "
+            f"max {self.max * 1000:.1f} ms over {self.count} renews"
+        )
+
+
+def latency(seconds: Sequence[float]) -> Latency | None:
+    """Median, 99th percentile (within the values: no extrapolation) and maximum."""
+    if not seconds:
+        return None
+    p99 = (
+        statistics.quantiles(seconds, n=100, method="inclusive")[98]
+        if len(seconds) > 1
+        else seconds[0]
+    )
+    return Latency(len(seconds), statistics.median(seconds), p99, max(seconds))
 
 
 class Member:
