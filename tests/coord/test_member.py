@@ -147,8 +147,9 @@ def test_a_new_member_adopted_before_its_lease_was_taken_starts_over(
 
     session.hooks["response"].append(adopt_right_after_the_create)
     member = Member(control.client(session=session))
-    with pytest.raises(IncarnationLost, match="before its lease was taken"):
+    with pytest.raises(IncarnationLost, match="before its lease was taken") as raised:
         member.join()
+    assert raised.value.__suppress_context__
     assert not member.valid()
     with pytest.raises(RuntimeError, match="joins once"):
         member.join()
@@ -214,3 +215,12 @@ def test_a_renew_that_hangs_gives_up_within_its_timeout_and_the_next_goes_throug
     assert member.last_error is not None and "renewing" in member.last_error
     relay.cut("pass")
     assert member.renew_once() and member.last_error is None
+
+
+def test_a_health_check_that_raises_counts_as_unhealthy(join: Callable[..., Member]) -> None:
+    def broken() -> bool:
+        raise OSError("stat of the mount failed")
+
+    member = join(start=False, healthy=broken)
+    sent = member.requests
+    assert not member.renew_once() and member.skipped == 1 and member.requests == sent

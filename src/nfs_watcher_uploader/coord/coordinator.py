@@ -106,6 +106,10 @@ class Coordinator:
                 if self.last_error != str(exc):
                     logger.warning("Roster not read: %s", exc)
                 self.last_error = str(exc)
+            except Exception as exc:  # a bug: said once, and the loop goes on
+                if self.last_error != repr(exc):
+                    logger.exception("Roster not read")
+                self.last_error = repr(exc)
             self._stop.wait(max(0.0, self.every_s - (time.monotonic() - started)))
 
     def iteration(self) -> View:

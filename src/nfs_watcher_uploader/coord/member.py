@@ -225,7 +225,12 @@ class Member:
         delay = self.renew_every_s
         while self.lost is None and not self._stop.wait(delay):
             started = time.monotonic()
-            ok = self.renew_once()
+            try:
+                ok = self.renew_once()
+            except Exception as exc:  # a bug: say so, rather than let the lease lapse unseen
+                logger.exception("Member %s: the renewing thread failed", self.incarnation)
+                self._lose(f"the renewing thread failed: {type(exc).__name__}")
+                return
             spent = time.monotonic() - started
             delay = max(0.0, (self.renew_every_s if ok else self.retry_s) - spent)
 
@@ -234,7 +239,7 @@ class Member:
         False when it was not sent (NFS unhealthy) or failed for a reason that may pass."""
         if self.lost is not None:
             return False
-        if not self._healthy():
+        if not self._is_healthy():
             self.skipped += 1
             return False
         sent = self._clock()
@@ -258,6 +263,13 @@ class Member:
         self.last_error = None
         self._write_progress()
         return True
+
+    def _is_healthy(self) -> bool:
+        try:
+            return self._healthy()
+        except Exception:  # a health check that fails says: not healthy
+            logger.exception("Member %s: the health check failed", self.incarnation)
+            return False
 
     def _failed(self, error: CoordError) -> bool:
         self.renew_failures += 1
@@ -305,14 +317,14 @@ class Member:
             if self._on_lost is not None and self._joined:
                 self._on_lost(why)
         if not self._joined:
-            raise IncarnationLost(why)
+            raise IncarnationLost(why) from None  # no SDK error text travels with it
 
     def leave(self, delete: bool = False) -> None:
         """Stop renewing; then delete the blob (`delete`: nothing of this member is left on
         NFS) or release the lease, so that peers adopt what is left without waiting for it to
         lapse. Best effort: a failure is logged, and the lease lapses anyway."""
         self._stop.set()
-        if self._thread is not None:
+        if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
         if self.lost is not None or not self._joined:
             return
