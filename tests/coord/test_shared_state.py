@@ -15,7 +15,7 @@ from nfs_watcher_uploader.coord.statedoc import EMPTY, StateDoc, parse
 from nfs_watcher_uploader.errors import SessionConflict
 
 from .conftest import Control
-from .test_statedoc import TODAY
+from .samples import TODAY
 
 DATE = "20261204"
 

@@ -10,27 +10,7 @@ from nfs_watcher_uploader.coord.errors import StateTooNew
 from nfs_watcher_uploader.coord.statedoc import EMPTY, dump, parse
 from nfs_watcher_uploader.coord.untrusted import load_json
 
-TODAY = {  # what sessions.py writes today
-    "version": 1,
-    "sessions": [
-        {
-            "name": "run-1",
-            "date_prefix": "20261204",
-            "state": "drained",
-            "started_at": 1764806400.5,
-            "stopped_at": 1764810000.25,
-            "redrained_at": None,
-        },
-        {
-            "name": "run-2",
-            "date_prefix": "20261204",
-            "state": "active",
-            "started_at": 1764810001.0,
-            "stopped_at": None,
-            "redrained_at": None,
-        },
-    ],
-}
+from .samples import TODAY
 
 
 def _session(**changes: object) -> dict[str, object]:

@@ -18,7 +18,7 @@ from nfs_watcher_uploader.wire import Meter, MeteredTransport, new_session
 from ..helpers import Azurite, wait_for
 from .conftest import Control
 from .http_relay import HttpRelay
-from .test_statedoc import TODAY
+from .samples import TODAY
 
 BUDGET_PER_MINUTE = 40
 CAP = 512 * 1024
