@@ -100,3 +100,13 @@ def test_json_depth_is_counted_outside_strings_only() -> None:
     assert load_json(b'{"a": "\\"[[["}', 100, 1) == {"a": '"[[['}
     with pytest.raises(ValueError, match="deeper"):
         load_json(b'{"a": [[1]]}', 100, 2)
+
+
+def test_counters_of_a_session_add_up_over_members() -> None:
+    members = [
+        {"s": {"uploaded": 2, "renamed": 1}, "t": {"uploaded": 9}},
+        {"s": {"uploaded": 3}},
+        {},
+    ]
+    assert progress.total(members, "s") == {"uploaded": 5, "renamed": 1}
+    assert progress.total(members, "none") == {}
