@@ -18,6 +18,8 @@ a cycle):
     sessions/                  session, registry, stored: sessions, their progress, their file
     nfs/                       runner, opening, scan, moves, copying, state, trees, probe,
                                layout
+    coord/                     coordination of N replicas through the control container:
+                               member leases, roster, rendezvous, the shared session state
     telemetry                  traces, metrics, logs
     settings_checks            settings that can never work; loading them, or exit naming each
     config, errors, items      settings; what a caller does about a failure; the domain's items

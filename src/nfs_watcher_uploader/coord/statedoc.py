@@ -1,0 +1,147 @@
+"""The shared session state document, and how it is read back.
+
+It is today's `sessions.json` with one more field, `generation`, raised by every write (so a
+member can say which state it has seen, and an operator which is newer):
+
+    {"version": 1, "generation": 7, "sessions": [{"name", "date_prefix", "state",
+     "started_at", "stopped_at", "redrained_at"}, ...]}
+
+so that the first replica imports today's file as it is. Anyone allowed to write the control
+container may have written anything there: the size and depth are capped before it is parsed
+(untrusted.py), then shape and meaning are checked (types strictly, finite times, session
+names and dates by the service's own rules, each name once). As today, of several sessions
+listed as active, the newest stays active and the others drain. A document of a later version
+is StateTooNew: read by a newer replica during a rolling upgrade, never overwritten by us.
+"""
+
+import json
+import logging
+from typing import Annotated, cast
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    ValidationError,
+)
+
+from nfs_watcher_uploader.constants import DATE_DIR_RE
+from nfs_watcher_uploader.coord.constants import JSON_MAX_DEPTH, STATE_MAX_BYTES
+from nfs_watcher_uploader.coord.errors import StateTooNew
+from nfs_watcher_uploader.coord.untrusted import load_json
+from nfs_watcher_uploader.items import SessionStateName, check_session_name
+
+logger = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+# 200 drained sessions are kept (constants.DRAINED_SESSIONS_KEPT), and a few watched ones.
+SESSIONS_MAX = 1000
+WATCHED_STATES = ("active", "draining")
+_REASONS_SHOWN = 3
+
+
+def _date(v: str) -> str:
+    if not DATE_DIR_RE.fullmatch(v):
+        raise ValueError("date_prefix must be YYYYMMDD")
+    return v
+
+
+SessionName = Annotated[str, AfterValidator(check_session_name)]
+DatePrefix = Annotated[str, AfterValidator(_date)]
+Seconds = Annotated[FiniteFloat, Field(ge=0)]
+
+
+class StoredSession(BaseModel):
+    model_config = ConfigDict(frozen=True, strict=True, extra="ignore", hide_input_in_errors=True)
+
+    name: SessionName
+    date_prefix: DatePrefix
+    state: SessionStateName
+    started_at: Seconds
+    stopped_at: Seconds | None = None
+    redrained_at: Seconds | None = None
+
+    @property
+    def watched(self) -> bool:
+        return self.state in WATCHED_STATES
+
+    @property
+    def drain_start(self) -> float | None:
+        """When its current drain began: the stop, or the retry that reopened it."""
+        return self.redrained_at or self.stopped_at
+
+
+class StateDoc(BaseModel):
+    model_config = ConfigDict(frozen=True, strict=True, extra="ignore", hide_input_in_errors=True)
+
+    version: int = STATE_VERSION
+    generation: int = Field(default=0, ge=0)
+    sessions: tuple[StoredSession, ...] = Field(default=(), max_length=SESSIONS_MAX)
+
+    @property
+    def active(self) -> StoredSession | None:
+        return next((s for s in self.sessions if s.state == "active"), None)
+
+    def get(self, name: str) -> StoredSession | None:
+        return next((s for s in self.sessions if s.name == name), None)
+
+
+EMPTY = StateDoc()
+
+
+def parse(raw: bytes) -> StateDoc:
+    """The document in `raw`. Raises StateTooNew for a later version, ValueError (pydantic's
+    ValidationError is one) naming what is wrong for anything else that is not a state."""
+    value = load_json(raw, STATE_MAX_BYTES, JSON_MAX_DEPTH)
+    if not isinstance(value, dict):
+        raise ValueError("the state is not a JSON object")
+    version = cast(dict[str, object], value).get("version")
+    if type(version) is int and version > STATE_VERSION:
+        raise StateTooNew(f"the session state is version {version}; this replica reads 1")
+    if version != STATE_VERSION:
+        raise ValueError(f"unknown state version {version!r}")
+    doc = StateDoc.model_validate_json(raw)
+    names = [s.name for s in doc.sessions]
+    if len(set(names)) != len(names):
+        raise ValueError("a session name appears twice")
+    return _one_active(doc)
+
+
+def _one_active(doc: StateDoc) -> StateDoc:
+    active = sorted((s for s in doc.sessions if s.state == "active"), key=lambda s: s.started_at)
+    if len(active) < 2:
+        return doc
+    demoted = {s.name for s in active[:-1]}
+    # Only one session can be active. Rather than forget them all (their files would sit in
+    # incoming for good), the newest stays active and the others drain.
+    logger.error("Session state lists %s as active too; they drain now", sorted(demoted))
+    return doc.model_copy(
+        update={
+            "sessions": tuple(
+                s.model_copy(update={"state": "draining", "stopped_at": s.started_at})
+                if s.name in demoted
+                else s
+                for s in doc.sessions
+            )
+        }
+    )
+
+
+def reason(exc: ValueError) -> str:
+    """Why a state was refused, in one line: where and what, for the first few problems."""
+    if not isinstance(exc, ValidationError):
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    problems = [
+        f"{'.'.join(str(p) for p in e['loc']) or 'document'}: "
+        + str(e["msg"]).removeprefix("Value error, ")
+        for e in exc.errors()[:_REASONS_SHOWN]
+    ]
+    more = exc.error_count() - len(problems)
+    return "; ".join(problems) + (f"; and {more} more" if more > 0 else "")
+
+
+def dump(doc: StateDoc) -> bytes:
+    """The bytes of `doc`, in the layout of today's sessions.json."""
+    return json.dumps(doc.model_dump(mode="json"), indent=1).encode()
