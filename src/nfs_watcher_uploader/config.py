@@ -43,6 +43,15 @@ class NameConflict(StrEnum):
     PARK = "park"
 
 
+class Coordination(StrEnum):
+    """How replicas on one share agree on who does what (README "Running N replicas")."""
+
+    # One process per share: today's single replica, nothing in storage but the data.
+    NONE = "none"
+    # N replicas coordinated through leases and conditional writes in a control container.
+    AZURE = "azure"
+
+
 class UploadOrder(StrEnum):
     """Which waiting files go first (see work/order.py)."""
 
@@ -155,6 +164,20 @@ class Settings(BaseSettings):
     ledger_retention_days: float = Field(default=30.0, ge=0)
     webhook_url: SecretStr | None = None
     webhook_secret: SecretStr | None = None
+
+    # Replicas (README "Running N replicas"): `none` is one process per share, as always.
+    coordination: Coordination = Coordination.NONE
+    # The container of the control blobs (members, the session state): derived from the data
+    # container (`<data>-ctl`, coord/names) unless set; never the data container itself.
+    azure_control_container: str | None = None
+    # A SAS for the control container (secret), needed when APP_AZURE_SAS_TOKEN is a container
+    # SAS (sr=c): it reaches one container only.
+    azure_control_sas_token: SecretStr | None = None
+    # A file stable this long may be claimed by any member, whoever rendezvous gives it to
+    # (a member that is alive but stuck does not keep its files for ever).
+    steal_after_s: float = Field(default=30.0, gt=0)
+    # What /v1/status calls this member (the pod's name, from the downward API): a label only.
+    member_name: str = Field(default_factory=socket.gethostname)
 
     @field_validator("file_extensions", mode="before")
     @classmethod

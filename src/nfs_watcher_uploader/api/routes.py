@@ -33,8 +33,14 @@ from nfs_watcher_uploader.api.schemas import (
     WatchStartResponse,
     WatchStopResponse,
 )
-from nfs_watcher_uploader.api.views import bandwidth_view, failed_file, session_view
+from nfs_watcher_uploader.api.views import (
+    bandwidth_view,
+    failed_file,
+    replicas_status,
+    session_view,
+)
 from nfs_watcher_uploader.constants import DATE_DIR_RE
+from nfs_watcher_uploader.coord.errors import CoordError, StateTooNew
 from nfs_watcher_uploader.errors import NotOurs, SessionConflict
 from nfs_watcher_uploader.items import check_session_name, printable
 from nfs_watcher_uploader.service import Service
@@ -119,7 +125,7 @@ async def status(service: ServiceDep) -> StatusResponse:
     sessions = service.sessions
     active = sessions.active
     pipeline = service.pipeline
-    return StatusResponse(
+    found = StatusResponse(
         enabled=active is not None,
         active_session=active.name if active else None,
         processed_ok=pipeline.stats.uploaded,
@@ -136,11 +142,13 @@ async def status(service: ServiceDep) -> StatusResponse:
         state_error=sessions.state_error,
         nfs_calls_hung=service.nfs.abandoned,
     )
+    return replicas_status(service, found)
 
 
 @router.get("/v1/sessions")
 async def list_sessions(service: ServiceDep) -> SessionList:
-    return SessionList(sessions=[session_view(s) for s in service.sessions.by_name.values()])
+    sessions = service.sessions.by_name.values()
+    return SessionList(sessions=[session_view(s, service.totals(s)) for s in sessions])
 
 
 @router.get("/v1/sessions/{name}", responses={404: {}, 422: {}})
@@ -152,7 +160,7 @@ async def get_session(service: ServiceDep, name: str) -> SessionView:
     session = service.sessions.by_name.get(name)
     if session is None:
         raise HTTPException(404, f"no session named {name!r} is known")
-    return session_view(session)
+    return session_view(session, service.totals(session))
 
 
 @router.get("/v1/files/failed", responses={503: {}})
@@ -257,6 +265,19 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
 
 
+async def _coordination_error(request: Request, exc: Exception) -> JSONResponse:
+    """Storage could not take a change of the shared state (APP_COORDINATION=azure)."""
+    assert isinstance(exc, CoordError)
+    logger.warning("Shared state on %s: %s", request.url.path, exc)
+    if isinstance(exc, StateTooNew):
+        detail = f"{exc}: a newer version of the service wrote the shared state (a rolling "
+        detail += "upgrade?); nothing was changed, retry on an upgraded replica"
+    else:
+        detail = f"storage cannot take the change of the shared session state ({exc}); "
+        detail += "nothing was changed, retry later"
+    return JSONResponse({"detail": printable(detail)}, 503)
+
+
 async def _os_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, OSError)
     logger.warning("OS error on %s: %s", request.url.path, exc)
@@ -277,3 +298,4 @@ def install(app: FastAPI, token: ApiToken | None, metrics_require_token: bool = 
     app.add_middleware(BodyLimit)  # added last, so it runs first
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(OSError, _os_error)
+    app.add_exception_handler(CoordError, _coordination_error)

@@ -99,6 +99,22 @@ class SessionList(BaseModel):
     sessions: list[SessionView]
 
 
+class MemberView(BaseModel):
+    """One replica of the share (APP_COORDINATION=azure), as the last listing showed it."""
+
+    incarnation: str
+    # APP_MEMBER_NAME of that replica (the pod's name): a label only.
+    host: Printable
+    version: Printable
+    live: bool
+    leader: bool
+    me: bool
+    # The live member that took its files over, once it died.
+    adopted_by: str | None
+    # What could not be read of its blob (its counters are then left out).
+    problem: Printable | None
+
+
 class StatusResponse(BaseModel):
     enabled: bool
     active_session: Printable | None
@@ -116,6 +132,15 @@ class StatusResponse(BaseModel):
     state_error: Printable | None
     # NFS calls given up at their deadline whose threads are still blocked (a hung mount).
     nfs_calls_hung: int
+    # `none` (one replica) or `azure` (README "Running N replicas"); with `azure`, the
+    # control container, this replica's membership and every member of the last listing.
+    coordination: str = "none"
+    control_container: str | None = None
+    member: str | None = None
+    member_valid: bool | None = None
+    renew_p99_ms: float | None = None
+    coordination_error: Printable | None = None
+    members: list[MemberView] = []
 
 
 class FailedFile(BaseModel):

@@ -1,14 +1,33 @@
 """What the API shows of the service's state: the domain's objects turned into response bodies
 (`schemas`), so that no layer below the API knows an HTTP schema."""
 
-from nfs_watcher_uploader.api.schemas import BandwidthView, FailedFile, SessionView
+from collections.abc import Mapping
+
+from nfs_watcher_uploader.api.schemas import (
+    BandwidthView,
+    FailedFile,
+    MemberView,
+    SessionView,
+    StatusResponse,
+)
+from nfs_watcher_uploader.coord.member import latency
 from nfs_watcher_uploader.items import ParkedFile
 from nfs_watcher_uploader.rates import format_rate
+from nfs_watcher_uploader.replicas.progress import SUMMED
 from nfs_watcher_uploader.service import Service
 from nfs_watcher_uploader.sessions.session import Session
 
 
-def session_view(session: Session) -> SessionView:
+def session_view(session: Session, totals: Mapping[str, int] | None = None) -> SessionView:
+    """`session` as this process knows it; with other replicas, `totals` are its counters
+    summed over them (replicas/progress)."""
+    view = _session_view(session)
+    if totals is None:
+        return view
+    return view.model_copy(update={k: totals.get(k, 0) for k in SUMMED})
+
+
+def _session_view(session: Session) -> SessionView:
     return SessionView(
         session_name=session.name,
         date_prefix=session.date_prefix,
@@ -62,4 +81,45 @@ def bandwidth_view(service: Service) -> BandwidthView:
         schedule=None if bandwidth.schedule is None else str(bandwidth.schedule),
         timezone=service.settings.timezone,
         rate_bytes_per_second=round(service.meter.rate(), 1),
+    )
+
+
+def replicas_status(service: Service, status: StatusResponse) -> StatusResponse:
+    """`status` with what the other replicas add (APP_COORDINATION=azure)."""
+    replicas = service.replicas
+    if replicas is None:
+        return status
+    membership = replicas.membership
+    coordinator, member = membership.coordinator, membership.member
+    view = coordinator.view if coordinator is not None else None
+    leader = view.leader() if view is not None else None
+    members = [
+        MemberView(
+            incarnation=m.incarnation,
+            host=m.host,
+            version=m.version,
+            live=m.live,
+            leader=m.incarnation == leader,
+            me=m.incarnation == membership.incarnation,
+            adopted_by=m.adopted_by,
+            problem=m.problem,
+        )
+        for m in (view.members if view is not None else ())
+    ]
+    lat = latency(list(member.latencies)) if member is not None else None
+    error = (member.last_error if member is not None else None) or (
+        coordinator.last_error if coordinator is not None else None
+    )
+    others = service.uploaded_elsewhere()
+    return status.model_copy(
+        update={
+            "coordination": "azure",
+            "control_container": membership.container,
+            "member": membership.incarnation,
+            "member_valid": membership.valid(),
+            "renew_p99_ms": None if lat is None else round(lat.p99 * 1000, 1),
+            "coordination_error": error,
+            "members": members,
+            "processed_ok": status.processed_ok + others,
+        }
     )

@@ -64,8 +64,15 @@ class SinglePut:
         return f"SinglePut({self._base})"
 
     async def put(
-        self, blob_name: str, data: bytes, md5: bytes, overwrite: bool, info: BlobInfo
-    ) -> None:
+        self,
+        blob_name: str,
+        data: bytes,
+        md5: bytes,
+        condition: dict[str, Any] | None,
+        info: BlobInfo,
+    ) -> str | None:
+        """Put Blob; `condition` is {"if_none_match": "*"} (create only), {"if_match": etag},
+        or None (unconditional). Returns the new ETag."""
         digest = base64.b64encode(md5).decode()
         headers = {
             "x-ms-version": self._version,
@@ -81,13 +88,17 @@ class SinglePut:
             headers["x-ms-tags"] = serialize_blob_tags_header(info.tags) or ""
         if info.tier is not None:
             headers["x-ms-access-tier"] = str(info.tier.value)
-        if not overwrite:
-            headers["If-None-Match"] = "*"
+        if condition and condition.get("if_none_match"):
+            headers["If-None-Match"] = str(condition["if_none_match"])
+        if condition and condition.get("if_match"):
+            headers["If-Match"] = str(condition["if_match"])
         url = f"{self._base}/{quote(blob_name, safe='~/')}{self._query}"
         request = HttpRequest("PUT", url, headers=headers, content=data)
         response: Any = (await self._pipeline.run(request)).http_response
         if response.status_code != 201:
             raise _error(response)
+        etag = response.headers.get("ETag")
+        return None if etag is None else str(etag)
 
 
 def _error(response: Any) -> HttpResponseError:

@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import anyio.to_thread
@@ -82,14 +82,23 @@ _UNREADABLE = _Unreadable()
 
 
 @dataclass(frozen=True, slots=True)
+class _Found:
+    """A blob that has the name: its Content-MD5 (None: it has none) and ETag."""
+
+    md5: bytes | None
+    etag: str
+
+
+@dataclass(frozen=True, slots=True)
 class Sent:
     """Where a file went: `blob_name`, and whether it was already there with the same bytes.
     `compared` is False when a name it passed over could not be read (so may hold the same
-    bytes)."""
+    bytes). `etag`: the blob's ETag after the commit, or as found (None: not known)."""
 
     blob_name: str
     already: bool = False
     compared: bool = True
+    etag: str | None = None
 
 
 class _NameTaken(Exception):
@@ -223,6 +232,7 @@ class Storage:
         overwrite: bool = False,
         log_extra: dict[str, str] | None = None,
         info: BlobInfo | None = None,
+        if_match: str | None = None,
     ) -> Sent:
         """Upload `local` as a block blob named `blob_name`, or the next free version of that
         name; raise UploadError (see errors.py).
@@ -235,7 +245,11 @@ class Storage:
         Content-MD5 decides: the same bytes mean the file is already up (a re-upload after a
         crash: nothing is sent, `Sent.already`); other bytes mean another file had the name,
         and this one goes up as `<stem>~2<ext>`, `~3`... (APP_ON_NAME_CONFLICT=keep-both), or
-        is parked (park). `overwrite` (or APP_ON_NAME_CONFLICT=overwrite) replaces the blob.
+        is parked (park). `overwrite` (or APP_ON_NAME_CONFLICT=overwrite) replaces the blob:
+        this file's own blob, sent again whole after a late write, only if it is still the
+        version `if_match` names (the ETag of this file's commit), or else the version just
+        looked at; a blob changed since (another member's, or a consumer's) is never replaced
+        (PermanentError: the file is parked), and a blob gone since is created again.
         A blob the credential may not read counts as other bytes (`Sent.compared` False).
         `info` is the Content-Type, metadata, tags and tier it is created with. Waiting for
         bandwidth counts as `progress` (wire.WAITING).
@@ -250,31 +264,32 @@ class Storage:
                 )
             policy = self._settings.on_name_conflict
             if overwrite:  # this file's own blob: replaced unless it holds these bytes already
-                if self.can_read and await self._md5_of(blob_name) == staged.read.md5:
-                    return Sent(blob_name, already=True)
-                await self._send(local, blob_name, staged, progress, True, log_extra, info)
-                return Sent(blob_name)
+                return await self._replace(
+                    local, blob_name, staged, progress, log_extra, info, if_match
+                )
             if policy is NameConflict.OVERWRITE:
-                await self._send(local, blob_name, staged, progress, True, log_extra, info)
-                return Sent(blob_name)
+                etag = await self._send(local, blob_name, staged, progress, True, log_extra, info)
+                return Sent(blob_name, etag=etag)
             compared = True
             for version in range(1, MAX_NAME_VERSIONS + 1):
                 name = versioned(blob_name, version)
                 check_blob_name(name)
                 # A file sent in blocks is looked for first: one request against many.
                 look_first = staged.block_md5s and self.can_read
-                found = await self._md5_of(name) if look_first else _MISSING
+                found = await self._look(name) if look_first else _MISSING
                 if found is _MISSING or found is _UNREADABLE:
                     try:
-                        await self._send(local, name, staged, progress, False, log_extra, info)
-                        return Sent(name, compared=compared)
+                        etag = await self._send(
+                            local, name, staged, progress, False, log_extra, info
+                        )
+                        return Sent(name, compared=compared, etag=etag)
                     except _NameTaken:
-                        found = await self._md5_of(name)
+                        found = await self._look(name)
                         if found is _MISSING:
                             why = f"blob {name} came and went; trying again"
                             raise RetryableError(why) from None
-                if found == staged.read.md5:
-                    return Sent(name, already=True, compared=compared)
+                if isinstance(found, _Found) and found.md5 == staged.read.md5:
+                    return Sent(name, already=True, compared=compared, etag=found.etag)
                 # Held by other bytes, or by bytes this credential may not read: never overwritten.
                 compared = compared and found is not _UNREADABLE
                 if policy is NameConflict.PARK:
@@ -283,6 +298,42 @@ class Storage:
                         f"a blob named {name} with {held} exists (APP_ON_NAME_CONFLICT=park)"
                     )
             raise PermanentError(f"{MAX_NAME_VERSIONS} blobs named like {blob_name} exist")
+
+    async def _replace(
+        self,
+        local: Path,
+        blob_name: str,
+        staged: Staged,
+        progress: Callable[[], None],
+        log_extra: dict[str, str] | None,
+        info: BlobInfo,
+        if_match: str | None,
+    ) -> Sent:
+        """Send the file again over its own blob, never over a version it did not write."""
+        found = await self._look(blob_name) if self.can_read else _UNREADABLE
+        if isinstance(found, _Found):
+            if found.md5 == staged.read.md5:
+                return Sent(blob_name, already=True, etag=found.etag)
+            if if_match is not None and found.etag != if_match:
+                raise _changed(blob_name)
+            condition: dict[str, Any] = {"if_match": if_match or found.etag}
+        elif found is _MISSING:  # gone since (a consumer removed it): created again, only
+            condition = {"if_none_match": "*"}
+        else:  # may not read: the condition alone, when this file's commit is known
+            condition = {} if if_match is None else {"if_match": if_match}
+        try:
+            etag = await self._send(
+                local, blob_name, staged, progress, True, log_extra, info, condition
+            )
+        except _NameTaken:
+            raise _changed(blob_name) from None
+        return Sent(blob_name, etag=etag)
+
+    async def look(self, name: str) -> tuple[str, bytes | None] | None:
+        """The ETag and Content-MD5 of blob `name`; None when it is not there or may not be
+        read. Raises UploadError when storage cannot say."""
+        found = await self._look(name)
+        return (found.etag, found.md5) if isinstance(found, _Found) else None
 
     async def early_blocks(
         self, blob_name: str, overwrite: bool, progress: Callable[[], None]
@@ -305,6 +356,12 @@ class Storage:
     async def _md5_of(self, name: str) -> bytes | _Missing | _Unreadable | None:
         """The Content-MD5 of blob `name` (None if it has none), _MISSING, or _UNREADABLE when
         the credential may not read it."""
+        found = await self._look(name)
+        return found.md5 if isinstance(found, _Found) else found
+
+    async def _look(self, name: str) -> _Found | _Missing | _Unreadable:
+        """The blob that has `name`, _MISSING, or _UNREADABLE when the credential may not read
+        it."""
         try:
             props = await self.container.get_blob_client(name).get_blob_properties()
         except ResourceNotFoundError:
@@ -317,7 +374,7 @@ class Storage:
         except Exception as exc:
             raise classify(exc) from exc
         md5 = props.content_settings.content_md5
-        return None if md5 is None else bytes(md5)
+        return _Found(None if md5 is None else bytes(md5), str(props.etag))
 
     async def _send(
         self,
@@ -328,12 +385,17 @@ class Storage:
         overwrite: bool,
         log_extra: dict[str, str] | None,
         info: BlobInfo,
-    ) -> None:
+        condition: dict[str, Any] | None = None,
+    ) -> str | None:
+        """Send the file, committing it only if no blob has the name (unless `overwrite`:
+        then under `condition`, if_match or if_none_match, when given); returns the ETag."""
         settings = ContentSettings(
             content_type=info.content_type, content_md5=bytearray(staged.read.md5)
         )
         extra = info.upload_kwargs()
-        commit: dict[str, Any] = extra if overwrite else {"if_none_match": "*", **extra}
+        if not overwrite:
+            condition = {"if_none_match": "*"}
+        commit: dict[str, Any] = {**(condition or {}), **extra}
         try:
             if staged.data is not None:
                 data = staged.data
@@ -344,14 +406,18 @@ class Storage:
                         blob = self.container.get_blob_client(blob_name)
                         held = await self._uncommitted(blob)
                         ids = await self.blocks.put(blob, fd, staged, held, progress, log_extra)
-                        await blob.commit_block_list(ids, content_settings=settings, **commit)  # pyright: ignore[reportArgumentType]
+                        done = await blob.commit_block_list(
+                            ids,  # pyright: ignore[reportArgumentType]
+                            content_settings=settings,
+                            **commit,
+                        )
                         progress()
-                        return
+                        return _etag_of(done)
                     data = await anyio.to_thread.run_sync(os.pread, fd, staged.read.size + 1, 0)
                 finally:
                     os.close(fd)
                 check_length(len(data), staged, log_extra)
-            await self.single.put(blob_name, data, staged.read.md5, overwrite, info)
+            etag = await self.single.put(blob_name, data, staged.read.md5, condition, info)
         except FileNotFoundError:
             raise RetryableError(f"staged copy of {blob_name} vanished; staging again") from None
         except ResourceExistsError as exc:
@@ -359,12 +425,13 @@ class Storage:
                 raise _NameTaken from exc
             raise classify(exc) from exc
         except HttpResponseError as exc:
-            if exc.status_code == 412 and not overwrite:
+            if exc.status_code == 412 and (not overwrite or condition):
                 raise _NameTaken from exc
             raise self._classified(exc, log_extra) from exc
         except Exception as exc:
             raise self._classified(exc, log_extra) from exc
         progress()
+        return etag
 
     @staticmethod
     def _classified(exc: BaseException, log_extra: dict[str, str] | None) -> UploadError:
@@ -390,3 +457,18 @@ class Storage:
         except Exception as exc:
             raise classify(exc) from exc
         return {b.id: b.size for b in uncommitted}
+
+
+def _etag_of(answer: object) -> str | None:
+    """The ETag in what the SDK returns for a commit (a dict of its response headers)."""
+    if not isinstance(answer, dict):
+        return None
+    etag = cast(dict[str, object], answer).get("etag")
+    return None if etag is None else str(etag)
+
+
+def _changed(blob_name: str) -> PermanentError:
+    return PermanentError(
+        f"blob {blob_name} changed since this file was committed to it (another writer's "
+        "version is there); not overwritten"
+    )

@@ -69,6 +69,10 @@ class JobFiles:
     def _load(self) -> list[Job]:
         for leftover in self.root.glob(f"{JOB_TMP_PREFIX}*"):
             leftover.unlink(missing_ok=True)  # a write a crash cut short: its job never was
+        return self.read_all()
+
+    def read_all(self) -> list[Job]:
+        """Every job on disk, oldest first, checked like `load` (blocking: in a thread)."""
         jobs: list[Job] = []
         for path in sorted(self.root.glob(f"*{_SUFFIX}")):
             try:

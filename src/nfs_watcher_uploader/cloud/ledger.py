@@ -1,12 +1,18 @@
 """The ledger: one JSON line per committed blob, per session, on NFS, for the manifest; and one
 per parked file an operator dismissed (`{"dismissed": {...}}`), which the manifest lists too.
 
-A file's line is appended and fsynced after its blob is committed and before the file is marked
-completed. So after any crash, every committed file either has its line or is uploaded again
-(found already there, same bytes) and gets it then; lines of one blob name are read as one, the
-last winning. Completions that arrive together share one write and one fsync: the first to take
-the lock writes every line waiting (small files are the hot path). A line torn by a crash is
-ended before anything is appended after it, and skipped when read.
+A file's line (with the blob's ETag) is appended and fsynced after its blob is committed and
+before the file is marked completed. So after any crash, every committed file either has its
+line or is uploaded again (found already there, same bytes) and gets it then; lines of one blob
+name are read as one, the last winning. Completions that arrive together share one write and
+one fsync: the first to take the lock writes every line waiting (small files are the hot path).
+A line torn by a crash is ended before anything is appended after it, and skipped when read.
+
+With other replicas (APP_COORDINATION=azure) each member appends to its own ledger, in its own
+tree (O_APPEND is atomic within one NFS client only), and a session's ledger is the union of
+every member's (`sources`): lines of one blob from several ledgers that disagree (the file was
+sent again, whole, by another member after a late write) are all returned (`Record.conflicts`)
+for the caller to ask storage which one the blob holds.
 """
 
 import asyncio
@@ -15,8 +21,8 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 from pydantic import BaseModel
 
@@ -24,6 +30,7 @@ from nfs_watcher_uploader.blob.blobinfo import iso_utc, iso_utc_ns
 from nfs_watcher_uploader.cloud.manifest import Dismissed, FileEntry
 from nfs_watcher_uploader.items import WorkItem
 from nfs_watcher_uploader.nfs.layout import Layout
+from nfs_watcher_uploader.nfs.opening import read_regular
 from nfs_watcher_uploader.nfs.runner import Nfs
 
 logger = logging.getLogger(__name__)
@@ -36,11 +43,21 @@ class _DismissedLine(BaseModel):
     dismissed: Dismissed
 
 
-class Record(NamedTuple):
-    """What a session's ledger holds: its committed blobs and its dismissed parked files."""
+@dataclass(frozen=True, slots=True)
+class Record:
+    """What a session's ledger holds: its committed blobs and its dismissed parked files;
+    and, of blobs whose lines in several ledgers disagree, every version (see the docstring)."""
 
     files: list[FileEntry]
     dismissed: list[Dismissed]
+    conflicts: dict[str, list[FileEntry]] = field(default_factory=dict[str, list[FileEntry]])
+
+
+# (date, session) -> every ledger file of the session (see the module docstring), each as a
+# folder of ours and the path below it, which is entered without following any link.
+Sources = Callable[[str, str], list[tuple[Path, list[str]]]]
+# A ledger larger than this is not one of ours (a line is ~300 bytes: ~3 million files).
+LEDGER_MAX = 1024 * 1024 * 1024
 
 
 class _Batch:
@@ -52,8 +69,15 @@ class _Batch:
 
 
 class Ledger:
-    def __init__(self, layout: Layout, nfs: Nfs, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        layout: Layout,
+        nfs: Nfs,
+        clock: Callable[[], float] = time.time,
+        sources: Sources | None = None,
+    ) -> None:
         self.layout, self.nfs, self._clock = layout, nfs, clock
+        self.sources: Sources = sources or self._own
         self._open: _Batch | None = None
         self._lock = asyncio.Lock()
         # Ledgers known to end with a whole line (touched only by the one writing thread).
@@ -64,6 +88,12 @@ class Ledger:
 
     def __repr__(self) -> str:
         return f"Ledger(writes={self.writes} lines={self.lines})"
+
+    def _own(self, date_prefix: str, session_name: str) -> list[tuple[Path, list[str]]]:
+        path = self.layout.ledger(date_prefix, session_name)
+        return [
+            (self.layout.processing_root, list(path.relative_to(self.layout.processing_root).parts))
+        ]
 
     async def record(self, item: WorkItem) -> None:
         """Append the line of a committed file (`item.md5` and `item.committed` are set);
@@ -78,6 +108,7 @@ class Ledger:
             md5=item.md5.hex(),
             source_mtime=iso_utc_ns(mtime_ns),
             uploaded_at=iso_utc(self._clock()),
+            etag=item.etag,
         )
         key = (item.date_prefix, item.session_name)
         path = self._paths.get(key) or self._paths.setdefault(key, self.layout.ledger(*key))
@@ -141,14 +172,33 @@ class Ledger:
 
     def read_all(self, date_prefix: str, session_name: str) -> Record:
         """The committed blobs (as `read`) and the dismissed parked files, each once (a
-        dismissal recorded twice around a crash is one), in name order. Blocking."""
-        path = self.layout.ledger(date_prefix, session_name)
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            return Record([], [])
+        dismissal recorded twice around a crash is one), in name order, from every ledger of
+        the session (`sources`). Blocking."""
         entries: dict[str, FileEntry] = {}
+        versions: dict[str, list[FileEntry]] = {}
         dismissed: dict[tuple[str, str | None], Dismissed] = {}
+        for root, parts in self.sources(date_prefix, session_name):
+            mine = self._read_one(root, parts, dismissed)
+            for name, entry in mine.items():
+                seen = entries.get(name)
+                if seen is not None and (seen.md5, seen.size) != (entry.md5, entry.size):
+                    versions.setdefault(name, [seen]).append(entry)
+                entries[name] = entry
+        return Record(
+            [entries[name] for name in sorted(entries)],
+            sorted(dismissed.values(), key=lambda d: (d.parked_as, d.dismissed_at)),
+            versions,
+        )
+
+    def _read_one(
+        self, root: Path, parts: list[str], dismissed: dict[tuple[str, str | None], Dismissed]
+    ) -> dict[str, FileEntry]:
+        """One ledger's blobs (the last line of each wins); its dismissals into `dismissed`."""
+        path = root.joinpath(*parts)
+        raw = read_regular(root, parts, LEDGER_MAX)
+        if raw is None:
+            return {}
+        entries: dict[str, FileEntry] = {}
         torn = 0
         for line in raw.splitlines():
             if not line.strip():
@@ -165,10 +215,7 @@ class Ledger:
             entries[entry.blob] = entry
         if torn:
             logger.warning("%s: skipped %d unreadable lines (torn by a crash)", path, torn)
-        return Record(
-            [entries[name] for name in sorted(entries)],
-            sorted(dismissed.values(), key=lambda d: (d.parked_as, d.dismissed_at)),
-        )
+        return entries
 
 
 def _ends_whole(fd: int) -> bool:

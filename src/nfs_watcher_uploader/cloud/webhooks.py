@@ -96,6 +96,7 @@ class Webhooks:
         self._retry = (settings.retry_base_s, settings.retry_max_s)
         self._rng = rng or random.Random()
         self._outbox = JobFiles(layout.outbox_root, nfs, _OutboxJob)
+        self.nfs = nfs
         self._queue = DueQueue[str, _Event](self._retry, self._rng)
         self._clock = clock
         self.delivered = 0
@@ -143,6 +144,22 @@ class Webhooks:
             logger.error("Webhook event %s %s lost: cannot write the outbox: %s", type_, id_, exc)
             return
         self._queue.add(id_, _Event(type_, json.dumps(event).encode()))
+
+    async def take_over(self) -> int:
+        """Queue the events in the outbox that are not queued yet (taken over from a dead
+        member, APP_COORDINATION=azure)."""
+        if self._url is None:
+            return 0
+        jobs = await self.nfs.call(self._outbox.read_all)
+        taken = 0
+        for job in jobs:
+            if job["id"] not in self._queue:
+                event = cast(dict[str, Any], job["event"])
+                self._queue.add(
+                    str(job["id"]), _Event(str(event["type"]), json.dumps(event).encode())
+                )
+                taken += 1
+        return taken
 
     async def run(self) -> None:
         """Load the outbox, then deliver until cancelled."""

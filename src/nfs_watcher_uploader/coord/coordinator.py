@@ -10,6 +10,11 @@ the service asks of it without waiting on the network.
     change     a session rule applied to the shared state (compare-and-swap), its result
                kept as the state this replica knows
 
+A state blob that cannot be read as a state (damaged, or deleted by hand after it was read
+whole) does not make this replica forget its sessions: `snapshot` stays the last state read
+whole, `state_problem` says what is wrong, and the next `change` (the leader makes one at once:
+`repair`) writes from that state.
+
 At rest a replica sends LEASE_S/RENEW_EVERY_S renews and 60/ROSTER_EVERY_S listings a minute:
 12 + 20 = 32 control requests (tests/coord count them on the wire). Three clients, so that
 no thread shares an HTTP session with another: the member's, the loop's, and one (under a
@@ -49,7 +54,9 @@ class Coordinator:
         self._acting = threading.Lock()
         self._lock = threading.Lock()
         self._view: View | None = None
-        self._snapshot: Snapshot | None = None
+        self._snapshot: Snapshot | None = None  # the last state read (or written) whole
+        self._read_etag: str | None = None  # the ETag of the blob as last read
+        self.state_problem: str | None = None
         self.last_error: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -115,15 +122,28 @@ class Coordinator:
     def iteration(self) -> View:
         """One listing; the state read again if it changed. Raises CoordError."""
         view = self._roster.read()
-        known = self.snapshot
-        snapshot = known
-        if known is None or view.state_etag != known.etag:
+        with self._lock:
+            known, read_etag = self._snapshot, self._read_etag
+        if known is None or view.state_etag != read_etag:
             snapshot = self._state.read()
+            self._take(snapshot, known)
         with self._lock:
             self._view = view
-            if snapshot is not None and (self._snapshot is known):
-                self._snapshot = snapshot  # unless a change of ours came in meanwhile
         return view
+
+    def _take(self, snapshot: Snapshot, known: Snapshot | None) -> None:
+        """Keep `snapshot` as the state, unless it cannot be a state while a whole one is
+        known (then keep that, and say why), or a change of ours came in meanwhile."""
+        problem = snapshot.damaged
+        if problem is None and snapshot.etag is None and known is not None and known.etag:
+            problem = f"the session state blob was removed (last generation {known.doc.generation})"
+        with self._lock:
+            self._read_etag = snapshot.etag
+            self.state_problem = problem if known is not None else snapshot.damaged
+            if self._snapshot is not known:
+                return  # a change of ours came in meanwhile
+            if problem is None or known is None:
+                self._snapshot = snapshot
 
     # --- questions answered from memory -------------------------------------------------------
 
@@ -160,8 +180,26 @@ class Coordinator:
 
     def change(self, rule: Change) -> Snapshot:
         """Apply `rule` to the shared state (see shared_state.update) and keep the result."""
+        with self._lock:
+            known = self._snapshot
+        fallback = known.doc if known is not None and known.etag else None
         with self._acting:
-            snapshot = self._act_state.update(rule)
+            snapshot = self._act_state.update(rule, fallback)
         with self._lock:
             self._snapshot = snapshot
+            self._read_etag = snapshot.etag
+            self.state_problem = None
         return snapshot
+
+    def repair(self) -> bool:
+        """Write the state back from the last one read whole when the blob is damaged or was
+        removed (the leader calls it). True when it did."""
+        if self.state_problem is None or self.snapshot is None:
+            return False
+        logger.error(
+            "%s; writing it back from generation %d",
+            self.state_problem,
+            self.snapshot.doc.generation,
+        )
+        self.change(lambda doc: doc)
+        return True

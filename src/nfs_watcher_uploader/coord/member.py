@@ -10,9 +10,10 @@ that says it is alive.
              lets the lease lapse, and peers adopt); RENEW_RETRY_S after a renew that failed
              for a reason that may pass
     progress the counters set by `set_progress`, written into the blob's metadata after a
-             renew, only when they changed and at most every PROGRESS_EVERY_S
-    leave    on a clean stop: release the lease (peers adopt what is left at once), or delete
-             the blob when nothing is left
+             renew, only when they changed and at most every PROGRESS_EVERY_S; an `urgent`
+             set is written at once (from the renewing thread), and `wait_written` says when
+    leave    on a clean stop: write the last counters, then release the lease (peers adopt
+             what is left at once), or delete the blob when nothing is left
 
 Validity (validity.py) ends LEASE_S after the send time of the last renew that went through.
 
@@ -135,7 +136,13 @@ class Member:
         self._progress: str | None = None  # encoded, waiting to be written
         self._progress_written: str | None = None
         self._progress_at = float("-inf")
+        # Sets of progress counted, the one written last, and an urgent one waiting.
+        self._progress_seq = 0
+        self._written_seq = 0
+        self._urgent = False
+        self._written = threading.Condition(self._progress_lock)
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         # What it did, for /v1/status, metrics and the tests.
         self.requests = 0
@@ -163,13 +170,31 @@ class Member:
         """May this member adopt now? (valid without a gap for a whole lease period)"""
         return self.lost is None and self.validity.steady()
 
-    def set_progress(self, progress: Progress) -> None:
-        """Counters to publish with a coming renew (written only when they changed)."""
+    def set_progress(self, progress: Progress, urgent: bool = False) -> int:
+        """Counters to publish with a coming renew (written only when they changed); `urgent`
+        ones are written at once. Returns the number of this set, for `wait_written`."""
         encoded, left_out = progress_codec.encode(progress)
         if left_out:
             logger.warning("Progress of %d sessions left out of the member blob: too big", left_out)
         with self._progress_lock:
             self._progress = encoded
+            self._progress_seq += 1
+            self._urgent = self._urgent or urgent
+            seq = self._progress_seq
+        if urgent:
+            self._wake.set()
+        return seq
+
+    def wait_written(self, seq: int, timeout: float) -> bool:
+        """Wait until the counters set as `seq` (or later ones) are in the member blob; False
+        when they are not within `timeout` (storage away, or this member lost)."""
+        with self._written:
+            return (
+                self._written.wait_for(
+                    lambda: self._written_seq >= seq or self.lost is not None, timeout
+                )
+                and self._written_seq >= seq
+            )
 
     # --- join, renew, leave ------------------------------------------------------------------
 
@@ -223,7 +248,20 @@ class Member:
 
     def _run(self) -> None:
         delay = self.renew_every_s
-        while self.lost is None and not self._stop.wait(delay):
+        due = time.monotonic() + delay
+        while self.lost is None and not self._stop.is_set():
+            self._wake.wait(max(0.0, due - time.monotonic()))
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            if time.monotonic() < due:  # woken early: an urgent progress write
+                try:
+                    self._write_progress(urgent_only=True)
+                except Exception as exc:
+                    logger.exception("Member %s: the renewing thread failed", self.incarnation)
+                    self._lose(f"the renewing thread failed: {type(exc).__name__}")
+                    return
+                continue
             started = time.monotonic()
             try:
                 ok = self.renew_once()
@@ -231,8 +269,7 @@ class Member:
                 logger.exception("Member %s: the renewing thread failed", self.incarnation)
                 self._lose(f"the renewing thread failed: {type(exc).__name__}")
                 return
-            spent = time.monotonic() - started
-            delay = max(0.0, (self.renew_every_s if ok else self.retry_s) - spent)
+            due = started + (self.renew_every_s if ok else self.retry_s)
 
     def renew_once(self) -> bool:
         """One renew (and a progress write when one is due). True when the lease was renewed;
@@ -278,13 +315,18 @@ class Member:
         self.last_error = str(error)
         return False
 
-    def _write_progress(self) -> None:
+    def _write_progress(self, urgent_only: bool = False, now_anyway: bool = False) -> None:
         with self._progress_lock:
-            wanted = self._progress
+            wanted, seq, urgent = self._progress, self._progress_seq, self._urgent
         now = time.monotonic()
-        if wanted is None or wanted == self._progress_written:
+        if urgent_only and not urgent:
             return
-        if now - self._progress_at < self.progress_every_s:
+        if urgent_only and not self.validity.valid():
+            return  # not before the next renew: a write needs the lease
+        if wanted is None or wanted == self._progress_written:
+            self._mark_written(seq)
+            return
+        if not (urgent or now_anyway) and now - self._progress_at < self.progress_every_s:
             return
         metadata = {**self._labels, META_PROGRESS: wanted}
         try:
@@ -306,12 +348,22 @@ class Member:
         self._etag = quoted(str(written["etag"]))
         self._progress_written, self._progress_at = wanted, now
         self.progress_writes += 1
+        self._mark_written(seq)
+
+    def _mark_written(self, seq: int) -> None:
+        with self._written:
+            self._written_seq = max(self._written_seq, seq)
+            if self._written_seq >= self._progress_seq:
+                self._urgent = False
+            self._written.notify_all()
 
     def _lose(self, why: str) -> None:
         """End this incarnation for good; raises IncarnationLost when joining."""
         first = self.lost is None
         self.lost = why
         self.validity.end()
+        with self._written:
+            self._written.notify_all()
         if first:
             logger.error("Member %s is lost: %s; it claims nothing more", self.incarnation, why)
             if self._on_lost is not None and self._joined:
@@ -324,10 +376,16 @@ class Member:
         NFS) or release the lease, so that peers adopt what is left without waiting for it to
         lapse. Best effort: a failure is logged, and the lease lapses anyway."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
         if self.lost is not None or not self._joined:
             return
+        if self.validity.valid():
+            try:  # the last counters, for the sums every replica shows
+                self._write_progress(now_anyway=True)
+            except Exception:
+                logger.exception("Member %s: last progress not written", self.incarnation)
         self.validity.end()
         self.lost = "left"
         try:

@@ -105,17 +105,26 @@ class SharedState:
         logger.error("%s; read as empty until it is replaced", text)
         return Snapshot(EMPTY, etag, text, raw)
 
-    def update(self, change: Change) -> Snapshot:
+    def update(self, change: Change, fallback: StateDoc | None = None) -> Snapshot:
         """Apply `change` to the current state and write the result, again and again until
         no other writer came in between. Returns what was written (or read, when `change`
         changed nothing). Raises what `change` raises (SessionConflict), ControlUnavailable
-        (storage, or CAS_TRIES races lost in a row), ControlRefused, StateTooNew."""
+        (storage, or CAS_TRIES races lost in a row), ControlRefused, StateTooNew.
+
+        `fallback` is the last state the caller read whole: when the blob is damaged, or gone
+        (deleted by hand), `change` applies to it instead of to an empty state, so that no
+        session is forgotten because someone replaced or removed the blob."""
         for _ in range(CAS_TRIES):
             snap = self.read()
-            new = change(snap.doc)
+            base = snap.doc
+            lost = snap.damaged is not None or snap.etag is None
+            if lost and fallback is not None and fallback.generation >= base.generation:
+                base = fallback
+            new = change(base)
             if new == snap.doc and snap.damaged is None:
                 return snap
-            new = new.model_copy(update={"generation": snap.doc.generation + 1})
+            generation = max(base.generation, snap.doc.generation) + 1
+            new = new.model_copy(update={"generation": generation})
             if snap.damaged is not None:
                 self._set_aside(snap)
             etag = self._write(new, snap.etag)
@@ -167,4 +176,6 @@ class SharedState:
         except ValueError as exc:
             logger.error("Not importing the local session state file: %s", reason(exc))
             return False
+        # Generation 1 at least: every state a member can have seen is then a write's.
+        doc = doc.model_copy(update={"generation": doc.generation + 1})
         return self._write(doc, None) is not None

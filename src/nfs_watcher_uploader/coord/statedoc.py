@@ -1,12 +1,24 @@
 """The shared session state document, and how it is read back.
 
-It is today's `sessions.json` with one more field, `generation`, raised by every write (so a
-member can say which state it has seen, and an operator which is newer):
+It is today's `sessions.json` with a few more fields, so that the first replica imports
+today's file as it is:
 
-    {"version": 1, "generation": 7, "sessions": [{"name", "date_prefix", "state",
-     "started_at", "stopped_at", "redrained_at"}, ...]}
+    {"version": 1, "generation": 7,
+     "sessions": [{"name", "date_prefix", "state", "started_at", "stopped_at",
+                   "redrained_at", "drain_gen"}, ...],
+     "reports": [{"id", "name", "date_prefix", "state", "started_at", "stopped_at",
+                  "drain_start", "finished_at"}, ...],
+     "bandwidth_override": {"rate": 1048576} | null}
 
-so that the first replica imports today's file as it is. Anyone allowed to write the control
+    generation          raised by every write: a member says which state it has seen, and an
+                        operator which is newer
+    drain_gen           the generation whose write began the session's current drain: a
+                        member's "nothing of it left here" counts for that drain only if it was
+                        found after the member had seen that generation (no clocks compared)
+    reports             the ends of sessions whose manifest and event are still due, kept
+                        until a replica has done them (the leader that ended a session may die
+                        before it wrote its report job)
+    bandwidth_override  PUT /v1/bandwidth, for every replica Anyone allowed to write the control
 container may have written anything there: the size and depth are capped before it is parsed
 (untrusted.py), then shape and meaning are checked (types strictly, finite times, session
 names and dates by the service's own rules, each name once). As today, of several sessions
@@ -16,7 +28,7 @@ is StateTooNew: read by a newer replica during a rolling upgrade, never overwrit
 
 import json
 import logging
-from typing import Annotated, cast
+from typing import Annotated, Literal, cast
 
 from pydantic import (
     AfterValidator,
@@ -62,6 +74,7 @@ class StoredSession(BaseModel):
     started_at: Seconds
     stopped_at: Seconds | None = None
     redrained_at: Seconds | None = None
+    drain_gen: int | None = Field(default=None, ge=0)
 
     @property
     def watched(self) -> bool:
@@ -73,12 +86,40 @@ class StoredSession(BaseModel):
         return self.redrained_at or self.stopped_at
 
 
+EndedName = Literal["drained", "drain_timed_out"]
+
+
+class ReportDue(BaseModel):
+    """A session's end whose manifest and event are still to be done (reports.py's job, by id)."""
+
+    model_config = ConfigDict(frozen=True, strict=True, extra="ignore", hide_input_in_errors=True)
+
+    id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[0-9a-f-]+$")]
+    name: SessionName
+    date_prefix: DatePrefix
+    state: EndedName
+    started_at: Seconds
+    stopped_at: Seconds | None = None
+    drain_start: Seconds | None = None
+    finished_at: Seconds
+
+
+class BandwidthOverride(BaseModel):
+    """The limit set through the API for every replica (`rate` None: off)."""
+
+    model_config = ConfigDict(frozen=True, strict=True, extra="ignore", hide_input_in_errors=True)
+
+    rate: int | None = Field(default=None, ge=1)
+
+
 class StateDoc(BaseModel):
     model_config = ConfigDict(frozen=True, strict=True, extra="ignore", hide_input_in_errors=True)
 
     version: int = STATE_VERSION
     generation: int = Field(default=0, ge=0)
     sessions: tuple[StoredSession, ...] = Field(default=(), max_length=SESSIONS_MAX)
+    reports: tuple[ReportDue, ...] = Field(default=(), max_length=SESSIONS_MAX)
+    bandwidth_override: BandwidthOverride | None = None
 
     @property
     def active(self) -> StoredSession | None:

@@ -5,10 +5,18 @@ Each function takes the document as it was read and returns the document to writ
 SessionConflict (HTTP 409) when the rule refuses. `shared_state.update` runs it again on the
 document a concurrent writer left whenever its write loses the race, so a rule is always
 checked against the state it changes: of 20 starts at once, across replicas, one succeeds.
+A change that begins a drain (stop, reopen, recovered) marks it with the generation being
+written (`drain_gen`).
 """
 
 from nfs_watcher_uploader.constants import DRAINED_SESSIONS_KEPT
-from nfs_watcher_uploader.coord.statedoc import StateDoc, StoredSession
+from nfs_watcher_uploader.coord.statedoc import (
+    BandwidthOverride,
+    EndedName,
+    ReportDue,
+    StateDoc,
+    StoredSession,
+)
 from nfs_watcher_uploader.errors import SessionConflict
 from nfs_watcher_uploader.items import SessionStateName, check_session_name
 
@@ -36,27 +44,63 @@ def start(doc: StateDoc, name: str, date_prefix: str, now: float) -> StateDoc:
     return _replace(doc, session)
 
 
+def _next(doc: StateDoc) -> int:
+    """The generation the write of a change of `doc` will have (shared_state raises it)."""
+    return doc.generation + 1
+
+
 def stop(doc: StateDoc, now: float) -> tuple[StateDoc, StoredSession | None]:
     """Stop the active session: it drains from now on. (doc, None) when none is active."""
     active = doc.active
     if active is None:
         return doc, None
-    stopped = active.model_copy(update={"state": "draining", "stopped_at": now})
+    update = {"state": "draining", "stopped_at": now, "drain_gen": _next(doc)}
+    stopped = active.model_copy(update=update)
     return _replace(doc, stopped), stopped
 
 
 def finish(
-    doc: StateDoc, name: str, state: SessionStateName, drain_start: float | None
+    doc: StateDoc,
+    name: str,
+    state: SessionStateName,
+    drain_start: float | None,
+    report: ReportDue | None = None,
 ) -> StateDoc:
     """Record that session `name` drained (or timed out), if it is still draining the drain
     that the leader judged: one started again, stopped again or reopened since is not ended
-    by a judgment of its earlier drain."""
+    by a judgment of its earlier drain. `report`, when given, is kept as due (see statedoc)
+    in the same write, so that no end is ever recorded without its report."""
     if state not in ("drained", "drain_timed_out"):
         raise ValueError(f"{state!r} is not an end")
     session = doc.get(name)
     if session is None or session.state != "draining" or session.drain_start != drain_start:
         raise SessionConflict(f"session {name!r} is not in the drain that was judged")
-    return _replace(doc, session.model_copy(update={"state": state}))
+    doc = _replace(doc, session.model_copy(update={"state": state}))
+    if report is not None and all(r.id != report.id for r in doc.reports):
+        doc = doc.model_copy(update={"reports": (*doc.reports, report)})
+    return doc
+
+
+def reported(doc: StateDoc, report_id: str) -> StateDoc:
+    """The report `report_id` is done: no longer due (no change when it was not)."""
+    left = tuple(r for r in doc.reports if r.id != report_id)
+    return doc if len(left) == len(doc.reports) else doc.model_copy(update={"reports": left})
+
+
+def report_due(
+    name: str, state: EndedName, session: StoredSession, report_id: str, now: float
+) -> ReportDue:
+    """The due report of `session`'s end as `state`."""
+    return ReportDue(
+        id=report_id,
+        name=name,
+        date_prefix=session.date_prefix,
+        state=state,
+        started_at=session.started_at,
+        stopped_at=session.stopped_at,
+        drain_start=session.drain_start,
+        finished_at=now,
+    )
 
 
 def reopen(doc: StateDoc, name: str, now: float) -> StateDoc:
@@ -64,7 +108,15 @@ def reopen(doc: StateDoc, name: str, now: float) -> StateDoc:
     session = doc.get(name)
     if session is None or session.watched:
         return doc
-    return _replace(doc, session.model_copy(update={"state": "draining", "redrained_at": now}))
+    update = {"state": "draining", "redrained_at": now, "drain_gen": _next(doc)}
+    return _replace(doc, session.model_copy(update=update))
+
+
+def set_bandwidth(doc: StateDoc, override: BandwidthOverride | None) -> StateDoc:
+    """The bandwidth override of every replica (None: cleared)."""
+    if doc.bandwidth_override == override:
+        return doc
+    return doc.model_copy(update={"bandwidth_override": override})
 
 
 def recovered(doc: StateDoc, name: str, date_prefix: str, now: float) -> StateDoc:
@@ -77,5 +129,6 @@ def recovered(doc: StateDoc, name: str, date_prefix: str, now: float) -> StateDo
         state="draining",
         started_at=now,
         stopped_at=now,
+        drain_gen=_next(doc),
     )
     return _replace(doc, session)

@@ -9,6 +9,12 @@ down to MAX_DEPTH levels of subfolders. A draining session becomes `drained` onc
 after the stop finds no file anywhere below its incoming folder (and no folder too deep to
 scan) and none of its files is queued, in flight, retrying or parked. Entries that are not
 regular files (symbolic links, FIFOs) are never taken: they are reported and do not count.
+
+With other replicas on the share (APP_COORDINATION=azure) the sessions come from the shared
+state (`Sessions.refresh`, at the start of each pass), a ready file is offered only if `take`
+says this member should claim it (rendezvous, or stable past APP_STEAL_AFTER_S), and a draining
+session is not ended here: the pass notes whether it found the session quiet here
+(`Session.quiet_gen`), and the leader (replicas/leader) judges the drain over every member.
 """
 
 import asyncio
@@ -31,6 +37,8 @@ from nfs_watcher_uploader.work.pipeline import Pipeline
 logger = logging.getLogger(__name__)
 
 ScanFn = Callable[[Path, Wanted, ScanMap, int], Scan]
+# (session, path below its folder, seconds it has looked unchanged) -> whether to offer it.
+TakeFn = Callable[[str, str, float], bool]
 
 
 def stable_files(
@@ -80,11 +88,15 @@ class Watcher:
         self._since: dict[str, dict[str, float]] = {}
         # Per session, the names the last scan found dated after it (see `_scan_session`).
         self._ahead: dict[str, tuple[int, list[str]]] = {}
+        # Which ready files this replica offers (all of them when it is alone).
+        self.take: TakeFn | None = None
         self.heartbeat = time.monotonic()
         self.last_scan_ok: float | None = None
         self.scan_errors = 0
         # When the oldest file waiting to be claimed was last written (seconds), per session.
         self._oldest: dict[str, float] = {}
+        # The generation of the shared state this pass began with (APP_COORDINATION=azure).
+        self._pass_gen = 0
 
     def __repr__(self) -> str:
         return f"Watcher(sessions={list(self._previous)} scan_errors={self.scan_errors})"
@@ -102,6 +114,8 @@ class Watcher:
 
     async def scan_once(self) -> None:
         """One pass over every watched session."""
+        self.sessions.refresh()
+        self._pass_gen = self.sessions.applied_gen
         watched = self.sessions.watched()
         for gone in self._previous.keys() - {s.name for s in watched}:
             del self._previous[gone]
@@ -158,10 +172,12 @@ class Watcher:
             self.settings.upload_order,
             since,
         )
-        self._offer(session, ready, current)
+        self._offer(session, ready, current, since, started)
         for level, text in session.observe(scan, future):
             logger.log(level, "%s", printable(text), extra={"session_name": session.name})
-        if session.state == "draining" and scan.problem is None:
+        if self.sessions.shared is not None:
+            await self._note_quiet(session, scan)
+        elif session.state == "draining" and scan.problem is None:
             await self._check_drain(session, scan, started)
         return True
 
@@ -198,8 +214,18 @@ class Watcher:
             self._oldest.pop(session.name, None)
         return since, future
 
-    def _offer(self, session: Session, names: Iterable[str], seen: ScanMap) -> None:
+    def _offer(
+        self,
+        session: Session,
+        names: Iterable[str],
+        seen: ScanMap,
+        since: Mapping[str, float],
+        now: float,
+    ) -> None:
+        take = self.take
         for rel in names:
+            if take is not None and not take(session.name, rel, now - since.get(rel, now)):
+                continue  # another member's, by rendezvous, and not yet stale
             item = WorkItem(session.name, session.date_prefix, rel, False, seen=seen[rel])
             if not self.pipeline.offer(item):
                 break  # queue full: the rest are offered on a later scan
@@ -226,6 +252,22 @@ class Watcher:
                 extra={"session_name": session.name},
             )
         return queued
+
+    async def _note_quiet(self, session: Session, scan: Scan) -> None:
+        """With other replicas: whether this pass, begun after this member had seen the state
+        of generation `_pass_gen`, found nothing of a draining session here: nothing in
+        incoming, nothing in progress, parked or left claimed in this member's tree."""
+        quiet = (
+            session.state == "draining"
+            and scan.problem is None
+            and self._pass_gen >= session.drain_gen
+            and not (scan.files or scan.too_deep or scan.unreadable)
+            and not session.pending
+            and not session.parked
+        )
+        if quiet and await self._requeue_strays(session):
+            quiet = False
+        session.quiet_gen = self._pass_gen if quiet and not session.pending else 0
 
     async def _check_drain(self, session: Session, scan: Scan, scanned_at: float) -> None:
         extra = {"session_name": session.name}

@@ -65,6 +65,11 @@ class Session:
     # Blobs counted from the ledger at start-up whose files were still in progress then (blob ->
     # size): uploaded again (found already there), they are not counted twice.
     restored: dict[str, int] = field(default_factory=dict[str, int])
+    # With other replicas (APP_COORDINATION=azure): the generation of the shared state whose
+    # write began the current drain, and the generation this member's last pass began with if
+    # it found nothing of the session here (0: it found something, or has not looked).
+    drain_gen: int = 0
+    quiet_gen: int = 0
 
     @property
     def watched(self) -> bool:

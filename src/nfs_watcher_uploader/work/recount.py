@@ -41,9 +41,8 @@ async def recount(
 
 async def _recount(session: Session, ledger: Ledger, recovered: list[WorkItem], nfs: Nfs) -> None:
     date, name = session.date_prefix, session.name
-    entries, dismissed = await nfs.call(
-        lambda: ledger.read_all(date, name), timeout=nfs.timeout * 10
-    )
+    record = await nfs.call(lambda: ledger.read_all(date, name), timeout=nfs.timeout * 10)
+    entries, dismissed = record.files, record.dismissed
     mine = [i for i in recovered if (i.session_name, i.date_prefix) == (name, date)]
     paths = {i.rel for i in mine if not i.completed}
     blobs = {i.blob_name for i in mine if i.completed}

@@ -59,6 +59,7 @@ class Transfer:
         self.layout, self.sessions, self.nfs = context.layout, context.sessions, context.nfs
         self.telemetry, self.stats = context.telemetry, context.stats
         self.delivery = context.delivery
+        self.replica = context.replica
         self.storage, self.completed = storage, completed
         self.allow_links = allow_links
         self._on_staged, self._claim = seams.on_staged, seams.claim
@@ -71,11 +72,17 @@ class Transfer:
         dst = self.layout.processing(item)
         # Unknown whether a failed rename happened (NFS can report a failure for a rename
         # that succeeded): it is retried, and `moves.move` then sees where the file is.
-        links = self.allow_links
+        links, valid = self.allow_links, self.replica.valid
+
+        def claim() -> Moved:
+            # Asked here, in the rename's own thread: nothing can pass between the check and
+            # the rename (a member whose validity ended claims nothing).
+            if not valid():
+                return Moved.GONE
+            return self._claim(folder, item.rel, dst, item.seen, links)
+
         with self.telemetry.step("claim"), nfs_errors("claim"):
-            moved = await self.nfs.call(
-                lambda: self._claim(folder, item.rel, dst, item.seen, links)
-            )
+            moved = await self.nfs.call(claim)
         if moved is Moved.TAKEN:
             if session.hold(item.rel):
                 text = f"{item.rel}: waits in incoming until an earlier file of that name is done"
@@ -105,7 +112,9 @@ class Transfer:
             item, sent_bytes = await self._upload(item, staged, slot, session)
         if not item.recorded:
             item = await self._record(item)
-        await self._complete(item)
+        if not await self._complete(item):
+            session.release(item)  # a peer took the file over: it counts it
+            return
         self._count_uploaded(item, session, sent_bytes)
 
     async def _stage(self, item: WorkItem, slot: Progress) -> Staged | None:
@@ -174,6 +183,9 @@ class Transfer:
             return None
         if still_there:
             raise RetryableError(f"source not readable yet: {exc}") from exc
+        if self.replica.shared:  # a peer took it over while this process was away
+            logger.info("%s was taken over by a peer", printable(item.rel), extra=log_extra(item))
+            raise Skip from exc
         raise PermanentError(f"claimed file vanished from {src.parent}") from exc
 
     async def _upload(
@@ -191,13 +203,20 @@ class Transfer:
         overwrite = item.overwrite or (item.completed and not self.storage.can_read)
         read = staged.read
         info = self.delivery.labels.for_file(item.session_name, wanted, read.md5, read.mtime_ns)
+        # Sent again over its own blob: only over the version this file's commit left there.
+        if_match = item.etag if overwrite else None
         with self.telemetry.step("upload", **attrs):
             sent = await self.storage.upload(
-                local, wanted, staged, slot.touch, overwrite, log_extra(item), info
+                local, wanted, staged, slot.touch, overwrite, log_extra(item), info, if_match
             )
         committed = (read.size, read.mtime_ns)
         item = replace(
-            item, blob_name=sent.blob_name, committed=committed, overwrite=False, md5=read.md5
+            item,
+            blob_name=sent.blob_name,
+            committed=committed,
+            overwrite=False,
+            md5=read.md5,
+            etag=sent.etag,
         )
         if sent.already:
             logger.info(
@@ -228,9 +247,10 @@ class Transfer:
                 raise CompletionPending(item, f"cannot write the ledger: {exc}") from exc
         return replace(item, recorded=True)
 
-    async def _complete(self, item: WorkItem) -> None:
+    async def _complete(self, item: WorkItem) -> bool:
         """Move the claimed file into the completed tree if it still has the size and mtime of
-        the bytes committed; raise LateWrite if not."""
+        the bytes committed; raise LateWrite if not. False when a peer took the file over
+        meanwhile (APP_COORDINATION=azure): the peer counts it, not this process."""
         assert item.committed is not None
         committed = item.committed
         src, done = self.layout.source(item), self.layout.completed(item)
@@ -256,8 +276,16 @@ class Transfer:
             raise CompletionPending(item, "an earlier file of this name is not yet collected")
         if moved is Moved.DONE:
             self.completed.add(done, Completed(item, *committed))
+        elif self.replica.shared and not item.completed:
+            logger.info(
+                "%s was taken over by a peer before it was marked completed",
+                printable(item.rel),
+                extra=log_extra(item),
+            )
+            return False
         else:  # neither side is there: GC already took it
             logger.info("%s already collected", printable(item.rel), extra=log_extra(item))
+        return True
 
     def _count_uploaded(self, item: WorkItem, session: Session, size: int | None) -> None:
         if item.completed and not size:  # a previous run's upload, found intact: not counted
