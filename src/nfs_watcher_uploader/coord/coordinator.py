@@ -16,7 +16,7 @@ whole, `state_problem` says what is wrong, and the next `change` (the leader mak
 `repair`) writes from that state.
 
 At rest a replica sends LEASE_S/RENEW_EVERY_S renews and 60/ROSTER_EVERY_S listings a minute:
-12 + 20 = 32 control requests (tests/coord count them on the wire). Three clients, so that
+12 + 24 = 36 control requests (tests/coord count them on the wire). Three clients, so that
 no thread shares an HTTP session with another: the member's, the loop's, and one (under a
 lock) for the writes the service asks for.
 """
@@ -54,6 +54,8 @@ class Coordinator:
         self._acting = threading.Lock()
         self._lock = threading.Lock()
         self._view: View | None = None
+        # Raised at each listing: a waiter (the service's adoption) acts on each one once.
+        self.listings = 0
         self._snapshot: Snapshot | None = None  # the last state read (or written) whole
         self._read_etag: str | None = None  # the ETag of the blob as last read
         self.state_problem: str | None = None
@@ -129,6 +131,7 @@ class Coordinator:
             self._take(snapshot, known)
         with self._lock:
             self._view = view
+            self.listings += 1
         return view
 
     def _take(self, snapshot: Snapshot, known: Snapshot | None) -> None:

@@ -11,7 +11,8 @@ runs besides what a single replica runs, and the hooks it puts into the parts be
                jobs run once their end is on record (leader.gate)
     loops      the NFS probe its renewals wait on; every second: this member's counters
                published, sessions found through files written to the shared state, the
-               bandwidth share; every listing: adoption, and the leader's work when it leads
+               bandwidth share; after every listing: adoption, and the leader's work when it
+               leads
 
 Start-up calls `join` after storage connected; shutdown `leave` after in-flight files had
 their grace (the lease is released, or the blob deleted when nothing is left here).
@@ -28,7 +29,6 @@ from nfs_watcher_uploader.cloud.webhooks import Webhooks
 from nfs_watcher_uploader.config import Settings
 from nfs_watcher_uploader.constants import LEDGER_SUFFIX, LEDGERS_DIR, OWNERS_DIR
 from nfs_watcher_uploader.coord import transitions
-from nfs_watcher_uploader.coord.constants import ROSTER_EVERY_S
 from nfs_watcher_uploader.coord.errors import CoordError
 from nfs_watcher_uploader.coord.names import is_incarnation
 from nfs_watcher_uploader.coord.statedoc import BandwidthOverride
@@ -50,6 +50,8 @@ from nfs_watcher_uploader.work.pipeline import Pipeline
 logger = logging.getLogger(__name__)
 
 PUMP_EVERY_S = 1.0
+# How often the adoption loop looks for a new listing.
+LISTING_POLL_S = 0.2
 
 
 def ledger_sources(processing_root: Path) -> Sources:
@@ -89,6 +91,7 @@ class Replicas:
         self.leader: Leader | None = None
         self.pump_errors = 0
         self._quiet: dict[str, int] = {}
+        self._listings = 0
 
     def __repr__(self) -> str:
         return f"Replicas({self.membership!r} {self.adoption!r} {self.leader!r})"
@@ -144,7 +147,7 @@ class Replicas:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.membership.run_probe(), name="nfs-probe")
             tg.create_task(self._every(PUMP_EVERY_S, self.pump), name="replica-pump")
-            tg.create_task(self._every(ROSTER_EVERY_S, self.roster_work), name="adoption")
+            tg.create_task(self._every(LISTING_POLL_S, self._on_listing), name="adoption")
 
     async def _every(self, seconds: float, step: Callable[[], Awaitable[None]]) -> None:
         while True:
@@ -168,6 +171,15 @@ class Replicas:
             if doc is not None:
                 override = doc.bandwidth_override
                 bandwidth.take_override(None if override is None else (override.rate,))
+
+    async def _on_listing(self) -> None:
+        """Roster work once after each new listing (the roster loop lists in its thread): a
+        dead member is acted on as soon as a listing shows it, not a loop period later."""
+        coordinator = self.membership.coordinator
+        if coordinator is None or coordinator.listings == self._listings:
+            return
+        self._listings = coordinator.listings
+        await self.roster_work()
 
     async def roster_work(self) -> None:
         """Every listing: adoption; then the leader's work, when this member leads."""
