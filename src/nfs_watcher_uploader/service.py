@@ -266,11 +266,11 @@ class Service:
         self.phase = "checking the share"
         share, replicas = self.share, self.replicas
         await self._until_ok(lambda: probe_share(share, self.nfs), "check the share")
-        shared = replicas is not None
-        await self._until_ok(
-            lambda: self.nfs.call(lambda: claim_mode(share.processing_root, shared)),
-            "check the share's mode",
-        )
+        if replicas is None:  # a share that replicas use is not for a single one
+            await self._until_ok(
+                lambda: self.nfs.call(lambda: claim_mode(share.processing_root, False)),
+                "check the share's mode",
+            )
         self._outbound.append(asyncio.create_task(self.delivery.webhooks.run(), name="webhooks"))
         if replicas is None:  # with replicas, the sessions come from storage (below)
             self.phase = "loading sessions"

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import anyio.to_thread
+from azure.core.exceptions import ResourceNotFoundError
 
 from nfs_watcher_uploader.blob.blobinfo import uploader_version
 from nfs_watcher_uploader.config import Settings
@@ -88,9 +89,7 @@ class Membership:
         the last try stopped. Raises CannotStart for what cannot heal, IncarnationLost (start
         over as a new incarnation), and coord's ControlUnavailable (try again later)."""
         self._loop = asyncio.get_running_loop()
-        if self.make_client is None:
-            self.make_client = make_control_client(self.settings, self.container, auth_used)
-        make = self.make_client
+        make = self.client_maker(auth_used)
         try:
             if self.member is None:
                 await anyio.to_thread.run_sync(self._container, make)
@@ -124,15 +123,34 @@ class Membership:
             self.container,
         )
 
+    def client_maker(self, auth_used: str | None) -> MakeClient:
+        """The maker of control clients (with the data credential); CannotStart when that
+        credential cannot reach the control container and no setting gives one that can."""
+        if self.make_client is None:
+            self.make_client = make_control_client(self.settings, self.container, auth_used)
+        return self.make_client
+
     def _container(self, make: MakeClient) -> None:
+        """Create the control container (APP_AZURE_CREATE_CONTAINER), or make sure it is there
+        by listing it, which every member does anyway (a container SAS may list, not look at
+        the container itself). Raises ControlRefused or CannotStart when no waiting helps."""
         client = make()
         if self.settings.azure_create_container:
-            ensure_container(client)
-            return
+            try:
+                ensure_container(client)
+                return
+            except ControlRefused:  # may not create containers: it may still be there
+                pass
         try:
-            client.get_container_properties()
+            next(iter(client.list_blobs(results_per_page=1).by_page()), None)
+        except ResourceNotFoundError:
+            raise CannotStart(
+                f"the control container {self.container} does not exist and may not be "
+                "created with this credential (or APP_AZURE_CREATE_CONTAINER=false): create "
+                "it, or name another with APP_AZURE_CONTROL_CONTAINER"
+            ) from None
         except STORAGE_ERRORS as exc:
-            raise classify(exc, f"looking at the control container {self.container}") from None
+            raise classify(exc, f"listing the control container {self.container}") from None
 
     async def _import(self, make: MakeClient) -> None:
         """Today's sessions.json into the shared state (create-only), then set aside."""

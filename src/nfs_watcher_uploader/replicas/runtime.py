@@ -35,6 +35,7 @@ from nfs_watcher_uploader.coord.statedoc import BandwidthOverride
 from nfs_watcher_uploader.intake.watcher import Watcher
 from nfs_watcher_uploader.nfs import trees
 from nfs_watcher_uploader.nfs.layout import Layout
+from nfs_watcher_uploader.nfs.probe import claim_mode
 from nfs_watcher_uploader.nfs.runner import Nfs
 from nfs_watcher_uploader.replicas import progress
 from nfs_watcher_uploader.replicas.adoption import Adoption
@@ -138,7 +139,12 @@ class Replicas:
         )
 
     async def join(self, can_read: bool, auth_used: str | None) -> None:
+        """Refuse what cannot work; mark the share for replicas (a single replica then
+        refuses it); join. Nothing is created before the refusals."""
         refuse_blind(can_read)
+        self.membership.client_maker(auth_used)
+        root = self.base.processing_root
+        await self.nfs.call(lambda: claim_mode(root, True))
         await self.membership.join(auth_used)
 
     # --- loops ------------------------------------------------------------------------------
