@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 AZURITE_VERSION := 3.35.0
 AZURITE := .tools/azurite/node_modules/.bin/azurite
 
-.PHONY: install run test check lint format typecheck pytest image-test check-arm64 bench \
+.PHONY: install run test check lint format typecheck pytest image-test check-arm64 bench chaos \
         azurite azurite-stop \
         dev-up dev-down docker-build docker-up docker-down k3s-apply k3s-delete lock clean \
         prometheusrule
@@ -100,7 +100,7 @@ typecheck: install
 	$(BIN)/pyright
 
 pytest: install
-	$(BIN)/python -m pytest -m "not image"
+	$(BIN)/python -m pytest -m "not image and not chaos"
 
 check: lint typecheck
 	$(BIN)/ruff format --check src tests bench
@@ -119,6 +119,11 @@ check-arm64: install
 
 bench: install
 	$(BIN)/python -m bench.run
+
+# The seeded chaos run of three replicas (tests/system/replicas/test_chaos.py): several
+# minutes of kills, pauses, stops and cut-offs while files arrive. CHAOS_SEED, CHAOS_SECONDS.
+chaos: install
+	$(BIN)/python -m pytest -m chaos -s -p no:cacheprovider
 
 # Re-pin dependencies (needs network to PyPI).
 lock: install
