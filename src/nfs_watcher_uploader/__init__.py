@@ -18,12 +18,13 @@ a cycle):
                                block_ids, blobinfo
     uplink/                    bandwidth, wire
     sessions/                  session, registry, stored: sessions, their progress, their file
-    nfs/                       runner, opening, scan, moves, copying, state, trees, probe,
-                               layout, handover
+    nfs/                       runner, opening, reading, scan, moves, copying, state, trees,
+                               probe, layout, handover
     telemetry                  traces, metrics, logs
     settings_checks            settings that can never work; loading them, or exit naming each
     coord/                     coordination of N replicas through the control container:
                                member leases, roster, rendezvous, the shared session state
     config, errors, items      settings; what a caller does about a failure; the domain's items
     constants, rates, backoff  names and limits; rates and schedules; trying again
+    redaction                  what no error text may show (a URL's query, a key)
 """

@@ -15,6 +15,8 @@ import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 
+from nfs_watcher_uploader.redaction import redact
+
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
     """Exponential backoff with jitter: base * 2**(attempt-1), capped, times 0.5-1.0."""
@@ -44,7 +46,7 @@ async def until_ok[T](
                 return result
             error = "not done"
         except retryable as exc:
-            error = str(exc)
+            error = redact(str(exc))  # it becomes /readyz's phase: no credential in it
         attempt += 1
         delay = backoff_delay(attempt, *retry, rng)
         waiting(error)

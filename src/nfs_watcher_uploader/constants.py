@@ -40,6 +40,29 @@ MANIFEST_SUFFIX = ".manifest.json"
 # line (a session's end is always kept).
 OUTBOX_MAX = 10_000
 
+# What the service cannot use among the files it reads back from the share (a link, a FIFO, a
+# huge or damaged file) is moved here, under its own path, never over another file: a file set
+# aside beside the others of its tree would be read again as one of them.
+SET_ASIDE_DIR = "_set_aside"
+# The most the service reads of each kind of file it reads back from the share: anything larger
+# is not one of its own files (nor what a client of a small JSON file should load into memory).
+STATE_FILE_MAX = 16 * 1024 * 1024  # sessions.json: about 200 bytes per session kept
+SMALL_FILE_MAX = 64 * 1024  # bandwidth.json, a parked file's reason
+JOB_FILE_MAX = 64 * 1024 * 1024  # a report job lists the session's excluded files
+LEDGER_MAX = 1024 * 1024 * 1024  # a ledger: a few hundred bytes per file of the session
+LEDGER_LINE_MAX = 64 * 1024  # one ledger line: a blob name and a path, escaped
+TOKEN_FILE_MAX = 4 * 1024  # APP_API_TOKEN_FILE: one token
+# JSON nested deeper than this is not ours (ours nest at most 4 levels), and is refused before
+# a parser recurses into it.
+JSON_DEPTH_MAX = 32
+# Many small files read back (parked files' reasons, jobs) are read in batches, each one NFS
+# call that stops after this share of the NFS deadline: however many there are, no call runs
+# into its deadline (`Nfs.in_batches`).
+BATCH_SHARE = 0.25
+# Batches read at once: half the threads for short NFS calls (META_THREADS), the rest stays free
+# for scans, claims and the API's own calls.
+BATCH_READERS = 4
+
 # Only ASCII digits: \d would also take other scripts' digits.
 DATE_DIR_RE = re.compile(r"^[0-9]{8}$")
 
@@ -56,8 +79,9 @@ MAX_BLOCKS = 50_000
 MAX_BLOB_NAME = 1024
 MAX_BLOB_PATH_SEGMENTS = 254
 
-# How many drained sessions the API keeps reporting (they are persisted too, so a recorder that
-# polls `drained` after a restart still gets its answer).
+# How many ended sessions the API keeps reporting (they are persisted too, so a recorder that
+# polls `drained` after a restart still gets its answer). A session with parked files, or with
+# work in progress, is kept whatever their number: it still needs a person (or the service).
 DRAINED_SESSIONS_KEPT = 200
 
 # Copy chunk for NFS -> staging; matches the rsize/wsize of the k8s mount options.
@@ -136,6 +160,11 @@ SOURCE_ID_MAX = 256
 CONTAINER_NAME_MIN = 3
 CONTAINER_NAME_MAX = 63
 SPECIAL_CONTAINERS = frozenset({"$root", "$web"})
+# How far apart this device's clock, storage's and the one a SAS was made on may be: Azure
+# advises a SAS start time 15 minutes back for clock skew
+# (learn.microsoft.com/azure/storage/common/storage-sas-overview, best practices). A SAS refused
+# while its start time is closer than this may be valid later: start-up waits for it.
+CLOCK_SKEW_S = 15 * 60.0
 # The start-up probe (nfs/probe) renames a file of this name from incoming into processing and
 # back. A dot name at the incoming root: the watcher only looks inside session folders, and the
 # default excludes skip dot names anyway. A probe lasts a few NFS calls; one older than this

@@ -1,12 +1,22 @@
 """The domain's items: a piece of work (one file), the pipeline's counters, a parked file, the
-rules for session names, and `printable`, through which every name reaches a log or an answer.
-Plain data, no I/O: every layer above may use them."""
+rules for session names, paths and blob names, and `printable`, through which every name
+reaches a log or an answer (`error_text` for an error's text). Plain data, no I/O: every layer
+above may use them."""
 
 import itertools
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
-from nfs_watcher_uploader.constants import MANIFEST_SUFFIX, SESSION_NAME_MAX, SESSION_NAME_RE
+from nfs_watcher_uploader.constants import (
+    MANIFEST_SUFFIX,
+    MAX_BLOB_NAME,
+    MAX_BLOB_PATH_SEGMENTS,
+    NAME_MAX,
+    SESSION_NAME_MAX,
+    SESSION_NAME_RE,
+)
+from nfs_watcher_uploader.redaction import redact
 
 
 def log_extra(item: "WorkItem") -> dict[str, str]:
@@ -73,6 +83,58 @@ def printable(text: str) -> str:
         else:
             out.append(ch.encode("unicode_escape", "backslashreplace").decode("ascii"))
     return "".join(out)
+
+
+def error_text(text: str) -> str:
+    """An error's text as it may reach a log line, an answer or a span: no credential (a URL's
+    query string, say: `redaction`), nothing unprintable."""
+    return printable(redact(text))
+
+
+def path_problem(rel: str) -> str | None:
+    """Why `rel` cannot be the path of a file below its session folder ('cam2/rec1.bin'), or
+    None: it must stay inside the folder (relative, no empty, '.' or '..' segment), and each
+    segment must be a file name (no NUL, at most NAME_MAX bytes). Checked wherever such a path
+    is read back from the share, before it is joined to a folder."""
+    if not rel:
+        return "an empty path"
+    if rel.startswith("/"):
+        return "an absolute path"
+    parts = rel.split("/")
+    if len(parts) > MAX_BLOB_PATH_SEGMENTS:
+        return f"more than {MAX_BLOB_PATH_SEGMENTS} path segments"
+    for part in parts:
+        if part in ("", ".", ".."):
+            return "an empty, '.' or '..' path segment (it would point elsewhere)"
+        if "\0" in part:
+            return "a NUL character"
+        if len(os.fsencode(part)) > NAME_MAX:
+            return f"a path segment longer than {NAME_MAX} bytes"
+    return None
+
+
+def blob_name_problem(name: str) -> str | None:
+    """Why Azure would store a blob under another name than `name`, or refuse it; None when
+    `name` can be a blob's name as it is. One rule set, used wherever a name is made or read
+    back (the upload, its `~2` versions, the ledger, verify):
+    https://learn.microsoft.com/rest/api/storageservices/naming-and-referencing-containers--blobs--and-metadata
+    """
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "file name is not valid UTF-8, so it cannot be a blob name"
+    if len(name) > MAX_BLOB_NAME:
+        return f"blob name is {len(name)} characters; Azure allows {MAX_BLOB_NAME}"
+    if name.endswith((".", "/", "\\")):
+        return "blob names must not end with '.', '/' or '\\'"
+    if "\\" in name:
+        return "blob names must not hold '\\': storage reads it as '/', another file's name"
+    segments = name.split("/")
+    if len(segments) > MAX_BLOB_PATH_SEGMENTS:
+        return f"blob name has more than {MAX_BLOB_PATH_SEGMENTS} path segments"
+    if any(s in ("", ".", "..") for s in segments):
+        return "blob names must not hold empty, '.' or '..' segments (the URL would resolve them)"
+    return None
 
 
 def check_session_name(name: str) -> str:

@@ -54,6 +54,7 @@ from nfs_watcher_uploader.nfs import copying, moves, opening, scan
 from nfs_watcher_uploader.nfs.layout import Layout
 from nfs_watcher_uploader.nfs.probe import claim_mode, probe_share
 from nfs_watcher_uploader.nfs.runner import Nfs
+from nfs_watcher_uploader.redaction import redact
 from nfs_watcher_uploader.replicas import progress
 from nfs_watcher_uploader.replicas.runtime import Replicas, ledger_sources
 from nfs_watcher_uploader.sessions.registry import Sessions
@@ -95,7 +96,10 @@ class Service:
         copy: CopyFn = copying.copy_and_hash,
         exit_process: Callable[[int], object] = os._exit,
         on_fatal: Callable[[str], object] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """`clock` is the wall clock of sessions' dates and times and of ledger retention (tests
+        move it); the other keyword arguments are test seams too."""
         self.settings = settings
         self.nfs = Nfs(settings.nfs_timeout_s, copy_threads=settings.worker_concurrency)
         self.telemetry = telemetry or Telemetry()
@@ -120,6 +124,7 @@ class Service:
         self.sessions = Sessions(
             own.nfs_processing_root,
             self.nfs,
+            clock,
             on_end=self._ended,
             shared=None if self.replicas is None else self.replicas.membership,
         )
@@ -158,7 +163,7 @@ class Service:
         self.retention: LedgerRetention | None = None
         if d.ledger is not None:
             days = settings.ledger_retention_days
-            self.retention = LedgerRetention(layout, self.nfs, days, self._ledger_needed)
+            self.retention = LedgerRetention(layout, self.nfs, days, self._ledger_needed, clock)
             chores.append(self.retention.sweep)
         self.gc = GarbageCollector(
             own,
@@ -250,7 +255,7 @@ class Service:
         try:
             await self._start_up()
         except CannotStart as exc:
-            self.fatal = str(exc)
+            self.fatal = redact(str(exc))  # it is /readyz's and /healthz's answer
             self.phase = f"cannot start: {self.fatal}"
             logger.critical("Cannot start: %s", self.fatal)
             if self._on_fatal is not None:

@@ -120,14 +120,21 @@ def container_name_problem(name: str) -> str | None:
     return f"APP_AZURE_CONTAINER={name!r} {broken} ({_CONTAINER_RULES})"
 
 
-def blob_endpoint(connection_string: str) -> str | None:
-    """The blob endpoint a connection string points at (its BlobEndpoint, or the one its
-    AccountName, protocol and EndpointSuffix make), or None when it names none."""
+def connection_string_fields(connection_string: str) -> dict[str, str]:
+    """The `Key=value` fields of a connection string, by lowercase key (a value keeps its own
+    `=`s: a SharedAccessSignature holds several)."""
     fields: dict[str, str] = {}
     for part in connection_string.split(";"):
         key, sep, value = part.partition("=")
         if sep:
             fields[key.strip().lower()] = value.strip()
+    return fields
+
+
+def blob_endpoint(connection_string: str) -> str | None:
+    """The blob endpoint a connection string points at (its BlobEndpoint, or the one its
+    AccountName, protocol and EndpointSuffix make), or None when it names none."""
+    fields = connection_string_fields(connection_string)
     if fields.get("usedevelopmentstorage", "").lower() == "true":
         return _DEVELOPMENT_ENDPOINT
     if endpoint := fields.get("blobendpoint"):

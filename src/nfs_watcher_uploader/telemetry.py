@@ -10,6 +10,7 @@ provider every call is a no-op.
 
 import logging
 import os
+import traceback
 from collections.abc import Callable, Generator, Iterable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,10 +21,12 @@ from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Span, Status, StatusCode
 from prometheus_client import CollectorRegistry
+from pythonjsonlogger.json import JsonFormatter
 
 from nfs_watcher_uploader.constants import UPLOAD_RATE_WINDOW_S
 from nfs_watcher_uploader.items import SessionStateName, WorkItem, printable
 from nfs_watcher_uploader.rates import RecentRate
+from nfs_watcher_uploader.redaction import redact
 
 METER_NAME = TRACER_NAME = "nfs_watcher_uploader"
 SERVICE_NAME = "nfs-watcher-uploader"
@@ -32,6 +35,25 @@ SESSION_STATES: tuple[SessionStateName, ...] = get_args(SessionStateName)
 EXCLUDED_URLS = "healthz,readyz,metrics"
 # Request headers that carry credentials: never recorded on a span.
 SECRET_HEADERS = ("authorization", "proxy-authorization", "cookie")
+# The only labels of the HTTP server metrics: the route's template (never the path), the
+# method (unknown ones are `_OTHER`), the status, the scheme and the protocol version. The
+# instrumentation adds the Host header (`http.server_name`) and the listening address too: every
+# distinct Host any client sends would be a new series, kept for ever.
+HTTP_SERVER_METRIC_LABELS = frozenset(
+    {
+        "http.method",
+        "http.request.method",
+        "http.status_code",
+        "http.response.status_code",
+        "http.target",  # the route's template (the instrumentation sets no other on metrics)
+        "http.route",
+        "http.scheme",
+        "url.scheme",
+        "http.flavor",
+        "network.protocol.version",
+        "error.type",
+    }
+)
 
 
 def _env_true(name: str) -> bool:
@@ -71,6 +93,7 @@ def setup_telemetry(app: FastAPI) -> Providers:
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+    from opentelemetry.sdk.metrics.view import View
     from opentelemetry.sdk.resources import OTELResourceDetector, Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -88,7 +111,9 @@ def setup_telemetry(app: FastAPI) -> Providers:
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
         readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
-    meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+    # No label from a request header: route templates only (HTTP_SERVER_METRIC_LABELS).
+    views = [View(instrument_name="http.server.*", attribute_keys=set(HTTP_SERVER_METRIC_LABELS))]
+    meter_provider = MeterProvider(resource=resource, metric_readers=readers, views=views)
     from opentelemetry.util.http import (
         OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS,
         get_custom_headers,
@@ -288,14 +313,12 @@ class Telemetry:
             try:
                 yield span
             except BaseException as exc:
-                span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR, str(exc)[:200]))
+                record_error(span, exc)
                 raise
 
     def failed_attempt(self, span: Span, exc: BaseException) -> None:
         """Mark a file's span as failed (the file is retried or parked under a new span)."""
-        span.record_exception(exc)
-        span.set_status(Status(StatusCode.ERROR, str(exc)[:200]))
+        record_error(span, exc)
 
     def set_file_size(self, size: int) -> None:
         """Record the size on the current file span, once it is known."""
@@ -321,6 +344,29 @@ class Telemetry:
         self.late_writes.add(1)
 
 
+def record_error(span: Span, exc: BaseException) -> None:
+    """`span.record_exception` and an error status, with every text redacted: a library's
+    message (and so its traceback) may quote a URL with a SAS."""
+    message = redact(str(exc))
+    span.add_event(
+        "exception",
+        {
+            "exception.type": type(exc).__qualname__,
+            "exception.message": message,
+            "exception.stacktrace": redact("".join(traceback.format_exception(exc))),
+        },
+    )
+    span.set_status(Status(StatusCode.ERROR, message[:200]))
+
+
+class _Redacting(JsonFormatter):
+    """JSON log lines, each redacted whole: whatever a library put in a message or a traceback,
+    no URL's query string or credential reaches the log."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
 class _TraceContext(logging.Filter):
     """Adds the current span's trace_id, span_id and trace_flags to every record."""
 
@@ -336,12 +382,10 @@ class _TraceContext(logging.Filter):
 def configure_logging(level: int = logging.INFO) -> None:
     """JSON lines on stderr (python-json-logger) with the trace context; quiet Azure SDK and
     access logs."""
-    from pythonjsonlogger.json import JsonFormatter
-
     handler = logging.StreamHandler()
     handler.addFilter(_TraceContext())
     handler.setFormatter(
-        JsonFormatter(
+        _Redacting(
             "%(asctime)s %(levelname)s %(name)s %(message)s",
             rename_fields={"asctime": "timestamp", "levelname": "level", "name": "logger"},
             timestamp=False,

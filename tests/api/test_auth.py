@@ -1,13 +1,16 @@
 """Every /v1 route needs the bearer token, checked before the body is read; the probes stay open."""
 
+import asyncio
 import logging
 import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
+from nfs_watcher_uploader.api.auth import ApiToken
 from nfs_watcher_uploader.config import Settings
 from tests.support.helpers import RunningService, ServiceProcess, wait_for
 
@@ -179,3 +182,78 @@ def test_an_unusable_token_file_stops_start_up(
     text = proc.log.read_text()
     assert f"APP_API_TOKEN_FILE {missing}: No such file or directory" in text
     assert "Traceback" not in text
+
+
+def _release(fifo: Path) -> None:
+    """Let a reader that waits on `fifo` go (a writer came), if it is still there."""
+    try:
+        os.close(os.open(fifo, os.O_RDWR | os.O_NONBLOCK))
+    except OSError:
+        pass
+
+
+@pytest.mark.adversarial
+@pytest.mark.parametrize("what", ["a FIFO", "a link out of its folder"])
+def test_a_token_file_that_is_a_fifo_or_a_link_elsewhere_stops_start_up_with_a_line(
+    tmp_path: Path, settings_factory: Callable[..., Settings], what: str
+) -> None:
+    """APP_API_TOKEN_FILE pointing at a FIFO hung start-up before the server listened (the
+    README promises a line and an exit).
+
+    Issue 21, finding 8.
+    """
+    folder = tmp_path / "secret"
+    folder.mkdir()
+    path = folder / "api-token"
+    if what == "a FIFO":
+        os.mkfifo(path)
+    else:
+        (tmp_path / "elsewhere").write_text(TOKEN)
+        path.symlink_to(tmp_path / "elsewhere")
+    proc = ServiceProcess(settings_factory(api_token_file=path), tmp_path / "service.log")
+    proc.start(wait_ready=False)
+    assert proc.proc is not None
+    try:
+        code = proc.proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.proc.kill()
+        proc.proc.wait()
+        pytest.fail(f"start-up went on (or hung) with {what}: {proc.log.read_text()[-2000:]}")
+    finally:
+        _release(path)
+    text = proc.log.read_text()
+    assert code == 1, text
+    assert f"APP_API_TOKEN_FILE {path}:" in text
+    assert ("FIFO" if what == "a FIFO" else "outside its folder") in text
+    assert "Traceback" not in text
+
+
+@pytest.mark.adversarial
+async def test_a_token_file_rotated_to_a_fifo_keeps_the_token_in_force(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rotation that left a FIFO where the token was: the reader hung (in a thread nobody
+    could cancel), and the token could never be rotated again.
+
+    Issue 21, finding 8.
+    """
+    path = tmp_path / "api-token"
+    path.write_text(TOKEN)
+    token = ApiToken.from_settings(
+        Settings(
+            azure_account_url="http://127.0.0.1:1/devstoreaccount1",
+            azure_container="c",
+            api_token_file=path,
+        )
+    )
+    assert token is not None and token.accepts(TOKEN)
+    path.unlink()
+    os.mkfifo(path)
+    reload = asyncio.ensure_future(token.reload_once())
+    done, _ = await asyncio.wait({reload}, timeout=10)
+    if not done:
+        _release(path)
+        await reload
+        pytest.fail("reading a token file that is a FIFO hung")
+    assert token.accepts(TOKEN)
+    assert "keeps the token it had" in caplog.text and "FIFO" in caplog.text

@@ -4,7 +4,9 @@ import hashlib
 import os
 from typing import Any
 
-from nfs_watcher_uploader.blob.blobinfo import iso_utc_ns, uploader_version
+import pytest
+
+from nfs_watcher_uploader.blob.blobinfo import iso_utc, iso_utc_ns, uploader_version
 from tests.support.cloud import start_session, wait_manifest
 from tests.support.helpers import (
     Azurite,
@@ -83,3 +85,32 @@ def test_without_tags_no_tag_is_set(
     props = blob.get_blob_properties()
     assert props.tag_count in (None, 0) and blob.get_blob_tags() == {}
     assert props.content_settings.content_type == "text/plain"
+
+
+@pytest.mark.parametrize(
+    ("ns", "shown"),
+    [
+        (0, "1970-01-01T00:00:00.000000Z"),
+        (1_764_500_000_123_456_789, "2025-11-30T10:53:20.123456Z"),
+        (-315_619_200 * 10**9, "1960-01-01T00:00:00.000000Z"),
+        (-1, "1969-12-31T23:59:59.999999Z"),
+        (253_402_300_799 * 10**9, "9999-12-31T23:59:59.000000Z"),
+        (253_402_300_800 * 10**9, "+10000-01-01T00:00:00.000000Z"),
+        (-62_135_596_800 * 10**9 - 86_400 * 10**9, "0000-12-31T00:00:00.000000Z"),
+        (-62_198_755_200 * 10**9, "-0001-01-01T00:00:00.000000Z"),
+        (2**80, "+38311304-03-04T06:43:49.174706Z"),
+    ],
+)
+def test_any_mtime_a_filesystem_can_hold_is_formatted_as_a_time(ns: int, shown: str) -> None:
+    assert iso_utc_ns(ns) == shown
+
+
+def test_any_finite_time_read_back_is_formatted_as_a_time() -> None:
+    """A reason file's `at`, or a time in sessions.json, is read back from the share: 1e308
+    overflowed the float multiplication and raised, a GC chore with it (and the GC loop).
+
+    Found attacking issue 21's change.
+    """
+    assert iso_utc(1_764_500_000.123456) == "2025-11-30T10:53:20.123456Z"
+    assert iso_utc(-0.5) == "1969-12-31T23:59:59.500000Z"
+    assert iso_utc(1e308).startswith("+") and iso_utc(-1e308).startswith("-")

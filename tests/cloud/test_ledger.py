@@ -16,6 +16,7 @@ from tests.support.helpers import (
     wait_for,
     write_file,
 )
+from tests.support.mounts import bind_mount
 
 
 async def test_the_ledger_groups_appends_skips_a_torn_line_and_keeps_the_last_of_a_blob(
@@ -56,20 +57,38 @@ def test_a_file_is_not_done_until_its_ledger_line_is_written(
     settings = settings_factory()
     running = service_factory(settings)
     date = start_session(running, "ledger")
-    # A folder where the ledger should be: every append fails, as on a failing NFS write.
-    ledger = settings.nfs_processing_root / "_ledgers" / date / "ledger.jsonl"
-    ledger.mkdir(parents=True)
-    write_file(settings.nfs_incoming_dir / "ledger" / "a.bin", b"committed first")
+    # The ledger's folder on a read-only mount: every append fails, as on a failing NFS write.
+    folder = settings.nfs_processing_root / "_ledgers" / date
+    folder.mkdir(parents=True)
     container = azurite.container(settings.azure_container)
-    status = wait_for(lambda: (s := running.get("/v1/status").json())["retrying"] and s, timeout=20)
-    assert "cannot write the ledger" in status["last_error"]
-    assert container.get_blob_client(f"{date}/ledger/a.bin").exists()  # committed...
-    claimed = settings.nfs_processing_root / date / "ledger" / "a.bin"
-    assert claimed.exists()  # ...but not marked done
-    assert running.get("/v1/sessions/ledger").json()["uploaded"] == 0
-    running.post("/v1/watch/stop")
-    assert running.get("/v1/sessions/ledger").json()["drained"] is False
-    ledger.rmdir()
+    with bind_mount(folder, folder, read_only=True):
+        write_file(settings.nfs_incoming_dir / "ledger" / "a.bin", b"committed first")
+        status = wait_for(
+            lambda: (s := running.get("/v1/status").json())["retrying"] and s, timeout=20
+        )
+        assert "cannot write the ledger" in status["last_error"]
+        assert container.get_blob_client(f"{date}/ledger/a.bin").exists()  # committed...
+        claimed = settings.nfs_processing_root / date / "ledger" / "a.bin"
+        assert claimed.exists()  # ...but not marked done
+        assert running.get("/v1/sessions/ledger").json()["uploaded"] == 0
+        running.post("/v1/watch/stop")
+        assert running.get("/v1/sessions/ledger").json()["drained"] is False
     manifest = wait_manifest(container, date, "ledger")
     assert [f["blob"] for f in manifest["files"]] == [f"{date}/ledger/a.bin"]
     assert manifest["complete"] is True
+
+
+async def test_a_manifest_line_from_the_future_is_not_the_ledgers(tmp_path: Path) -> None:
+    """The ledger says which end's manifest was written last, and no older end's is written
+    over it; a line claiming a generation far ahead (anyone who can write the share) would
+    keep every later manifest of the session from being written. It is skipped.
+
+    Found attacking issue 21's change.
+    """
+    layout = Layout(tmp_path / "incoming", tmp_path / ".processing", tmp_path / "staging")
+    ledger = Ledger(layout, Nfs(5.0))
+    await ledger.record_written("20261204", "s", 1_764_800_000_000_000)
+    path = layout.ledger("20261204", "s")
+    with open(path, "ab") as f:
+        f.write(b'{"manifest": {"generation": 99999999999999999999}}\n')
+    assert ledger.read_all("20261204", "s").written == 1_764_800_000_000_000

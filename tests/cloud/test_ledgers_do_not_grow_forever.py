@@ -8,10 +8,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from nfs_watcher_uploader.cloud.retention import DAY_S, LedgerRetention
 from nfs_watcher_uploader.nfs.layout import Layout
 from nfs_watcher_uploader.nfs.runner import Nfs
-from tests.support.helpers import Azurite, wait_for, write_file
+from tests.support.helpers import Azurite, on_service_loop, wait_for, write_file
 
 DATE = "20261101"
 
@@ -70,7 +72,8 @@ def test_the_running_service_removes_a_done_sessions_ledger_and_keeps_a_parked_o
     service_factory: Any, settings_factory: Any, azurite: Azurite
 ) -> None:
     settings = settings_factory(ledger_retention_days=0, gc_interval_s=0.3, drain_timeout_s=0.5)
-    running = service_factory(settings)
+    now = [time.time()]
+    running = service_factory(settings, clock=lambda: now[0])
     dates: dict[str, str] = {}
     for name, files in (("done", {"a.bin": b"a"}), ("stuck", {"b.bin": b"b", "bad.": b"x"})):
         answer = running.post("/v1/watch/start", json={"session_name": name}).json()
@@ -94,7 +97,81 @@ def test_the_running_service_removes_a_done_sessions_ledger_and_keeps_a_parked_o
     wait_for(lambda: manifest("done") and manifest("stuck"), what="both manifests")
     ledgers = settings.nfs_processing_root / "_ledgers"
     done = ledgers / dates["done"] / "done.jsonl"
+    assert on_service_loop(running, running.service.retention.sweep()) == 0  # its day runs on
+    now[0] += DAY_S  # the next day: no session can be started under that date again
     wait_for(lambda: not done.exists(), what="the done session's ledger to go")
     stuck = ledgers / dates["stuck"] / "stuck.jsonl"
     assert stuck.exists()  # its parked file may still be retried: the manifest needs it whole
     assert running.service.retention is not None and running.service.retention.removed >= 1
+
+
+@pytest.mark.adversarial
+def test_a_session_started_again_the_same_day_keeps_every_file_in_its_manifest(
+    service_factory: Any, settings_factory: Any, azurite: Azurite
+) -> None:
+    """A session name started again on its date writes on in the same ledger, and its next
+    manifest is written from that ledger whole: retention must not remove a ledger while a
+    session can still be started under its date, however short APP_LEDGER_RETENTION_DAYS (or
+    however far behind the share's clock sets its mtime). Removed once the manifest was in
+    storage, the ledger came back with the second run's files only, and the manifest written
+    over the first listed only those.
+
+    Review of issues 19/20, finding 4.
+    """
+    settings = settings_factory(ledger_retention_days=0, drain_timeout_s=0.5)
+    running = service_factory(settings)
+    retention = running.service.retention
+    assert retention is not None
+    container = azurite.container(settings.azure_container)
+
+    def run(rel: str) -> dict[str, Any]:
+        date = running.post("/v1/watch/start", json={"session_name": "again"}).json()
+        write_file(settings.nfs_incoming_dir / "again" / rel, rel.encode())
+        running.post("/v1/watch/stop")
+        blob = container.get_blob_client(f"{date['date_prefix']}/again.manifest.json")
+
+        def listed() -> dict[str, Any] | None:
+            if not blob.exists():
+                return None
+            manifest = json.loads(blob.download_blob().readall())
+            return manifest if rel in {f["path"] for f in manifest["files"]} else None
+
+        found = wait_for(listed, what=f"a manifest listing {rel}")
+        assert found is not None
+        wait_for(
+            lambda: running.get("/v1/sessions/again").json()["state"] == "drained",
+            what="the session to end",
+        )
+        return found
+
+    run("first.bin")
+    on_service_loop(running, retention.sweep())  # the ledger's time has passed (0 days)
+    second = run("second.bin")
+    assert sorted(f["path"] for f in second["files"]) == ["first.bin", "second.bin"]
+    assert second["totals"]["files"] == 2
+
+
+@pytest.mark.adversarial
+def test_a_ledger_is_kept_while_a_reason_of_its_session_waits_to_be_settled(
+    tmp_path: Path,
+) -> None:
+    """A reason file without its parked file is a dismissal not recorded yet (the file was
+    removed by hand from a session this process no longer lists, or a dismissal was cut
+    short): the next start records it in the ledger and writes the manifest anew from it. A
+    ledger removed before that came back with the dismissal line alone, and the manifest
+    written from it listed none of the session's files.
+
+    Review of issues 19/20, finding 14.
+    """
+    layout = Layout(tmp_path / "incoming", tmp_path / ".processing", tmp_path / "staging")
+    clock = [time.time() + 31 * DAY_S]
+    retention = LedgerRetention(layout, Nfs(10), 30, lambda d, s: False, clock=lambda: clock[0])
+    ledger = _ledger(layout, "s")
+    reason = write_file(layout.reasons_root / DATE / "s" / "cam" / "x.", b'{"reason": "r"}')
+    assert asyncio.run(retention.sweep()) == 0
+    assert ledger.exists()
+    reason.unlink()  # settled: the dismissal is in the ledger, the manifest written anew
+    done = write_file(layout.completed_root / DATE / "s" / "late.bin", b"checked again")
+    assert asyncio.run(retention.sweep()) == 0  # GC may still find it written to: sent again
+    done.unlink()
+    assert asyncio.run(retention.sweep()) == 1

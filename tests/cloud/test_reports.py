@@ -1,6 +1,7 @@
 """A session's manifest lists every committed blob once, says whether the session is complete, and
 is right after crashes."""
 
+import asyncio
 import hashlib
 import os
 import random
@@ -8,13 +9,16 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from nfs_watcher_uploader.errors import PermanentError
 from nfs_watcher_uploader.nfs.copying import Staged
+from nfs_watcher_uploader.service import Service
 from tests.support.cloud import (
     blobs_of,
     drain_one_session,
+    manifest_of,
     run_verify,
     start_session,
     wait_manifest,
@@ -24,9 +28,12 @@ from tests.support.helpers import (
     ServiceProcess,
     blob_bytes,
     make_settings,
+    on_service_loop,
+    session_view,
     wait_for,
     write_file,
 )
+from tests.support.webhook_receiver import WebhookReceiver
 
 
 def _crash_in_the_middle(
@@ -191,3 +198,115 @@ def test_manifest_off_keeps_no_ledger_and_writes_no_manifest(
     assert [b.name for b in container.list_blobs()] == [f"{date}/quiet/a.bin"]
     assert not (settings.nfs_processing_root / "_ledgers").exists()
     assert not list((settings.nfs_processing_root / "_reports").glob("*"))
+
+
+@pytest.mark.adversarial
+async def test_an_older_end_never_overwrites_a_newer_manifest(
+    settings_factory: Any, azurite: Azurite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session drains while the uplink is down (its report backs off), is started again the
+    same day, stopped, and times out with a file left. When the uplink returns, the newer end
+    wrote `complete: false`, then the older job, due later, wrote `complete: true` over it.
+
+    Issue 21, finding 3.
+    """
+    settings = settings_factory(retry_base_s=2.0, retry_max_s=4.0)
+    service = Service(settings)
+    await service.storage.connect()
+    await service.sessions.load()
+    down, attempts = [True], [0]
+    take = service.meter.take
+
+    async def through_the_uplink(size: int, priority: float) -> None:
+        if down[0]:
+            attempts[0] += 1
+            raise aiohttp.ClientConnectionError("the uplink is down")
+        await take(size, priority)
+
+    monkeypatch.setattr(service.meter, "take", through_the_uplink)
+    reports = asyncio.create_task(service.reports.run())
+    container = azurite.container(settings.azure_container)
+    jobs = settings.nfs_processing_root / "_reports"
+
+    async def until(condition: Any, what: str) -> None:
+        deadline = asyncio.get_running_loop().time() + 30
+        while not await asyncio.to_thread(condition):
+            assert asyncio.get_running_loop().time() < deadline, f"timed out: {what}"
+            await asyncio.sleep(0.05)
+
+    def prepare(name: str, date: str) -> None:
+        (settings.nfs_incoming_dir / name).mkdir(exist_ok=True)
+
+    try:
+        session = await service.sessions.start("again", prepare)
+        await service.sessions.stop()
+        await service.sessions.finish(session, "drained")  # its report fails: backs off
+        await until(lambda: attempts[0] > 0, "the first report tried while the uplink is down")
+        down[0] = False
+        await service.sessions.start("again", prepare)  # the same day, the same manifest
+        await service.sessions.stop()
+        await service.sessions.finish(session, "drain_timed_out")
+
+        def newer_written() -> bool:
+            manifest = manifest_of(container, session.date_prefix, "again")
+            return manifest is not None and manifest["state"] == "drain_timed_out"
+
+        await until(newer_written, "the newer end's manifest")
+        await until(lambda: not list(jobs.glob("*.json")), "every report job done")
+        manifest = manifest_of(container, session.date_prefix, "again")
+        assert manifest is not None
+        assert (manifest["state"], manifest["complete"]) == ("drain_timed_out", False)
+    finally:
+        reports.cancel()
+        await asyncio.gather(reports, return_exceptions=True)
+        await service.storage.close()
+
+
+@pytest.mark.adversarial
+def test_a_late_write_after_the_drain_reopens_the_session_report(
+    service_factory: Any, settings_factory: Any, azurite: Azurite
+) -> None:
+    """GC found a file written to after its upload (its writer paused past the minimum age)
+    and sent it again, whole, over its blob; but the session had drained: its manifest kept
+    the old size and MD5, and `verify` failed a session the service called drained.
+
+    Should: the session drains again and its manifest is written anew, announced by a
+    `session.updated` event; `verify` passes.
+
+    Issue 21, finding 4.
+    """
+    receiver = WebhookReceiver().start()
+    try:
+        settings = settings_factory(webhook_url=f"{receiver.url}/hook", gc_interval_s=3600.0)
+        running = service_factory(settings)
+        date = start_session(running, "late")
+        write_file(settings.nfs_incoming_dir / "late" / "rec.bin", b"first bytes")
+        wait_for(lambda: session_view(running, "late")["uploaded"] == 1, what="uploaded")
+        running.post("/v1/watch/stop")
+        container = azurite.container(settings.azure_container)
+        assert wait_manifest(container, date, "late", complete=True)["files"][0]["size"] == 11
+        completed = settings.nfs_processing_root / "_completed" / date / "late" / "rec.bin"
+        with open(completed, "ab") as writer:  # the recorder still had it open
+            writer.write(b" and a late write")
+        on_service_loop(running, running.service.gc.sweep_once())
+        whole = b"first bytes and a late write"
+
+        def rewritten() -> dict[str, Any] | None:
+            manifest = manifest_of(container, date, "late")
+            files = manifest["files"] if manifest else []
+            return manifest if files and files[0]["size"] == len(whole) else None
+
+        manifest = wait_for(rewritten, timeout=30, what="the manifest written anew")
+        assert manifest is not None
+        assert manifest["files"][0]["md5"] == hashlib.md5(whole).hexdigest()
+        assert manifest["complete"] is True and manifest["state"] == "drained"
+        assert blob_bytes(container, f"{date}/late/rec.bin") == whole
+        updated = wait_for(
+            lambda: [d.event for d in receiver.accepted() if d.event["type"] == "session.updated"],
+            what="a session.updated event",
+        )
+        assert updated[0]["data"]["session"] == "late" and updated[0]["data"]["complete"]
+        result = run_verify(settings, f"{date}/late")
+        assert result.returncode == 0, result.stdout + result.stderr
+    finally:
+        receiver.stop()

@@ -2,7 +2,10 @@
 session drains only after a scan made after its stop."""
 
 import os
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +16,7 @@ from nfs_watcher_uploader.config import Settings
 from nfs_watcher_uploader.intake.watcher import Watcher, stable_files
 from nfs_watcher_uploader.items import WorkItem
 from nfs_watcher_uploader.nfs.runner import Nfs
-from nfs_watcher_uploader.nfs.scan import Scan, ScanMap, Wanted
+from nfs_watcher_uploader.nfs.scan import Known, Scan, ScanMap, Wanted
 from nfs_watcher_uploader.sessions.registry import Sessions
 from nfs_watcher_uploader.sessions.session import Session
 from nfs_watcher_uploader.telemetry import Telemetry
@@ -21,6 +24,7 @@ from nfs_watcher_uploader.work.pipeline import Pipeline
 from tests.support.helpers import (
     Azurite,
     blob_bytes,
+    make_settings,
     session_view,
     until,
     wait_for,
@@ -37,7 +41,7 @@ class FakeScan:
         self.maps: dict[str, ScanMap] = {}
         self.calls = 0
 
-    def __call__(self, path: Path, wanted: Wanted, known: ScanMap, young_ns: int) -> Scan:
+    def __call__(self, path: Path, wanted: Wanted, known: Known, young_ns: int) -> Scan:
         self.calls += 1
         return Scan(dict(self.maps.get(path.name, {})))
 
@@ -196,7 +200,7 @@ async def test_a_scan_error_keeps_the_heartbeat_stale(
     _, sessions, pipeline = parts
     sessions.by_name["s"] = Session("s", "20260101", "active", 0.0)
 
-    def broken(path: Path, wanted: Wanted, known: ScanMap, young_ns: int) -> Scan:
+    def broken(path: Path, wanted: Wanted, known: Known, young_ns: int) -> Scan:
         raise OSError(116, "Stale file handle")
 
     watcher = Watcher(pipeline, Nfs(5), scan=broken)
@@ -204,6 +208,27 @@ async def test_a_scan_error_keeps_the_heartbeat_stale(
     await watcher.scan_once()
     assert watcher.heartbeat == before
     assert watcher.scan_errors == 1
+
+
+@pytest.mark.adversarial
+async def test_a_bug_in_one_sessions_scan_costs_that_scan_never_the_watcher(
+    parts: tuple[Settings, Sessions, Pipeline],
+) -> None:
+    """An error other than an OSError in a scan ended the watcher's task, and the service
+    with it; it costs that session's scan, like an NFS error.
+
+    Found attacking issue 21's change.
+    """
+    _, sessions, pipeline = parts
+    sessions.by_name["s"] = Session("s", "20260101", "active", 0.0)
+
+    def buggy(path: Path, wanted: Wanted, known: Known, young_ns: int) -> Scan:
+        raise ValueError("a name no one expected")
+
+    watcher = Watcher(pipeline, Nfs(5), scan=buggy)
+    await watcher.scan_once()
+    await watcher.scan_once()
+    assert watcher.scan_errors == 2
 
 
 async def test_a_session_is_drained_only_after_a_scan_made_after_its_stop(
@@ -231,3 +256,101 @@ async def test_a_session_is_drained_only_after_a_scan_made_after_its_stop(
     session.pending.clear()
     await watcher.scan_once()
     assert saved == ["drained"]
+
+
+@pytest.fixture
+def tmpfs_root() -> Iterator[Path]:
+    """A folder on tmpfs: unlike ext4 (which stops at 2446), it keeps any 64-bit mtime."""
+    if not Path("/dev/shm").is_dir():
+        pytest.skip("no /dev/shm (tmpfs) here: no filesystem that keeps a date past 9999")
+    root = Path(tempfile.mkdtemp(prefix="nwu-times-", dir="/dev/shm"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.adversarial
+def test_a_file_dated_before_1970_or_after_9999_is_uploaded_with_its_time(
+    tmpfs_root: Path, azurite: Azurite, container_name: str, service_factory: Any
+) -> None:
+    """A file dated before 1970 has a negative mtime, which the watcher took for its "unknown"
+    marker: it was never claimed, and no line said why. One dated after 9999 made the metadata
+    formatter raise: retried for ever as "Unexpected error".
+
+    Issue 21, finding 5.
+    """
+    settings = make_settings(tmpfs_root, azurite, container_name)
+    running = service_factory(settings)
+    date = running.post("/v1/watch/start", json={"session_name": "times"}).json()["date_prefix"]
+    dated = {
+        "old.bin": (-315_619_200 * S, "1960-01-01T00:00:00.000000Z"),
+        "far.bin": (253_402_300_800 * S + 5_000, "+10000-01-01T00:00:00.000005Z"),
+    }
+    for name, (mtime_ns, _) in dated.items():
+        path = write_file(settings.nfs_incoming_dir / "times" / name, name.encode())
+        os.utime(path, ns=(mtime_ns, mtime_ns))
+        assert path.stat().st_mtime_ns == mtime_ns
+    container = azurite.container(container_name)
+    until(
+        lambda: all(blob_bytes(container, f"{date}/times/{n}") for n in dated),
+        20,
+        lambda: f"{session_view(running, 'times')}",
+    )
+    for name, (_, shown) in dated.items():
+        props = container.get_blob_client(f"{date}/times/{name}").get_blob_properties()
+        assert props.metadata["source_mtime"] == shown
+
+
+@pytest.mark.adversarial
+@pytest.mark.parametrize("replaced_by", ["a link", "a file"])
+def test_a_stopped_session_whose_folder_was_replaced_still_ends(
+    service_factory: Any, settings_factory: Any, tmp_path: Path, replaced_by: str
+) -> None:
+    """A stopped session whose incoming folder became a link (or a file) never drained and
+    never timed out: `draining` for ever, its name never startable again.
+
+    Issue 21, finding 10.
+    """
+    settings = settings_factory(drain_timeout_s=1.0)
+    running = service_factory(settings)
+    running.post("/v1/watch/start", json={"session_name": "gone"})
+    folder = settings.nfs_incoming_dir / "gone"
+    folder.rmdir()
+    if replaced_by == "a link":
+        (tmp_path / "elsewhere").mkdir()
+        folder.symlink_to(tmp_path / "elsewhere")
+    else:
+        folder.write_bytes(b"not a folder")
+    running.post("/v1/watch/stop")
+    view = wait_for(
+        lambda: (v := session_view(running, "gone"))["state"] != "draining" and v,
+        timeout=20,
+        what="the session to end",
+    )
+    assert view["state"] == "drain_timed_out"
+    assert "not a real folder" in (view["last_error"] or "")
+    again = running.post("/v1/watch/start", json={"session_name": "gone"})
+    assert "still draining" not in again.text
+
+
+@pytest.mark.adversarial
+def test_a_link_in_place_of_a_sessions_claimed_folder_is_never_followed(
+    service_factory: Any, settings_factory: Any, azurite: Azurite, tmp_path: Path
+) -> None:
+    """A draining session's claimed files are looked for in `.processing/<date>/<session>/`
+    before it is called drained; that folder replaced by a link to a folder elsewhere: the
+    files there were taken for claimed files, uploaded, and deleted by GC.
+
+    Found attacking issue 21's change.
+    """
+    settings = settings_factory()
+    running = service_factory(settings)
+    date = running.post("/v1/watch/start", json={"session_name": "lnk"}).json()["date_prefix"]
+    secret = write_file(tmp_path / "elsewhere" / "secret.txt", b"not the service's")
+    claimed = settings.nfs_processing_root / date / "lnk"
+    claimed.rmdir()
+    claimed.symlink_to(tmp_path / "elsewhere")
+    running.post("/v1/watch/stop")
+    wait_for(lambda: session_view(running, "lnk")["drained"], what="drained")
+    container = azurite.container(settings.azure_container)
+    assert blob_bytes(container, f"{date}/lnk/secret.txt") is None
+    assert secret.read_bytes() == b"not the service's"

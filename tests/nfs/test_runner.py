@@ -1,12 +1,15 @@
 """Slow copies have their own thread budget: scans, stops and probes keep answering."""
 
+import errno
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from nfs_watcher_uploader.nfs.runner import Nfs, until_spent
 from tests.support.faultfs import Faults, fuse_available, mounted
 from tests.support.helpers import (
     Azurite,
@@ -52,3 +55,28 @@ def test_slow_copies_never_starve_scans_stops_or_probes(
             assert running.get("/healthz").status_code == 200
             time.sleep(0.3)
         faults.read_latency = 0.0
+
+
+async def test_many_reads_go_in_batches_that_each_end_well_within_the_deadline() -> None:
+    """However many small files a listing reads, no single call runs into the NFS deadline: a
+    batch stops after a share of it, and the next one goes on."""
+    nfs = Nfs(0.4)
+    calls: list[int] = []
+
+    def read(keys: Sequence[int], budget: float) -> list[int]:
+        calls.append(len(keys))
+        return until_spent(keys, budget, lambda k: (time.sleep(0.01), k * 2)[1])
+
+    keys = list(range(200))  # 2 s of reading in all: five times the deadline
+    assert await nfs.in_batches(keys, read) == [k * 2 for k in keys]
+    assert len(calls) > 4 and nfs.abandoned == 0
+
+
+async def test_a_failed_batch_raises_its_own_error() -> None:
+    """A batch that fails on NFS raises that OSError (the API's 503), not a group of them."""
+
+    def read(keys: Sequence[int], budget: float) -> list[int]:
+        raise OSError(errno.EIO, "Input/output error")
+
+    with pytest.raises(OSError, match="Input/output error"):
+        await Nfs(1).in_batches(list(range(10)), read)

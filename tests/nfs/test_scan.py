@@ -182,5 +182,5 @@ def test_a_scan_skips_the_stat_of_files_too_young_to_claim(tmp_path: Path) -> No
     known = {"young": (99, 2_000), "old": (99, 1_000), "gone": (1, 1)}
     result = scan_session(tmp_path, FileFilter(defaults=False), known, young_ns=1_500).files
     assert result["young"] == (99, 2_000)  # carried, not stat'ed
-    assert result["old"][0] == 1  # stat'ed: real size
+    assert result["old"] is not None and result["old"][0] == 1  # stat'ed: real size
     assert "gone" not in result  # the listing still says what exists

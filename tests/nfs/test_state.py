@@ -88,7 +88,7 @@ async def test_whatever_a_state_file_holds_it_is_set_aside_never_raised(
     def parse(data: bytes) -> int | None:  # the bandwidth override's own reading
         return parse_rate(str(json.loads(data)["limit"]))
 
-    state = StateFile(tmp_path / "bandwidth.json", Nfs(5), ".tmp-")
+    state = StateFile(tmp_path / "bandwidth.json", Nfs(5), ".tmp-", 64 * 1024)
     state.path.write_bytes(raw)
     loaded = await state.load(parse)
     assert loaded.value is None and loaded.damaged and loaded.aside is not None
@@ -96,5 +96,7 @@ async def test_whatever_a_state_file_holds_it_is_set_aside_never_raised(
 
 
 async def test_no_state_file_is_nothing_to_load(tmp_path: Path) -> None:
-    loaded = await StateFile(tmp_path / "sessions.json", Nfs(5), ".tmp-").load(bytes.decode)
+    loaded = await StateFile(tmp_path / "sessions.json", Nfs(5), ".tmp-", 64 * 1024).load(
+        bytes.decode
+    )
     assert loaded.value is None and loaded.damaged is None

@@ -8,6 +8,9 @@ from typing import Any
 import httpx
 import pytest
 
+from nfs_watcher_uploader.constants import DRAINED_SESSIONS_KEPT
+from nfs_watcher_uploader.nfs.runner import Nfs
+from nfs_watcher_uploader.sessions.registry import Sessions
 from nfs_watcher_uploader.sessions.session import Session
 from tests.support.helpers import (
     Azurite,
@@ -170,3 +173,25 @@ def test_a_damaged_state_file_is_reported_and_the_service_serves(
     assert any(p.name.startswith("sessions.json.damaged-") for p in state.parent.iterdir())
     assert running.post("/v1/watch/start", json={"session_name": "after"}).status_code == 200
     assert running.get("/v1/status").json()["state_error"] is None
+
+
+@pytest.mark.adversarial
+async def test_an_ended_session_with_parked_files_is_never_forgotten(tmp_path: Path) -> None:
+    """Only 200 ended sessions were kept: a timed-out session with a parked file was forgotten
+    with the others, its parked file no longer counted (`failed` and the parked-files gauge
+    dropped to 0, the alert resolved) while a recording still waited in `_failed/`.
+
+    Issue 21, finding 11.
+    """
+    sessions = Sessions(tmp_path, Nfs(5))
+    for i in range(DRAINED_SESSIONS_KEPT + 50):
+        sessions.by_name[f"s{i:03d}"] = Session(f"s{i:03d}", "20261204", "drained", float(i))
+    oldest = sessions.by_name["s000"]
+    oldest.state = "drain_timed_out"
+    oldest.found_parked("rec.bin")
+    await sessions.save()
+    assert sessions.by_name["s000"] is oldest and sessions.parked() == 1
+    assert len(sessions.by_name) == DRAINED_SESSIONS_KEPT  # the others past the limit go
+    again = Sessions(tmp_path, Nfs(5))  # and after a restart
+    await again.load()
+    assert "s000" in again.by_name and "s001" not in again.by_name

@@ -4,7 +4,8 @@ It mounts a backing folder and, as the test says:
 - fails a fraction of getattr/open/rename/readdir calls with ESTALE, and of reads with EIO;
 - adds latency to every call, or to reads only (a slow disk behind the server);
 - caches attributes and entries for N seconds (FUSE attr_timeout/entry_timeout, like `actimeo`);
-- stalls every call until released, like a hard mount whose server went away.
+- stalls every call until released, like a hard mount whose server went away;
+- fails every getattr of chosen names with an errno, as NFS does for one damaged file.
 Files are written by "another client" straight into the backing folder, as a recorder on the
 NFS server would. Every injected fault is counted.
 """
@@ -37,6 +38,8 @@ class Faults:
         self.eio = 0.0  # fraction of reads
         self.latency = 0.0  # seconds added to every call
         self.read_latency = 0.0  # seconds added to every read
+        # name -> errno: every getattr of a path ending in that name fails with it.
+        self.broken: dict[str, int] = {}
         self._running = threading.Event()
         self._running.set()
         self.injected: Counter[str] = Counter()
@@ -98,6 +101,9 @@ class FaultFS(Operations):
     @_oserror
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
         self.f.gate("getattr", estale=True)
+        if (code := self.f.broken.get(path.rpartition("/")[2])) is not None:
+            self.f.injected[f"getattr:{errno.errorcode[code]}"] += 1
+            raise FuseOSError(code)
         st = os.lstat(self._p(path))
         attrs = {k: getattr(st, k) for k in STAT_KEYS}
         attrs.update(st_atime=st.st_atime_ns, st_mtime=st.st_mtime_ns, st_ctime=st.st_ctime_ns)

@@ -77,6 +77,14 @@ class OtlpReceiver:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
+    def service_env(self) -> dict[str, str]:
+        """The environment of a service process that exports its spans here at once."""
+        return {
+            "OTEL_SDK_DISABLED": "false",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": self.endpoint,
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+        }
+
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()

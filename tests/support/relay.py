@@ -3,13 +3,20 @@
 The service is pointed at the relay's port; the relay forwards to the real Azurite (or to
 tinyproxy's target) and records, with a timestamp, every chunk of bytes a client sent upstream.
 With `allow`, connections from any other peer address are refused (counted in `refused`).
+While `refuse` is set, every request is answered with it and nothing reaches Azurite
+(`azure_firewall`: as Azure answers a client that the storage account's network rules do not let
+in; `proxy_denied`: as a proxy answers a destination its rules deny); clear it and new
+connections are relayed again (an administrator added the rule).
 """
 
 import bisect
 import socket
 import threading
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +32,8 @@ class Relay:
     port: int = field(default_factory=free_port)
     refused: int = 0
     connections: int = 0
+    refuse: Callable[[bool], bytes] | None = None  # the answer, given whether it is to a HEAD
+    refused_requests: int = 0
     _times: list[float] = field(default_factory=list[float])
     _totals: list[int] = field(default_factory=list[int])  # running total after each chunk
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -69,6 +78,9 @@ class Relay:
                 client.close()
                 continue
             self.connections += 1
+            if (answer := self.refuse) is not None:
+                self._spawn(self._refuse, client, answer)
+                continue
             try:
                 upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=10)
             except OSError:
@@ -101,6 +113,33 @@ class Relay:
                 except OSError:
                     pass
             src.close()
+
+    def _refuse(self, client: socket.socket, answer: Callable[[bool], bytes]) -> None:
+        """Answer each request on `client` with `answer`, until it hangs up."""
+        client.settimeout(0.5)
+        buffer = b""
+        try:
+            while not self._stop.is_set():
+                try:
+                    data = client.recv(65536)
+                except TimeoutError:
+                    continue
+                if not data:
+                    break
+                buffer += data
+                while b"\r\n\r\n" in buffer:
+                    head, buffer = buffer.split(b"\r\n\r\n", 1)
+                    length = _content_length(head)
+                    while len(buffer) < length and (more := client.recv(65536)):
+                        buffer += more
+                    buffer = buffer[length:]
+                    with self._lock:
+                        self.refused_requests += 1
+                    client.sendall(answer(head.startswith(b"HEAD ")))
+        except OSError:
+            pass
+        finally:
+            client.close()
 
     # --- what was sent ---------------------------------------------------------------------
 
@@ -146,3 +185,51 @@ def through(relay: Relay, azurite: Azurite, tmp_path: Path, container: str, **kw
         azure_connection_string=azurite.connection_string.replace(azurite.url, relay.url),
         **kw,
     )
+
+
+# What Azure answers when the storage account's network rules (firewall, private endpoint) do
+# not let the client in: github.com/microsoft/AzureStorageExplorer/issues/8183, for one.
+FIREWALL_MESSAGE = "This request is not authorized to perform this operation."
+
+
+def azure_firewall(head_only: bool) -> bytes:
+    """Azure's 403 AuthorizationFailure for a client its network rules refuse."""
+    body = (
+        '<?xml version="1.0" encoding="utf-8"?><Error><Code>AuthorizationFailure</Code>'
+        f"<Message>{FIREWALL_MESSAGE}\nRequestId:{uuid.uuid4()}\n"
+        "Time:2026-12-04T00:00:00.0000000Z</Message></Error>"
+    )
+    headers = {
+        "Content-Type": "application/xml",
+        "Server": "Microsoft-HTTPAPI/2.0",
+        "x-ms-error-code": "AuthorizationFailure",
+        "x-ms-request-id": str(uuid.uuid4()),
+    }
+    return _answer(f"403 {FIREWALL_MESSAGE}", headers, body, head_only)
+
+
+def proxy_denied(status: int) -> Callable[[bool], bytes]:
+    """A proxy's own answer `status` (403: a destination its rules deny, as tinyproxy's filter
+    or squid's ACLs answer): an HTML page, nothing of Azure's."""
+
+    def answer(head_only: bool) -> bytes:
+        body = f"<html><body><h1>{status}</h1><p>Access denied by the proxy.</p></body></html>"
+        return _answer(f"{status} Denied", {"Content-Type": "text/html"}, body, head_only)
+
+    return answer
+
+
+def _answer(status: str, headers: dict[str, str], body: str, head_only: bool) -> bytes:
+    data = body.encode()
+    lines = [f"HTTP/1.1 {status}", *(f"{k}: {v}" for k, v in headers.items())]
+    lines += [f"Date: {formatdate(usegmt=True)}", f"Content-Length: {len(data)}", "", ""]
+    head = "\r\n".join(lines).encode()
+    return head if head_only else head + data
+
+
+def _content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value.strip() or 0)
+    return 0

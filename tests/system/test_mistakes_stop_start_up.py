@@ -8,19 +8,26 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 from azure.core.exceptions import ServiceRequestError
+from azure.storage.blob import generate_container_sas
 
 from nfs_watcher_uploader.blob.azure_errors import stop_line
 from nfs_watcher_uploader.blob.storage import Storage
 from nfs_watcher_uploader.config import Settings
+from nfs_watcher_uploader.constants import PROBE_STALE_S
 from nfs_watcher_uploader.errors import CannotStart
+from nfs_watcher_uploader.nfs.probe import probe_name
 from nfs_watcher_uploader.settings_checks import blob_endpoint, container_name_problem
 from tests.support.helpers import (
+    ACCOUNT,
+    KEY,
     ROOT,
     Azurite,
     ServiceProcess,
@@ -30,7 +37,7 @@ from tests.support.helpers import (
     wait_for,
 )
 from tests.support.mounts import bind_mount
-from tests.support.relay import Relay
+from tests.support.relay import FIREWALL_MESSAGE, Relay, azure_firewall, proxy_denied, through
 
 # The issue's promise: the exit status and the line, within this.
 STOPS_WITHIN_S = 30.0
@@ -285,23 +292,166 @@ def test_storage_that_cannot_be_reached_is_retried_not_fatal(
         proc.communicate(timeout=30)
 
 
-def test_a_read_only_share_stops_start_up(
+def _waiting_detail(service: ServiceProcess) -> str:
+    """What /readyz says the process waits for ("" while it does not answer); asserts that the
+    process still runs."""
+    assert service.proc is not None
+    assert service.proc.poll() is None, service.log.read_text()[-3000:]
+    try:
+        with service.client as api:
+            return str(api.get("/readyz").json()["detail"] or "")
+    except httpx.HTTPError:
+        return ""
+
+
+@pytest.mark.adversarial
+def test_a_sas_that_is_not_valid_yet_is_waited_for_not_fatal(
+    tmp_path: Path, azurite: Azurite
+) -> None:
+    """A SAS whose start time is still ahead (generated for later, or on a clock a little
+    ahead of storage's) becomes valid by waiting: start-up waits for it and then runs, as for
+    any outage. It used to be judged "refused for good": exit 1, and a line sending the operator
+    to check a SAS that was fine.
+
+    Review of issues 19/20, finding 1.
+    """
+    container = f"later{uuid.uuid4().hex[:16]}"
+    azurite.container(container).create_container()
+    now = datetime.now(UTC)
+    valid_from = now + timedelta(seconds=10)
+    sas = generate_container_sas(
+        ACCOUNT,
+        container,
+        account_key=KEY,
+        permission="cw",
+        start=valid_from,
+        expiry=now + timedelta(hours=1),
+    )
+    settings = make_settings(
+        tmp_path,
+        azurite,
+        container,
+        azure_auth="sas",
+        azure_connection_string=None,
+        azure_sas_token=sas,
+        azure_create_container=False,
+    )
+    service = ServiceProcess(settings, tmp_path / "service.log")
+    try:
+        service.start(wait_ready=False)
+        wait_for(service.ready, timeout=60, what="ready once the SAS is valid")
+        # Azurite enforces the start time: ready only from then on.
+        assert datetime.now(UTC) >= valid_from.replace(microsecond=0)
+    finally:
+        if service.proc is not None and service.proc.poll() is None:
+            service.signal(signal.SIGTERM)
+
+
+@pytest.mark.adversarial
+def test_a_storage_firewall_that_lets_the_device_in_later_is_waited_for_not_fatal(
     tmp_path: Path, azurite: Azurite, container_name: str
 ) -> None:
+    """The account's network rules refuse the device (403 AuthorizationFailure, "This request
+    is not authorized to perform this operation."): an administrator adding the rule heals it
+    with no change on the device, so start-up waits, saying why, and runs once the rule is
+    there. It used to exit 1 as if the account key were wrong.
+
+    Review of issues 19/20, finding 2.
+    """
+    relay = Relay(azurite.port, refuse=azure_firewall).start()
+    settings = through(relay, azurite, tmp_path, container_name)
+    service = ServiceProcess(settings, tmp_path / "service.log")
+    try:
+        service.start(wait_ready=False)
+        detail = wait_for(
+            lambda: d if FIREWALL_MESSAGE in (d := _waiting_detail(service)) else None,
+            timeout=30,
+            what="start-up waiting on the firewall",
+        )
+        assert detail is not None and "connect to storage" in detail
+        relay.refuse = None  # the administrator adds the rule
+        wait_for(service.ready, timeout=60, what="ready once the firewall lets it in")
+        assert relay.refused_requests >= 1
+    finally:
+        if service.proc is not None and service.proc.poll() is None:
+            service.signal(signal.SIGTERM)
+        relay.stop()
+
+
+@pytest.mark.adversarial
+@pytest.mark.parametrize("status", [400, 403, 404])
+def test_a_proxy_that_denies_storage_for_now_is_waited_for_not_fatal(
+    tmp_path: Path, azurite: Azurite, container_name: str, status: int
+) -> None:
+    """An answer that does not come from storage (a proxy's own 403 for a destination its
+    rules deny, a 400 or 404 of its own; none carries storage's x-ms-request-id) says nothing
+    about the credential, the container or the account: the proxy's rules may change at any
+    time. Start-up waits, saying why, and runs once the proxy lets it through. It used to stop
+    with exit 1, naming a credential, the container or the account that were fine.
+
+    Review of issues 19/20, finding 12.
+    """
+    relay = Relay(azurite.port, refuse=proxy_denied(status)).start()
+    settings = through(relay, azurite, tmp_path, container_name)
+    service = ServiceProcess(settings, tmp_path / "service.log")
+    try:
+        service.start(wait_ready=False)
+        wait_for(
+            lambda: _waiting_detail(service) and relay.refused_requests >= 2,
+            timeout=30,
+            what="start-up waiting on the proxy",
+        )
+        relay.refuse = None  # the proxy's rule is added
+        wait_for(service.ready, timeout=60, what="ready once the proxy lets it through")
+    finally:
+        if service.proc is not None and service.proc.poll() is None:
+            service.signal(signal.SIGTERM)
+        relay.stop()
+
+
+def _assert_a_read_only_share_stops(
+    tmp_path: Path, azurite: Azurite, container: str, left: tuple[str, ...] = ()
+) -> None:
+    """The share (with the files named in `left` in its incoming folder) mounted read-only
+    stops start-up, naming the mount."""
     share = tmp_path / "share"
     (share / "incoming").mkdir(parents=True)
     (share / ".processing").mkdir()
+    old = time.time() - PROBE_STALE_S - 60
+    for name in left:
+        (share / "incoming" / name).write_bytes(b"")
+        os.utime(share / "incoming" / name, (old, old))
     ro = tmp_path / "ro"
     ro.mkdir()
     with bind_mount(share, ro, read_only=True):
         settings = make_settings(
             tmp_path,
             azurite,
-            container_name,
+            container,
             nfs_incoming_dir=ro / "incoming",
             nfs_processing_root=ro / ".processing",
         )
         _assert_stops(_stopped(settings, tmp_path), "read-only", "APP_NFS_INCOMING_DIR")
+    assert all((share / "incoming" / name).exists() for name in left)
+
+
+def test_a_read_only_share_stops_start_up(
+    tmp_path: Path, azurite: Azurite, container_name: str
+) -> None:
+    _assert_a_read_only_share_stops(tmp_path, azurite, container_name)
+
+
+@pytest.mark.adversarial
+def test_a_read_only_share_stops_start_up_though_a_crashed_run_left_a_probe_file(
+    tmp_path: Path, azurite: Azurite, container_name: str
+) -> None:
+    """A probe file that a run killed mid-probe left (old enough to be removed) cannot be
+    removed from a read-only share: that must not turn the read-only mount, which no waiting
+    fixes, into an NFS error retried for ever. Start-up stops, naming the mount.
+
+    Review of issues 19/20, finding 3.
+    """
+    _assert_a_read_only_share_stops(tmp_path, azurite, container_name, (probe_name(),))
 
 
 def test_a_share_the_user_may_not_write_stops_start_up(

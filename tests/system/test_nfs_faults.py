@@ -1,6 +1,8 @@
 """On a faulty NFS (ESTALE, EIO, caching, stalls, on a FUSE layer) every file lands byte-exact,
 once."""
 
+import errno
+import json
 import os
 import random
 import threading
@@ -10,9 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from nfs_watcher_uploader.config import Settings
+from tests.support.cloud import wait_manifest
 from tests.support.faultfs import Faults, fuse_available, mounted
 from tests.support.helpers import (
     Azurite,
@@ -20,6 +24,7 @@ from tests.support.helpers import (
     blob_bytes,
     leftover_files,
     make_settings,
+    session_view,
     wait_for,
 )
 
@@ -237,3 +242,131 @@ def test_the_fault_layer_really_injects_errors_and_stalls(nfs: Nfs) -> None:
     assert not done.wait(0.5)
     nfs.faults.release()
     assert done.wait(5)
+
+
+def _plant_parked(nfs: Nfs, date: str, session: str, count: int) -> None:
+    """Files an earlier run parked, with their reasons, straight on the server's disk."""
+    parked = nfs.backing / ".processing" / "_failed" / date / session
+    reasons = nfs.backing / ".processing" / "_failed_reasons" / date / session
+    parked.mkdir(parents=True)
+    reasons.mkdir(parents=True)
+    for i in range(count):
+        name = f"rec{i:05d}.bin"
+        (parked / name).write_bytes(b"kept")
+        record = {"reason": "storage refused it", "rel": name, "at": 1_764_000_000.0}
+        (reasons / name).write_text(json.dumps(record))
+
+
+@pytest.mark.adversarial
+def test_thousands_of_parked_files_on_a_slow_share_never_stop_listings_or_manifests(
+    nfs: Nfs, tmp_path: Path, azurite: Azurite, container_name: str, service_factory: Any
+) -> None:
+    """Listing parked files read every reason file in one NFS call under the plain deadline:
+    past a few hundred parked files on a server a millisecond away (an earlier session's),
+    the listing never finished: `/v1/files/failed` answered 503 for ever, and no session got
+    its manifest (each manifest listed every parked file).
+
+    Issue 21, finding 7.
+    """
+    count = 1500
+    _plant_parked(nfs, "20261201", "earlier", count)
+    nfs.faults.latency = 0.001  # every call to the server a millisecond away
+    settings = nfs.settings(tmp_path, azurite, container_name, nfs_timeout_s=2.0)
+    running = service_factory(settings)
+    date = _start(running, "fresh")
+    running.post("/v1/watch/stop")
+    container = azurite.container(container_name)
+    assert wait_manifest(container, date, "fresh")["complete"] is True
+    with httpx.Client(base_url=running.base_url, timeout=120) as client:
+        started = time.monotonic()
+        first = client.get("/v1/files/failed")
+        took = time.monotonic() - started
+        assert first.status_code == 200, first.text
+        assert len(first.json()["files"]) == count
+        assert {f["reason"] for f in first.json()["files"]} == {"storage refused it"}
+        started = time.monotonic()
+        assert len(client.get("/v1/files/failed").json()["files"]) == count
+        again = time.monotonic() - started
+    assert running.service.nfs.abandoned == 0
+    print(f"\n{count} parked files, 1 ms a call: listed in {took:.1f} s, again in {again:.2f} s")
+
+
+@pytest.mark.adversarial
+def test_one_file_nfs_cannot_describe_never_holds_up_the_others_or_the_drain(
+    nfs: Nfs, tmp_path: Path, azurite: Azurite, container_name: str, service_factory: Any
+) -> None:
+    """One entry whose stat fails with EIO (NFS on a damaged file) failed the whole scan of its
+    session: no other file was taken, the stopped session could neither drain nor time out,
+    and `/healthz` turned 503 (a restart loop that cannot help).
+
+    Issue 21, finding 9.
+    """
+    settings = nfs.settings(
+        tmp_path, azurite, container_name, drain_timeout_s=2.0, liveness_timeout_s=3.0
+    )
+    running = service_factory(settings)
+    date = _start(running, "damaged")
+    nfs.faults.broken["damaged.bin"] = errno.EIO
+    for name in ("a.bin", "damaged.bin", "b.bin"):
+        nfs.write("damaged", name, name.encode())
+    container = azurite.container(container_name)
+    wait_for(
+        lambda: all(blob_bytes(container, f"{date}/damaged/{n}") for n in ("a.bin", "b.bin")),
+        timeout=20,
+        what="the other files uploaded",
+    )
+    view = wait_for(
+        lambda: (v := session_view(running, "damaged"))["unreadable"] == 1 and v,
+        what="the damaged file reported",
+    )
+    assert "damaged.bin" in " ".join(view["notices"])
+    running.post("/v1/watch/stop")
+    ended = wait_for(
+        lambda: (v := session_view(running, "damaged"))["state"] != "draining" and v,
+        timeout=20,
+        what="the session to end",
+    )
+    assert ended["state"] == "drain_timed_out"
+    assert running.get("/healthz").status_code == 200
+    assert blob_bytes(container, f"{date}/damaged/damaged.bin") is None
+
+
+@pytest.mark.adversarial
+def test_many_leftover_jobs_and_reasons_on_a_slow_share_never_stop_start_up(
+    nfs: Nfs, tmp_path: Path, azurite: Azurite, container_name: str, service_factory: Any
+) -> None:
+    """Start-up read every webhook job, and settled every reason left without its parked
+    file, each in one NFS call under the plain deadline: past a few hundred of them on a
+    server a millisecond away, the call never finished and the step was retried for ever
+    (never ready; no event ever delivered).
+
+    Found attacking issue 21's change.
+    """
+    processing = nfs.backing / ".processing"
+    reasons = processing / "_failed_reasons" / "20261201" / "old"
+    reasons.mkdir(parents=True)
+    for i in range(300):  # their parked files were removed while the service was down
+        (reasons / f"rec{i:03d}.bin").write_text(json.dumps({"reason": "refused"}))
+    outbox = processing / "_outbox"
+    outbox.mkdir()
+    for i in range(600):
+        event_id = f"00000000-0000-4000-8000-{i:012d}"
+        event = {"id": event_id, "type": "file.parked", "data": {}}
+        (outbox / f"{event_id}.json").write_text(
+            json.dumps({"id": event_id, "created": 1.0 + i, "event": event})
+        )
+    nfs.faults.latency = 0.001
+    settings = nfs.settings(
+        tmp_path,
+        azurite,
+        container_name,
+        nfs_timeout_s=1.0,
+        webhook_url="http://127.0.0.1:9/hook",  # nothing listens: every event stays pending
+    )
+    running = service_factory(settings)  # ready within 30 s
+    assert running.service.pipeline.stats.dismissed == 300
+    wait_for(
+        lambda: running.service.delivery.webhooks.pending == 600,
+        timeout=60,
+        what="the outbox loaded",
+    )

@@ -2,12 +2,16 @@
 
 import json
 import signal
+import socket
+import threading
 import uuid
 from pathlib import Path
 from urllib.parse import unquote
 
 import httpx
+import pytest
 
+from nfs_watcher_uploader.blob.credentials import PROBE_BLOB
 from tests.support.helpers import (
     KEY,
     Azurite,
@@ -121,3 +125,113 @@ def test_no_secret_in_logs_answers_spans_or_metrics(
     for where, text in texts.items():
         for what, secret in secrets.items():
             assert secret not in text, f"{what} appears in the {where}"
+
+
+class MalformedStorage:
+    """A storage endpoint on 127.0.0.1 that answers every request with a status line no HTTP
+    client can parse (a broken proxy or gateway); with `probe_ok`, the start-up credential
+    check (a HEAD of one blob that does not exist) gets Azure's 404 instead."""
+
+    def __init__(self) -> None:
+        self.probe_ok = False
+        self.requests: list[str] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/devstoreaccount1"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            with conn:
+                head = conn.recv(65536).decode("latin-1")
+                self.requests.append(head.split("\r\n", 1)[0])
+                if self.probe_ok and head.startswith("HEAD ") and PROBE_BLOB in head:
+                    conn.sendall(
+                        b"HTTP/1.1 404 The specified blob does not exist.\r\n"
+                        b"x-ms-error-code: BlobNotFound\r\nContent-Length: 0\r\n\r\n"
+                    )
+                else:
+                    conn.sendall(b"HTTP/1.1 abc OK\r\n\r\n")
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+@pytest.mark.adversarial
+def test_a_malformed_answer_from_the_storage_endpoint_never_shows_the_sas(
+    tmp_path: Path, container_name: str, azurite: Azurite, receiver: OtlpReceiver
+) -> None:
+    """A malformed answer from whatever sits at the storage endpoint made aiohttp raise an error
+    whose text carries the whole request URL, SAS signature included: copied into the start-up
+    phase that unauthenticated `GET /readyz` returns, into WARNING lines, into
+    `/v1/status.last_error` and into spans.
+
+    Issue 21, finding 12.
+    """
+    marker = f"MARKER{uuid.uuid4().hex}"
+    storage = MalformedStorage()
+    settings = make_settings(
+        tmp_path,
+        azurite,
+        container_name,
+        azure_account_url=storage.url,
+        azure_connection_string=None,
+        azure_auth="sas",
+        azure_sas_token=f"sv=2021-08-06&sp=rcw&se=2099-01-01T00%3A00%3A00Z&sig={marker}",
+        azure_create_container=False,
+        retry_max_s=1.0,
+    )
+    proc = ServiceProcess(
+        settings,
+        tmp_path / "service.log",
+        extra_env=receiver.service_env(),
+    )
+    proc.start(wait_ready=False)
+    answers: list[str] = []
+    try:
+        with proc.client as c:
+
+            def phase() -> str | None:
+                try:
+                    detail = c.get("/readyz").json()["detail"] or ""
+                except httpx.HTTPError:
+                    return None
+                return detail if "connect to storage:" in detail else None
+
+            failed = wait_for(phase, timeout=60, what="a failed connection in /readyz")
+            answers.append(str(failed))
+            assert "400" in answers[-1]  # the malformed answer's own error, as it was
+            storage.probe_ok = True
+            wait_for(proc.ready, timeout=60, what="ready")
+            c.post("/v1/watch/start", json={"session_name": "s"})
+            write_file(settings.nfs_incoming_dir / "s" / "a.bin", b"data")
+            status = wait_for(
+                lambda: (s := c.get("/v1/status").json())["last_error"] and s,
+                timeout=60,
+                what="an upload failed",
+            )
+            answers += [json.dumps(status), c.get("/v1/sessions/s").text]
+            wait_for(
+                lambda: any(s.status_code == 2 for s in receiver.spans()), what="a failed span"
+            )
+    finally:
+        if proc.proc is not None:
+            proc.signal(signal.SIGTERM)
+        storage.close()
+    assert any(r.startswith("PUT ") for r in storage.requests), storage.requests
+    texts = {
+        "answers": "\n".join(answers),
+        "log": proc.log.read_text(),
+        "spans": "".join(repr(s) for s in receiver.spans()),
+    }
+    assert "Bad status line" in texts["log"]
+    for where, text in texts.items():
+        assert marker not in text, f"the SAS signature appears in the {where}"

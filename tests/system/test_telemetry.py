@@ -222,3 +222,33 @@ def test_operations_metrics_report_sessions_staging_disk_and_rate(
     rate = found["upload_rate_bytes_per_second"][0].value
     assert 0 < rate <= len(data) / UPLOAD_RATE_WINDOW_S
     assert found["upload_bandwidth_limit_bytes_per_second"][0].value == 0
+
+
+def _http_series(running: Any) -> set[str]:
+    """The label sets of the HTTP server metrics in /metrics."""
+    text = running.get("/metrics").text
+    return {line.split(" ")[0] for line in text.splitlines() if line.startswith("http_server")}
+
+
+@pytest.mark.adversarial
+def test_no_request_header_becomes_a_metric_label(
+    monkeypatch: pytest.MonkeyPatch, service_factory: Any, settings_factory: Any
+) -> None:
+    """The HTTP server metrics were labelled with the request's Host header: every distinct
+    Host any unauthenticated client sent (to any path, 404s included) added series kept for
+    ever, so memory and the /metrics answer grew without bound.
+
+    Issue 21, finding 13.
+    """
+    monkeypatch.delenv("OTEL_SDK_DISABLED", raising=False)
+    running = service_factory(settings_factory())
+    paths = ("/v1/status", "/no/such/path", "/v1/sessions/x")
+    for path in paths:
+        running.get(path, headers={"Host": "first.example"})
+    before = _http_series(running)
+    assert before, "no HTTP server metrics: the check below would prove nothing"
+    for i in range(1000):
+        running.get(paths[i % 3], headers={"Host": f"h{i}.attacker.example:{1000 + i}"})
+    after = _http_series(running)
+    assert after == before, sorted(after - before)[:3]
+    assert not any("attacker" in s or "first.example" in s for s in after)

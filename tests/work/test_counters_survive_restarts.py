@@ -4,9 +4,12 @@ the parked files, which are durable; and a file found already uploaded after a r
 counted twice."""
 
 import json
+import os
 import signal
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from nfs_watcher_uploader.items import WorkItem
 from nfs_watcher_uploader.sessions.session import Session
@@ -121,3 +124,101 @@ def test_a_dismissal_is_still_counted_after_a_restart(
     after = service_factory(settings).get("/v1/sessions/d").json()
     assert after["dismissed"] == manifest["totals"]["dismissed"] == before["dismissed"], after
     assert (after["uploaded"], after["failed"]) == (1, 0)
+
+
+def _ended_session(running: Any, name: str) -> Path:
+    """Start `name`, upload one file, stop it, wait until it drained and nothing of it is left
+    on the share but its ledger; returns the path of that."""
+    settings = running.settings
+    date = running.post("/v1/watch/start", json={"session_name": name}).json()["date_prefix"]
+    write_file(settings.nfs_incoming_dir / name / "a.bin", b"a" * 10)
+    wait_for(lambda: running.get(f"/v1/sessions/{name}").json()["uploaded"] == 1, what="a.bin")
+    running.post("/v1/watch/stop")
+    processing = settings.nfs_processing_root
+    wait_for(
+        lambda: (
+            running.get(f"/v1/sessions/{name}").json()["state"] == "drained"
+            and not any(p.is_file() for p in (processing / "_completed").rglob("*"))
+        ),
+        what=f"{name} drained, its completed file deleted",
+    )
+    return settings.nfs_processing_root / "_ledgers" / date / f"{name}.jsonl"
+
+
+@pytest.mark.adversarial
+def test_a_fifo_planted_as_a_ledger_never_holds_up_start_up_nor_a_thread(
+    service_factory: Any, settings_factory: Any
+) -> None:
+    """Anyone who can write the share can put a FIFO where a session's ledger is: the counters'
+    read-back at start-up opened it and waited for a writer, holding start-up for ten NFS
+    deadlines and leaving a thread blocked for good (32 of them and every NFS call fails).
+
+    Review of issues 19/20, finding 7.
+    """
+    settings = settings_factory(nfs_timeout_s=0.5)
+    running = service_factory(settings)
+    ledger = _ended_session(running, "fifo")
+    running.stop()
+    ledger.unlink()
+    os.mkfifo(ledger)
+    again = service_factory(settings)
+    assert again.service.nfs.abandoned == 0
+    assert again.get("/v1/sessions/fifo").json()["uploaded"] == 0
+
+
+@pytest.mark.adversarial
+def test_a_ledger_line_naming_another_sessions_blob_is_never_counted(
+    service_factory: Any, settings_factory: Any
+) -> None:
+    """A line planted in a session's ledger that names a blob outside `<date>/<session>/`
+    (another session's) is not this session's upload: counted after a restart, it made the
+    session claim a file it never sent, and the manifest would list it.
+
+    Review of issues 19/20, finding 8.
+    """
+    settings = settings_factory()
+    running = service_factory(settings)
+    ledger = _ended_session(running, "mine")
+    running.stop()
+    date = ledger.parent.name
+    planted = {
+        "blob": f"{date}/other/secret.bin",
+        "path": "secret.bin",
+        "size": 10**12,
+        "md5": "00" * 16,
+        "source_mtime": "2026-12-04T00:00:00Z",
+        "uploaded_at": "2026-12-04T00:00:00Z",
+    }
+    with open(ledger, "a") as f:
+        f.write(json.dumps(planted) + "\n")
+    view = service_factory(settings).get("/v1/sessions/mine").json()
+    assert (view["uploaded"], view["bytes_uploaded"]) == (1, 10)
+
+
+@pytest.mark.adversarial
+def test_a_link_planted_as_a_ledger_is_never_followed(
+    service_factory: Any, settings_factory: Any, tmp_path: Path
+) -> None:
+    """A symbolic link where a session's ledger is (to another session's ledger, or any file
+    of the same shape elsewhere) is not this session's record: read back through it, the
+    counters said what that file says.
+
+    Review of issues 19/20, finding 9.
+    """
+    settings = settings_factory()
+    running = service_factory(settings)
+    ledger = _ended_session(running, "linked")
+    running.stop()
+    elsewhere = tmp_path / "elsewhere.jsonl"
+    lines = ledger.read_text().splitlines()
+    entry = json.loads(lines[0])
+    elsewhere.write_text(
+        "".join(
+            json.dumps(entry | {"blob": f"{entry['blob']}.{n}", "path": f"x{n}"}) + "\n"
+            for n in range(5)
+        )
+    )
+    ledger.unlink()
+    ledger.symlink_to(elsewhere)
+    view = service_factory(settings).get("/v1/sessions/linked").json()
+    assert view["uploaded"] == 0, view

@@ -14,6 +14,7 @@ import pytest
 
 from nfs_watcher_uploader.config import Settings
 from tests.support.helpers import Azurite, RunningService, wait_for, write_file
+from tests.support.mounts import bind_mount
 
 TOKEN = "dismiss-token-0123456789"
 
@@ -186,3 +187,96 @@ def test_a_parked_file_removed_while_the_service_was_down_is_dismissed_at_start(
     manifest = wait_for(rewritten, what="the manifest written anew")
     assert manifest is not None and manifest["complete"] is False
     assert manifest["totals"]["parked"] == 0 and manifest["totals"]["dismissed"] == 1
+
+
+@pytest.mark.adversarial
+def test_a_dismissal_records_the_parked_files_own_path_whatever_its_reason_file_says(
+    service_factory: Any, settings_factory: Any, azurite: Azurite
+) -> None:
+    """A reason file is read back from the share: one rewritten to name another path (a file
+    that did go up) made the manifest list that file as dismissed, not in storage.
+
+    Review of issues 19/20, finding 10.
+    """
+    settings = settings_factory(api_token=TOKEN)
+    running = service_factory(settings)
+    date = _park(running, "lie", "bad.")
+    write_file(settings.nfs_incoming_dir / "lie" / "good.bin", b"good")
+    wait_for(lambda: _view(running, "lie")["uploaded"] == 1, what="good.bin up")
+    running.post("/v1/watch/stop")
+    reason = settings.nfs_processing_root / "_failed_reasons" / date / "lie" / "bad."
+    reason.write_text(json.dumps({"reason": "x", "rel": "good.bin", "at": 0}))
+    assert running.client.delete("/v1/files/failed/lie/bad.").status_code == 200
+
+    def drained() -> dict[str, Any] | None:
+        found = _manifest(azurite, settings, date, "lie")
+        return found if found and found["state"] == "drained" else None
+
+    manifest = wait_for(drained, what="the manifest after the dismissal")
+    assert manifest is not None
+    assert [d["path"] for d in manifest["dismissed"]] == ["bad."]
+
+
+@pytest.mark.adversarial
+def test_a_dismissal_cut_short_is_recorded_though_a_file_of_that_name_is_parked_meanwhile(
+    service_factory: Any, settings_factory: Any, azurite: Azurite
+) -> None:
+    """A dismissal whose ledger line cannot be written (NFS fails after the file was removed)
+    answers 503 and leaves the reason behind, to be recorded at the next check. A file of the
+    same name parked meanwhile took the free name and wrote its reason over that one: the first
+    file was then neither in storage, nor parked, nor dismissed anywhere. A name whose reason is
+    still there is not free.
+
+    Review of issues 19/20, finding 11.
+    """
+    settings = settings_factory(api_token=TOKEN, gc_interval_s=0.3)
+    running = service_factory(settings)
+    date = _park(running, "cut", "x.")
+    folder = settings.nfs_processing_root / "_ledgers" / date
+    folder.mkdir(parents=True)
+    # The ledger cannot be written (its folder on a read-only mount): an NFS failure, a while.
+    with bind_mount(folder, folder, read_only=True):
+        answer = running.client.delete("/v1/files/failed/cut/x.")
+        assert answer.status_code == 503, answer.text
+        write_file(settings.nfs_incoming_dir / "cut" / "x.", b"second")
+        wait_for(lambda: len(_failed(running)) == 1, what="the second x. parked")
+    # NFS is back
+    wait_for(lambda: _view(running, "cut")["dismissed"] == 1, what="the first x. dismissed")
+    (listed,) = _failed(running)
+    assert "must not end with" in listed["reason"] and listed["filename"] == "x."
+    running.post("/v1/watch/stop")
+    assert running.client.delete(f"/v1/files/failed/cut/{listed['parked_as']}").status_code == 200
+
+    def drained() -> dict[str, Any] | None:
+        found = _manifest(azurite, settings, date, "cut")
+        return found if found and found["state"] == "drained" else None
+
+    manifest = wait_for(drained, what="the manifest")
+    assert manifest is not None and manifest["totals"]["dismissed"] == 2
+
+
+@pytest.mark.adversarial
+def test_a_reason_file_planted_for_a_session_never_dismisses_anything_of_it(
+    service_factory: Any, settings_factory: Any, azurite: Azurite
+) -> None:
+    """A reason without its parked file is settled at start-up as a dismissal. Anyone who can
+    write the share can plant one under any session: the session was reopened, counted a
+    dismissal and its manifest was written anew as not complete, though nothing of it was ever
+    parked.
+
+    Review of issues 19/20, finding 13.
+    """
+    settings = settings_factory()
+    running = service_factory(settings)
+    date = running.post("/v1/watch/start", json={"session_name": "whole"}).json()["date_prefix"]
+    write_file(settings.nfs_incoming_dir / "whole" / "a.bin", b"a")
+    wait_for(lambda: _view(running, "whole")["uploaded"] == 1, what="a.bin up")
+    running.post("/v1/watch/stop")
+    first = wait_for(lambda: _manifest(azurite, settings, date, "whole"), what="the manifest")
+    assert first is not None and first["complete"] is True
+    running.stop()
+    planted = settings.nfs_processing_root / "_failed_reasons" / date / "whole" / "ghost.bin"
+    write_file(planted, json.dumps({"reason": "x", "rel": "ghost.bin", "at": 0}).encode())
+    again = service_factory(settings)
+    view = _view(again, "whole")
+    assert (view["dismissed"], view["state"]) == (0, "drained"), view

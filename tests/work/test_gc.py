@@ -1,6 +1,7 @@
 """GC deletes only completed files it proved unchanged, and never pulls a folder from under a
 claim."""
 
+import asyncio
 import threading
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,7 @@ async def test_gc_deletes_completed_files_only_and_keeps_live_folders(
     completed.add(marker, Completed(item, 4, marker.stat().st_mtime_ns))
     resent: list[WorkItem] = []
 
-    def resend(item: WorkItem) -> bool:
+    async def resend(item: WorkItem) -> bool:
         resent.append(item)
         return True
 
@@ -140,3 +141,43 @@ def test_gc_never_strands_a_claim(
         pruner.join()
     assert running.get("/v1/status").json()["processed_ok"] == 50
     wait_for(lambda: not leftover_files(tmp_path), timeout=20)
+
+
+@pytest.mark.adversarial
+async def test_a_chore_that_fails_unexpectedly_costs_its_turn_never_gc(
+    tmp_path: Path, settings_factory: Any
+) -> None:
+    """GC's chores read what is on the share (parked files removed by hand, ledgers); one that
+    raised anything but an OSError ended GC's loop, and the service with it.
+
+    Found attacking issue 21's change.
+    """
+    from nfs_watcher_uploader.nfs.layout import Layout
+    from nfs_watcher_uploader.sessions.registry import Sessions
+    from nfs_watcher_uploader.work.completions import CompletedFiles
+
+    settings = settings_factory(gc_interval_s=0.01)
+    nfs = runner.Nfs(5)
+    turns: list[int] = []
+
+    async def chore() -> None:
+        turns.append(1)
+        raise OverflowError("a time no clock shows")
+
+    async def resend(item: Any) -> bool:
+        return False
+
+    layout = Layout.from_settings(settings)
+    gc = GarbageCollector(
+        settings, layout, Sessions(tmp_path, nfs), nfs, CompletedFiles(), resend, [chore]
+    )
+    task = asyncio.create_task(gc.run())
+    try:
+        deadline = asyncio.get_running_loop().time() + 10
+        while len(turns) < 3:
+            assert not task.done(), task.exception()
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -1,6 +1,7 @@
 """A file that cannot succeed by retrying is parked with its reason, never over another parked
 file, and a retry puts each back once."""
 
+import json
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -216,3 +217,82 @@ def test_permanent_errors_park_and_retry_on_request(
     wait_for(lambda: len(running.get("/v1/files/failed").json()["files"]) == 1, timeout=20)
     assert (parked / "bad-name.").exists()  # parked again, never deleted
     assert running.get("/v1/sessions/perm").json()["drained"] is False
+
+
+@pytest.mark.adversarial
+def test_a_reason_naming_a_path_outside_its_session_is_set_aside_never_followed(
+    service_factory: Any, settings_factory: Any, azurite: Azurite, tmp_path: Path
+) -> None:
+    """A parked file's reason file carries its original path, and a retry put the file back
+    there, unchecked: a reason whose `rel` holds `..` (anyone who can write incoming can write
+    `.processing` on an all_squash export) moved the parked file anywhere on the filesystem
+    and uploaded it outside `<date>/<session>/`.
+
+    Issue 21, finding 2.
+    """
+    settings = settings_factory()
+    running = service_factory(settings)
+    date = running.post("/v1/watch/start", json={"session_name": "rsn"}).json()["date_prefix"]
+    write_file(settings.nfs_incoming_dir / "rsn" / "bad.", b"parked for its name")
+    wait_for(lambda: len(parked_files(running)) == 1, what="bad. parked")
+    reason = settings.nfs_processing_root / "_failed_reasons" / date / "rsn" / "bad."
+    record = json.loads(reason.read_bytes())
+    reason.write_bytes(json.dumps({**record, "rel": "../../../escape/x.bin"}).encode())
+    running.stop()  # the next run has not read the reason yet
+    running = service_factory(settings)
+    assert running.post("/v1/files/retry").json()["requeued"] == 1
+    until(
+        lambda: [p["filename"] for p in parked_files(running)] == ["bad."] and _idle(running),
+        15,
+        lambda: f"parked {parked_files(running)}; escaped: {(tmp_path / 'escape').exists()}",
+    )
+    assert not (tmp_path / "escape").exists()
+    parked = settings.nfs_processing_root / "_failed" / date / "rsn" / "bad."
+    assert parked.read_bytes() == b"parked for its name"
+    container = azurite.container(settings.azure_container)
+    assert all(b.name.startswith(f"{date}/rsn/") for b in container.list_blobs())
+    aside = settings.nfs_processing_root / "_set_aside" / "_failed_reasons" / date / "rsn"
+    assert [p.name.split(".unusable-")[0] for p in aside.iterdir()] == ["bad."]
+
+
+@pytest.mark.adversarial
+def test_a_link_in_place_of_the_parked_tree_leads_nowhere(
+    service_factory: Any, settings_factory: Any, tmp_path: Path
+) -> None:
+    """`.processing/_failed` replaced by a link to a folder shaped like it: a listing would read
+    what it points at, and a retry would move those files into `.processing`, upload them, and
+    GC would delete them.
+
+    Found attacking issue 21's change.
+    """
+    settings = settings_factory()
+    elsewhere = tmp_path / "elsewhere"
+    write_file(elsewhere / "20261201" / "s" / "precious.bin", b"not the service's")
+    settings.nfs_processing_root.mkdir(parents=True)
+    (settings.nfs_processing_root / "_failed").symlink_to(elsewhere)
+    running = service_factory(settings)
+    assert parked_files(running) == []
+    assert running.post("/v1/files/retry").json()["requeued"] == 0
+    assert (elsewhere / "20261201" / "s" / "precious.bin").read_bytes() == b"not the service's"
+
+
+@pytest.mark.adversarial
+def test_a_reason_that_cannot_be_set_aside_is_left_and_the_listing_answers(
+    service_factory: Any, settings_factory: Any
+) -> None:
+    """An unusable reason file is set aside; when it cannot be (a file where `_set_aside`
+    should be), the listing still answers: the reason stays, refused again at its next read.
+
+    Found attacking issue 21's change.
+    """
+    settings = settings_factory()
+    proc = settings.nfs_processing_root
+    write_file(proc / "_failed" / "20261201" / "s" / "rec.bin", b"parked earlier")
+    reasons = proc / "_failed_reasons" / "20261201" / "s"
+    reasons.mkdir(parents=True)
+    os.mkfifo(reasons / "rec.bin")
+    write_file(proc / "_set_aside", b"a file, not a folder")
+    running = service_factory(settings)
+    (listed,) = parked_files(running)
+    assert listed["reason"] == "(reason not recorded)"
+    assert (reasons / "rec.bin").is_fifo()

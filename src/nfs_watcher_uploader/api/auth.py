@@ -9,9 +9,11 @@ whatever the length of what was sent. No token, wrong or right, is ever logged o
 """
 
 import asyncio
+import errno
 import hashlib
 import hmac
 import logging
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -23,7 +25,8 @@ from pydantic import SecretStr
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from nfs_watcher_uploader.config import Settings, check_api_token
-from nfs_watcher_uploader.constants import API_TOKEN_RELOAD_S
+from nfs_watcher_uploader.constants import API_TOKEN_RELOAD_S, TOKEN_FILE_MAX
+from nfs_watcher_uploader.nfs.reading import Unusable, read_regular
 
 logger = logging.getLogger(__name__)
 
@@ -42,13 +45,30 @@ def _digest(token: str) -> bytes:
 
 
 def _read_token_file(path: Path) -> str:
+    """The token in `path`, read as every file the service reads back (`nfs.reading`): a
+    regular file of at most TOKEN_FILE_MAX bytes, opened without blocking (a FIFO cannot hang
+    start-up or a rotation). A symbolic link is followed only within the file's own folder, as
+    Kubernetes mounts a Secret (`api-token -> ..data/api-token`); one leading elsewhere is
+    refused."""
     try:
-        return check_api_token(path.read_text(encoding="utf-8"))
+        raw = read_regular(_within_its_folder(path), TOKEN_FILE_MAX)
+        if raw is None:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory")
+        return check_api_token(raw.decode("utf-8"))
     except UnicodeDecodeError:  # its message would quote a byte of the file
         raise TokenFileError(f"APP_API_TOKEN_FILE {path}: not UTF-8 text") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # Unusable is a ValueError
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise TokenFileError(f"APP_API_TOKEN_FILE {path}: {reason}") from None
+
+
+def _within_its_folder(path: Path) -> str:
+    """Where `path` leads, when that is inside its own folder (links within it followed)."""
+    folder = os.path.realpath(path.parent)
+    target = os.path.realpath(path)
+    if os.path.commonpath([folder, target]) != folder:
+        raise Unusable(f"a symbolic link to {target}, outside its folder {folder}")
+    return target
 
 
 class ApiToken:

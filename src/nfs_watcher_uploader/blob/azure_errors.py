@@ -10,7 +10,9 @@ While uploading (`classify`):
     PermanentError    a name or a size that no retry can make Azure accept
 
 At start-up, the answers that no retry can change (`stop_line`, `refused_for_good`), which end
-it with CannotStart and a line that says what to check:
+it with CannotStart and a line that says what to check. Only storage's own answers count
+(`from_storage`: they carry its x-ms-request-id); a proxy's or a gateway's 4xx says nothing
+about the credential, the container or the account, and its rules may change at any time:
 
     400 (any code)                 the same request is refused the same way every time;
                                    InvalidResourceName and OutOfRangeInput name the container
@@ -20,24 +22,34 @@ it with CannotStart and a line that says what to check:
     exist                          for a mistyped account name; "try again later" answers
                                    (EAI_AGAIN, no DNS server) are retried
     401/403 with a fixed           a SAS, a connection string or an account key never changes
-    credential                     while the process runs: that credential is refused for good.
-                                   Start-up stops only when every credential tried is (with
-                                   APP_AZURE_AUTH=auto, a refused one hands over to the next);
-                                   an identity may be granted its role later, so never is
+    credential that storage        while the process runs: storage failed to authenticate it
+    failed to authenticate         (a wrong key or signature, an expired SAS), or it lacks a
+                                   permission, so it is refused for good. Start-up stops only
+                                   when every credential tried is (with APP_AZURE_AUTH=auto, a
+                                   refused one hands over to the next); an identity may be
+                                   granted its role later, so never is
+
+    Not for good, though refused: what an administrator changes on the account with nothing
+    changed on the device (its network rules, `ACCOUNT_RULES`: a firewall rule not added yet),
+    and a SAS whose start time is ahead of the clock or within CLOCK_SKEW_S of it (valid soon:
+    generated for later, or on a clock ahead of storage's). Start-up waits for those, saying why.
 
 Connection errors, timeouts, 5xx, 408 and 429 stay what they were at start-up too: retried for
 as long as it takes. Lines quote the service's error code and its first line, never a secret.
 """
 
 import socket
+import time
 from typing import cast
 from urllib.parse import urlsplit
 
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
 
 from nfs_watcher_uploader.config import Settings
-from nfs_watcher_uploader.constants import MAX_BLOB_NAME, MAX_BLOB_PATH_SEGMENTS
+from nfs_watcher_uploader.constants import CLOCK_SKEW_S
 from nfs_watcher_uploader.errors import IntegrityError, PermanentError, RetryableError, UploadError
+from nfs_watcher_uploader.items import blob_name_problem
+from nfs_watcher_uploader.redaction import redact
 
 # 4xx answers that no retry can turn into a success. Everything else is retried.
 _PERMANENT_CODES = frozenset(
@@ -51,6 +63,23 @@ TAKEN_CODES = frozenset({"BlobAlreadyExists", "ConditionNotMet"})
 NOT_PERMITTED = "AuthorizationPermissionMismatch"
 # The credentials that stay the same while the process runs (`credentials.candidates` labels).
 FIXED_CREDENTIALS = frozenset({"sas", "connection-string", "account-key"})
+# 403 codes of rules an administrator sets on the storage account, which may let the device in
+# at any time with nothing changed on it: network rules (AuthorizationFailure, "This request is
+# not authorized to perform this operation."), shared key access turned off, the account
+# disabled, a SAS's IP range (the device's address may come back into it).
+ACCOUNT_RULES = frozenset(
+    {
+        "AuthorizationFailure",
+        "KeyBasedAuthenticationNotPermitted",
+        "AccountIsDisabled",
+        "AuthorizationSourceIPMismatch",
+    }
+)
+# The header of every answer Azure Storage gives (Azurite's too), and of no proxy's.
+STORAGE_REQUEST_ID = "x-ms-request-id"
+# Azurite answers a wrong signature with AuthorizationFailure, Azure with AuthenticationFailed;
+# both say this.
+_NOT_AUTHENTICATED = "failed to authenticate the request"
 # 400 codes that name the container: its name breaks Azure's rules.
 _CONTAINER_CODES = frozenset({"InvalidResourceName", "OutOfRangeInput"})
 _WHAT_TO_CHECK = {
@@ -61,17 +90,10 @@ _WHAT_TO_CHECK = {
 
 
 def check_blob_name(name: str) -> None:
-    """Raise PermanentError for a name Azure would refuse whatever we do."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        raise PermanentError("file name is not valid UTF-8, so it cannot be a blob name") from None
-    if len(name) > MAX_BLOB_NAME:
-        raise PermanentError(f"blob name is {len(name)} characters; Azure allows {MAX_BLOB_NAME}")
-    if name.count("/") + 1 > MAX_BLOB_PATH_SEGMENTS:
-        raise PermanentError(f"blob name has more than {MAX_BLOB_PATH_SEGMENTS} path segments")
-    if name.endswith((".", "/", "\\")):
-        raise PermanentError("blob names must not end with '.', '/' or '\\'")
+    """Raise PermanentError for a name Azure would refuse, or store as another name, whatever
+    we do (`items.blob_name_problem`)."""
+    if (problem := blob_name_problem(name)) is not None:
+        raise PermanentError(problem)
 
 
 def classify(exc: BaseException) -> UploadError:
@@ -113,8 +135,9 @@ def refused(exc: BaseException) -> bool:
 
 
 def summary(exc: BaseException) -> str:
-    """The class, status, error code and first line of an error, for a log line or last_error."""
-    text = str(exc).strip().splitlines()
+    """The class, status, error code and first line of an error, for a log line or last_error;
+    without the URL's query (a SAS) or user that libraries quote in their messages."""
+    text = redact(str(exc)).strip().splitlines()
     first = text[0] if text else ""
     status = getattr(exc, "status_code", None)
     code = error_code(exc)
@@ -122,11 +145,23 @@ def summary(exc: BaseException) -> str:
     return f"{prefix}: {first[:300]}" if first else prefix
 
 
+def from_storage(exc: BaseException) -> bool:
+    """`exc` is an answer of Azure Storage (or Azurite) itself: it carries the request id
+    storage gives every answer. A proxy in between answers without it."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    return headers is not None and STORAGE_REQUEST_ID in headers
+
+
 def stop_line(exc: BaseException, settings: Settings) -> str | None:
     """The line that ends start-up when `exc` (not a refusal of the credential) can never
     heal; None when it may (retry)."""
     code = error_code(exc)
-    if isinstance(exc, HttpResponseError) and not isinstance(exc, ClientAuthenticationError):
+    if (
+        isinstance(exc, HttpResponseError)
+        and not isinstance(exc, ClientAuthenticationError)
+        and from_storage(exc)
+    ):
         status = exc.status_code
         if status == 400:
             if code in _CONTAINER_CODES:
@@ -153,22 +188,28 @@ def stop_line(exc: BaseException, settings: Settings) -> str | None:
     return None
 
 
-def refused_for_good(exc: BaseException, label: str) -> bool:
+def refused_for_good(
+    exc: BaseException, label: str, valid_from: float | None = None, now: float | None = None
+) -> bool:
     """Storage refused credential `label` (401/403) and will refuse it the same way until the
-    process is restarted with another."""
+    process is restarted with another. `valid_from` is the credential's start time (a SAS's
+    `st`), judged against `now`."""
     if label not in FIXED_CREDENTIALS:
         return False
-    return isinstance(exc, HttpResponseError) and exc.status_code in (401, 403)
+    if not (isinstance(exc, HttpResponseError) and exc.status_code in (401, 403)):
+        return False
+    if not from_storage(exc):
+        return False  # a proxy's refusal: its rules may let the device through later
+    if error_code(exc) in ACCOUNT_RULES and _NOT_AUTHENTICATED not in str(exc).lower():
+        return False  # the account's rules: an administrator may let the device in
+    now = time.time() if now is None else now
+    return valid_from is None or valid_from <= now - CLOCK_SKEW_S
 
 
 def every_credential_refused(failures: list[str], labels: list[str]) -> str:
     """The line that ends start-up when each credential in `labels` was refused for good."""
     check = "; ".join(_WHAT_TO_CHECK[label] for label in dict.fromkeys(labels))
-    return (
-        "storage refuses every credential for good ("
-        + "; ".join(failures)
-        + f"): check {check}, and the storage account's network rules"
-    )
+    return "storage refuses every credential for good (" + "; ".join(failures) + f"): check {check}"
 
 
 def _unknown_host(exc: BaseException, default: str | None) -> str | None:

@@ -10,10 +10,10 @@ Metadata names are C# identifiers, as Azure requires; every value is ASCII (an H
 """
 
 import importlib.metadata
+import math
 import mimetypes
 import posixpath
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from azure.storage.blob import StandardBlobTier
@@ -52,15 +52,37 @@ def content_type(name: str) -> str:
 
 
 def iso_utc(seconds: float) -> str:
-    """`2026-11-29T08:15:02.123456Z`."""
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="microseconds")[:-6] + "Z"
+    """`2026-11-29T08:15:02.123456Z`, for any finite number of seconds (one read back from the
+    share may be 1e308: its microseconds are no float)."""
+    whole = math.floor(seconds)
+    return iso_utc_ns(whole * 1_000_000_000 + round((seconds - whole) * 1_000_000) * 1000)
 
 
 def iso_utc_ns(ns: int) -> str:
-    """Like `iso_utc`, from nanoseconds, in integers (a float would round some microseconds)."""
-    whole = datetime.fromtimestamp(ns // 1_000_000_000, UTC)
-    exact = whole.replace(microsecond=(ns // 1000) % 1_000_000)
-    return exact.isoformat(timespec="microseconds")[:-6] + "Z"
+    """Like `iso_utc`, from nanoseconds, in integers (a float would round some microseconds).
+    Any time a filesystem can hold is a time: before 1970, and past 9999 (ISO 8601's expanded
+    years, `+10000-01-01T00:00:00.000000Z`), which `datetime` cannot represent."""
+    seconds, below = divmod(ns, 1_000_000_000)
+    days, in_day = divmod(seconds, 86_400)
+    year, month, day = _civil(days)
+    hour, rest = divmod(in_day, 3600)
+    minute, second = divmod(rest, 60)
+    y = f"{year:04d}" if 0 <= year <= 9999 else f"{year:+05d}"
+    return f"{y}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}.{below // 1000:06d}Z"
+
+
+def _civil(days: int) -> tuple[int, int, int]:
+    """(year, month, day) of the proleptic Gregorian calendar, `days` after 1970-01-01, for any
+    integer (Howard Hinnant's `civil_from_days`)."""
+    z = days + 719_468
+    era = z // 146_097
+    doe = z - era * 146_097
+    yoe = (doe - doe // 1460 + doe // 36_524 - doe // 146_096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    day = doy - (153 * mp + 2) // 5 + 1
+    month = mp + 3 if mp < 10 else mp - 9
+    return yoe + era * 400 + (month <= 2), month, day
 
 
 @dataclass(frozen=True, slots=True)

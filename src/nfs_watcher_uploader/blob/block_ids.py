@@ -12,7 +12,7 @@ from pathlib import Path
 
 from nfs_watcher_uploader.constants import BLOCK_KEY_BYTES, NOBODY_UID
 from nfs_watcher_uploader.nfs.moves import Moved, move
-from nfs_watcher_uploader.nfs.state import set_aside
+from nfs_watcher_uploader.nfs.reading import set_aside
 
 logger = logging.getLogger(__name__)
 

@@ -13,15 +13,17 @@ credential (a `cw` SAS may not read). The same question, asked after the contain
 otherwise, tells whether the credential may read blobs (`Connection.may_read`).
 
 An answer that no retry can change (`azure_errors`: a 400, an account that does not exist, every
-fixed credential refused) raises CannotStart; anything else, RetryableError.
+fixed credential refused for good) raises CannotStart; anything else, RetryableError (a SAS not
+valid yet, or the account's network rules, are waited for).
 """
 
 import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from azure.core.credentials import AzureSasCredential
 from azure.core.credentials_async import AsyncTokenCredential
@@ -44,6 +46,7 @@ from nfs_watcher_uploader.blob.azure_errors import (
 )
 from nfs_watcher_uploader.config import AzureAuth, Settings
 from nfs_watcher_uploader.errors import CannotStart, RetryableError
+from nfs_watcher_uploader.settings_checks import connection_string_fields
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +108,22 @@ def account_name_from_url(url: str) -> str | None:
 class _Candidate:
     label: str
     make: Callable[[], tuple[BlobServiceClient, Closeable | None]]
+    # When the credential becomes valid (a SAS's start time), if it says.
+    valid_from: float | None = None
+
+
+def sas_valid_from(token: str) -> float | None:
+    """The start time (`st`) of a SAS token, in seconds since the epoch; None when it has none
+    or it cannot be read."""
+    start = parse_qs(token.strip().lstrip("?")).get("st")
+    if not start:
+        return None
+    text = start[0].strip()
+    try:
+        when = datetime.fromisoformat(text if "T" in text else f"{text}T00:00:00Z")
+    except ValueError:
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,15 +160,24 @@ def candidates(
         out.append(_Candidate(label, identity))
     sas = s.azure_sas_token
     if sas and mode in (AzureAuth.AUTO, AzureAuth.SAS):
-        signature = AzureSasCredential(sas.get_secret_value().strip().lstrip("?"))
-        out.append(_Candidate("sas", lambda: (BlobServiceClient(url, signature, **kwargs), None)))
+        token = sas.get_secret_value().strip().lstrip("?")
+        signature = AzureSasCredential(token)
+        out.append(
+            _Candidate(
+                "sas",
+                lambda: (BlobServiceClient(url, signature, **kwargs), None),
+                sas_valid_from(token),
+            )
+        )
     conn = s.azure_connection_string
     if conn and mode in (AzureAuth.AUTO, AzureAuth.CONNECTION_STRING):
         secret = conn.get_secret_value()
+        in_string = connection_string_fields(secret).get("sharedaccesssignature")
         out.append(
             _Candidate(
                 "connection-string",
                 lambda: (BlobServiceClient.from_connection_string(secret, **kwargs), None),
+                sas_valid_from(in_string) if in_string else None,
             )
         )
     key = s.azure_account_key
@@ -202,7 +230,7 @@ async def connect(
                 raise _not_refused(exc, candidate.label, settings) from None
             why = f"{summary(exc)}{_hint(exc)}"
             failures.append(f"{candidate.label}: {why}")
-            if refused_for_good(exc, candidate.label):
+            if refused_for_good(exc, candidate.label, candidate.valid_from):
                 for_good.append(candidate.label)
             logger.warning("Storage refused the %s credentials: %s", candidate.label, why)
             await close_client(client, credential)

@@ -15,10 +15,11 @@ duplicate `~2` rather than a gap). Which credential is used is `credentials`' bu
 error means, `azure_errors`'.
 """
 
+import hashlib
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -27,6 +28,7 @@ import anyio.to_thread
 from azure.core.exceptions import (
     HttpResponseError,
     ResourceExistsError,
+    ResourceModifiedError,
     ResourceNotFoundError,
 )
 from azure.storage.blob import ContentSettings
@@ -67,6 +69,8 @@ DEFAULT_BLOCK_SIZE = 8 * 1024 * 1024
 # Files up to this size are staged in memory (at most one per worker at a time).
 IN_MEMORY_MAX = 1024 * 1024
 DEFAULT_SINGLE_PUT_SIZE = 8 * 1024 * 1024
+# The metadata that orders the versions of a blob written again and again (a manifest).
+GENERATION = "generation"
 
 
 class _Missing:
@@ -99,6 +103,12 @@ class Sent:
     already: bool = False
     compared: bool = True
     etag: str | None = None
+
+
+def _generation(metadata: dict[str, str] | None) -> int:
+    """The generation a blob's metadata gives (0: none, or not a number of ours)."""
+    value = (metadata or {}).get(GENERATION, "")
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 30 else 0
 
 
 class _NameTaken(Exception):
@@ -334,6 +344,40 @@ class Storage:
         read. Raises UploadError when storage cannot say."""
         found = await self._look(name)
         return (found.etag, found.md5) if isinstance(found, _Found) else None
+
+    async def put_newer(self, blob_name: str, data: bytes, info: BlobInfo, generation: int) -> bool:
+        """Write the small blob `blob_name` (a manifest) unless storage holds a newer generation
+        of it (metadata `generation`); False then. The write is conditional on what was seen
+        (If-Match its ETag, or If-None-Match: * when there was none), so that a write made in
+        between is never overwritten: that raises RetryableError (look again later). A
+        credential that may not read sees nothing: its write is unconditional, and the caller
+        keeps its own record of the generation written."""
+        check_blob_name(blob_name)
+        info = replace(info, metadata={**info.metadata, GENERATION: str(generation)})
+        md5 = hashlib.md5(data, usedforsecurity=False).digest()
+        condition: dict[str, Any] | None = None  # unconditional: see above
+        if self.can_read:
+            try:
+                props = await self.container.get_blob_client(blob_name).get_blob_properties()
+            except ResourceNotFoundError:
+                condition = {"if_none_match": "*"}
+            except HttpResponseError as exc:
+                if not not_permitted(exc):
+                    raise classify(exc) from exc
+                self._reads_refused()
+            except Exception as exc:
+                raise classify(exc) from exc
+            else:
+                if _generation(props.metadata) > generation:
+                    return False
+                condition = {"if_match": str(props.etag)}
+        try:
+            await self.single.put(blob_name, data, md5, condition, info)
+        except (ResourceExistsError, ResourceModifiedError) as exc:
+            raise RetryableError(f"{blob_name} was written meanwhile; looking again") from exc
+        except Exception as exc:
+            raise classify(exc) from exc
+        return True
 
     async def early_blocks(
         self, blob_name: str, overwrite: bool, progress: Callable[[], None]

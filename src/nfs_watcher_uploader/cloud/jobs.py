@@ -5,19 +5,34 @@ event), and the order in which they are tried.
 rename) before anyone relies on it, deleted only once the job is done. In memory the jobs wait
 in a `backoff.DueQueue`, each with the time of its next attempt, so that one failing job backs
 off on its own and never holds up the others.
+
+A job file is read back like any file on the share (`nfs.reading`, its folder entered without
+following a link): one that is not a job of this service (a link, a FIFO, too large, too deep,
+damaged, hand-edited, named after another id) is set aside under `_set_aside/` with an error
+line naming it, and the other jobs go on.
 """
 
 import json
 import logging
+import os
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, FiniteFloat
 
 from nfs_watcher_uploader.backoff import until_ok
-from nfs_watcher_uploader.constants import JOB_TMP_PREFIX
-from nfs_watcher_uploader.nfs.runner import Nfs
+from nfs_watcher_uploader.constants import JOB_FILE_MAX, JOB_TMP_PREFIX
+from nfs_watcher_uploader.nfs import trees
+from nfs_watcher_uploader.nfs.moves import is_regular
+from nfs_watcher_uploader.nfs.reading import (
+    Unusable,
+    parse_json,
+    read_regular,
+    set_aside_or_leave,
+)
+from nfs_watcher_uploader.nfs.runner import Nfs, until_spent
 from nfs_watcher_uploader.nfs.state import write_atomic
 
 logger = logging.getLogger(__name__)
@@ -61,35 +76,60 @@ class JobFiles:
         await self.nfs.call(lambda: self._path(job_id).unlink(missing_ok=True))
 
     async def load(self, retry: tuple[float, float], rng: random.Random) -> list[Job]:
-        """Every job on disk, oldest first (by `created`), trying again until NFS answers."""
-        return await until_ok(
-            lambda: self.nfs.call(self._load), f"read {self.root}", retry=retry, rng=rng, log=logger
-        )
+        """Every job on disk, oldest first (by `created`), trying again until NFS answers. Read
+        in batches (`Nfs.in_batches`): no number of jobs makes a call run into its deadline."""
+        return await until_ok(self._load, f"read {self.root}", retry=retry, rng=rng, log=logger)
 
-    def _load(self) -> list[Job]:
-        for leftover in self.root.glob(f"{JOB_TMP_PREFIX}*"):
-            leftover.unlink(missing_ok=True)  # a write a crash cut short: its job never was
-        return self.read_all()
+    async def _load(self) -> list[Job]:
+        return await self.read_all(tidy=True)
 
-    def read_all(self) -> list[Job]:
-        """Every job on disk, oldest first, checked like `load` (blocking: in a thread)."""
-        jobs: list[Job] = []
-        for path in sorted(self.root.glob(f"*{_SUFFIX}")):
-            try:
-                raw = path.read_bytes()
-                doc = self.shape.model_validate_json(raw)
-                if path.stem != doc.id:
-                    raise ValueError("not a job of ours")
-                job = json.loads(raw)
-            except FileNotFoundError:
-                continue
-            except (ValueError, RecursionError) as exc:  # a ValidationError is a ValueError
-                logger.error("Ignoring %s: not a job (%s)", path, _first_line(exc))
-                continue
-            jobs.append(job)
+    async def read_all(self, tidy: bool = False) -> list[Job]:
+        """Every job on disk, oldest first, checked like `load`. Raises OSError. With `tidy`,
+        writes a crash cut short are removed: only at start, never while another member may
+        be writing a job into this folder (one taken over from it)."""
+        names = await self.nfs.call(self._names)
+        if not tidy:
+            names = [name for name in names if not name.startswith(JOB_TMP_PREFIX)]
+        jobs = [job for job in await self.nfs.in_batches(names, self._read_batch) if job]
         jobs.sort(key=lambda j: float(j["created"]))
         return jobs
 
+    def _names(self) -> list[str]:
+        fd = trees.open_folder(self.root.parent, self.root.name)
+        if fd is None:
+            return []
+        try:
+            return sorted(os.listdir(fd))
+        finally:
+            os.close(fd)
 
-def _first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    def _read_batch(self, names: Sequence[str], budget: float) -> list[Job | None]:
+        fd = trees.open_folder(self.root.parent, self.root.name)
+        if fd is None:
+            return [None for _ in names]  # gone since it was listed
+        try:
+            return until_spent(names, budget, lambda name: self._read(fd, name))
+        finally:
+            os.close(fd)
+
+    def _read(self, fd: int, name: str) -> Job | None:
+        """The job in the file `name` of the jobs' folder, if it is one of ours."""
+        if name.startswith(JOB_TMP_PREFIX):
+            if is_regular(name, fd):  # a write a crash cut short: its job never was
+                os.unlink(name, dir_fd=fd)
+            return None
+        if not name.endswith(_SUFFIX):
+            return None
+        try:
+            raw = read_regular(name, JOB_FILE_MAX, dir_fd=fd)
+            if raw is None:
+                return None
+            doc = parse_json(raw, self.shape)
+            if name.removesuffix(_SUFFIX) != doc.id:
+                raise Unusable(f"it holds job {doc.id!r}, not the job it is named after")
+            return json.loads(raw)
+        except Unusable as exc:
+            path = self.root / name
+            done = set_aside_or_leave(path, self.root.parent, fd)
+            logger.error("Not a job: %s (%s); %s", path, exc, done)
+            return None

@@ -1,63 +1,93 @@
 """The ledger: one JSON line per committed blob, per session, on NFS, for the manifest; and one
 per parked file an operator dismissed (`{"dismissed": {...}}`), which the manifest lists too.
 
-A file's line (with the blob's ETag) is appended and fsynced after its blob is committed and
-before the file is marked completed. So after any crash, every committed file either has its
-line or is uploaded again (found already there, same bytes) and gets it then; lines of one blob
-name are read as one, the last winning. Completions that arrive together share one write and
-one fsync: the first to take the lock writes every line waiting (small files are the hot path).
-A line torn by a crash is ended before anything is appended after it, and skipped when read.
+A file's line is appended and fsynced after its blob is committed and before the file is marked
+completed. So after any crash, every committed file either has its line or is uploaded again
+(found already there, same bytes) and gets it then; lines of one blob name are read as one, the
+last winning. Completions that arrive together share one write and one fsync: the first to take
+the lock writes every line waiting (small files are the hot path). A line torn by a crash is
+ended before anything is appended after it, and skipped when read. After a session's manifest
+is written, a line `{"manifest": {"generation": N}}` says which end it showed (`reports`).
 
-With other replicas (APP_COORDINATION=azure) each member appends to its own ledger, in its own
-tree (O_APPEND is atomic within one NFS client only), and a session's ledger is the union of
-every member's (`sources`): lines of one blob from several ledgers that disagree (the file was
-sent again, whole, by another member after a late write) are all returned (`Record.conflicts`)
-for the caller to ask storage which one the blob holds.
+A ledger is read back like any file on the share (`nfs.reading`), line by line: a line that is
+not one of ours (torn, too long, too deep, a blob outside its session or a name that cannot be
+a blob) is skipped and counted; a ledger that is not a regular file of at most LEDGER_MAX bytes
+is set aside (under `_set_aside/`) with an error line, and the session's record says so
+(`Record.problem`: its manifest cannot say it is complete). Appends never follow a link either.
+
+Each line of a committed file carries the blob's ETag. With other replicas
+(APP_COORDINATION=azure) each member appends to its own ledger, in its own tree (O_APPEND is
+atomic within one NFS client only), and a session's ledger is the union of every member's
+(`sources`), each read as above: lines of one blob from several ledgers that disagree (the file
+was sent again, whole, by another member after a late write) are all returned
+(`Record.conflicts`) for the caller to ask storage which one the blob holds.
 """
 
 import asyncio
 import errno
 import logging
 import os
+import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, NonNegativeInt
 
 from nfs_watcher_uploader.blob.blobinfo import iso_utc, iso_utc_ns
 from nfs_watcher_uploader.cloud.manifest import Dismissed, FileEntry
-from nfs_watcher_uploader.items import WorkItem
+from nfs_watcher_uploader.constants import LEDGER_LINE_MAX, LEDGER_MAX
+from nfs_watcher_uploader.items import WorkItem, blob_name_problem, path_problem, printable
+from nfs_watcher_uploader.nfs import trees
 from nfs_watcher_uploader.nfs.layout import Layout
-from nfs_watcher_uploader.nfs.opening import read_regular
+from nfs_watcher_uploader.nfs.reading import (
+    Unusable,
+    parse_json,
+    read_lines,
+    set_aside,
+    set_aside_or_leave,
+)
 from nfs_watcher_uploader.nfs.runner import Nfs
 
 logger = logging.getLogger(__name__)
 
-# Read too: a ledger is checked for a torn last line before the first append to it.
-_APPEND_FLAGS = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+_DAY_S = 86_400.0
+# Times something that is not a ledger is set aside before an append gives up (it keeps coming).
+_ATTEMPTS = 5
+# Read too: a ledger is checked for a torn last line before the first append to it. Never
+# through a link; a FIFO put in its place cannot block the open (and is then set aside).
+_APPEND_FLAGS = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class _DismissedLine(BaseModel):
     dismissed: Dismissed
 
 
+class _Written(BaseModel):
+    generation: NonNegativeInt
+
+
+class _ManifestLine(BaseModel):
+    manifest: _Written
+
+
 @dataclass(frozen=True, slots=True)
 class Record:
-    """What a session's ledger holds: its committed blobs and its dismissed parked files;
-    and, of blobs whose lines in several ledgers disagree, every version (see the docstring)."""
+    """What a session's ledger holds: its committed blobs and its dismissed parked files; the
+    newest end its manifest was written for (0: none); why it could not be read whole; and, of
+    blobs whose lines in several ledgers disagree, every version (see the module docstring)."""
 
     files: list[FileEntry]
     dismissed: list[Dismissed]
+    written: int = 0
+    problem: str | None = None
     conflicts: dict[str, list[FileEntry]] = field(default_factory=dict[str, list[FileEntry]])
 
 
 # (date, session) -> every ledger file of the session (see the module docstring), each as a
 # folder of ours and the path below it, which is entered without following any link.
 Sources = Callable[[str, str], list[tuple[Path, list[str]]]]
-# A ledger larger than this is not one of ours (a line is ~300 bytes: ~3 million files).
-LEDGER_MAX = 1024 * 1024 * 1024
 
 
 class _Batch:
@@ -136,13 +166,13 @@ class Ledger:
         for path, lines in batches.items():
             known_whole = path in self._clean
             self._clean.discard(path)  # until this write is through
+            folder = trees.make_folder(self.layout.processing_root, *self._folders(path))
             try:
-                fd = os.open(path, _APPEND_FLAGS)
-                created = False
-            except FileNotFoundError:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(path, _APPEND_FLAGS | os.O_CREAT, 0o644)
-                created = True
+                fd, created = self._open_for_append(path, folder)
+                if created:
+                    os.fsync(folder)
+            finally:
+                os.close(folder)
             try:
                 data = b"".join(lines)
                 if not created and not known_whole and not _ends_whole(fd):
@@ -153,9 +183,48 @@ class Ledger:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            if created:
-                _fsync_dir(path.parent)
             self._clean.add(path)
+
+    def _folders(self, path: Path) -> tuple[str, ...]:
+        """The folders of the ledger at `path` below the processing root."""
+        return path.parent.relative_to(self.layout.processing_root).parts
+
+    def _open_for_append(self, path: Path, folder: int) -> tuple[int, bool]:
+        """A descriptor to append to the ledger at `path` (in the folder `folder`), and whether
+        it was created. Whatever else stands there (a link, a FIFO, a folder) is set aside."""
+        for _ in range(_ATTEMPTS):
+            try:
+                fd = os.open(path.name, _APPEND_FLAGS, dir_fd=folder)
+            except FileNotFoundError:
+                flags = _APPEND_FLAGS | os.O_CREAT | os.O_EXCL
+                try:
+                    return os.open(path.name, flags, 0o644, dir_fd=folder), True
+                except FileExistsError:
+                    continue  # something came meanwhile: look at it
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.EISDIR):
+                    raise
+                self._set_aside(path, "a symbolic link or a folder, not a regular file", folder)
+                continue
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                return fd, False
+            os.close(fd)
+            self._set_aside(path, "not a regular file", folder)
+        raise OSError(errno.EAGAIN, f"{path} keeps being replaced by something else")
+
+    def _set_aside(self, path: Path, why: str, folder: int) -> Path:
+        aside = set_aside(path, "unusable", root=self.layout.processing_root, dir_fd=folder)
+        logger.error("Ledger %s unusable (%s); set aside as %s", path, why, aside)
+        return aside
+
+    async def record_written(self, date_prefix: str, session_name: str, generation: int) -> None:
+        """Note that the session's manifest now shows its end of `generation`, fsynced (read
+        back by `read_all`: no older end is written over it). Raises OSError."""
+        line = _ManifestLine(manifest=_Written(generation=generation)).model_dump_json()
+        path = self.layout.ledger(date_prefix, session_name)
+        async with self._lock:
+            await self.nfs.call(lambda: self._append({path: [line.encode() + b"\n"]}))
+            self.writes += 1
 
     async def record_dismissed(self, date_prefix: str, session_name: str, entry: Dismissed) -> None:
         """Append a dismissed parked file's line, fsynced. Raises OSError when NFS failed."""
@@ -172,60 +241,102 @@ class Ledger:
 
     def read_all(self, date_prefix: str, session_name: str) -> Record:
         """The committed blobs (as `read`) and the dismissed parked files, each once (a
-        dismissal recorded twice around a crash is one), in name order, from every ledger of
-        the session (`sources`). Blocking."""
+        dismissal recorded twice around a crash is one), in name order; the newest end written;
+        from every ledger of the session (`sources`). Blocking."""
+        # A generation is a time in microseconds: one far ahead is not ours, and would keep
+        # every later manifest from being written.
+        latest = int((self._clock() + _DAY_S) * 1_000_000)
         entries: dict[str, FileEntry] = {}
         versions: dict[str, list[FileEntry]] = {}
         dismissed: dict[tuple[str, str | None], Dismissed] = {}
+        written, problems = 0, list[str]()
         for root, parts in self.sources(date_prefix, session_name):
-            mine = self._read_one(root, parts, dismissed)
-            for name, entry in mine.items():
-                seen = entries.get(name)
+            one = _read_one(root, parts, f"{date_prefix}/{session_name}/", latest)
+            for entry in one.files:
+                seen = entries.get(entry.blob)
                 if seen is not None and (seen.md5, seen.size) != (entry.md5, entry.size):
-                    versions.setdefault(name, [seen]).append(entry)
-                entries[name] = entry
+                    versions.setdefault(entry.blob, [seen]).append(entry)
+                entries[entry.blob] = entry
+            dismissed.update({(d.parked_as, d.parked_at): d for d in one.dismissed})
+            written = max(written, one.written)
+            if one.problem is not None:
+                problems.append(one.problem)
         return Record(
             [entries[name] for name in sorted(entries)],
             sorted(dismissed.values(), key=lambda d: (d.parked_as, d.dismissed_at)),
+            written,
+            "; ".join(problems) or None,
             versions,
         )
 
-    def _read_one(
-        self, root: Path, parts: list[str], dismissed: dict[tuple[str, str | None], Dismissed]
-    ) -> dict[str, FileEntry]:
-        """One ledger's blobs (the last line of each wins); its dismissals into `dismissed`."""
-        path = root.joinpath(*parts)
-        raw = read_regular(root, parts, LEDGER_MAX)
-        if raw is None:
-            return {}
-        entries: dict[str, FileEntry] = {}
-        torn = 0
-        for line in raw.splitlines():
-            if not line.strip():
-                continue
-            try:
-                if line.startswith(b'{"dismissed":'):
-                    gone = _DismissedLine.model_validate_json(line).dismissed
-                    dismissed[(gone.parked_as, gone.parked_at)] = gone
-                    continue
-                entry = FileEntry.model_validate_json(line)
-            except ValueError:
-                torn += 1
-                continue
-            entries[entry.blob] = entry
-        if torn:
-            logger.warning("%s: skipped %d unreadable lines (torn by a crash)", path, torn)
-        return entries
+
+def _read_one(root: Path, parts: list[str], prefix: str, latest: int) -> Record:
+    """One ledger file, `parts` below the folder `root` (see `Ledger.read_all`)."""
+    path = root.joinpath(*parts)
+    folder = trees.open_folder(root, *parts[:-1])
+    if folder is None:
+        return Record([], [])
+    try:
+        lines = read_lines(parts[-1], LEDGER_MAX, LEDGER_LINE_MAX, dir_fd=folder)
+        if lines is None:
+            return Record([], [])
+        return _parse(lines, prefix, path, latest)
+    except Unusable as exc:
+        done = set_aside_or_leave(path, root, folder)
+        logger.error("Ledger %s unusable (%s); %s", path, exc, done)
+        return Record([], [], problem=f"its ledger was unusable ({exc}); {done}")
+    finally:
+        os.close(folder)
+
+
+def _parse(lines: Iterator[bytes | None], prefix: str, path: Path, latest: int) -> Record:
+    """A ledger's lines; those that are not ours are skipped and counted."""
+    entries: dict[str, FileEntry] = {}
+    dismissed: dict[tuple[str, str | None], Dismissed] = {}
+    written = torn = 0
+    for line in lines:
+        if line is not None and not line.strip():
+            continue
+        try:
+            if line is None:
+                raise Unusable("a line too long")
+            if line.startswith(b'{"dismissed":'):
+                gone = parse_json(line, _DismissedLine).dismissed
+                dismissed[(gone.parked_as, gone.parked_at)] = gone
+            elif line.startswith(b'{"manifest":'):
+                generation = parse_json(line, _ManifestLine).manifest.generation
+                if generation > latest:
+                    raise Unusable(f"a generation from the future ({generation})")
+                written = max(written, generation)
+            else:
+                entry = parse_json(line, FileEntry)
+                _check_entry(entry, prefix)
+                entries[entry.blob] = entry
+        except Unusable:
+            torn += 1
+    if torn:
+        logger.warning(
+            "%s: skipped %d lines that are not the ledger's (torn by a crash, or written by "
+            "someone else)",
+            path,
+            torn,
+        )
+    return Record(
+        [entries[name] for name in sorted(entries)],
+        sorted(dismissed.values(), key=lambda d: (d.parked_as, d.dismissed_at)),
+        written,
+    )
+
+
+def _check_entry(entry: FileEntry, prefix: str) -> None:
+    """A line that means what ours mean: a blob of its session, that can be a blob."""
+    if not entry.blob.startswith(prefix):
+        raise Unusable(f"blob {printable(entry.blob)!r} is not in {prefix}")
+    problem = blob_name_problem(entry.blob) or path_problem(entry.path)
+    if problem is not None or entry.size < 0:
+        raise Unusable(f"blob {printable(entry.blob)!r}: {problem or 'a negative size'}")
 
 
 def _ends_whole(fd: int) -> bool:
     size = os.fstat(fd).st_size
     return size == 0 or os.pread(fd, 1, size - 1) == b"\n"
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

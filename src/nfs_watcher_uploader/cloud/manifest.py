@@ -77,6 +77,9 @@ class Manifest(_Model):
     source_id: str
     uploader_version: str
     state: Literal["drained", "drain_timed_out"]
+    # Which end of the session this is: a later end has a larger one (also in the blob's
+    # metadata `generation`), and no manifest is ever written over a later end's.
+    generation: int = 0
     complete: bool
     started_at: str
     stopped_at: str | None

@@ -1,12 +1,20 @@
 """A session's end, reported: its manifest written, then its event emitted.
 
     ended    (Sessions.finish, before the end is saved) a job is written to
-             `.processing/_reports/<id>.json`: the session as it ended
+             `.processing/_reports/<id>.json`: the session as it ended, with the end's
+             generation (newer than any earlier end of the session's)
     run      for each job, oldest first: read the ledger (committed blobs, dismissed parked
-             files) and the parked files, upload the
-             manifest `<date>/<session>.manifest.json`, emit `session.drained` or
-             `session.drain_timed_out` (after the manifest, so a consumer woken by the event
-             finds it), delete the job; on failure, the job backs off and is tried again
+             files, the newest end written) and the session's parked files, upload the
+             manifest `<date>/<session>.manifest.json` unless storage (or the ledger) holds a
+             newer end's, emit `session.drained`, `session.drain_timed_out` or, for a session
+             that drained again after a late write, `session.updated` (after the manifest, so a
+             consumer woken by the event finds it), note the generation written in the
+             ledger, delete the job; on failure, the job backs off and is tried again
+
+A manifest never says more than storage holds, whatever order the jobs end in: the manifest
+of an older end (a job that backed off through an outage while the session was started again,
+stopped and ended anew) is never written over a newer one, and its event is not sent (the
+newer end's is). The write is conditional on the manifest seen (`Storage.put_newer`).
 
 Every step can be repeated: a crash anywhere means the job is done again after the restart
 (the manifest is rewritten from the same ledger, the event has the same id). The id is the
@@ -19,15 +27,13 @@ a judgement another replica overruled); `on_done` records that it was done. Jobs
 from a dead member are picked up by `take_over`.
 """
 
-import hashlib
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import FiniteFloat
+from pydantic import FiniteFloat, NonNegativeInt
 
 from nfs_watcher_uploader.backoff import DueQueue
 from nfs_watcher_uploader.blob.blobinfo import BlobLabels, iso_utc
@@ -39,14 +45,14 @@ from nfs_watcher_uploader.cloud.webhooks import Webhooks, event_id
 from nfs_watcher_uploader.config import Settings
 from nfs_watcher_uploader.constants import MAX_DEPTH
 from nfs_watcher_uploader.items import ParkedFile, SessionStateName, printable
-from nfs_watcher_uploader.nfs.copying import Read, Staged
 from nfs_watcher_uploader.nfs.layout import Layout, manifest_blob
 from nfs_watcher_uploader.nfs.runner import Nfs
 from nfs_watcher_uploader.sessions.session import Session
 
 logger = logging.getLogger(__name__)
 
-ParkedListing = Callable[[], Awaitable[list[ParkedFile]]]
+# The parked files of one session under one date: (date, session) -> their listing.
+ParkedListing = Callable[[str, str], Awaitable[list[ParkedFile]]]
 Verdict = Literal["run", "wait", "drop"]
 # With other replicas: may a job run now (see the module docstring)? And: it was done.
 Gate = Callable[[Job], Verdict]
@@ -104,14 +110,20 @@ class Reports:
             return
         job = self.job_for(session, state)
         await self.keep(job)
+        session.generation = job["generation"]
         self.queue(job)
 
     def job_for(self, session: Session, state: SessionStateName) -> Job:
         """The job that reports `session`'s end as `state` (its id is the same for the same
         end, wherever it is made)."""
+        # Newer than any end before it, also when the state file was lost (the clock's).
+        generation = max(session.generation + 1, int(self._clock() * 1_000_000))
+        event = "session.updated" if session.updated else f"session.{state}"
         job: Job = {
             "id": event_id(session.date_prefix, session.name, state, repr(session.drain_start)),
             "created": self._clock(),
+            "generation": generation,
+            "event": event,
             "session": session.name,
             "date_prefix": session.date_prefix,
             "state": state,
@@ -136,7 +148,7 @@ class Reports:
 
     async def take_over(self) -> int:
         """Queue the jobs on NFS that are not queued yet (taken over from a dead member)."""
-        jobs = [j for j in await self.nfs.call(self._files.read_all) if j["id"] not in self._queue]
+        jobs = [j for j in await self._files.read_all() if j["id"] not in self._queue]
         for job in jobs:
             self.queue(job)
         return len(jobs)
@@ -190,6 +202,7 @@ class Reports:
 
     async def _report(self, job: Job) -> None:
         name, date, state = job["session"], job["date_prefix"], job["state"]
+        generation = int(job.get("generation") or 0)
         data: dict[str, Any] = {
             "session": name,
             "date_prefix": date,
@@ -201,9 +214,19 @@ class Reports:
             "finished_at": iso_utc(job["finished_at"]),
         }
         if self.ledger is not None:
-            manifest = await self._manifest(job, self.ledger)
+            manifest, written = await self._manifest(job, self.ledger)
             blob = manifest_blob(date, name)
-            await self._upload(blob, manifest)
+            if written > generation or not await self._upload(blob, manifest):
+                logger.info(
+                    "Session %s: its end of %s is not reported: a newer end's manifest is in "
+                    "storage",
+                    name,
+                    iso_utc(job["finished_at"]),
+                    extra={"session_name": name},
+                )
+                await self._files.remove(job["id"])
+                return
+            await self.ledger.record_written(date, name, generation)
             totals = manifest.totals
             data |= {
                 "complete": manifest.complete,
@@ -222,34 +245,43 @@ class Reports:
                 manifest.complete,
                 extra={"session_name": name},
             )
-        await self.webhooks.emit(f"session.{state}", data, job["id"])
+        await self.webhooks.emit(job.get("event") or f"session.{state}", data, job["id"])
         await self._files.remove(job["id"])
 
-    async def _manifest(self, job: Job, ledger: Ledger) -> Manifest:
+    async def _manifest(self, job: Job, ledger: Ledger) -> tuple[Manifest, int]:
+        """The manifest of the job's end, and the newest end written so far (its ledger's)."""
         name, date = job["session"], job["date_prefix"]
         record = await self.nfs.call(
             lambda: ledger.read_all(date, name), timeout=self.nfs.timeout * 10
         )
         files, dismissed = await self._resolved(record), record.dismissed
+        if record.problem is not None:
+            logger.error("Session %s: %s", name, record.problem, extra={"session_name": name})
         parked = [
             Parked(
                 path=printable(f.path),
                 parked_as=printable(f.parked_as),
                 reason=printable(f.reason),
             )
-            for f in await self._parked()
-            if f.session_name == name and f.date_prefix == date
+            for f in await self._parked(date, name)
         ]
         excluded = [Excluded.model_validate(e) for e in job["excluded"]]
-        return Manifest(
+        manifest = Manifest(
             session=name,
             date_prefix=date,
             prefix=f"{date}/{name}/",
             source_id=self.labels.source_id,
             uploader_version=self.labels.version,
             state=job["state"],
-            # Never complete once a parked file was dismissed: it is not in storage.
-            complete=job["state"] == "drained" and not parked and not dismissed,
+            generation=int(job.get("generation") or 0),
+            # Never complete once a parked file was dismissed (it is not in storage), nor when
+            # the ledger could not be read whole (what is in storage is not known).
+            complete=(
+                job["state"] == "drained"
+                and not parked
+                and not dismissed
+                and record.problem is None
+            ),
             started_at=iso_utc(job["started_at"]),
             stopped_at=_iso_or_none(job["stopped_at"]),
             finished_at=iso_utc(job["finished_at"]),
@@ -267,6 +299,7 @@ class Reports:
             excluded=excluded,
             dismissed=dismissed,
         )
+        return manifest, record.written
 
     async def _resolved(self, record: Record) -> list[FileEntry]:
         """The files of `record`, each blob with the line of the bytes it holds now where
@@ -287,14 +320,11 @@ class Reports:
                 chosen[blob] = match[-1]
         return [chosen[name] for name in sorted(chosen)]
 
-    async def _upload(self, blob: str, manifest: Manifest) -> None:
+    async def _upload(self, blob: str, manifest: Manifest) -> bool:
+        """Upload the manifest unless storage holds a newer end's (False)."""
         data = manifest.model_dump_json(indent=1).encode()
-        read = Read(len(data), hashlib.md5(data, usedforsecurity=False).digest())
         info = self.labels.for_manifest(manifest.session)
-        # A manifest is small and in memory: the local path is never read.
-        await self.storage.upload(
-            Path(), blob, Staged(read, data=data), lambda: None, overwrite=True, info=info
-        )
+        return await self.storage.put_newer(blob, data, info, manifest.generation)
 
 
 class _ReportJob(JobDoc):
@@ -308,6 +338,9 @@ class _ReportJob(JobDoc):
     finished_at: FiniteFloat
     excluded: list[Excluded]
     not_uploaded: int
+    # Older jobs have neither: they are the oldest end, reported as their state says.
+    generation: NonNegativeInt = 0
+    event: Literal["session.drained", "session.drain_timed_out", "session.updated"] | None = None
 
 
 def _excluded(session: Session) -> list[dict[str, str]]:

@@ -5,9 +5,15 @@ these hold, checked on GC's beat:
     its manifest is in storage   the session is not active or draining under that date, and
                                  no report job for it is due (the job is deleted only after
                                  the manifest was uploaded and the event emitted)
-    nothing of it is parked      `_failed/<date>/<session>/` holds no file, and nothing of it
-    or claimed                   is in `.processing/<date>/<session>/` (a retry would write to
-                                 the ledger, and a new manifest would need it whole)
+    nothing of it is parked      `_failed/<date>/<session>/` holds no file, nor
+    or claimed                   `_failed_reasons/<date>/<session>/` (a reason without its file
+                                 is a dismissal still to be recorded), and nothing of it is in
+                                 `.processing/<date>/<session>/` or `_completed/` (a retry, a
+                                 dismissal or a late write would write to the ledger, and a new
+                                 manifest would need it whole)
+    its date is over             the date folder is before today (UTC): a session started
+                                 again on its date writes on in this ledger, and its next
+                                 manifest is written from all of it
     its time has passed          APP_LEDGER_RETENTION_DAYS since its last line (its mtime)
 
 A ledger is looked at again just before it is removed (a line appended meanwhile keeps it).
@@ -20,13 +26,19 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-from nfs_watcher_uploader.constants import LEDGER_SUFFIX, LEDGERS_DIR
+from nfs_watcher_uploader.constants import (
+    COMPLETED_DIR,
+    LEDGER_SUFFIX,
+    LEDGERS_DIR,
+    PARKED_DIR,
+    PARKED_REASONS_DIR,
+)
 from nfs_watcher_uploader.items import is_session_name
 from nfs_watcher_uploader.nfs import trees
 from nfs_watcher_uploader.nfs.layout import Layout
 from nfs_watcher_uploader.nfs.runner import Nfs
+from nfs_watcher_uploader.sessions.session import today_utc
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +65,11 @@ class LedgerRetention:
 
     async def sweep(self) -> int:
         """Remove the ledgers no longer needed; returns how many."""
-        cutoff = self._clock() - self.keep_s
-        old = await self.nfs.call(lambda: self._old_and_idle(cutoff), timeout=self.nfs.timeout * 10)
+        now = self._clock()
+        cutoff, today = now - self.keep_s, today_utc(lambda: now)
+        old = await self.nfs.call(
+            lambda: self._old_and_idle(cutoff, today), timeout=self.nfs.timeout * 10
+        )
         done = [(date, name) for date, name in old if not self._busy(date, name)]
         if not done:
             return 0
@@ -71,55 +86,62 @@ class LedgerRetention:
         self.removed += len(removed)
         return len(removed)
 
-    def _ledgers(self) -> list[tuple[str, str, Path]]:
-        root = self.layout.processing_root / LEDGERS_DIR
-        out: list[tuple[str, str, Path]] = []
-        for date_dir in trees.date_dirs(root):
-            for entry in trees.listdir(Path(date_dir.path)):
-                name = entry.name.removesuffix(LEDGER_SUFFIX)
-                if (
-                    name != entry.name
-                    and is_session_name(name)
-                    and entry.is_file(follow_symlinks=False)
-                ):
-                    out.append((date_dir.name, name, Path(entry.path)))
+    def _ledgers(self) -> list[tuple[str, str]]:
+        root = self.layout.processing_root
+        out: list[tuple[str, str]] = []
+        for date in trees.date_dirs(root, LEDGERS_DIR):
+            for entry, _, is_file in trees.listdir(root, LEDGERS_DIR, date):
+                name = entry.removesuffix(LEDGER_SUFFIX)
+                if name != entry and is_session_name(name) and is_file:
+                    out.append((date, name))
         return out
 
-    def _old_and_idle(self, cutoff: float) -> list[tuple[str, str]]:
-        """Ledgers older than `cutoff` with nothing of their session parked or claimed."""
-        out: list[tuple[str, str]] = []
-        for date, name, path in self._ledgers():
-            if _older(path, cutoff) and not self._holds_files(date, name):
-                out.append((date, name))
-        return out
+    def _old_and_idle(self, cutoff: float, today: str) -> list[tuple[str, str]]:
+        """Ledgers of dates before `today`, older than `cutoff`, with nothing of their session
+        parked or claimed."""
+        return [
+            (date, name)
+            for date, name in self._ledgers()
+            if date < today
+            and self._older(date, name, cutoff)
+            and not self._holds_files(date, name)
+        ]
 
     def _holds_files(self, date: str, name: str) -> bool:
-        return bool(
-            trees.files_below(self.layout.parked_root / date / name)
-            or trees.files_below(self.layout.processing_root / date / name)
+        root = self.layout.processing_root
+        return any(
+            trees.files_below(root, *folder, date, name)
+            for folder in ((PARKED_DIR,), (PARKED_REASONS_DIR,), (COMPLETED_DIR,), ())
         )
+
+    def _older(self, date: str, name: str, cutoff: float) -> bool:
+        """The ledger is a regular file last written before `cutoff` (never followed)."""
+        fd = trees.open_folder(self.layout.processing_root, LEDGERS_DIR, date)
+        if fd is None:
+            return False
+        try:
+            st = os.stat(f"{name}{LEDGER_SUFFIX}", dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        finally:
+            os.close(fd)
+        return stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff
 
     def _remove(self, ledgers: list[tuple[str, str]], cutoff: float) -> list[tuple[str, str]]:
         removed: list[tuple[str, str]] = []
+        root = self.layout.processing_root
         for date, name in ledgers:
-            path = self.layout.ledger(date, name)
-            if not _older(path, cutoff) or self._holds_files(date, name):
+            if not self._older(date, name, cutoff) or self._holds_files(date, name):
                 continue  # written to, or something parked, since it was looked at
+            fd = trees.open_folder(root, LEDGERS_DIR, date)
+            if fd is None:
+                continue
             try:
-                path.unlink()
+                os.unlink(f"{name}{LEDGER_SUFFIX}", dir_fd=fd)
             except FileNotFoundError:
                 continue
+            finally:
+                os.close(fd)
             removed.append((date, name))
-            try:
-                path.parent.rmdir()
-            except OSError:
-                pass  # other ledgers of that day are there
+            trees.prune_empty_dirs(root, lambda d, s: True, LEDGERS_DIR)  # the day's folder
         return removed
-
-
-def _older(path: Path, cutoff: float) -> bool:
-    try:
-        st = os.stat(path, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    return stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff

@@ -29,7 +29,7 @@ from nfs_watcher_uploader.blob.storage import Storage
 from nfs_watcher_uploader.cloud.manifest import FileEntry, Manifest
 from nfs_watcher_uploader.constants import DATE_DIR_RE, MANIFEST_SUFFIX
 from nfs_watcher_uploader.errors import CannotStart, UploadError
-from nfs_watcher_uploader.items import check_session_name, printable
+from nfs_watcher_uploader.items import blob_name_problem, check_session_name, printable
 from nfs_watcher_uploader.nfs.layout import manifest_blob
 from nfs_watcher_uploader.settings_checks import load_settings
 
@@ -152,9 +152,9 @@ async def _no_manifest(storage: Storage, date: str, session: str) -> str:
 
 async def _check(storage: Storage, entry: FileEntry, prefix: str, download: bool) -> str | None:
     """What is wrong with the blob of `entry`, or None."""
-    # Segments such as `..` would be resolved in the URL, to a blob outside the session.
-    segments = entry.blob[len(prefix) :].split("/")
-    if not entry.blob.startswith(prefix) or any(s in ("", ".", "..") for s in segments):
+    # Segments such as `..` would be resolved in the URL, to a blob outside the session; a
+    # backslash read as '/', to another blob: one rule set says which names are what they say.
+    if not entry.blob.startswith(prefix) or blob_name_problem(entry.blob) is not None:
         return f"the manifest lists it, but it is outside {prefix}"
     blob = storage.container.get_blob_client(entry.blob)
     try:

@@ -1,5 +1,6 @@
-"""Webhook events: `session.drained`, `session.drain_timed_out`, `file.parked`,
-`file.conflict_renamed`, POSTed as JSON to APP_WEBHOOK_URL.
+"""Webhook events: `session.drained`, `session.drain_timed_out`, `session.updated` (an ended
+session's manifest written anew after a late write), `file.parked`, `file.conflict_renamed`,
+POSTed as JSON to APP_WEBHOOK_URL.
 
     emit     the event is written to the outbox (`.processing/_outbox/<id>.json`, fsynced)
     run      one task delivers them, one POST at a time with its own timeout; a 2xx deletes the
@@ -150,7 +151,7 @@ class Webhooks:
         member, APP_COORDINATION=azure)."""
         if self._url is None:
             return 0
-        jobs = await self.nfs.call(self._outbox.read_all)
+        jobs = await self._outbox.read_all()
         taken = 0
         for job in jobs:
             if job["id"] not in self._queue:

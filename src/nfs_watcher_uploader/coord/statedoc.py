@@ -75,6 +75,9 @@ class StoredSession(BaseModel):
     stopped_at: Seconds | None = None
     redrained_at: Seconds | None = None
     drain_gen: int | None = Field(default=None, ge=0)
+    # A file it had uploaded changed after it ended: its next end is reported as an update
+    # (`session.updated`, cloud/reports).
+    updated: bool = False
 
     @property
     def watched(self) -> bool:

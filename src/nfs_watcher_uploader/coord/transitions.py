@@ -75,7 +75,7 @@ def finish(
     session = doc.get(name)
     if session is None or session.state != "draining" or session.drain_start != drain_start:
         raise SessionConflict(f"session {name!r} is not in the drain that was judged")
-    doc = _replace(doc, session.model_copy(update={"state": state}))
+    doc = _replace(doc, session.model_copy(update={"state": state, "updated": False}))
     if report is not None and all(r.id != report.id for r in doc.reports):
         doc = doc.model_copy(update={"reports": (*doc.reports, report)})
     return doc
@@ -103,13 +103,19 @@ def report_due(
     )
 
 
-def reopen(doc: StateDoc, name: str, now: float) -> StateDoc:
-    """Parked files of an ended session were retried: it drains again, from `now`."""
+def reopen(doc: StateDoc, name: str, now: float, update: bool = False) -> StateDoc:
+    """Something changed for an ended session (its parked files were retried; with `update`,
+    a file it had uploaded changed): it drains again, from `now`."""
     session = doc.get(name)
     if session is None or session.watched:
         return doc
-    update = {"state": "draining", "redrained_at": now, "drain_gen": _next(doc)}
-    return _replace(doc, session.model_copy(update=update))
+    change = {
+        "state": "draining",
+        "redrained_at": now,
+        "drain_gen": _next(doc),
+        "updated": session.updated or update,
+    }
+    return _replace(doc, session.model_copy(update=change))
 
 
 def set_bandwidth(doc: StateDoc, override: BandwidthOverride | None) -> StateDoc:

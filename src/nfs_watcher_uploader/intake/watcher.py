@@ -9,6 +9,9 @@ down to MAX_DEPTH levels of subfolders. A draining session becomes `drained` onc
 after the stop finds no file anywhere below its incoming folder (and no folder too deep to
 scan) and none of its files is queued, in flight, retrying or parked. Entries that are not
 regular files (symbolic links, FIFOs) are never taken: they are reported and do not count.
+Every stopped session ends: one that cannot drain (a file NFS cannot describe, a folder
+replaced by a link, a scan that failed) is `drain_timed_out` once APP_DRAIN_TIMEOUT_S has
+passed, whatever its scan found.
 
 With other replicas on the share (APP_COORDINATION=azure) the sessions come from the shared
 state (`Sessions.refresh`, at the start of each pass), a ready file is offered only if `take`
@@ -29,21 +32,21 @@ from nfs_watcher_uploader.intake.filters import FileFilter
 from nfs_watcher_uploader.items import WorkItem, printable
 from nfs_watcher_uploader.nfs import scan, trees
 from nfs_watcher_uploader.nfs.runner import Nfs
-from nfs_watcher_uploader.nfs.scan import Scan, ScanMap, Wanted
+from nfs_watcher_uploader.nfs.scan import Known, Scan, ScanMap, Wanted
 from nfs_watcher_uploader.sessions.session import Session
 from nfs_watcher_uploader.work.order import Key, sort_key
 from nfs_watcher_uploader.work.pipeline import Pipeline
 
 logger = logging.getLogger(__name__)
 
-ScanFn = Callable[[Path, Wanted, ScanMap, int], Scan]
+ScanFn = Callable[[Path, Wanted, Known, int], Scan]
 # (session, path below its folder, seconds it has looked unchanged) -> whether to offer it.
 TakeFn = Callable[[str, str, float], bool]
 
 
 def stable_files(
-    previous: ScanMap,
-    current: ScanMap,
+    previous: Known,
+    current: Known,
     now: float,
     min_age: float,
     skip: Container[str] = (),
@@ -52,11 +55,13 @@ def stable_files(
 ) -> list[str]:
     """Names in `current` that are ready to claim, in `order` (oldest first by default). A file
     whose mtime is in the future (the writer's clock is ahead) is judged by how long it has
-    looked unchanged here, `since[name]`, instead."""
+    looked unchanged here, `since[name]`, instead. A file whose attributes are unknown (None)
+    is not ready; any mtime is a time (before 1970 too)."""
     ready: list[tuple[Key, str]] = []
-    for name, (size, mtime_ns) in current.items():
-        if name in skip or mtime_ns < 0 or previous.get(name) != (size, mtime_ns):
+    for name, seen in current.items():
+        if seen is None or name in skip or previous.get(name) != seen:
             continue
+        mtime_ns = seen[1]
         age = now - mtime_ns / 1e9
         if age < 0 and since is not None:
             age = now - since.get(name, now)
@@ -142,19 +147,28 @@ class Watcher:
         # names dated after the previous scan can be (a dict of 100,000 is not copied for none).
         now_ns = int(started * 1e9)
         then, ahead = self._ahead.get(session.name, (0, []))
+        known: Known
         if now_ns < then:  # the clock went back: any name may be dated ahead now
-            known = {rel: seen for rel, seen in previous.items() if seen[1] <= now_ns}
-        elif ahead := {rel for rel in ahead if previous.get(rel, (0, 0))[1] > now_ns}:
+            known = {rel: seen for rel, seen in previous.items() if seen and seen[1] <= now_ns}
+        elif ahead := {rel for rel in ahead if (previous.get(rel) or (0, 0))[1] > now_ns}:
             known = {rel: seen for rel, seen in previous.items() if rel not in ahead}
         else:
             known = previous
         try:
             scan = await self.nfs.call(lambda: self._scan(folder, wanted, known, young_ns))
-        except OSError as exc:
+        except Exception as exc:  # NFS failed, or a bug: this session's scan, not the watcher
             self.scan_errors += 1
             logger.warning(
-                "Scan of %s failed: %s", folder, exc, extra={"session_name": session.name}
+                "Scan of %s failed: %s",
+                folder,
+                exc,
+                exc_info=not isinstance(exc, OSError),
+                extra={"session_name": session.name},
             )
+            if self.sessions.shared is not None:
+                session.quiet_gen = 0  # not quiet here: the leader judges the drain
+            elif session.state == "draining":  # a stopped session ends even so: it times out
+                await self._check_drain(session, None, started)
             return False
         if not self.settings.allow_hard_links:
             for rel, links in scan.linked.items():
@@ -177,7 +191,7 @@ class Watcher:
             logger.log(level, "%s", printable(text), extra={"session_name": session.name})
         if self.sessions.shared is not None:
             await self._note_quiet(session, scan)
-        elif session.state == "draining" and scan.problem is None:
+        elif session.state == "draining":
             await self._check_drain(session, scan, started)
         return True
 
@@ -198,14 +212,17 @@ class Watcher:
         for rel, seen in current.items():
             first = before.get(rel, now) if previous.get(rel) == seen else now
             since[rel] = first
+            if seen is None:  # attributes unknown this time
+                if rel not in busy:
+                    oldest = min(oldest, first)
+                continue
             mtime = seen[1]
             if mtime > now_ns:
                 ahead.append(rel)
                 if mtime > now_ns + 10**9:
                     future.append(rel)
             if rel not in busy:
-                written = first if mtime < 0 else min(mtime / 1e9, first)
-                oldest = min(oldest, written)
+                oldest = min(oldest, mtime / 1e9, first)
         self._since[session.name] = since
         self._ahead[session.name] = (now_ns, ahead)
         if oldest < math.inf:
@@ -234,9 +251,12 @@ class Watcher:
         """Claimed files of the session that no work is pending for (a claim whose reply was
         lost and never retried, say): queue them, so `drained` never hides one. Returns how
         many were queued."""
-        folder = self.pipeline.layout.processing_root / session.date_prefix / session.name
+        root = self.pipeline.layout.processing_root
+        folder = root / session.date_prefix / session.name
         try:
-            strays = await self.nfs.call(lambda: trees.files_below(folder))
+            strays = await self.nfs.call(
+                lambda: trees.files_below(root, session.date_prefix, session.name)
+            )
         except OSError as exc:
             logger.warning("Cannot list %s: %s", folder, exc, extra={"session_name": session.name})
             return 1  # not drained before it could look
@@ -269,18 +289,22 @@ class Watcher:
             quiet = False
         session.quiet_gen = self._pass_gen if quiet and not session.pending else 0
 
-    async def _check_drain(self, session: Session, scan: Scan, scanned_at: float) -> None:
+    async def _check_drain(self, session: Session, scan: Scan | None, scanned_at: float) -> None:
+        """Drained when a scan made after the stop finds nothing left anywhere; timed out when
+        APP_DRAIN_TIMEOUT_S has passed since the stop, whatever the scan found, or if it could
+        not be made (`scan` None): every stopped session ends."""
         extra = {"session_name": session.name}
         stopped = session.drain_start
         if scanned_at <= stopped:
             return
-        left = scan.files or scan.too_deep or scan.unreadable  # what is still in incoming
+        # What is still in incoming, or could not be looked at.
+        left = scan is None or scan.problem or scan.files or scan.too_deep or scan.unreadable
         if not left and not session.pending and not session.parked:
             if await self._requeue_strays(session):
                 return
             if not session.pending and not session.parked:  # nothing came up meanwhile
                 logger.info("Session %s drained", session.name, extra=extra)
-                if scan.excluded:
+                if scan is not None and scan.excluded:
                     text = (
                         f"drained; {len(scan.excluded)} excluded files stay in incoming, "
                         "not uploaded (APP_INCLUDE, APP_EXCLUDE)"
@@ -289,16 +313,18 @@ class Watcher:
                     logger.warning("Session %s %s", session.name, text, extra=extra)
                 await self.sessions.finish(session, "drained")
         elif self._clock() - stopped > self.settings.drain_timeout_s:
+            found = "its folder could not be scanned" if scan is None else scan.problem
             logger.error(
                 "Session %s did not drain within %.0f s: %d waiting, %d pending, %d parked, "
-                "%d folders too deep, %d unreadable; left in place",
+                "%d folders too deep, %d unreadable%s; left in place",
                 session.name,
                 self.settings.drain_timeout_s,
-                len(scan.files),
+                len(scan.files) if scan else 0,
                 len(session.pending),
                 len(session.parked),
-                len(scan.too_deep),
-                len(scan.unreadable),
+                len(scan.too_deep) if scan else 0,
+                len(scan.unreadable) if scan else 0,
+                f" ({found})" if found else "",
                 extra={"session_name": session.name},
             )
             await self.sessions.finish(session, "drain_timed_out")

@@ -40,6 +40,12 @@ def exists(path: Path) -> bool:
     return True
 
 
+def is_regular(name: str, dir_fd: int) -> bool:
+    """`name` in the folder `dir_fd` is a regular file (not a link to one)."""
+    st = _lstat_retrying(name, dir_fd)
+    return st is not None and stat.S_ISREG(st.st_mode)
+
+
 def _lstat_retrying(
     path: Path | str, dir_fd: int | None = None, attempts: int = 5
 ) -> os.stat_result | None:

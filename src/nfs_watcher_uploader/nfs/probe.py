@@ -29,6 +29,7 @@ only), so it can never be taken for a recording.
 """
 
 import errno
+import logging
 import os
 import socket
 import stat
@@ -38,8 +39,11 @@ from pathlib import Path
 
 from nfs_watcher_uploader.constants import COORDINATION_FILE, PROBE_PREFIX, PROBE_STALE_S
 from nfs_watcher_uploader.errors import CannotStart
+from nfs_watcher_uploader.items import printable
 from nfs_watcher_uploader.nfs.layout import Layout
 from nfs_watcher_uploader.nfs.runner import Nfs
+
+logger = logging.getLogger(__name__)
 
 _INCOMING = "APP_NFS_INCOMING_DIR"
 _PROCESSING = "APP_NFS_PROCESSING_ROOT"
@@ -118,13 +122,15 @@ def probe_name() -> str:
 
 def remove_stale_probes(folders: tuple[Path, ...], now: float) -> int:
     """Remove probe files older than PROBE_STALE_S (regular files of that name only) from
-    `folders`; returns how many."""
+    `folders`; returns how many. Tidying only: one that cannot be removed (a read-only mount,
+    another user's file) is left for a later start, and the probe itself says what is wrong."""
     removed = 0
     for folder in folders:
         try:
-            entries = [e for e in os.scandir(folder) if e.name.startswith(PROBE_PREFIX)]
-        except FileNotFoundError:
-            continue
+            with os.scandir(folder) as it:
+                entries = [e for e in it if e.name.startswith(PROBE_PREFIX)]
+        except OSError:
+            continue  # missing, or not ours to list: the probe's own steps tell
         for entry in entries:
             try:
                 st = entry.stat(follow_symlinks=False)
@@ -133,6 +139,13 @@ def remove_stale_probes(folders: tuple[Path, ...], now: float) -> int:
                     removed += 1
             except FileNotFoundError:
                 continue
+            except OSError as exc:
+                logger.warning(
+                    "Cannot remove %s, a probe file a stopped run left (%s); left for a later "
+                    "start",
+                    printable(entry.path),
+                    exc.strerror or exc,
+                )
     return removed
 
 

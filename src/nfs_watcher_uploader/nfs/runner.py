@@ -7,15 +7,18 @@ went away blocks every syscall) never blocks the event loop: the call is abandon
 
 import asyncio
 import errno
+import functools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import anyio
 import anyio.to_thread
 
 from nfs_watcher_uploader.constants import (
+    BATCH_READERS,
+    BATCH_SHARE,
     MAX_ABANDONED_THREADS,
     META_THREADS,
 )
@@ -75,6 +78,37 @@ class Nfs:
         finally:
             task.cancel()
 
+    async def in_batches[K, R](
+        self,
+        keys: Sequence[K],
+        read: Callable[[Sequence[K], float], list[R]],
+        readers: int = BATCH_READERS,
+    ) -> list[R]:
+        """`read` every key, in as many calls as it takes, each stopping after BATCH_SHARE of
+        the deadline (`read(keys, budget)` reads from the start of `keys`, at least one, until
+        `budget` seconds are spent), `readers` calls at once: no number of keys makes a call
+        run into its deadline. The results, in the order of `keys`."""
+        budget = self.timeout * BATCH_SHARE
+        found: dict[int, R] = {}
+
+        async def reader(first: int) -> None:
+            todo = list(range(first, len(keys), readers))
+            while todo:
+                batch = [keys[i] for i in todo]
+                got = await self.call(functools.partial(read, batch, budget))
+                if not got:
+                    raise RuntimeError("a batch read nothing")
+                found.update(zip(todo, got, strict=False))
+                todo = todo[len(got) :]
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for first in range(min(readers, len(keys))):
+                    tg.create_task(reader(first))
+        except ExceptionGroup as group:  # the first failure speaks for the listing
+            raise group.exceptions[0] from None
+        return [found[i] for i in range(len(keys))]
+
     def _check_hung(self) -> None:
         if self.abandoned >= self._max_abandoned:
             raise TimeoutError(
@@ -112,3 +146,15 @@ class _Call:
     started: bool = False
     finished: bool = False
     abandoned: bool = False
+
+
+def until_spent[K, R](keys: Sequence[K], budget: float, read: Callable[[K], R]) -> list[R]:
+    """`read` each key from the start of `keys`, at least one, until `budget` seconds are
+    spent: the body of a batch for `Nfs.in_batches` (blocking)."""
+    start = time.monotonic()
+    out: list[R] = []
+    for key in keys:
+        out.append(read(key))
+        if time.monotonic() - start > budget:
+            break
+    return out

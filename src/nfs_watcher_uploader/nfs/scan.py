@@ -1,9 +1,15 @@
 """One pass over a session folder: its regular files with their size and mtime, and what else
-it holds (excluded files, links and FIFOs, folders too deep or unreadable)."""
+it holds (excluded files, links and FIFOs, folders too deep or unreadable).
+
+An entry (or a subfolder) NFS refuses to describe (EIO on a damaged file, EACCES, a stale
+handle on a folder) is that entry's problem: it is reported as unreadable (which keeps the
+session from draining, never from timing out) and the rest of the scan goes on. A session
+folder that cannot be read at all is the scan's `problem`."""
 
 import errno
 import os
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -13,11 +19,14 @@ from nfs_watcher_uploader.constants import (
 )
 from nfs_watcher_uploader.nfs.opening import DIR_FLAGS, kind_of
 
-# rel path -> (size, mtime_ns): what the watcher compares between two scans.
-ScanMap = dict[str, tuple[int, int]]
-# Stands for "present, but its attributes could not be read this time" (a stale handle): the
-# file is neither ready nor gone.
-UNKNOWN = (-1, -1)
+# rel path -> (size, mtime_ns): what the watcher compares between two scans; None stands for
+# "present, but its attributes could not be read this time" (a stale handle): the file is
+# neither ready nor gone. (Any mtime is a time: one before 1970 is negative.)
+Seen = tuple[int, int] | None
+ScanMap = dict[str, Seen]
+# What an earlier scan found (any mapping of names to what was seen).
+Known = Mapping[str, Seen]
+UNKNOWN = None
 
 
 class Wanted(Protocol):
@@ -40,8 +49,9 @@ class Scan:
     ignored: dict[str, str] = field(default_factory=dict[str, str])
     # Folders deeper than MAX_DEPTH: not uploaded, so the session cannot be drained.
     too_deep: list[str] = field(default_factory=list[str])
-    # Folders and files this process may not read (permissions): they block drained too.
-    unreadable: list[str] = field(default_factory=list[str])
+    # Folders and files this process cannot read (permissions, an NFS error on that entry):
+    # rel -> why. They block drained too.
+    unreadable: dict[str, str] = field(default_factory=dict[str, str])
     # Regular files with more than one hard link: rel -> the link count (see `claim`).
     linked: dict[str, int] = field(default_factory=dict[str, int])
     # Set when the session folder itself is not a real folder (a symlink, a file).
@@ -51,7 +61,7 @@ class Scan:
 def scan_session(
     folder: Path,
     wanted: Wanted,
-    known: ScanMap | None = None,
+    known: Known | None = None,
     young_ns: int = 0,
     max_depth: int = MAX_DEPTH,
 ) -> Scan:
@@ -75,10 +85,13 @@ def scan_session(
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
             scan.problem = f"{folder} is not a real folder (a symbolic link or a file)"
-            return scan
-        raise
+        else:
+            scan.problem = f"{folder} cannot be read: {exc.strerror or exc}"
+        return scan
     try:
         _Walk(scan, wanted, known or {}, young_ns, max_depth).folder(fd, "", 1)
+    except OSError as exc:  # the session folder's own listing failed
+        scan.problem = f"{folder} cannot be read: {exc.strerror or exc}"
     finally:
         os.close(fd)
     return scan
@@ -90,7 +103,7 @@ class _Walk:
 
     scan: Scan
     wanted: Wanted
-    known: ScanMap
+    known: Known
     young_ns: int
     max_depth: int
 
@@ -124,9 +137,9 @@ class _Walk:
                 os.close(child)
         except FileNotFoundError:
             pass
-        except PermissionError:  # one folder we may not read must not stop the others
+        except OSError as exc:  # one folder we cannot read must not stop the others
             if not excluded:
-                self.scan.unreadable.append(rel)
+                self.scan.unreadable[rel] = _why(exc)
 
     def entry(self, entry: os.DirEntry[str], rel: str, excluded: bool) -> None:
         scan = self.scan
@@ -141,13 +154,11 @@ class _Walk:
             st = entry.stat(follow_symlinks=False)
         except FileNotFoundError:
             return
-        except PermissionError:
-            scan.unreadable.append(rel)
-            return
         except OSError as exc:
-            if exc.errno != errno.ESTALE:
-                raise
-            scan.files[rel] = UNKNOWN
+            if exc.errno == errno.ESTALE:
+                scan.files[rel] = UNKNOWN
+            else:  # this file's problem (EIO on a damaged file, say), not the scan's
+                scan.unreadable[rel] = _why(exc)
             return
         if not stat.S_ISREG(st.st_mode):
             scan.ignored[rel] = f"a {kind_of(st.st_mode)}, not a regular file"
@@ -155,3 +166,9 @@ class _Walk:
         scan.files[rel] = (st.st_size, st.st_mtime_ns)
         if st.st_nlink > 1:
             scan.linked[rel] = st.st_nlink
+
+
+def _why(exc: OSError) -> str:
+    if isinstance(exc, PermissionError):
+        return "permissions"
+    return exc.strerror or str(exc)

@@ -2,10 +2,11 @@
 (never over another file) when damaged.
 
 `StateFile` is the one loader of such a file (sessions.json, bandwidth.json): what the share
-holds is input like any other, so bytes its parser refuses, whatever they are, set the file
-aside as `<name>.damaged-<ns>` and the caller goes on without it. An NFS error, reading or
-setting aside, is raised (`StateFileError`) and the caller tries again later: a damaged file is
-never overwritten before it is set aside.
+holds is input like any other, read through `reading` (no link followed, no FIFO waited on, a
+size cap, nesting bounded), so anything that is not a file its parser takes, whatever it is,
+is set aside as `<name>.damaged-<ns>` and the caller goes on without it. An NFS error, reading
+or setting aside, is raised (`StateFileError`) and the caller tries again later: a damaged
+file is never overwritten before it is set aside.
 """
 
 import os
@@ -14,11 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from nfs_watcher_uploader.nfs.moves import Moved, move
+from nfs_watcher_uploader.nfs.reading import Unusable, check_depth, read_regular, set_aside
 from nfs_watcher_uploader.nfs.runner import Nfs
 
-# What a parser may raise on bytes it cannot use: deep nesting raises RecursionError, a huge
-# number OverflowError (an ArithmeticError), a missing field KeyError, and so on.
+# What a parser may raise on bytes it cannot use: a huge number OverflowError (an
+# ArithmeticError), a missing field KeyError, and so on. (Deep nesting never reaches it.)
 _UNUSABLE = (ValueError, KeyError, TypeError, ArithmeticError, RecursionError)
 
 
@@ -42,23 +43,6 @@ def write_atomic(path: Path, data: bytes, tmp_prefix: str) -> None:
         os.close(dir_fd)
 
 
-def set_aside(path: Path, label: str) -> Path:
-    """Move a file the service cannot use (a damaged state file) out of the way, to
-    `<name>.<label>-<ns>` beside it, never over another file; returns where it went."""
-    while True:
-        aside = path.with_name(f"{path.name}.{label}-{time.time_ns()}")
-        if move(path, aside) is not Moved.TAKEN:
-            return aside
-
-
-def read_or_none(path: Path) -> bytes | None:
-    """The bytes of a small state file; None when there is none."""
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
-
-
 class StateFileError(OSError):
     """NFS failed reading a state file, or setting a damaged one aside: try again later."""
 
@@ -76,25 +60,31 @@ class Loaded[T]:
 class StateFile:
     """One small JSON state file of the service, next to `sessions.json`."""
 
-    def __init__(self, path: Path, nfs: Nfs, tmp_prefix: str) -> None:
+    def __init__(self, path: Path, nfs: Nfs, tmp_prefix: str, limit: int) -> None:
         self.path, self._nfs, self._tmp_prefix = path, nfs, tmp_prefix
+        self._limit = limit
 
     def __repr__(self) -> str:
         return f"StateFile({self.path})"
 
     async def load[T](self, parse: Callable[[bytes], T]) -> Loaded[T]:
-        """The file parsed by `parse`; set aside when `parse` refuses it. Raises
-        StateFileError when NFS fails."""
+        """The file parsed by `parse`; set aside when it is not a regular file of at most the
+        size cap, nests too deep, or `parse` refuses it. Raises StateFileError when NFS
+        fails."""
         try:
-            raw = await self._nfs.call(lambda: read_or_none(self.path))
+            raw = await self._nfs.call(lambda: read_regular(self.path, self._limit))
+        except Unusable as exc:
+            raw, why = None, str(exc)
         except OSError as exc:
             raise StateFileError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
-        if raw is None:
-            return Loaded(None)
-        try:
-            return Loaded(parse(raw))
-        except _UNUSABLE as exc:
-            why = str(exc)
+        else:
+            if raw is None:
+                return Loaded(None)
+            try:
+                check_depth(raw)
+                return Loaded(parse(raw))
+            except _UNUSABLE as exc:
+                why = str(exc)
         try:
             aside = await self._nfs.call(lambda: set_aside(self.path, "damaged"))
         except OSError as exc:

@@ -181,7 +181,9 @@ class Adoption:
         member that is joining right now is never robbed."""
         members = {m.incarnation for m in view.members}
         root = self.base_root / OWNERS_DIR
-        names = await self.nfs.call(lambda: [e.name for e in trees.listdir(root)])
+        names = await self.nfs.call(
+            lambda: [name for name, is_dir, _ in trees.listdir(root) if is_dir]
+        )
         now = time.monotonic()
         seen = {n for n in names if is_incarnation(n) and n != self.me and n not in members}
         for gone in set(self._unowned) - seen:

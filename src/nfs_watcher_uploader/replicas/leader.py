@@ -295,12 +295,13 @@ def gate(latest: Callable[[], StateDoc | None]) -> Callable[[Job], Verdict]:
 def _held_anywhere(root: Path, date: str, name: str) -> bool:
     """Whether any member's tree (or the processing root's own) holds a claimed or parked
     file of session `name` under `date`. Blocking."""
-    bases = [root] + [
-        Path(e.path) for e in trees.listdir(root / OWNERS_DIR) if e.is_dir(follow_symlinks=False)
-    ]
     if not is_session_name(name):
         return False
+    bases: list[tuple[str, ...]] = [()] + [
+        (OWNERS_DIR, member) for member, is_dir, _ in trees.listdir(root, OWNERS_DIR) if is_dir
+    ]
     return any(
-        trees.files_below(base / date / name) or trees.files_below(base / PARKED_DIR / date / name)
+        trees.files_below(root, *base, date, name)
+        or trees.files_below(root, *base, PARKED_DIR, date, name)
         for base in bases
     )

@@ -30,7 +30,7 @@ from azure.core.exceptions import ResourceNotFoundError
 
 from nfs_watcher_uploader.blob.blobinfo import uploader_version
 from nfs_watcher_uploader.config import Settings
-from nfs_watcher_uploader.constants import MAX_ABANDONED_THREADS, STATE_FILE
+from nfs_watcher_uploader.constants import MAX_ABANDONED_THREADS, STATE_FILE, STATE_FILE_MAX
 from nfs_watcher_uploader.coord.client import ensure_container
 from nfs_watcher_uploader.coord.constants import RENEW_EVERY_S
 from nfs_watcher_uploader.coord.coordinator import Coordinator
@@ -40,7 +40,12 @@ from nfs_watcher_uploader.coord.names import control_container_name
 from nfs_watcher_uploader.coord.shared_state import Change, SharedState
 from nfs_watcher_uploader.coord.statedoc import StateDoc
 from nfs_watcher_uploader.errors import CannotStart
-from nfs_watcher_uploader.nfs import state
+from nfs_watcher_uploader.nfs.reading import (
+    Unusable,
+    read_regular,
+    set_aside,
+    set_aside_or_leave,
+)
 from nfs_watcher_uploader.nfs.runner import Nfs
 from nfs_watcher_uploader.replicas.control import MakeClient, make_control_client
 
@@ -155,12 +160,18 @@ class Membership:
     async def _import(self, make: MakeClient) -> None:
         """Today's sessions.json into the shared state (create-only), then set aside."""
         path = self.settings.nfs_processing_root / STATE_FILE
-        raw = await self.nfs.call(lambda: state.read_or_none(path))
+        root = self.settings.nfs_processing_root
+        try:
+            raw = await self.nfs.call(lambda: read_regular(path, STATE_FILE_MAX))
+        except Unusable as exc:  # nothing of ours to import (nfs/reading)
+            done = await self.nfs.call(lambda: set_aside_or_leave(path, root))
+            logger.error("Session state %s not imported: unusable (%s); %s", path, exc, done)
+            return
         if raw is None:
             return
         shared = SharedState(make())
         self.imported = await anyio.to_thread.run_sync(shared.import_local, raw)
-        aside = await self.nfs.call(lambda: state.set_aside(path, "imported"))
+        aside = await self.nfs.call(lambda: set_aside(path, "imported"))
         logger.warning(
             "Session state %s %s the shared state; kept as %s (README: Running N replicas)",
             path,

@@ -62,9 +62,9 @@ def ledger_sources(processing_root: Path) -> Sources:
     def sources(date: str, name: str) -> list[tuple[Path, list[str]]]:
         leaf = f"{name}{LEDGER_SUFFIX}"
         found = [(processing_root, [LEDGERS_DIR, date, leaf])]
-        for entry in trees.listdir(processing_root / OWNERS_DIR):
-            if is_incarnation(entry.name) and entry.is_dir(follow_symlinks=False):
-                found.append((processing_root, [OWNERS_DIR, entry.name, LEDGERS_DIR, date, leaf]))
+        for member, is_dir, _ in trees.listdir(processing_root, OWNERS_DIR):
+            if is_incarnation(member) and is_dir:
+                found.append((processing_root, [OWNERS_DIR, member, LEDGERS_DIR, date, leaf]))
         return found
 
     return sources

@@ -6,8 +6,10 @@ is left stays where it is and is reported). Active, draining and recently draine
 written to `<processing root>/sessions.json` (temp file, fsync, rename) on every change and
 resumed on start, so a restart neither forgets a session nor the answer to "is it drained?".
 A session that ended with files parked drains again once they are retried (`reopen`), with a
-new APP_DRAIN_TIMEOUT_S from then. `on_end` is told of every end before it is recorded (the
-manifest and the event are due from then on).
+new APP_DRAIN_TIMEOUT_S from then; so does one a file of which was written to after its upload
+(its next end is reported as an update). The oldest ended sessions past DRAINED_SESSIONS_KEPT
+are forgotten, never one with parked files or work in progress. `on_end` is told of every end
+before it is recorded (the manifest and the event are due from then on).
 
     session    one session: its state, its work in progress, its progress
     registry   all sessions and the active one: start, stop, finish, reopen, save, load

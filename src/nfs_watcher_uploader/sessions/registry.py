@@ -17,7 +17,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
 
-from nfs_watcher_uploader.constants import DRAINED_SESSIONS_KEPT, STATE_FILE, STATE_TMP_PREFIX
+from nfs_watcher_uploader.constants import (
+    DRAINED_SESSIONS_KEPT,
+    STATE_FILE,
+    STATE_FILE_MAX,
+    STATE_TMP_PREFIX,
+)
 from nfs_watcher_uploader.coord import transitions
 from nfs_watcher_uploader.coord.errors import CoordError
 from nfs_watcher_uploader.coord.statedoc import ReportDue, StateDoc
@@ -68,8 +73,8 @@ class Sessions:
         # Sessions known here and not yet in the shared state (found through files), and
         # drains reopened here that could not be written yet.
         self._unshared: set[str] = set()
-        self._reopen: set[str] = set()
-        self._file = StateFile(self.state_path, nfs, STATE_TMP_PREFIX)
+        self._reopen: dict[str, bool] = {}  # name -> a file it had uploaded changed
+        self._file = StateFile(self.state_path, nfs, STATE_TMP_PREFIX, STATE_FILE_MAX)
         self._nfs = nfs
         self._clock = clock
         self._on_end = on_end
@@ -121,13 +126,16 @@ class Sessions:
 
     async def save(self) -> None:
         """Write the sessions worth keeping to the state file, atomically. The state is taken
-        once the previous save is done, so the file always ends with the latest state.
-        (Shared: nothing to do; every change is written when it is made.)"""
+        once the previous save is done, so the file always ends with the latest state. Only
+        the oldest ended sessions past DRAINED_SESSIONS_KEPT are forgotten, and never one with
+        parked files or work in progress: what still needs a person stays counted. (Shared:
+        nothing to do; every change is written when it is made.)"""
         if self.shared is not None:
             return
         async with self._saving:
-            drained = [s for s in self.by_name.values() if not s.watched]
-            for old in drained[:-DRAINED_SESSIONS_KEPT]:
+            ended = [s for s in self.by_name.values() if not s.watched]
+            done = [s for s in ended if not s.parked and not s.pending]
+            for old in done[: max(0, len(ended) - DRAINED_SESSIONS_KEPT)]:
                 del self.by_name[old.name]
             await self._file.save(dump_state(self.by_name.values()))
             self.state_error = None
@@ -171,6 +179,7 @@ class Sessions:
             session.started_at, session.stopped_at = stored.started_at, stored.stopped_at
             session.redrained_at = stored.redrained_at
             session.drain_gen = stored.drain_gen or 0
+            session.updated = stored.updated or self._reopen.get(stored.name, False)
         for name, session in list(self.by_name.items()):
             if name in listed or name in self._unshared:
                 continue
@@ -201,9 +210,12 @@ class Sessions:
                 now=self._clock(),
             )
             await self._change(recovered)
-        for name in sorted(self._reopen):
-            await self._change(functools.partial(transitions.reopen, name=name, now=self._clock()))
-            self._reopen.discard(name)
+        for name, update in sorted(self._reopen.items()):
+            reopen = functools.partial(
+                transitions.reopen, name=name, now=self._clock(), update=update
+            )
+            await self._change(reopen)
+            del self._reopen[name]
 
     async def end_shared(
         self, name: str, state: SessionStateName, drain_start: float | None, report: ReportDue
@@ -312,22 +324,29 @@ class Sessions:
                     extra={"session_name": session.name},
                 )
                 return
+        session.updated = False
         try:
             await self.save()
         except OSError:
             logger.warning("Could not save session state; will retry on the next change")
 
-    async def reopen(self, session: Session) -> None:
-        """Files of an ended session were retried: it drains again, with a fresh timeout."""
+    async def reopen(
+        self, session: Session, why: str = "its parked files were retried", update: bool = False
+    ) -> None:
+        """Something changed for an ended session (`why`): it drains again, with a fresh
+        timeout, and ends anew. With `update`, a file it had uploaded changed: its next end is
+        reported as an update of the last (`session.updated`)."""
         if session.watched:
             return
         if self.shared is not None:
-            await self._reopen_shared(session)
+            await self._reopen_shared(session, why, update)
             return
         session.state, session.redrained_at = "draining", self._clock()
+        session.updated = session.updated or update
         logger.info(
-            "Session %s drains again: its parked files were retried",
+            "Session %s drains again: %s",
             session.name,
+            why,
             extra={"session_name": session.name},
         )
         try:
@@ -335,16 +354,13 @@ class Sessions:
         except OSError:
             logger.warning("Could not save session state; will retry on the next change")
 
-    async def _reopen_shared(self, session: Session) -> None:
+    async def _reopen_shared(self, session: Session, why: str, update: bool) -> None:
         name, now = session.name, self._clock()
         session.state = "draining"  # here at once; in the shared state now or by publish_pending
-        logger.info(
-            "Session %s drains again: its parked files were retried",
-            name,
-            extra={"session_name": name},
-        )
+        session.updated = session.updated or update
+        logger.info("Session %s drains again: %s", name, why, extra={"session_name": name})
         try:
-            await self._change(lambda d: transitions.reopen(d, name, now))
+            await self._change(lambda d: transitions.reopen(d, name, now, update))
         except CoordError as exc:
-            self._reopen.add(name)
+            self._reopen[name] = self._reopen.get(name, False) or update
             logger.warning("Session %s: reopening not written yet (%s); trying again", name, exc)

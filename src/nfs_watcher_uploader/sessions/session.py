@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
-from nfs_watcher_uploader.items import SessionStateName, Where, WorkItem, printable
+from nfs_watcher_uploader.items import SessionStateName, Where, WorkItem, error_text, printable
 from nfs_watcher_uploader.nfs.layout import Layout
 from nfs_watcher_uploader.nfs.scan import Scan
 
@@ -32,8 +32,15 @@ class Session:
     state: SessionStateName
     started_at: float
     stopped_at: float | None = None
-    # Set when parked files of an ended session were retried: it drains again from then.
+    # Set when an ended session drains again (parked files retried or dismissed, a late
+    # write): it drains again from then.
     redrained_at: float | None = None
+    # The generation of its latest end (`reports`): a manifest is never written over by the
+    # report of an older end.
+    generation: int = 0
+    # It drains again because a file it had uploaded changed (a late write): its next end is
+    # reported as an update (`session.updated`).
+    updated: bool = False
     # Progress: since this process started, from what the ledger and the parked files said at
     # start-up (`restore`).
     files_seen: int = 0
@@ -56,7 +63,7 @@ class Session:
     # From the last scan: entries that are not regular files, folders too deep to upload.
     ignored: dict[str, str] = field(default_factory=dict[str, str])
     too_deep: list[str] = field(default_factory=list[str])
-    unreadable: list[str] = field(default_factory=list[str])
+    unreadable: dict[str, str] = field(default_factory=dict[str, str])
     # Files dated in the future: judged by how long they stay unchanged here.
     future: set[str] = field(default_factory=set[str])
     # Files left in incoming because an earlier file of the same name is still in progress.
@@ -146,7 +153,7 @@ class Session:
         self.notice(text)
 
     def fail(self, error: str) -> None:
-        self.last_error = printable(error)
+        self.last_error = error_text(error)
 
     def hold(self, rel: str) -> bool:
         """`rel` waits in incoming for an earlier file of its name; True the first time."""
@@ -191,8 +198,9 @@ class Session:
                 new.append((logging.WARNING, f"{rel}: {what}; left alone"))
         for rel in set(scan.too_deep) - set(self.too_deep):
             new.append((logging.ERROR, f"{rel}: folder too deep to upload; cannot drain"))
-        for rel in set(scan.unreadable) - set(self.unreadable):
-            new.append((logging.ERROR, f"{rel}: cannot be read (permissions); cannot drain"))
+        for rel, why in scan.unreadable.items():
+            if self.unreadable.get(rel) != why:
+                new.append((logging.ERROR, f"{rel}: cannot be read ({why}); cannot drain"))
         for rel in set(future) - self.future:
             new.append(
                 (logging.WARNING, f"{rel}: its mtime is in the future (the writer's clock?)")

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Iterable
 from typing import Literal
 
-from pydantic import BaseModel, field_validator
+from pydantic import BaseModel, NonNegativeInt, field_validator
 
 from nfs_watcher_uploader.constants import DATE_DIR_RE
 from nfs_watcher_uploader.items import SessionStateName, check_session_name
@@ -28,6 +28,8 @@ def dump_state(sessions: Iterable[Session]) -> bytes:
             "started_at": s.started_at,
             "stopped_at": s.stopped_at,
             "redrained_at": s.redrained_at,
+            "generation": s.generation,
+            "updated": s.updated,
         }
         for s in sessions
     ]
@@ -41,6 +43,8 @@ class _StoredSession(BaseModel):
     started_at: float
     stopped_at: float | None
     redrained_at: float | None = None
+    generation: NonNegativeInt = 0
+    updated: bool = False
 
     @field_validator("name")
     @classmethod
@@ -64,7 +68,16 @@ def parse_state(raw: bytes) -> list[Session]:
     """Raises ValueError (pydantic's ValidationError is one) for anything but a valid file."""
     doc = _StateDoc.model_validate_json(raw)
     sessions = [
-        Session(e.name, e.date_prefix, e.state, e.started_at, e.stopped_at, e.redrained_at)
+        Session(
+            e.name,
+            e.date_prefix,
+            e.state,
+            e.started_at,
+            e.stopped_at,
+            e.redrained_at,
+            generation=e.generation,
+            updated=e.updated,
+        )
         for e in doc.sessions
     ]
     if len({s.name for s in sessions}) != len(sessions):

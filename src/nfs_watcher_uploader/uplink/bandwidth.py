@@ -34,6 +34,7 @@ from nfs_watcher_uploader.constants import (
     BANDWIDTH_REFRESH_S,
     BANDWIDTH_TMP_PREFIX,
     BANDWIDTH_WAIT_TICK_S,
+    SMALL_FILE_MAX,
 )
 from nfs_watcher_uploader.nfs.runner import Nfs
 from nfs_watcher_uploader.nfs.state import StateFile
@@ -175,7 +176,7 @@ class Bandwidth:
     ) -> None:
         self.setting, self.schedule, self.tz = setting, schedule, tz
         self.state_path = processing_root / BANDWIDTH_FILE
-        self._file = StateFile(self.state_path, nfs, BANDWIDTH_TMP_PREFIX)
+        self._file = StateFile(self.state_path, nfs, BANDWIDTH_TMP_PREFIX, SMALL_FILE_MAX)
         self._clock = clock
         # None: no override; otherwise the override's rate (None inside: 'off').
         self.override: tuple[int | None] | None = None

@@ -21,17 +21,13 @@ a link, and only a regular file is ever removed, so a link or folder planted the
 nowhere. All of it runs under `ParkedFiles.changing`, so a requeue never races it.
 """
 
-import errno
 import functools
 import logging
 import os
-import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-from pydantic import BaseModel, FiniteFloat
 
 from nfs_watcher_uploader.blob.blobinfo import iso_utc
 from nfs_watcher_uploader.cloud.ledger import Ledger
@@ -43,7 +39,7 @@ from nfs_watcher_uploader.constants import (
     PARKED_DIR,
     PARKED_REASONS_DIR,
 )
-from nfs_watcher_uploader.errors import NotOurs, SessionConflict
+from nfs_watcher_uploader.errors import SessionConflict
 from nfs_watcher_uploader.items import (
     ParkedFile,
     Stats,
@@ -52,16 +48,19 @@ from nfs_watcher_uploader.items import (
     is_session_name,
     printable,
 )
-from nfs_watcher_uploader.nfs.opening import READ_FLAGS, open_dir
-from nfs_watcher_uploader.nfs.runner import Nfs
-from nfs_watcher_uploader.nfs.trees import date_dirs, iter_tree_files
+from nfs_watcher_uploader.nfs.moves import is_regular
+from nfs_watcher_uploader.nfs.reading import set_aside_or_leave
+from nfs_watcher_uploader.nfs.runner import Nfs, until_spent
+from nfs_watcher_uploader.nfs.trees import date_dirs, iter_tree_files, open_folder
 from nfs_watcher_uploader.sessions.registry import Sessions
-from nfs_watcher_uploader.work.parked import NOT_RECORDED, ParkedFiles
+from nfs_watcher_uploader.work.parked import (
+    ParkedFiles,
+    log_unusable,
+    read_reason,
+    remove_reason,
+)
 
 logger = logging.getLogger(__name__)
-
-# A reason file is a few hundred bytes; anything larger is not one of ours.
-_REASON_MAX = 64 * 1024
 
 
 def check_parked_as(path: str) -> list[str]:
@@ -78,14 +77,6 @@ def check_parked_as(path: str) -> list[str]:
         if "\0" in part or len(os.fsencode(part)) > NAME_MAX:
             raise ValueError(f"{printable(part)!r} cannot be a file name")
     return parts
-
-
-class _Reason(BaseModel):
-    """A reason file (parked.py writes it); anything else in it is ignored."""
-
-    reason: str = NOT_RECORDED
-    rel: str | None = None
-    at: FiniteFloat | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,15 +162,25 @@ class Dismissals:
             return count
 
     async def settle_orphans(self) -> int:
-        """At start-up, before anything is queued: settle reasons left without their file."""
+        """At start-up, before anything is queued: settle reasons left without their file. Only
+        a session that may hold parked files (known, and not drained: a drained session had
+        none at its end) can have had one; a reason of any other session is not one the
+        service wrote (planted on the share): it is set aside, and nothing is dismissed."""
         async with self._parked.changing:
-            orphans = await self.nfs.call(self._orphans)
+            keys = await self.nfs.call(self._orphan_keys)
+            orphans = await self.nfs.in_batches(keys, self._judge_batch)
+            settled = 0
             for found, stale in orphans:
                 if stale:  # a park a crash cut short: the file is claimed again, and goes up
                     await self.nfs.call(functools.partial(self._remove_reason, found))
                     continue
+                session = self.sessions.by_name.get(found.session_name)
+                if session is None or session.state == "drained":
+                    await self.nfs.call(functools.partial(self._set_aside_reason, found))
+                    continue
                 await self._settle(found, "gone from _failed/ while the service was down")
-            return sum(1 for _, stale in orphans if not stale)
+                settled += 1
+            return settled
 
     async def _settle(self, found: _Found, how: str) -> None:
         """Record the dismissal, remove the reason, count and log it, let the session drain."""
@@ -193,6 +194,7 @@ class Dismissals:
             )
             await self.ledger.record_dismissed(found.date_prefix, found.session_name, entry)
         await self.nfs.call(lambda: self._remove_reason(found))
+        self._parked.forget((found.date_prefix, found.session_name, found.parked_as))
         item = WorkItem(found.session_name, found.date_prefix, found.rel, claimed=True)
         session = self.sessions.for_item(item)
         text = (
@@ -206,16 +208,16 @@ class Dismissals:
             printable(text),
             extra={"file_name": printable(found.rel), "session_name": found.session_name},
         )
-        await self.sessions.reopen(session)
+        await self.sessions.reopen(session, "a parked file of it was dismissed")
 
     # --- on NFS, in a thread ------------------------------------------------------------------
 
     def _dates_holding(self, session_name: str, parts: list[str]) -> list[str]:
         """The date folders whose `<session>/<parts>` is a regular file in the parked tree."""
         return [
-            entry.name
-            for entry in date_dirs(self._root / PARKED_DIR)
-            if _regular(self._root, [PARKED_DIR, entry.name, session_name], parts) is not None
+            date
+            for date in date_dirs(self._root, PARKED_DIR)
+            if _holds(self._root, [PARKED_DIR, date, session_name], parts)
         ]
 
     def _take(self, date: str, session_name: str, parked_as: str) -> _Found | None:
@@ -235,101 +237,95 @@ class Dismissals:
         return found
 
     def _read_reason(self, date: str, session_name: str, parked_as: str) -> _Found:
-        """What the reason file of a parked file says (defaults where it says nothing usable)."""
-        reason, rel, at = NOT_RECORDED, parked_as, None
-        held = _regular(self._root, [PARKED_REASONS_DIR, date, session_name], parked_as.split("/"))
-        if held is not None:
-            fd, name = held
-            try:
-                raw = _read_small(fd, name)
-            finally:
-                os.close(fd)
-            try:
-                record = _Reason.model_validate_json(raw or b"{}")
-            except ValueError:
-                record = _Reason()
-            reason, rel = record.reason, record.rel or rel
-            try:
-                at = iso_utc(record.at) if record.at is not None else None
-            except (OverflowError, ValueError, OSError):  # a time no clock shows
-                at = None
-        return _Found(date, session_name, parked_as, rel, reason, at)
+        """What the reason file of a parked file says (defaults where it says nothing usable:
+        an unusable one is set aside, with an error line)."""
+        found = read_reason(self._root, (date, session_name, parked_as))
+        if found.problem is not None:
+            log_unusable((date, session_name, parked_as), found.problem)
+        record = found.reason
+        at = None if record.at is None else iso_utc(record.at)
+        return _Found(date, session_name, parked_as, record.rel or parked_as, record.reason, at)
 
     def _remove_reason(self, found: _Found) -> None:
-        held = _regular(
-            self._root,
-            [PARKED_REASONS_DIR, found.date_prefix, found.session_name],
-            found.parked_as.split("/"),
+        remove_reason(self._root, (found.date_prefix, found.session_name, found.parked_as))
+
+    def _set_aside_reason(self, found: _Found) -> None:
+        """A reason without its file that no session of ours can have written: kept aside."""
+        key = (found.date_prefix, found.session_name, found.parked_as)
+        *parts, name = found.parked_as.split("/")
+        fd = open_folder(self._root, PARKED_REASONS_DIR, *key[:2], *parts)
+        if fd is None:
+            return
+        try:
+            path = self._root.joinpath(PARKED_REASONS_DIR, *key)
+            done = set_aside_or_leave(path, self._root, fd)
+        finally:
+            os.close(fd)
+        logger.error(
+            "Reason file %s names no parked file of a session that may have one (session %s "
+            "is %s): nothing is dismissed; %s",
+            printable(str(path)),
+            found.session_name,
+            "unknown" if found.session_name not in self.sessions.by_name else "drained",
+            printable(done),
+            extra={"session_name": found.session_name, "file_name": printable(name)},
         )
-        if held is not None:
-            fd, name = held
-            try:
-                os.unlink(name, dir_fd=fd)
-            except FileNotFoundError:
-                pass
-            finally:
-                os.close(fd)
 
     def _trees(self) -> tuple[set[tuple[str, str]], dict[tuple[str, str], list[str]]]:
         """(session, parked_as) of every parked file; the dates of every reason file."""
-        present = {(name, rel) for _, name, rel, _ in iter_tree_files(self._root / PARKED_DIR)}
+        present = {(name, rel) for _, name, rel, _ in iter_tree_files(self._root, PARKED_DIR)}
         reasons: dict[tuple[str, str], list[str]] = {}
-        for date, name, rel, _ in iter_tree_files(self._root / PARKED_REASONS_DIR):
+        for date, name, rel, _ in iter_tree_files(self._root, PARKED_REASONS_DIR):
             reasons.setdefault((name, rel), []).append(date)
         return present, reasons
 
-    def _orphans(self) -> list[tuple[_Found, bool]]:
-        """Reasons without their parked file, each with whether its file is claimed again."""
+    def _orphan_keys(self) -> list[tuple[str, str, str]]:
+        """(date, session, parked_as) of the reasons without their parked file."""
         parked = {
-            (date, name, rel) for date, name, rel, _ in iter_tree_files(self._root / PARKED_DIR)
+            (date, name, rel) for date, name, rel, _ in iter_tree_files(self._root, PARKED_DIR)
         }
-        out: list[tuple[_Found, bool]] = []
-        for date, name, rel, _ in iter_tree_files(self._root / PARKED_REASONS_DIR):
-            if (date, name, rel) in parked or not is_session_name(name):
-                continue
-            found = self._read_reason(date, name, rel)
-            try:
-                claimed = _regular(self._root, [date, name], check_parked_as(found.rel))
-            except ValueError:
-                claimed = None
-            if claimed is not None:
-                os.close(claimed[0])
-            out.append((found, claimed is not None))
-        return out
+        return [
+            (date, name, rel)
+            for date, name, rel, _ in iter_tree_files(self._root, PARKED_REASONS_DIR)
+            if (date, name, rel) not in parked and is_session_name(name)
+        ]
+
+    def _judge_batch(
+        self, keys: Sequence[tuple[str, str, str]], budget: float
+    ) -> list[tuple[_Found, bool]]:
+        return until_spent(keys, budget, lambda key: self._judge(*key))
+
+    def _judge(self, date: str, name: str, rel: str) -> tuple[_Found, bool]:
+        """What an orphan reason says, and whether its file is claimed again."""
+        found = self._read_reason(date, name, rel)
+        try:
+            claimed = _regular(self._root, [date, name], check_parked_as(found.rel))
+        except ValueError:
+            claimed = None
+        if claimed is not None:
+            os.close(claimed[0])
+        return found, claimed is not None
+
+
+def _holds(root: Path, folders: list[str], parts: list[str]) -> bool:
+    held = _regular(root, folders, parts)
+    if held is not None:
+        os.close(held[0])
+    return held is not None
 
 
 def _regular(root: Path, folders: list[str], parts: list[str]) -> tuple[int, str] | None:
     """(a descriptor on the folder, the name) when `root/folders/parts` is a regular file,
     reached without following any link below `root`; None otherwise. The caller closes it."""
-    try:
-        fd = open_dir(root, [*folders, *parts[:-1]])
-    except (FileNotFoundError, NotADirectoryError, NotOurs):
+    fd = open_folder(root, *folders, *parts[:-1])
+    if fd is None:
         return None
     try:
-        st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
-    except FileNotFoundError:
-        os.close(fd)
-        return None
+        regular = is_regular(parts[-1], fd)
     except BaseException:
         os.close(fd)
         raise
-    if not stat.S_ISREG(st.st_mode):
+    if not regular:
         os.close(fd)
         return None
     return fd, parts[-1]
-
-
-def _read_small(dir_fd: int, name: str) -> bytes | None:
-    try:
-        fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
-    except OSError as exc:
-        if exc.errno in (errno.ENOENT, errno.ELOOP):
-            return None
-        raise
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > _REASON_MAX:
-            return None
-        return os.read(fd, _REASON_MAX)
-    finally:
-        os.close(fd)

@@ -6,7 +6,8 @@ ledgers past their retention).
 Only files in `.processing/_completed/` are ever deleted, and only when they still have the size
 and mtime of the bytes committed to their blob. One that changed was written to after it was
 claimed (a writer that paused longer than APP_MIN_FILE_AGE_S): it is uploaded again, whole,
-over the same blob, from where it lies. Nothing is moved, so nothing here can wait on a name.
+over the same blob, from where it lies, and a session that had ended drains again, so that
+its manifest says what storage holds. Nothing is moved, so nothing here can wait on a name.
 (Completed files left by a previous run are checked the same way by `recovery`.)
 
 Empty folders are pruned only for sessions that are not watched and have no work pending, so GC
@@ -23,6 +24,7 @@ from pathlib import Path
 import anyio.to_thread
 
 from nfs_watcher_uploader.config import Settings
+from nfs_watcher_uploader.constants import COMPLETED_DIR, PARKED_DIR, PARKED_REASONS_DIR
 from nfs_watcher_uploader.items import WorkItem
 from nfs_watcher_uploader.nfs import copying, trees
 from nfs_watcher_uploader.nfs.layout import Layout
@@ -58,7 +60,7 @@ class GarbageCollector:
         sessions: Sessions,
         nfs: Nfs,
         completed: CompletedFiles,
-        resend: Callable[[WorkItem], bool],
+        resend: Callable[[WorkItem], Awaitable[bool]],
         chores: Sequence[Chore] = (),
     ) -> None:
         self.settings, self.layout, self.sessions, self.nfs = settings, layout, sessions, nfs
@@ -85,11 +87,16 @@ class GarbageCollector:
                 await self.sweep_once()
             except OSError:
                 logger.warning("GC sweep failed", exc_info=True)
+            except Exception:  # a bug costs this sweep, never GC (nor the service with it)
+                logger.exception("GC sweep failed unexpectedly")
             for chore in self.chores:
+                name = getattr(chore, "__name__", chore)
                 try:
                     await chore()
                 except OSError as exc:
-                    logger.warning("%s failed on NFS: %s", getattr(chore, "__name__", chore), exc)
+                    logger.warning("%s failed on NFS: %s", name, exc)
+                except Exception:  # what a chore reads is input: it costs that chore's turn
+                    logger.exception("%s failed unexpectedly", name)
 
     async def sample_staging(self) -> None:
         """Read the staging disk's usage in a thread; the metrics report the cached values."""
@@ -121,10 +128,10 @@ class GarbageCollector:
             done = _Sweep()
             for path, record in records.items():
                 _check(path, record, done)
-            for folder in (self.layout.completed_root, self.layout.parked_root):
-                trees.prune_empty_dirs(folder, lambda d, s: False)
-            trees.prune_empty_dirs(self.layout.reasons_root, lambda d, s: False)
-            trees.prune_empty_dirs(self.layout.processing_root, live)
+            root = self.layout.processing_root
+            for folder in (COMPLETED_DIR, PARKED_DIR, PARKED_REASONS_DIR):
+                trees.prune_empty_dirs(root, lambda d, s: False, folder)
+            trees.prune_empty_dirs(root, live)
             return done
 
         # One thread call for the whole NFS sweep, not one round trip per file.
@@ -132,7 +139,7 @@ class GarbageCollector:
         for path in done.forgotten + done.changed:
             self.completed.forget(path, records[path])
         for path in done.changed:
-            self._resend(self.layout.as_completed(records[path].item))
+            await self._resend(self.layout.as_completed(records[path].item))
         self.markers_deleted += done.deleted
         await anyio.to_thread.run_sync(prune_staging, self.layout.staging_dir, live)
         return done.deleted

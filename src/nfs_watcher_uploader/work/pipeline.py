@@ -30,7 +30,7 @@ from nfs_watcher_uploader.backoff import DueQueue, backoff_delay
 from nfs_watcher_uploader.blob.storage import Storage
 from nfs_watcher_uploader.cloud.delivery import Delivery
 from nfs_watcher_uploader.config import Settings
-from nfs_watcher_uploader.items import Stats, WorkItem, log_extra, printable
+from nfs_watcher_uploader.items import Stats, WorkItem, error_text, log_extra, printable
 from nfs_watcher_uploader.nfs.layout import Layout
 from nfs_watcher_uploader.nfs.runner import Nfs
 from nfs_watcher_uploader.sessions.registry import Sessions
@@ -138,10 +138,10 @@ class Pipeline:
         self._requeue(item)
         return True
 
-    def resend_whole(self, item: WorkItem) -> bool:
+    async def resend_whole(self, item: WorkItem) -> bool:
         """A completed file changed after its upload (GC found it written to): say so, and
         queue it to go up again, whole, over the same blob (`put`: not if it has work)."""
-        return self.put(self.transfer.late_write(item))
+        return self.put(await self.transfer.late_write(item))
 
     def _requeue(self, item: WorkItem) -> None:
         self.sessions.for_item(item).mark(item, "queued")
@@ -214,7 +214,7 @@ class Pipeline:
             except errors.NotOurs as exc:
                 await self.transfer.put_back(item, session, str(exc))
             except errors.LateWrite as exc:
-                self._requeue(self.transfer.late_write(exc.item))
+                self._requeue(await self.transfer.late_write(exc.item))
             except errors.CompletionPending as exc:
                 self.telemetry.failed_attempt(span, exc)
                 self._retry_later(exc.item, str(exc))
@@ -238,14 +238,14 @@ class Pipeline:
         delay = backoff_delay(attempt, s.retry_base_s, s.retry_max_s, self._rng)
         self.stats.retries += 1
         self.telemetry.retried()
-        self.stats.last_error = printable(f"{item.rel}: {reason}")
+        self.stats.last_error = error_text(f"{item.rel}: {reason}")
         session.fail(f"{item.rel}: {reason}")
         session.mark(item, "retrying")
         logger.warning(
             "Upload of %s failed (attempt %d): %s; retrying in %.1f s",
             printable(item.rel),
             attempt,
-            printable(reason),
+            error_text(reason),
             delay,
             extra=log_extra(item),
         )

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from nfs_watcher_uploader.constants import COMPLETED_DIR, PARKED_DIR
 from nfs_watcher_uploader.items import WorkItem, check_session_name, printable
 from nfs_watcher_uploader.nfs import trees
 from nfs_watcher_uploader.nfs.runner import Nfs
@@ -38,8 +39,8 @@ async def recover(
     def listing() -> tuple[list[WorkItem], list[WorkItem], list[WorkItem]]:
         return (
             _items(layout.processing_root),
-            _items(layout.parked_root),
-            [layout.as_completed(i) for i in _items(layout.completed_root)],
+            _items(layout.processing_root, PARKED_DIR),
+            [layout.as_completed(i) for i in _items(layout.processing_root, COMPLETED_DIR)],
         )
 
     left, parked, completed = await nfs.call(listing, timeout=nfs.timeout * 10)
@@ -67,19 +68,21 @@ async def recover(
     return queued
 
 
-def _items(root: Path) -> list[WorkItem]:
-    """The claimed files below `root/<date>/<session>/`; a folder whose name cannot be a
+def _items(root: Path, *parts: str) -> list[WorkItem]:
+    """The claimed files below `root/parts/<date>/<session>/`; a folder whose name cannot be a
     session's (an operator's restore, say) is left alone, with an error line."""
     items: list[WorkItem] = []
     refused: set[str] = set()
-    for date, name, rel, _ in trees.iter_tree_files(root):
+    for date, name, rel, _ in trees.iter_tree_files(root, *parts):
         try:
             check_session_name(name)
         except ValueError as exc:
             if name not in refused:
                 refused.add(name)
                 logger.error(
-                    "Leaving %s alone: %s", printable(str(root / date / name)), printable(str(exc))
+                    "Leaving %s alone: %s",
+                    printable(str(root.joinpath(*parts, date, name))),
+                    printable(str(exc)),
                 )
             continue
         items.append(WorkItem(name, date, rel, claimed=True))

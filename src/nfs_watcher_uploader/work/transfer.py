@@ -335,9 +335,11 @@ class Transfer:
         session.ignore(item, what, text)
         logger.warning("Not a regular file: %s", printable(text), extra=log_extra(item))
 
-    def late_write(self, item: WorkItem) -> WorkItem:
+    async def late_write(self, item: WorkItem) -> WorkItem:
         """The file changed after its bytes were read: what went up is not the whole file.
-        Say so, and return the item that sends it again, whole, over the same blob."""
+        Say so, and return the item that sends it again, whole, over the same blob. A session
+        that had ended drains again (its manifest and event are out of date): it ends anew,
+        and its new end is reported as an update (`session.updated`)."""
         self.stats.late_writes += 1
         self.telemetry.late_write()
         blob_name = self.layout.blob_name(item)
@@ -345,8 +347,10 @@ class Transfer:
             f"{item.rel} was written to after it was claimed; uploading the whole file again "
             f"over {blob_name} (APP_MIN_FILE_AGE_S is shorter than the writer's pauses)"
         )
-        self.sessions.for_item(item).count_late_write(text)
+        session = self.sessions.for_item(item)
+        session.count_late_write(text)
         logger.error("LATE WRITE: %s", printable(text), extra=log_extra(item))
+        await self.sessions.reopen(session, "a file it had uploaded was written to", update=True)
         return replace(
             item, committed=None, overwrite=True, blob_name=blob_name, md5=None, recorded=False
         )
