@@ -9,8 +9,8 @@ AZURITE := .tools/azurite/node_modules/.bin/azurite
 
 .PHONY: install run test check lint format typecheck pytest image-test check-arm64 bench chaos \
         azurite azurite-stop \
-        dev-up dev-down docker-build docker-up docker-down k3s-apply k3s-delete lock clean \
-        prometheusrule
+        dev-up dev-down docker-build docker-up docker-down docker-replicas-up docker-replicas-down \
+        k3s-apply k3s-delete lock clean prometheusrule
 
 install: $(BIN)/.installed $(AZURITE) .tools/fuse3.ok .tools/prometheus.ok .tools/tinyproxy.ok \
          .tools/wheels.ok
@@ -159,6 +159,14 @@ api-token.env:
 
 docker-down:
 	docker compose down
+
+# Three replicas on ./data, coordinated through storage (README "Running N replicas").
+docker-replicas-up: docker-build api-token.env
+	mkdir -p data/incoming data/.processing
+	docker compose -f docker-compose.replicas.yaml up -d
+
+docker-replicas-down:
+	docker compose -f docker-compose.replicas.yaml down
 
 k3s-apply:
 	kubectl apply -k k8s/

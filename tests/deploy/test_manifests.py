@@ -35,6 +35,7 @@ YAML_FILES = [
     *sorted(REPLICAS.glob("*.yaml")),
     ROOT / "docker-compose.yaml",
     ROOT / "docker-compose.dev.yaml",
+    ROOT / "docker-compose.replicas.yaml",
     ROOT / "otel-collector-config.yaml",
     ROOT / ".yamllint",
     *sorted((K8S.parent / "monitoring").glob("*.yaml")),
@@ -238,7 +239,9 @@ def test_the_dockerfile_installs_pinned_hashes_and_runs_unprivileged() -> None:
     assert text.count("FROM ") == 2 and "slim" in text
 
 
-@pytest.mark.parametrize("compose", ["docker-compose.yaml", "docker-compose.dev.yaml"])
+@pytest.mark.parametrize(
+    "compose", ["docker-compose.yaml", "docker-compose.dev.yaml", "docker-compose.replicas.yaml"]
+)
 def test_the_compose_files_match_the_compose_spec(compose: str) -> None:
     schema = ROOT / "deploy" / "compose-spec.schema.json"
     result = _run(BIN / "check-jsonschema", "--schemafile", schema, compose)

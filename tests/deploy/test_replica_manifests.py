@@ -81,3 +81,21 @@ def test_the_replicas_coordinate_through_storage_and_name_themselves_by_pod() ->
     assert env["APP_SOURCE_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     settings_env = {f"APP_{name.upper()}" for name in Settings.model_fields}
     assert set(env) <= settings_env
+
+
+def test_the_compose_example_runs_several_replicas_on_one_share_each_with_its_own_staging() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.replicas.yaml").read_text())
+    app = compose["services"]["app"]
+    assert app["deploy"]["replicas"] >= 2
+    env = app["environment"]
+    assert env["APP_COORDINATION"] == "azure"
+    assert set(env) <= {f"APP_{name.upper()}" for name in Settings.model_fields}
+    mounts = {v.split(":")[1] if ":" in v else v: v for v in app["volumes"]}
+    # One mount of the share (renames stay within it); staging an anonymous volume per
+    # container: a named one would be shared by every replica.
+    assert mounts["/mnt/nfs"].startswith("./data:")
+    assert mounts[env["APP_LOCAL_STAGING_ROOT"]] == env["APP_LOCAL_STAGING_ROOT"]
+    # Every replica publishes its own port (one fixed host port cannot serve three).
+    (ports,) = app["ports"]
+    first, last = ports.split(":")[0].split("-")
+    assert int(last) - int(first) + 1 >= app["deploy"]["replicas"]
