@@ -4,7 +4,9 @@ Start, each step tried again with backoff while what fails may heal (`until_ok`)
           probe the share (nfs/probe) -> webhook deliveries (from their outbox) -> load
           sessions -> clear staging -> load the bandwidth override, then keep the limit in force
           -> connect storage -> load the block id key -> workers and session reports ->
-          recovery (parked files settled, counters read back) -> watcher and GC -> ready.
+          what replicas left on a share switched back to one (their owner trees, into the
+          processing root) -> recovery (parked files settled, counters read back) -> watcher
+          and GC -> ready.
           A step that cannot heal (CannotStart: a missing incoming folder, two mounts, a
           storage answer no retry changes) ends start-up: `on_fatal` is told why, and the
           process exits with status 1. The API serves from the first moment; /readyz is 503
@@ -46,11 +48,12 @@ from nfs_watcher_uploader.cloud.retention import LedgerRetention
 from nfs_watcher_uploader.config import Coordination, Settings
 from nfs_watcher_uploader.constants import BLOCK_KEY_FILE, OWNERS_DIR
 from nfs_watcher_uploader.coord.errors import ControlUnavailable, IncarnationLost
-from nfs_watcher_uploader.coord.names import new_incarnation
+from nfs_watcher_uploader.coord.names import is_incarnation, new_incarnation
 from nfs_watcher_uploader.errors import CannotStart, RetryableError
 from nfs_watcher_uploader.intake.watcher import ScanFn, Watcher
 from nfs_watcher_uploader.items import SessionStateName
-from nfs_watcher_uploader.nfs import copying, moves, opening, scan
+from nfs_watcher_uploader.nfs import copying, moves, opening, scan, trees
+from nfs_watcher_uploader.nfs.handover import hand_over
 from nfs_watcher_uploader.nfs.layout import Layout
 from nfs_watcher_uploader.nfs.probe import claim_mode, probe_share
 from nfs_watcher_uploader.nfs.runner import Nfs
@@ -118,7 +121,9 @@ class Service:
             )
         layout = Layout.from_settings(own)
         self.delivery = Delivery.from_settings(own, layout, self.nfs)
-        if self.replicas is not None and self.delivery.ledger is not None:
+        if self.delivery.ledger is not None:
+            # Also with one replica: a share switched back from replicas keeps their ledgers
+            # where they lie (a share that never had replicas has no owner tree to read).
             self.delivery.ledger.sources = ledger_sources(settings.nfs_processing_root)
         # Told of each session's end: its manifest and event are due from then on.
         self.sessions = Sessions(
@@ -296,6 +301,8 @@ class Service:
         self._pipeline_task = asyncio.create_task(self.pipeline.run(), name="pipeline")
         self._outbound.append(asyncio.create_task(self.reports.run(), name="reports"))
         if replicas is None:  # a new incarnation owns nothing yet: nothing of its own to recover
+            self.phase = "taking over what replicas left"
+            await self._until_ok(self._take_back, "take over what replicas left")
             self.phase = "recovering"
             await self._until_ok(
                 lambda: recover(
@@ -313,6 +320,30 @@ class Service:
         self.ready = True
         self.phase = "running"
         logger.info("Ready: %r", self)
+
+    async def _take_back(self) -> None:
+        """One replica on a share that replicas used (switched back as README "Running N
+        replicas" says, after every replica stopped): the files each left in its owner tree
+        go into the processing root, never over a file, for recovery to queue."""
+        root = self.settings.nfs_processing_root
+
+        def take() -> tuple[int, int]:
+            moved = left = 0
+            for member, is_dir, _ in trees.listdir(root, OWNERS_DIR):
+                if is_dir and is_incarnation(member):
+                    handed = hand_over(root, [OWNERS_DIR, member], root, lambda: True)
+                    moved, left = moved + handed.moved, left + handed.left
+            return moved, left
+
+        moved, left = await self.nfs.call(take, timeout=self.nfs.timeout * 10)
+        if moved or left:
+            logger.warning(
+                "Took over %d files that replicas left in %s (%d wait: a file of that name is "
+                "in the processing root; moved at the next start)",
+                moved,
+                root / OWNERS_DIR,
+                left,
+            )
 
     async def _join(self, replicas: Replicas) -> None:
         """Join the replicas on this share, then take the sessions from the shared state."""

@@ -83,7 +83,9 @@ def test_a_killed_replicas_files_land_once_and_are_taken_over_within_20_s(
     with cluster(tmp_path, azurite, container_name, overrides=caps) as c:
         c.start()
         date = _start_session(c, "kill")
-        expected = _drop(c, "kill", date, 48, 2 * MIB)
+        # Rendezvous gives each replica about a third: 96 files leave the victim 16 or more
+        # to hold at once but with odds of about 1 in 4,000 (48 would fail one run in two).
+        expected = _drop(c, "kill", date, 96, MIB)
         victim = c.replicas[2]
         member = victim.member()
         assert member is not None
