@@ -61,3 +61,28 @@ def test_a_session_recovered_from_nfs_drains_and_a_known_one_is_left_alone() -> 
     found = doc.get("found")
     assert found is not None and found.state == "draining"
     assert t.recovered(doc, "found", "20261204", 6.0) == doc
+
+
+def test_an_update_after_a_late_write_is_kept_until_the_end_that_reports_it() -> None:
+    doc, _ = t.stop(t.start(EMPTY, "a", "20261204", 1.0), 2.0)
+    doc = t.reopen(t.finish(doc, "a", "drained", 2.0), "a", 5.0, update=True)
+    assert doc.get("a").updated  # type: ignore[union-attr]
+    doc = t.reopen(doc, "a", 6.0)  # a retry of parked files meanwhile keeps it an update
+    assert doc.get("a").updated  # type: ignore[union-attr]
+    assert not t.finish(doc, "a", "drained", 5.0).get("a").updated  # type: ignore[union-attr]
+
+
+def test_the_generation_of_an_end_is_kept_so_the_next_end_is_newer_whatever_the_clock() -> None:
+    """Two leaders with different clocks: the end judged later must have the higher generation
+    (cloud/reports never writes an older end's manifest over a newer one)."""
+    doc, _ = t.stop(t.start(EMPTY, "a", "20261204", 1.0), 2.0)
+    stored = doc.get("a")
+    assert stored is not None
+    ahead = 5_000_000_000_000_000  # a leader whose clock is far ahead
+    report = t.report_due("a", "drained", stored, "0f1e", 3.0, generation=ahead)
+    doc = t.finish(doc, "a", "drained", 2.0, report)
+    ended = doc.get("a")
+    assert ended is not None and ended.end_generation == ahead
+    assert doc.reports[0].generation == ahead
+    doc = t.reopen(doc, "a", 9.0, update=True)
+    assert doc.get("a").end_generation == ahead  # type: ignore[union-attr]

@@ -78,6 +78,10 @@ class StoredSession(BaseModel):
     # A file it had uploaded changed after it ended: its next end is reported as an update
     # (`session.updated`, cloud/reports).
     updated: bool = False
+    # The generation of its latest end (cloud/reports): the next end's is higher whatever the
+    # clocks of the leaders that judged them, so the later end's manifest is never taken for
+    # an older one.
+    end_generation: int = Field(default=0, ge=0)
 
     @property
     def watched(self) -> bool:
@@ -105,6 +109,9 @@ class ReportDue(BaseModel):
     stopped_at: Seconds | None = None
     drain_start: Seconds | None = None
     finished_at: Seconds
+    # The end's generation and whether it is reported as an update (cloud/reports' job).
+    generation: int = Field(default=0, ge=0)
+    updated: bool = False
 
 
 class BandwidthOverride(BaseModel):

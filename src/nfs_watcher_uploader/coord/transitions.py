@@ -75,7 +75,10 @@ def finish(
     session = doc.get(name)
     if session is None or session.state != "draining" or session.drain_start != drain_start:
         raise SessionConflict(f"session {name!r} is not in the drain that was judged")
-    doc = _replace(doc, session.model_copy(update={"state": state, "updated": False}))
+    change: dict[str, object] = {"state": state, "updated": False}
+    if report is not None:
+        change["end_generation"] = max(session.end_generation, report.generation)
+    doc = _replace(doc, session.model_copy(update=change))
     if report is not None and all(r.id != report.id for r in doc.reports):
         doc = doc.model_copy(update={"reports": (*doc.reports, report)})
     return doc
@@ -88,9 +91,16 @@ def reported(doc: StateDoc, report_id: str) -> StateDoc:
 
 
 def report_due(
-    name: str, state: EndedName, session: StoredSession, report_id: str, now: float
+    name: str,
+    state: EndedName,
+    session: StoredSession,
+    report_id: str,
+    now: float,
+    generation: int = 0,
+    updated: bool = False,
 ) -> ReportDue:
-    """The due report of `session`'s end as `state`."""
+    """The due report of `session`'s end as `state` (of `generation`; an update of the last
+    end when `updated`)."""
     return ReportDue(
         id=report_id,
         name=name,
@@ -100,6 +110,8 @@ def report_due(
         stopped_at=session.stopped_at,
         drain_start=session.drain_start,
         finished_at=now,
+        generation=generation,
+        updated=updated,
     )
 
 

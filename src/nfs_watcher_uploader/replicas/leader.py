@@ -194,7 +194,15 @@ class Leader:
         if session is None:
             return
         job = self.reports.job_for(session, state)
-        report = transitions.report_due(stored.name, state, stored, job["id"], self._clock())
+        report = transitions.report_due(
+            stored.name,
+            state,
+            stored,
+            job["id"],
+            self._clock(),
+            job["generation"],
+            job["event"] == "session.updated",
+        )
         if self.reports.enabled:
             try:
                 await self.reports.keep(job)
@@ -258,6 +266,8 @@ class Leader:
             "finished_at": report.finished_at,
             "excluded": [],
             "not_uploaded": 0,
+            "generation": report.generation or int(self._clock() * 1_000_000),
+            "event": "session.updated" if report.updated else f"session.{report.state}",
         }
         try:
             await self.reports.keep(job)

@@ -180,6 +180,7 @@ class Sessions:
             session.redrained_at = stored.redrained_at
             session.drain_gen = stored.drain_gen or 0
             session.updated = stored.updated or self._reopen.get(stored.name, False)
+            session.generation = max(session.generation, stored.end_generation)
         for name, session in list(self.by_name.items()):
             if name in listed or name in self._unshared:
                 continue
