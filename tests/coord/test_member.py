@@ -132,6 +132,18 @@ def test_a_member_blob_written_by_a_peer_ends_the_incarnation_at_the_next_renew(
     assert not member.valid()
 
 
+def test_a_member_blob_deleted_by_hand_ends_the_incarnation_and_is_never_made_again(
+    control: Control, join: Callable[..., Member]
+) -> None:
+    member = join(start=False)
+    blob = control.client().get_blob_client(member_blob(member.incarnation))
+    blob.delete_blob(lease=member.incarnation)  # an operator "cleaning up" the control container
+    assert not member.renew_once()
+    assert member.lost is not None and not member.valid()
+    assert not member.renew_once()  # a lost incarnation stays lost: it never creates it again
+    assert not blob.exists()
+
+
 def test_a_new_member_adopted_before_its_lease_was_taken_starts_over(
     control: Control,
 ) -> None:
