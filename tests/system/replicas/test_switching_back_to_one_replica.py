@@ -53,6 +53,8 @@ def test_one_replica_takes_over_what_replicas_left_and_its_manifest_counts_their
         60,
         lambda: f"not drained: {running.get(view).json()}",
     )
-    manifest = json.loads(blob_bytes(container, f"{date}/{session}.manifest.json") or b"{}")
+    name = f"{date}/{session}.manifest.json"
+    until(lambda: blob_bytes(container, name) is not None, 30, lambda: "no manifest")
+    manifest = json.loads(blob_bytes(container, name) or b"{}")
     assert sorted(f["blob"] for f in manifest["files"]) == [blob, f"{date}/{session}/sent.bin"]
     assert manifest["complete"] is True
