@@ -2,14 +2,20 @@
 (APP_COORDINATION=azure, each its own process with its own staging, all on one Azurite), side
 by side run after run: how long each took, and how the work was shared.
 
+`python -m bench.replicas [RUNS]` runs this row alone (on its own Azurite, the small set).
+
 Every replica counts a file once, with its "Uploaded" log line; the time is from the moment the
 files appear in incoming (hard links) until the last replica logged its last file, read from
 the logs (asking the API would cost the replicas CPU, and its sums of other replicas' counters
 are up to a progress period old).
 """
 
+import json
 import os
+import shutil
 import statistics
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -113,3 +119,25 @@ def _until(condition: Any, timeout: float, interval: float = 0.05) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError("bench replicas: timed out")
         time.sleep(interval)
+
+
+def main(runs: int = 3) -> dict[str, Any]:
+    """The row alone: the small set (1000 files of 64 KiB) on its own Azurite."""
+    from bench.run import make_set  # bench.run imports this module
+
+    work = Path(tempfile.mkdtemp(prefix="nwu-bench-replicas-"))
+    azurite = Azurite()
+    azurite.start()
+    try:
+        src = work / "src" / "small"
+        make_set(src, 1000, 64 * 1024, seed=0)
+        result = row(work / "replicas", azurite, src, runs)
+    finally:
+        azurite.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 3)
