@@ -52,6 +52,10 @@ JOB_FILE_MAX = 64 * 1024 * 1024  # a report job lists the session's excluded fil
 LEDGER_MAX = 1024 * 1024 * 1024  # a ledger: a few hundred bytes per file of the session
 LEDGER_LINE_MAX = 64 * 1024  # one ledger line: a blob name and a path, escaped
 TOKEN_FILE_MAX = 4 * 1024  # APP_API_TOKEN_FILE: one token
+# A session end's generation is a time in microseconds: a ledger's manifest line further ahead
+# of this device's clock than this is not ours, and is skipped (`reading.Generation`). Jobs and
+# the state file are not held to it: a clock that starts behind must not set them aside.
+GENERATION_AHEAD_MAX_S = 86_400.0
 # JSON nested deeper than this is not ours (ours nest at most 4 levels), and is refused before
 # a parser recurses into it.
 JSON_DEPTH_MAX = 32

@@ -1,6 +1,7 @@
 """Events are signed, delivered at least once across restarts, never hold up an upload, and a
 session's end is never dropped."""
 
+import json
 import signal
 import time
 from collections import Counter
@@ -24,6 +25,16 @@ SECRET = "webhook-secret-not-for-logs"
 
 
 TOKEN = "url-token-not-for-logs"
+
+
+def _a_later_session_is_told(running: Any, settings: Any, receiver: WebhookReceiver) -> None:
+    """A session drains after whatever the test planted, and its event is delivered."""
+    drain_one_session(running, settings, "after")
+    wait_for(
+        lambda: any(d.event["type"] == "session.drained" for d in receiver.accepted()),
+        timeout=30,
+        what="the session.drained event of a later session",
+    )
 
 
 def _types(receiver: WebhookReceiver) -> Counter[str]:
@@ -135,12 +146,7 @@ def test_a_damaged_outbox_event_holds_up_no_other_event(
         outbox.mkdir(parents=True)
         (outbox / "damaged.json").write_bytes(job)
         running = service_factory(settings)
-        drain_one_session(running, settings, "after")
-        wait_for(
-            lambda: any(d.event["type"] == "session.drained" for d in receiver.accepted()),
-            timeout=30,
-            what="the session.drained event of a later session",
-        )
+        _a_later_session_is_told(running, settings, receiver)
         assert running.get("/healthz").status_code == 200
     finally:
         receiver.stop()
@@ -245,7 +251,9 @@ def test_a_webhook_that_hangs_never_holds_up_an_upload(
         # Everything went up while the first delivery was still waiting for its answer.
         assert time.monotonic() - started < DELIVERY_TIMEOUT_S
         assert manifest["totals"]["files"] == 31
-        assert webhooks.delivered == 0 and webhooks.pending == 2
+        # The session's event is emitted once its manifest is written: it comes just after.
+        wait_for(lambda: webhooks.pending == 2, timeout=10, what="the session's event pending")
+        assert webhooks.delivered == 0
         metrics = running.get("/metrics").text
         assert any(
             line.startswith("webhook_events_pending") and line.endswith(" 2.0")
@@ -253,3 +261,39 @@ def test_a_webhook_that_hangs_never_holds_up_an_upload(
         ), metrics
     finally:
         silent.close()
+
+
+@pytest.mark.adversarial
+@pytest.mark.parametrize("signature", [None, "sha256=" + "0" * 64], ids=["unsigned", "forged"])
+def test_an_event_planted_in_the_outbox_is_never_signed_and_sent(
+    service_factory: Any, settings_factory: Any, signature: str | None
+) -> None:
+    """The outbox on the share was trusted: anyone who can write it had any event of their
+    own signed with APP_WEBHOOK_SECRET and delivered, so a receiver that checks the signature
+    took it as the service's (here a `session.drained` for a session that never was).
+
+    Issue 21 review, finding 4.
+    """
+    receiver = WebhookReceiver().start()
+    try:
+        settings = settings_factory(webhook_url=f"{receiver.url}/hook", webhook_secret=SECRET)
+        event = {
+            "id": "planted",
+            "type": "session.drained",
+            "created_at": "2026-12-04T00:00:00Z",
+            "source_id": settings.source_id,
+            "data": {"session": "never", "complete": True},
+        }
+        job: dict[str, Any] = {"id": "planted", "created": 1.0, "event": event}
+        if signature is not None:
+            job["signature"] = signature
+        write_file(
+            settings.nfs_processing_root / "_outbox" / "planted.json", json.dumps(job).encode()
+        )
+        running = service_factory(settings)
+        _a_later_session_is_told(running, settings, receiver)
+        assert [d.event["id"] for d in receiver.accepted() if d.event["id"] == "planted"] == []
+        aside = settings.nfs_processing_root / "_set_aside" / "_outbox"
+        assert [p.name.split(".unusable-")[0] for p in aside.iterdir()] == ["planted.json"]
+    finally:
+        receiver.stop()

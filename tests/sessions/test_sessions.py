@@ -12,6 +12,7 @@ from nfs_watcher_uploader.constants import DRAINED_SESSIONS_KEPT
 from nfs_watcher_uploader.nfs.runner import Nfs
 from nfs_watcher_uploader.sessions.registry import Sessions
 from nfs_watcher_uploader.sessions.session import Session
+from nfs_watcher_uploader.sessions.stored import parse_state
 from tests.support.helpers import (
     Azurite,
     blob_bytes,
@@ -195,3 +196,41 @@ async def test_an_ended_session_with_parked_files_is_never_forgotten(tmp_path: P
     again = Sessions(tmp_path, Nfs(5))  # and after a restart
     await again.load()
     assert "s000" in again.by_name and "s001" not in again.by_name
+
+
+@pytest.mark.adversarial
+@pytest.mark.parametrize(
+    "field",
+    [
+        '"stopped_at": NaN',
+        '"stopped_at": Infinity',
+        '"started_at": -Infinity, "stopped_at": 2.0',
+    ],
+)
+def test_a_state_file_whose_session_could_never_end_is_not_loaded(
+    field: str,
+) -> None:
+    """`sessions.json` took any float: a draining session stopped at NaN never timed out
+    (every comparison with NaN is false) and one started at infinity raised where its time
+    was formatted.
+
+    Issue 21 review, finding 1.
+    """
+    raw = (
+        '{"version": 1, "sessions": [{"name": "s", "date_prefix": "20261204", '
+        f'"state": "draining", "started_at": 1.0, {field}}}]}}'
+    )
+    with pytest.raises(ValueError):
+        parse_state(raw.encode())
+
+
+def test_a_state_file_written_while_the_clock_was_days_ahead_is_still_loaded() -> None:
+    """A board whose clock starts behind (before NTP) reads generations from its future: the
+    sessions are still its own."""
+    raw = (
+        '{"version": 1, "sessions": [{"name": "s", "date_prefix": "20261204", '
+        '"state": "draining", "started_at": 1.0, "stopped_at": 2.0, '
+        '"generation": 4102444800000000}]}'
+    )
+    (session,) = parse_state(raw.encode())
+    assert session.generation == 4102444800000000

@@ -141,8 +141,8 @@ def test_a_completion_that_reports_failure_after_succeeding_counts_once(
     committed, so the file must end up counted once as uploaded, never as failed or twice."""
     lied: list[str] = []
 
-    def move(src: Path, dst: Path, expect: Any) -> moves.Moved:
-        moved = moves.move(src, dst, expect=expect)
+    def move(src: Path, dst: Path, expect: Any, **where: Any) -> moves.Moved:
+        moved = moves.move(src, dst, expect=expect, **where)
         if "_completed" in dst.parts and src.name not in lied:
             lied.append(src.name)
             raise OSError(errno.ESTALE, "Stale file handle (after the rename happened)")

@@ -8,15 +8,16 @@ off on its own and never holds up the others.
 
 A job file is read back like any file on the share (`nfs.reading`, its folder entered without
 following a link): one that is not a job of this service (a link, a FIFO, too large, too deep,
-damaged, hand-edited, named after another id) is set aside under `_set_aside/` with an error
-line naming it, and the other jobs go on.
+damaged, hand-edited, named after another id, or refused by its kind's own check: an event not
+signed here) is set aside under `_set_aside/` with an error line naming it, and the other jobs
+go on.
 """
 
 import json
 import logging
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +52,16 @@ class JobDoc(BaseModel):
 
 
 class JobFiles:
-    def __init__(self, root: Path, nfs: Nfs, shape: type[JobDoc]) -> None:
-        # A file on NFS is input like any other: a job that is not of this shape is skipped.
-        self.root, self.nfs, self.shape = root, nfs, shape
+    def __init__(
+        self,
+        root: Path,
+        nfs: Nfs,
+        shape: type[JobDoc],
+        check: Callable[[Job], str | None] = lambda job: None,
+    ) -> None:
+        # A file on NFS is input like any other: a job that is not of this shape, or that
+        # `check` refuses (why), is set aside.
+        self.root, self.nfs, self.shape, self._check = root, nfs, shape, check
 
     def __repr__(self) -> str:
         return f"JobFiles({self.root})"
@@ -64,12 +72,8 @@ class JobFiles:
     async def add(self, job: Job) -> None:
         """Write `job` (which has an `id`) unless a job of that id is there. Raises OSError."""
         path, data = self._path(job["id"]), json.dumps(job).encode()
-
-        def add() -> None:
-            if not path.exists():
-                write_atomic(path, data, JOB_TMP_PREFIX)
-
-        await self.nfs.call(add)
+        root = self.root.parent
+        await self.nfs.call(lambda: write_atomic(path, data, JOB_TMP_PREFIX, root, only_new=True))
 
     async def remove(self, job_id: str) -> None:
         """Raises OSError; a job already gone is fine."""
@@ -127,7 +131,10 @@ class JobFiles:
             doc = parse_json(raw, self.shape)
             if name.removesuffix(_SUFFIX) != doc.id:
                 raise Unusable(f"it holds job {doc.id!r}, not the job it is named after")
-            return json.loads(raw)
+            job = json.loads(raw)
+            if (problem := self._check(job)) is not None:
+                raise Unusable(problem)
+            return job
         except Unusable as exc:
             path = self.root / name
             done = set_aside_or_leave(path, self.root.parent, fd)

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import BaseModel, NonNegativeInt
+from pydantic import BaseModel
 
 from nfs_watcher_uploader.blob.blobinfo import iso_utc, iso_utc_ns
 from nfs_watcher_uploader.cloud.manifest import Dismissed, FileEntry
@@ -42,6 +42,7 @@ from nfs_watcher_uploader.items import WorkItem, blob_name_problem, path_problem
 from nfs_watcher_uploader.nfs import trees
 from nfs_watcher_uploader.nfs.layout import Layout
 from nfs_watcher_uploader.nfs.reading import (
+    Generation,
     Unusable,
     parse_json,
     read_lines,
@@ -49,10 +50,10 @@ from nfs_watcher_uploader.nfs.reading import (
     set_aside_or_leave,
 )
 from nfs_watcher_uploader.nfs.runner import Nfs
+from nfs_watcher_uploader.nfs.state import write_all
 
 logger = logging.getLogger(__name__)
 
-_DAY_S = 86_400.0
 # Times something that is not a ledger is set aside before an append gives up (it keeps coming).
 _ATTEMPTS = 5
 # Read too: a ledger is checked for a torn last line before the first append to it. Never
@@ -65,7 +66,7 @@ class _DismissedLine(BaseModel):
 
 
 class _Written(BaseModel):
-    generation: NonNegativeInt
+    generation: Generation
 
 
 class _ManifestLine(BaseModel):
@@ -177,10 +178,7 @@ class Ledger:
                 data = b"".join(lines)
                 if not created and not known_whole and not _ends_whole(fd):
                     data = b"\n" + data  # a crash tore the last line: end it first
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
+                write_all(fd, data)
             finally:
                 os.close(fd)
             self._clean.add(path)
@@ -243,15 +241,12 @@ class Ledger:
         """The committed blobs (as `read`) and the dismissed parked files, each once (a
         dismissal recorded twice around a crash is one), in name order; the newest end written;
         from every ledger of the session (`sources`). Blocking."""
-        # A generation is a time in microseconds: one far ahead is not ours, and would keep
-        # every later manifest from being written.
-        latest = int((self._clock() + _DAY_S) * 1_000_000)
         entries: dict[str, FileEntry] = {}
         versions: dict[str, list[FileEntry]] = {}
         dismissed: dict[tuple[str, str | None], Dismissed] = {}
         written, problems = 0, list[str]()
         for root, parts in self.sources(date_prefix, session_name):
-            one = _read_one(root, parts, f"{date_prefix}/{session_name}/", latest)
+            one = _read_one(root, parts, f"{date_prefix}/{session_name}/")
             for entry in one.files:
                 seen = entries.get(entry.blob)
                 if seen is not None and (seen.md5, seen.size) != (entry.md5, entry.size):
@@ -270,7 +265,7 @@ class Ledger:
         )
 
 
-def _read_one(root: Path, parts: list[str], prefix: str, latest: int) -> Record:
+def _read_one(root: Path, parts: list[str], prefix: str) -> Record:
     """One ledger file, `parts` below the folder `root` (see `Ledger.read_all`)."""
     path = root.joinpath(*parts)
     folder = trees.open_folder(root, *parts[:-1])
@@ -280,7 +275,7 @@ def _read_one(root: Path, parts: list[str], prefix: str, latest: int) -> Record:
         lines = read_lines(parts[-1], LEDGER_MAX, LEDGER_LINE_MAX, dir_fd=folder)
         if lines is None:
             return Record([], [])
-        return _parse(lines, prefix, path, latest)
+        return _parse(lines, prefix, path)
     except Unusable as exc:
         done = set_aside_or_leave(path, root, folder)
         logger.error("Ledger %s unusable (%s); %s", path, exc, done)
@@ -289,7 +284,9 @@ def _read_one(root: Path, parts: list[str], prefix: str, latest: int) -> Record:
         os.close(folder)
 
 
-def _parse(lines: Iterator[bytes | None], prefix: str, path: Path, latest: int) -> Record:
+
+
+def _parse(lines: Iterator[bytes | None], prefix: str, path: Path) -> Record:
     """A ledger's lines; those that are not ours are skipped and counted."""
     entries: dict[str, FileEntry] = {}
     dismissed: dict[tuple[str, str | None], Dismissed] = {}
@@ -305,8 +302,6 @@ def _parse(lines: Iterator[bytes | None], prefix: str, path: Path, latest: int) 
                 dismissed[(gone.parked_as, gone.parked_at)] = gone
             elif line.startswith(b'{"manifest":'):
                 generation = parse_json(line, _ManifestLine).manifest.generation
-                if generation > latest:
-                    raise Unusable(f"a generation from the future ({generation})")
                 written = max(written, generation)
             else:
                 entry = parse_json(line, FileEntry)

@@ -33,7 +33,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
-from pydantic import FiniteFloat, NonNegativeInt
+from pydantic import NonNegativeInt
 
 from nfs_watcher_uploader.backoff import DueQueue
 from nfs_watcher_uploader.blob.blobinfo import BlobLabels, iso_utc
@@ -46,6 +46,7 @@ from nfs_watcher_uploader.config import Settings
 from nfs_watcher_uploader.constants import MAX_DEPTH
 from nfs_watcher_uploader.items import ParkedFile, SessionStateName, printable
 from nfs_watcher_uploader.nfs.layout import Layout, manifest_blob
+from nfs_watcher_uploader.nfs.reading import DatePrefix, SessionName, Time
 from nfs_watcher_uploader.nfs.runner import Nfs
 from nfs_watcher_uploader.sessions.session import Session
 
@@ -328,17 +329,20 @@ class Reports:
 
 
 class _ReportJob(JobDoc):
-    """A session's end, to be reported (`Reports.ended` writes it)."""
+    """A session's end, to be reported (`Reports.ended` writes it). Its session and date name
+    the manifest blob and the ledger: one that is not a session name or a date is not ours."""
 
-    session: str
-    date_prefix: str
+    session: SessionName
+    date_prefix: DatePrefix
     state: SessionStateName
-    started_at: FiniteFloat
-    stopped_at: FiniteFloat | None
-    finished_at: FiniteFloat
+    started_at: Time
+    stopped_at: Time | None
+    finished_at: Time
     excluded: list[Excluded]
     not_uploaded: int
-    # Older jobs have neither: they are the oldest end, reported as their state says.
+    # Older jobs have neither: they are the oldest end, reported as their state says. (Not
+    # bounded by this device's clock: one that starts a day behind, a board before NTP, would
+    # set its own jobs aside.)
     generation: NonNegativeInt = 0
     event: Literal["session.drained", "session.drain_timed_out", "session.updated"] | None = None
 

@@ -9,8 +9,10 @@ POSTed as JSON to APP_WEBHOOK_URL.
 
 So delivery is at least once: the id (also in the `X-Event-Id` header) lets a receiver drop a
 repeat. The body is signed with HMAC-SHA256 of APP_WEBHOOK_SECRET, `X-Signature-256:
-sha256=<hex>` as GitHub does. Uploads never wait for a delivery: they only write the outbox.
-The URL may carry a token: logs name only its scheme, host and port.
+sha256=<hex>` as GitHub does. The outbox is on the share, which others can write: an event is
+kept there with its signature, and one read back whose signature is not right is not the
+service's (it is set aside, never signed and sent). Uploads never wait for a delivery: they
+only write the outbox. The URL may carry a token: logs name only its scheme, host and port.
 """
 
 import hashlib
@@ -73,9 +75,11 @@ class _EventDoc(BaseModel):
 
 
 class _OutboxJob(JobDoc):
-    """An event waiting for delivery (`Webhooks.emit` writes it)."""
+    """An event waiting for delivery (`Webhooks.emit` writes it), signed when there is a
+    secret."""
 
     event: _EventDoc
+    signature: str | None = None
 
 
 class Webhooks:
@@ -96,7 +100,7 @@ class Webhooks:
         self._source_id = settings.source_id
         self._retry = (settings.retry_base_s, settings.retry_max_s)
         self._rng = rng or random.Random()
-        self._outbox = JobFiles(layout.outbox_root, nfs, _OutboxJob)
+        self._outbox = JobFiles(layout.outbox_root, nfs, _OutboxJob, self._signed_here)
         self.nfs = nfs
         self._queue = DueQueue[str, _Event](self._retry, self._rng)
         self._clock = clock
@@ -138,13 +142,27 @@ class Webhooks:
             "source_id": self._source_id,
             "data": data,
         }
+        body = json.dumps(event).encode()
+        job: dict[str, Any] = {"id": id_, "created": self._clock(), "event": event}
+        if self._secret is not None:
+            job["signature"] = sign(self._secret, body)
         try:
-            await self._outbox.add({"id": id_, "created": self._clock(), "event": event})
+            await self._outbox.add(job)
         except OSError as exc:
             self.dropped += 1
             logger.error("Webhook event %s %s lost: cannot write the outbox: %s", type_, id_, exc)
             return
-        self._queue.add(id_, _Event(type_, json.dumps(event).encode()))
+        self._queue.add(id_, _Event(type_, body))
+
+    def _signed_here(self, job: dict[str, Any]) -> str | None:
+        """Why the outbox event `job` is not one this service wrote (with this secret), or
+        None. Its body is the event as written (`json.dumps` gives back the same text)."""
+        if self._secret is None:
+            return None
+        body = json.dumps(job["event"]).encode()
+        if not hmac.compare_digest(str(job.get("signature")), sign(self._secret, body)):
+            return "its signature is not the service's: an event it did not write"
+        return None
 
     async def take_over(self) -> int:
         """Queue the events in the outbox that are not queued yet (taken over from a dead

@@ -40,6 +40,11 @@ def exists(path: Path) -> bool:
     return True
 
 
+def is_absent(name: str, dir_fd: int) -> bool:
+    """Nothing has `name` in the folder `dir_fd` (a real ENOENT; other errors raise)."""
+    return _lstat_retrying(name, dir_fd) is None
+
+
 def is_regular(name: str, dir_fd: int) -> bool:
     """`name` in the folder `dir_fd` is a regular file (not a link to one)."""
     st = _lstat_retrying(name, dir_fd)
@@ -77,8 +82,11 @@ def move(
     expect: tuple[int, int] | None = None,
     *,
     src_dir_fd: int | None = None,
+    dst_dir_fd: int | None = None,
 ) -> Moved:
     """Rename `src` to `dst`, never over an existing file; create `dst`'s folder if missing.
+    With `dst_dir_fd` (`dst`'s folder, entered without following a link: `trees.make_folder`)
+    the file goes to `dst.name` in that very folder, whatever was planted on its path since.
 
     DONE: the file is at `dst`. GONE: `src` is gone and `dst` does not hold it (another claimant
     took it, or it was deleted). TAKEN: `dst` holds another file; nothing moved.
@@ -90,15 +98,16 @@ def move(
     gone and a destination with the (size, mtime) `expect`ed mean it did (DONE). All of it runs
     under one lock, so a late move and its retry never interleave.
     """
+    at: Path | str = dst if dst_dir_fd is None else dst.name
     with _MOVE_LOCK:
         for _ in range(5):
             before = _lstat_retrying(src, src_dir_fd)
             if before is None:
-                return Moved.DONE if _holds(_lstat_retrying(dst), expect) else Moved.GONE
-            if _lstat_retrying(dst) is not None:
+                return Moved.DONE if _holds(_lstat_retrying(at, dst_dir_fd), expect) else Moved.GONE
+            if _lstat_retrying(at, dst_dir_fd) is not None:
                 return Moved.TAKEN
             try:
-                os.rename(src, dst, src_dir_fd=src_dir_fd)
+                os.rename(src, at, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
                 return Moved.DONE
             except OSError as exc:
                 if exc.errno in (errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOTEMPTY):
@@ -106,7 +115,9 @@ def move(
                 if exc.errno not in GONE_ERRNOS:
                     raise
             if not _same(before, _lstat_retrying(src, src_dir_fd)):
-                return Moved.DONE if _same(before, _lstat_retrying(dst)) else Moved.GONE
+                return Moved.DONE if _same(before, _lstat_retrying(at, dst_dir_fd)) else Moved.GONE
+            if dst_dir_fd is not None:  # the folder held open was removed: the caller retries
+                raise OSError(errno.ENOENT, f"folder of {dst} removed during the move")
             # The source is still there: the destination folder is missing, or a handle went
             # stale. Make sure the folder exists and try again.
             try:

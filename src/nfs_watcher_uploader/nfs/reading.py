@@ -7,7 +7,9 @@ in its place: a symbolic link, a FIFO, a device, a huge or deeply nested file, a
     read    at most the cap
     parse   (`parse_json`) nesting bounded before any parser recurses; every error a parser can
             raise is caught; the model checks the shape and the meaning (a path inside its
-            session, a name that can be a blob)
+            session, a name that can be a blob), through the types below (`SessionName`,
+            `DatePrefix`, `Generation`, `Time`), so that each value means one thing wherever
+            it is read back
 
 Whatever fails is `Unusable` (a ValueError that says why): the caller sets the file aside
 (`set_aside`: never over another file) with one line naming it, and goes on without it. A file
@@ -21,10 +23,17 @@ import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ValidationError
+from pydantic import AfterValidator, BaseModel, FiniteFloat, NonNegativeInt, ValidationError
 
-from nfs_watcher_uploader.constants import JSON_DEPTH_MAX, SET_ASIDE_DIR
+from nfs_watcher_uploader.constants import (
+    DATE_DIR_RE,
+    GENERATION_AHEAD_MAX_S,
+    JSON_DEPTH_MAX,
+    SET_ASIDE_DIR,
+)
+from nfs_watcher_uploader.items import check_session_name
 from nfs_watcher_uploader.nfs.moves import Moved, move
 from nfs_watcher_uploader.nfs.opening import READ_FLAGS, kind_of
 
@@ -37,6 +46,32 @@ _TOKENS = re.compile(rb'[\[\]{}]|"(?:[^"\\]|\\.)*"?', re.S)
 
 class Unusable(ValueError):
     """Not a file the service can use (why: the message). Set it aside and go on."""
+
+
+def _date_prefix(date: str) -> str:
+    if not DATE_DIR_RE.fullmatch(date):
+        raise ValueError("a date prefix is YYYYMMDD")
+    return date
+
+
+def _not_ahead(generation: int) -> int:
+    # A generation is a time in microseconds (`reports`): a manifest line claiming one far
+    # ahead is not ours, and would keep every later end of its session from being reported.
+    # (Only where skipping it costs nothing: a ledger line; a job or the state file read back
+    # on a device whose clock starts behind must still be used.)
+    if generation > (time.time() + GENERATION_AHEAD_MAX_S) * 1_000_000:
+        raise ValueError(f"a generation from the future ({generation})")
+    return generation
+
+
+# What the values of a file read back must mean. A session's name and date become folders on
+# the share and segments of blob names: one that is not a session name could lead out of its
+# folder or into another session's.
+SessionName = Annotated[str, AfterValidator(check_session_name)]
+DatePrefix = Annotated[str, AfterValidator(_date_prefix)]
+Generation = Annotated[NonNegativeInt, AfterValidator(_not_ahead)]
+# A time in seconds that can be formatted and compared (never NaN nor infinite).
+Time = FiniteFloat
 
 
 def read_regular(path: Path | str, limit: int, *, dir_fd: int | None = None) -> bytes | None:

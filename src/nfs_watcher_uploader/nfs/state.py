@@ -9,38 +9,69 @@ or setting aside, is raised (`StateFileError`) and the caller tries again later:
 file is never overwritten before it is set aside.
 """
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from nfs_watcher_uploader.nfs import trees
 from nfs_watcher_uploader.nfs.reading import Unusable, check_depth, read_regular, set_aside
 from nfs_watcher_uploader.nfs.runner import Nfs
+
+_NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 # What a parser may raise on bytes it cannot use: a huge number OverflowError (an
 # ArithmeticError), a missing field KeyError, and so on. (Deep nesting never reaches it.)
 _UNUSABLE = (ValueError, KeyError, TypeError, ArithmeticError, RecursionError)
 
 
-def write_atomic(path: Path, data: bytes, tmp_prefix: str) -> None:
-    """Write `data` to `path` so that a reader sees the old or the new file, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f"{tmp_prefix}{os.getpid()}-{time.monotonic_ns()}"
+def write_atomic(
+    path: Path, data: bytes, tmp_prefix: str, root: Path | None = None, only_new: bool = False
+) -> None:
+    """Write `data` to `path` so that a reader sees the old or the new file, never half of one
+    (`only_new`: unless a file has that name already). The folders from `root` (by default
+    `path`'s own, as configured) down to `path` are entered without following a link
+    (`trees.make_folder`: whatever stands in their way is set aside) and the temp file is made
+    new, never through a link: nothing planted on the share leads a write out of its tree, and
+    the rename replaces only what has the name in that folder."""
+    root = path.parent if root is None else root
+    folder = trees.make_folder(root, *path.parent.relative_to(root).parts)
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
+        if only_new and _lexists(path.name, folder):
+            return
+        tmp = f"{tmp_prefix}{os.getpid()}-{time.monotonic_ns()}"
+        try:
+            fd = os.open(tmp, _NEW_FLAGS, 0o666, dir_fd=folder)
+            try:
+                write_all(fd, data)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path.name, src_dir_fd=folder, dst_dir_fd=folder)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=folder)
+            raise
+        os.fsync(folder)
     finally:
-        os.close(dir_fd)
+        os.close(folder)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of `data` to `fd` (a write may take only part of it), then fsync."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    os.fsync(fd)
+
+
+def _lexists(name: str, folder: int) -> bool:
+    try:
+        os.stat(name, dir_fd=folder, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 class StateFileError(OSError):

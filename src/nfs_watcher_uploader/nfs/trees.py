@@ -4,6 +4,8 @@ link: a link planted anywhere in a tree (its top folder included, `_failed` say)
 
 `root` is a configured folder (the processing root, the staging folder), taken as it is;
 `parts` are the folders below it that lead to the tree (`PARKED_DIR`), entered like the rest.
+Below a session folder, no folder deeper than a file of ours can be (MAX_DEPTH levels, as the
+scan takes them from incoming) is entered: anyone can nest folders on the share without end.
 """
 
 import errno
@@ -12,7 +14,7 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from nfs_watcher_uploader.constants import DATE_DIR_RE
+from nfs_watcher_uploader.constants import DATE_DIR_RE, MAX_DEPTH
 from nfs_watcher_uploader.nfs.opening import DIR_FLAGS
 from nfs_watcher_uploader.nfs.reading import set_aside
 
@@ -55,7 +57,8 @@ def listdir(root: Path, *parts: str) -> list[Entry]:
 
 
 def files_below(root: Path, *parts: str) -> list[str]:
-    """The paths, relative to `root/parts`, of the regular files anywhere below it."""
+    """The paths, relative to `root/parts` (a session's folder in a tree), of the regular files
+    below it, down to MAX_DEPTH levels (deeper ones cannot be ours)."""
     fd = open_folder(root, *parts)
     if fd is None:
         return []
@@ -127,15 +130,15 @@ def _entries(fd: int) -> list[Entry]:
     return sorted(found)
 
 
-def _walk(fd: int, prefix: str) -> Iterator[str]:
+def _walk(fd: int, prefix: str, depth: int = 1) -> Iterator[str]:
     for name, is_dir, is_file in _entries(fd):
         if is_file:
             yield prefix + name
-        elif is_dir:
+        elif is_dir and depth < MAX_DEPTH:
             child = _child(fd, name)
             if child is not None:
                 try:
-                    yield from _walk(child, f"{prefix}{name}/")
+                    yield from _walk(child, f"{prefix}{name}/", depth + 1)
                 finally:
                     os.close(child)
 
@@ -173,16 +176,17 @@ def prune_empty_dirs(root: Path, keep: Callable[[str, str], bool], *parts: str) 
     return removed
 
 
-def _prune(parent: int, name: str) -> int:
-    """Remove the empty folders in `parent/name`, bottom up, then the folder itself if empty."""
+def _prune(parent: int, name: str, depth: int = 1) -> int:
+    """Remove the empty folders in `parent/name`, bottom up, then the folder itself if empty
+    (down to MAX_DEPTH levels: deeper folders are not ours)."""
     fd = _child(parent, name)
     if fd is None:
         return 0
     removed = 0
     try:
         for entry, is_dir, _ in _entries(fd):
-            if is_dir:
-                removed += _prune(fd, entry)
+            if is_dir and depth < MAX_DEPTH:
+                removed += _prune(fd, entry, depth + 1)
     finally:
         os.close(fd)
     return removed + _rmdir(parent, name)

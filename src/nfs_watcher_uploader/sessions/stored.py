@@ -7,10 +7,10 @@ import logging
 from collections.abc import Iterable
 from typing import Literal
 
-from pydantic import BaseModel, NonNegativeInt, field_validator
+from pydantic import BaseModel, NonNegativeInt
 
-from nfs_watcher_uploader.constants import DATE_DIR_RE
-from nfs_watcher_uploader.items import SessionStateName, check_session_name
+from nfs_watcher_uploader.items import SessionStateName
+from nfs_watcher_uploader.nfs.reading import DatePrefix, SessionName, Time
 from nfs_watcher_uploader.sessions.session import Session
 
 logger = logging.getLogger(__name__)
@@ -37,26 +37,17 @@ def dump_state(sessions: Iterable[Session]) -> bytes:
 
 
 class _StoredSession(BaseModel):
-    name: str
-    date_prefix: str
+    name: SessionName
+    date_prefix: DatePrefix
     state: SessionStateName
-    started_at: float
-    stopped_at: float | None
-    redrained_at: float | None = None
+    # Finite: a drain that started at NaN would never time out.
+    started_at: Time
+    stopped_at: Time | None
+    redrained_at: Time | None = None
+    # Not bounded by this device's clock: one that starts a day behind (a board before NTP)
+    # must not set the sessions aside.
     generation: NonNegativeInt = 0
     updated: bool = False
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        return check_session_name(v)
-
-    @field_validator("date_prefix")
-    @classmethod
-    def _date(cls, v: str) -> str:
-        if not DATE_DIR_RE.fullmatch(v):
-            raise ValueError("date_prefix must be YYYYMMDD")
-        return v
 
 
 class _StateDoc(BaseModel):

@@ -22,7 +22,8 @@ from nfs_watcher_uploader.telemetry import Telemetry
 # copy.
 StagedHook = Callable[[Path, Staged], Staged | None]
 ClaimFn = Callable[[Path, str, Path, tuple[int, int] | None, bool], Moved]
-MoveFn = Callable[[Path, Path, tuple[int, int] | None], Moved]
+# (src, dst, expect, *, dst_dir_fd=None): `moves.move`.
+MoveFn = Callable[..., Moved]
 CopyFn = Callable[..., Staged]
 
 

@@ -261,17 +261,25 @@ class ParkedFiles:
             await self.webhooks.emit("file.parked", data)
 
     def _park(self, item: WorkItem, record: bytes, held: frozenset[str]) -> tuple[Moved, str]:
-        src = self.layout.processing(item)
-        # The reason is written first, so the file is never listed without it.
+        src, root = self.layout.processing(item), self.layout.processing_root
+        # The reason is written first, so the file is never listed without it. Both go into
+        # their trees by descriptor: a link planted there never leads a parked file out (where
+        # no listing would find it, and its reason alone would read as a dismissal).
         for version in range(1, MAX_NAME_VERSIONS + 1):
             rel = versioned(item.rel, version)
-            if rel in held or moves.exists(self.layout.parked(item, rel)):
+            if rel in held:
                 continue
-            reason_file = self.layout.reason(item, rel)
-            state.write_atomic(reason_file, record, ".reason.tmp-")
-            moved = self._move(src, self.layout.parked(item, rel), None)
+            parked = self.layout.parked(item, rel)
+            folder = trees.make_folder(root, *parked.parent.relative_to(root).parts)
+            try:
+                if not moves.is_absent(parked.name, folder):
+                    continue
+                state.write_atomic(self.layout.reason(item, rel), record, ".reason.tmp-", root)
+                moved = self._move(src, parked, None, dst_dir_fd=folder)
+            finally:
+                os.close(folder)
             if moved is not Moved.DONE:
-                reason_file.unlink(missing_ok=True)
+                remove_reason(root, (item.date_prefix, item.session_name, rel))
             if moved is not Moved.TAKEN:
                 return moved, rel
         raise OSError(f"{MAX_NAME_VERSIONS} parked files are named like {item.rel}")
