@@ -284,8 +284,6 @@ def _read_one(root: Path, parts: list[str], prefix: str) -> Record:
         os.close(folder)
 
 
-
-
 def _parse(lines: Iterator[bytes | None], prefix: str, path: Path) -> Record:
     """A ledger's lines; those that are not ours are skipped and counted."""
     entries: dict[str, FileEntry] = {}
