@@ -7,10 +7,11 @@ BIN := $(VENV)/bin
 AZURITE_VERSION := 3.35.0
 AZURITE := .tools/azurite/node_modules/.bin/azurite
 
-.PHONY: install run test check lint format typecheck pytest image-test check-arm64 bench screenshot \
+.PHONY: install run test check lint format typecheck pytest image-test check-arm64 bench chaos \
+        screenshot \
         azurite azurite-stop \
-        dev-up dev-down docker-build docker-up docker-down k3s-apply k3s-delete lock clean \
-        prometheusrule
+        dev-up dev-down docker-build docker-up docker-down docker-replicas-up docker-replicas-down \
+        k3s-apply k3s-delete lock clean prometheusrule
 
 install: $(BIN)/.installed $(AZURITE) .tools/fuse3.ok .tools/prometheus.ok .tools/tinyproxy.ok \
          .tools/chromium.ok .tools/wheels.ok
@@ -112,7 +113,7 @@ typecheck: install
 	$(BIN)/pyright
 
 pytest: install
-	$(BIN)/python -m pytest -m "not image"
+	$(BIN)/python -m pytest -m "not image and not chaos"
 
 check: lint typecheck
 	$(BIN)/ruff format --check src tests bench
@@ -136,6 +137,11 @@ bench: install
 screenshot: install
 	STATUS_PAGE_SCREENSHOT=docs/status-page.png $(BIN)/python -m pytest -q \
 	  tests/system/test_status_page_in_a_browser.py -k "0_to_done"
+
+# The seeded chaos run of three replicas (tests/system/replicas/test_chaos.py): several
+# minutes of kills, pauses, stops and cut-offs while files arrive. CHAOS_SEED, CHAOS_SECONDS.
+chaos: install
+	$(BIN)/python -m pytest -m chaos -s -p no:cacheprovider
 
 # Re-pin dependencies (needs network to PyPI).
 lock: install
@@ -171,6 +177,14 @@ api-token.env:
 
 docker-down:
 	docker compose down
+
+# Three replicas on ./data, coordinated through storage (README "Running N replicas").
+docker-replicas-up: docker-build api-token.env
+	mkdir -p data/incoming data/.processing
+	docker compose -f docker-compose.replicas.yaml up -d
+
+docker-replicas-down:
+	docker compose -f docker-compose.replicas.yaml down
 
 k3s-apply:
 	kubectl apply -k k8s/

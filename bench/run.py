@@ -12,8 +12,9 @@ signs none: what production uses; all three ways use the same one):
 The small set is also sent with the status page's poller asking the API once a second (way
 `service+page`, side by side with `service` in each run), and the CPU of one poll round is
 measured on its own (rounds back to back against the idle service, less its idle CPU).
-Then the cost of watching 10,000 waiting files at a 1 s poll (CPU and RSS over time), and the
-uplink figures, counted on the wire by a relay between the service and Azurite: throughput
+Then the cost of watching 10,000 waiting files at a 1 s poll (CPU and RSS over time), the
+small set uploaded by one replica and by three on one share (bench/replicas), and the uplink
+figures, counted on the wire by a relay between the service and Azurite: throughput
 under a 20 MiB/s cap (how close to the cap), and the resume figure (a 256 MiB file under a
 32 MiB/s cap, SIGKILLed at 60 %, restarted: all bytes sent / file size).
 Prints a table and writes the same figures as JSON. No assertions: the figures are the output.
@@ -49,6 +50,8 @@ from tests.support.helpers import (  # noqa: E402
     service_env,
 )
 from tests.support.relay import Relay  # noqa: E402
+
+from bench import replicas  # noqa: E402
 
 BIN = Path(sys.executable).parent
 MIB = 1024 * 1024
@@ -608,6 +611,25 @@ def print_page(page: dict[str, Any]) -> None:
     )
 
 
+def print_extra_rows(
+    idle_large: dict[str, Any] | None, replicas_row: dict[str, Any] | None
+) -> None:
+    """The rows run only when asked: the large idle watch, the replicas."""
+    if idle_large is not None:
+        print(
+            f"idle watch of {idle_large['files']} waiting files: {idle_large['core_percent']:.2f}%"
+            f" of a core; RSS first {idle_large['rss_mib_first']} MiB, last "
+            f"{idle_large['rss_mib_last']} MiB"
+        )
+    if replicas_row is not None:
+        r3 = replicas_row
+        print(
+            f"replicas, small set: one {r3['one_replica_seconds']} s, three "
+            f"{r3['three_replicas_seconds']} s (three/one throughput {r3['three_over_one']}); "
+            f"shares {r3['shares']} (largest departure from a third {r3['share_spread']:.1%})"
+        )
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description="the service against rclone and the raw SDK")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the file counts")
@@ -626,6 +648,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--runs", type=int, default=3, help="runs of each set; the table shows medians"
     )
     parser.add_argument("--no-uplink", action="store_true", help="skip the cap and resume rows")
+    parser.add_argument("--no-replicas", action="store_true", help="skip the replicas row")
     parser.add_argument(
         "--service-env",
         action="append",
@@ -687,6 +710,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.idle_files_large:
             large = work / "idle-large"
             idle_large = idle_watch(large, azurite, args.idle_files_large, args.idle_seconds)
+        replicas_row: dict[str, Any] | None = None
+        if not args.no_replicas and "small" in chosen:
+            small = work / "src" / "small"
+            replicas_row = replicas.row(work / "replicas", azurite, small, args.runs)
         uplink: dict[str, Any] = {}
         if not args.no_uplink:
             uplink["capped"] = capped(work / "capped", azurite, *cap_set)
@@ -698,12 +725,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         shutil.rmtree(work, ignore_errors=True)
     print_table(results, peak_rss, idle)
     print_page(page)
-    if idle_large is not None:
-        print(
-            f"idle watch of {idle_large['files']} waiting files: {idle_large['core_percent']:.2f}%"
-            f" of a core; RSS first {idle_large['rss_mib_first']} MiB, last "
-            f"{idle_large['rss_mib_last']} MiB"
-        )
+    print_extra_rows(idle_large, replicas_row)
     if "capped" in uplink:
         c, r = uplink["capped"], uplink["resume"]
         each = c["bytes"] // c["files"] // MIB
@@ -733,6 +755,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "idle_watch": idle,
         "idle_watch_large": idle_large,
         "uplink": uplink,
+        "replicas": replicas_row,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))

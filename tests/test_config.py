@@ -4,6 +4,7 @@ nothing, and never echo a secret."""
 import os
 import socket
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -245,3 +246,35 @@ def test_storage_settings_that_cannot_work_are_refused(
             {"azure_account_url": "http://x/y", "azure_container": "c", **values}
         )
     assert message in str(info.value) and "TOPSECRET" not in str(info.value)
+
+
+def test_a_processing_root_another_replica_creates_meanwhile_is_never_taken_for_a_parent(
+    tmp_path: Path,
+) -> None:
+    """Replicas starting together on a fresh share: one creates the processing root while
+    another checks the roots. The root that appears must not be taken, with the identity of
+    its parent (the share), for a folder that holds incoming."""
+    share = tmp_path / "share"
+    (share / "incoming").mkdir(parents=True)
+    settings = Settings(
+        azure_account_url="http://127.0.0.1:1/devstoreaccount1",
+        azure_container="c",
+        nfs_incoming_dir=share / "incoming",
+        nfs_processing_root=share / ".processing",
+        local_staging_root=tmp_path / "staging",
+    )
+    stop = threading.Event()
+
+    def other_replica() -> None:
+        while not stop.is_set():
+            (share / ".processing").mkdir(exist_ok=True)
+            (share / ".processing").rmdir()
+
+    thread = threading.Thread(target=other_replica)
+    thread.start()
+    try:
+        found = [p for _ in range(3000) for p in unsafe_paths(settings)]
+    finally:
+        stop.set()
+        thread.join()
+    assert found == []

@@ -4,6 +4,7 @@ checked on its own as it is read; `unsafe_paths` checks the three roots together
 
 import os
 import socket
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Self
@@ -41,6 +42,15 @@ class NameConflict(StrEnum):
     KEEP_BOTH = "keep-both"
     OVERWRITE = "overwrite"
     PARK = "park"
+
+
+class Coordination(StrEnum):
+    """How replicas on one share agree on who does what (README "Running N replicas")."""
+
+    # One process per share: today's single replica, nothing in storage but the data.
+    NONE = "none"
+    # N replicas coordinated through leases and conditional writes in a control container.
+    AZURE = "azure"
 
 
 class UploadOrder(StrEnum):
@@ -155,6 +165,20 @@ class Settings(BaseSettings):
     ledger_retention_days: float = Field(default=30.0, ge=0)
     webhook_url: SecretStr | None = None
     webhook_secret: SecretStr | None = None
+
+    # Replicas (README "Running N replicas"): `none` is one process per share, as always.
+    coordination: Coordination = Coordination.NONE
+    # The container of the control blobs (members, the session state): derived from the data
+    # container (`<data>-ctl`, coord/names) unless set; never the data container itself.
+    azure_control_container: str | None = None
+    # A SAS for the control container (secret), needed when APP_AZURE_SAS_TOKEN is a container
+    # SAS (sr=c): it reaches one container only.
+    azure_control_sas_token: SecretStr | None = None
+    # A file stable this long may be claimed by any member, whoever rendezvous gives it to
+    # (a member that is alive but stuck does not keep its files for ever).
+    steal_after_s: float = Field(default=30.0, gt=0)
+    # What /v1/status calls this member (the pod's name, from the downward API): a label only.
+    member_name: str = Field(default_factory=socket.gethostname)
 
     @field_validator("file_extensions", mode="before")
     @classmethod
@@ -326,7 +350,7 @@ def unsafe_paths(settings: Settings) -> list[str]:
         "APP_LOCAL_STAGING_ROOT": settings.local_staging_root,
     }
     real = {name: Path(os.path.realpath(path)) for name, path in roots.items()}
-    chains = {name: _identities(path) for name, path in real.items()}
+    chains = {name: _chain(path) for name, path in real.items()}
     problems: list[str] = []
     names = list(real)
     for i, a in enumerate(names):
@@ -349,16 +373,26 @@ def unsafe_paths(settings: Settings) -> list[str]:
 Identity = tuple[int, int]
 
 
-def _identities(path: Path) -> list[Identity]:
-    """(device, inode) of `path` if it exists, then of each existing parent, nearest first."""
-    out: list[Identity] = []
-    for candidate in (path, *path.parents):
-        try:
-            st = os.stat(candidate)
-        except OSError:
-            continue
-        out.append((st.st_dev, st.st_ino))
-    return out
+@dataclass(frozen=True, slots=True)
+class _Chain:
+    """A root's own (device, inode), None when it does not exist (yet), and those of its
+    existing parents, nearest first. Each from one stat: another replica that creates or
+    removes a root meanwhile never makes a parent's identity pass for the root's own."""
+
+    own: Identity | None
+    parents: list[Identity]
+
+
+def _chain(path: Path) -> _Chain:
+    return _Chain(_identity(path), [i for p in path.parents if (i := _identity(p)) is not None])
+
+
+def _identity(path: Path) -> Identity | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _same_folder(a: Path, b: Path) -> bool:
@@ -369,18 +403,19 @@ def _same_folder(a: Path, b: Path) -> bool:
 
 
 def _inside(
-    inner: str, outer: str, real: dict[str, Path], chains: dict[str, list[Identity]]
+    inner: str, outer: str, real: dict[str, Path], chains: dict[str, _Chain]
 ) -> tuple[str, str] | None:
     """(inner, outer) when root `inner` is below root `outer`, by path or by identity."""
     if real[inner].is_relative_to(real[outer]):
         return inner, outer
-    ancestors = chains[inner][1:] if os.path.exists(real[inner]) else chains[inner]
-    if os.path.exists(real[outer]) and chains[outer][0] in ancestors:
+    own = chains[outer].own
+    if own is not None and own in chains[inner].parents:
         return inner, outer
     return None
 
 
 def _device(path: Path) -> int | None:
     """The device of `path`, or of its nearest existing parent (what it would be created on)."""
-    chain = _identities(path)
-    return chain[0][0] if chain else None
+    chain = _chain(path)
+    found = chain.own or next(iter(chain.parents), None)
+    return found[0] if found else None

@@ -13,6 +13,13 @@ PARKED_DIR = "_failed"
 PARKED_REASONS_DIR = "_failed_reasons"
 # Sessions (active, draining, recently drained) survive restarts in this file.
 STATE_FILE = "sessions.json"
+# With other replicas (APP_COORDINATION=azure) each process has a tree of its own below this
+# folder, `owners/<incarnation>/`, laid out as a single replica lays out the processing root:
+# a process renames only into its own tree, so no two ever race for one destination.
+OWNERS_DIR = "owners"
+# Written (create-only) by the first replica with APP_COORDINATION=azure: a process started
+# with APP_COORDINATION=none on the same share refuses to start while it is there.
+COORDINATION_FILE = "coordination"
 # The key of block ids (block_ids.block_id), next to STATE_FILE, readable by its owner only.
 BLOCK_KEY_FILE = "block-id.key"
 BLOCK_KEY_BYTES = 32

@@ -57,6 +57,9 @@ class WorkItem:
     # The MD5 of the bytes committed, and whether the session's ledger has their line yet.
     md5: bytes | None = None
     recorded: bool = False
+    # The blob's ETag after the commit (or as found with these bytes): what a rewrite of the
+    # blob (the whole file again, after a late write) is conditional on. None: not known.
+    etag: str | None = None
 
     @property
     def place(self) -> tuple[Where, str]:

@@ -4,7 +4,9 @@ Start, each step tried again with backoff while what fails may heal (`until_ok`)
           probe the share (nfs/probe) -> webhook deliveries (from their outbox) -> load
           sessions -> clear staging -> load the bandwidth override, then keep the limit in force
           -> connect storage -> load the block id key -> workers and session reports ->
-          recovery (parked files settled, counters read back) -> watcher and GC -> ready.
+          what replicas left on a share switched back to one (their owner trees, into the
+          processing root) -> recovery (parked files settled, counters read back) -> watcher
+          and GC -> ready.
           A step that cannot heal (CannotStart: a missing incoming folder, two mounts, a
           storage answer no retry changes) ends start-up: `on_fatal` is told why, and the
           process exits with status 1. The API serves from the first moment; /readyz is 503
@@ -14,6 +16,16 @@ Shutdown: stop intake (watcher, GC) -> in-flight uploads get APP_SHUTDOWN_GRACE_
           rest (recovered on the next start), start-up steps still retrying, the bandwidth
           limit and the uplink's history -> session reports and deliveries (their jobs stay
           on NFS) -> close the storage client.
+
+With other replicas on the share (APP_COORDINATION=azure, replicas/): every part works in this
+process's own tree, `<processing>/owners/<incarnation>/`; start-up marks the share (a single
+replica then refuses it), joins the replicas once storage is connected (a credential that may
+not read is refused), loads the sessions from the shared state and recovers nothing (a new
+incarnation owns nothing: what an earlier one left is adopted like a dead member's); the
+replica loops (NFS probe, counters, adoption, the leader) run beside intake; shutdown releases
+the lease after in-flight files had their grace, so peers take over the rest at once. A lost
+incarnation (its lease taken: it was paused or cut off, and its files were adopted) exits at
+once with status 75, and the process manager starts a new one.
 """
 
 import asyncio
@@ -33,22 +45,28 @@ from nfs_watcher_uploader.blob.storage import Storage
 from nfs_watcher_uploader.cloud.delivery import Delivery
 from nfs_watcher_uploader.cloud.reports import Reports
 from nfs_watcher_uploader.cloud.retention import LedgerRetention
-from nfs_watcher_uploader.config import Settings
-from nfs_watcher_uploader.constants import BLOCK_KEY_FILE
+from nfs_watcher_uploader.config import Coordination, Settings
+from nfs_watcher_uploader.constants import BLOCK_KEY_FILE, OWNERS_DIR
+from nfs_watcher_uploader.coord.errors import ControlUnavailable, IncarnationLost
+from nfs_watcher_uploader.coord.names import is_incarnation, new_incarnation
 from nfs_watcher_uploader.errors import CannotStart, RetryableError
 from nfs_watcher_uploader.intake.watcher import ScanFn, Watcher
-from nfs_watcher_uploader.nfs import copying, moves, opening, scan
+from nfs_watcher_uploader.items import SessionStateName
+from nfs_watcher_uploader.nfs import copying, moves, opening, scan, trees
+from nfs_watcher_uploader.nfs.handover import hand_over
 from nfs_watcher_uploader.nfs.layout import Layout
-from nfs_watcher_uploader.nfs.probe import probe_share
+from nfs_watcher_uploader.nfs.probe import claim_mode, probe_share
 from nfs_watcher_uploader.nfs.runner import Nfs
 from nfs_watcher_uploader.redaction import redact
+from nfs_watcher_uploader.replicas import progress
+from nfs_watcher_uploader.replicas.runtime import Replicas, ledger_sources
 from nfs_watcher_uploader.sessions.registry import Sessions
 from nfs_watcher_uploader.sessions.session import Session
 from nfs_watcher_uploader.telemetry import Gauges, Telemetry
 from nfs_watcher_uploader.uplink.bandwidth import Bandwidth
 from nfs_watcher_uploader.uplink.history import UplinkHistory
 from nfs_watcher_uploader.uplink.wire import Meter
-from nfs_watcher_uploader.work.context import ClaimFn, CopyFn, MoveFn, Seams, StagedHook
+from nfs_watcher_uploader.work.context import ALONE, ClaimFn, CopyFn, MoveFn, Seams, StagedHook
 from nfs_watcher_uploader.work.dismissals import Dismissals
 from nfs_watcher_uploader.work.gc import Chore, GarbageCollector
 from nfs_watcher_uploader.work.pipeline import Pipeline
@@ -60,6 +78,8 @@ from nfs_watcher_uploader.work.staging import clear_staging
 START_UP_RETRY = (1.0, 30.0)
 # Exit status when the watchdog ends a stalled process (EX_SOFTWARE).
 STALL_EXIT_CODE = 70
+# Exit status of a lost incarnation (EX_TEMPFAIL): started again, it joins as a new one.
+LOST_EXIT_CODE = 75
 
 logger = logging.getLogger(__name__)
 
@@ -87,33 +107,52 @@ class Service:
         self.settings = settings
         self.nfs = Nfs(settings.nfs_timeout_s, copy_threads=settings.worker_concurrency)
         self.telemetry = telemetry or Telemetry()
-        layout = Layout.from_settings(settings)
-        self.delivery = Delivery.from_settings(settings, layout, self.nfs)
+        self._exit = exit_process
+        # The share as configured; every part below works in `own`: the processing root
+        # itself, or with other replicas this process's own tree in it (replicas/runtime).
+        self.share = Layout.from_settings(settings)
+        own = settings
+        self.replicas: Replicas | None = None
+        if settings.coordination is Coordination.AZURE:
+            incarnation = new_incarnation()
+            own_root = settings.nfs_processing_root / OWNERS_DIR / incarnation
+            own = settings.model_copy(update={"nfs_processing_root": own_root})
+            self.replicas = Replicas(
+                settings, incarnation, self.nfs, self.share, Layout.from_settings(own), self._lost
+            )
+        layout = Layout.from_settings(own)
+        self.delivery = Delivery.from_settings(own, layout, self.nfs)
+        if self.delivery.ledger is not None:
+            # Also with one replica: a share switched back from replicas keeps their ledgers
+            # where they lie (a share that never had replicas has no owner tree to read).
+            self.delivery.ledger.sources = ledger_sources(settings.nfs_processing_root)
         # Told of each session's end: its manifest and event are due from then on.
         self.sessions = Sessions(
-            settings.nfs_processing_root,
+            own.nfs_processing_root,
             self.nfs,
             clock,
-            on_end=lambda s, st: self.reports.ended(s, st),
+            on_end=self._ended,
+            shared=None if self.replicas is None else self.replicas.membership,
         )
-        self.bandwidth = Bandwidth.from_settings(settings, self.nfs)
+        self.bandwidth = Bandwidth.from_settings(own, self.nfs)
         # Every request to storage is metered through the bandwidth bucket.
         self.meter = Meter(self.bandwidth.bucket)
         self.uplink_history = UplinkHistory(self.meter)
         self.storage = Storage(settings, token_credential, self.meter)
         seams = Seams(on_staged, claim, move, copy)
         self.pipeline = Pipeline(
-            settings,
+            own,
             self.sessions,
             self.storage,
             self.nfs,
             self.telemetry,
             seams=seams,
             delivery=self.delivery,
+            replica=ALONE if self.replicas is None else self.replicas.replica,
         )
         d = self.delivery
         self.reports = Reports(
-            settings,
+            own,
             layout,
             self.nfs,
             self.storage,
@@ -134,7 +173,7 @@ class Service:
             self.retention = LedgerRetention(layout, self.nfs, days, self._ledger_needed, clock)
             chores.append(self.retention.sweep)
         self.gc = GarbageCollector(
-            settings,
+            own,
             layout,
             self.sessions,
             self.nfs,
@@ -158,6 +197,16 @@ class Service:
                 webhook_pending=lambda: self.delivery.webhooks.pending,
             )
         )
+        if self.replicas is not None:
+            self.replicas.wire(
+                self.pipeline,
+                self.sessions,
+                self.reports,
+                d.webhooks,
+                self.bandwidth,
+                self.watcher,
+                self.meter,
+            )
         self.ready = False
         self.phase = "starting"
         self._rng = random.Random()
@@ -170,13 +219,16 @@ class Service:
         # an upload.
         self._outbound: list[asyncio.Task[None]] = []
         self._watchdog: asyncio.Task[None] | None = None
-        self._exit = exit_process
         # Why start-up cannot succeed (None while it can), and who ends the process then.
         self.fatal: str | None = None
         self._on_fatal = on_fatal
 
     def __repr__(self) -> str:
-        return f"Service(phase={self.phase!r} {self.pipeline!r} {self.sessions!r} {self.nfs!r})"
+        replicas = f" {self.replicas!r}" if self.replicas is not None else ""
+        return (
+            f"Service(phase={self.phase!r} {self.pipeline!r} {self.sessions!r} {self.nfs!r}"
+            f"{replicas})"
+        )
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -229,11 +281,17 @@ class Service:
         # First, before anything is read or created on the share: is it there, and can a file
         # be renamed from incoming into processing (the claim)?
         self.phase = "checking the share"
-        layout = self.pipeline.layout
-        await self._until_ok(lambda: probe_share(layout, self.nfs), "check the share")
+        share, replicas = self.share, self.replicas
+        await self._until_ok(lambda: probe_share(share, self.nfs), "check the share")
+        if replicas is None:  # a share that replicas use is not for a single one
+            await self._until_ok(
+                lambda: self.nfs.call(lambda: claim_mode(share.processing_root, False)),
+                "check the share's mode",
+            )
         self._outbound.append(asyncio.create_task(self.delivery.webhooks.run(), name="webhooks"))
-        self.phase = "loading sessions"
-        await self._until_ok(self.sessions.load, "load sessions", lambda: self.sessions.loaded)
+        if replicas is None:  # with replicas, the sessions come from storage (below)
+            self.phase = "loading sessions"
+            await self._until_ok(self.sessions.load, "load sessions", lambda: self.sessions.loaded)
         # Staging may hold many GiB from before a crash: remove it off the event loop.
         await anyio.to_thread.run_sync(clear_staging, self.pipeline.layout.staging_dir)
         # Before any upload: an override kept across a restart (a metered link) must hold.
@@ -242,24 +300,91 @@ class Service:
         self._bandwidth_task = asyncio.create_task(self.bandwidth.run(), name="bandwidth")
         self.phase = "connecting to storage"
         await self._until_ok(self.storage.connect, "connect to storage")
+        if replicas is not None:
+            await self._join(replicas)
         # After the connection: a start-up that storage refuses creates nothing on the share.
         self.phase = "loading the block id key"
         await self._until_ok(self._load_block_key, "load the block id key")
         self._pipeline_task = asyncio.create_task(self.pipeline.run(), name="pipeline")
         self._outbound.append(asyncio.create_task(self.reports.run(), name="reports"))
-        self.phase = "recovering"
-        await self._until_ok(
-            lambda: recover(self.sessions, self.pipeline, self.nfs, self.dismissals.settle_orphans),
-            "recover",
-        )
+        if replicas is None:  # a new incarnation owns nothing yet: nothing of its own to recover
+            self.phase = "taking over what replicas left"
+            await self._until_ok(self._take_back, "take over what replicas left")
+            self.phase = "recovering"
+            await self._until_ok(
+                lambda: recover(
+                    self.sessions, self.pipeline, self.nfs, self.dismissals.settle_orphans
+                ),
+                "recover",
+            )
         self.watcher.heartbeat = time.monotonic()
         self._intake = [
             asyncio.create_task(self.watcher.run(), name="watcher"),
             asyncio.create_task(self.gc.run(), name="gc"),
         ]
+        if replicas is not None:
+            self._intake.append(asyncio.create_task(replicas.run(), name="replicas"))
         self.ready = True
         self.phase = "running"
         logger.info("Ready: %r", self)
+
+    async def _take_back(self) -> None:
+        """One replica on a share that replicas used (switched back as README "Running N
+        replicas" says, after every replica stopped): the files each left in its owner tree
+        go into the processing root, never over a file, for recovery to queue."""
+        root = self.settings.nfs_processing_root
+
+        def take() -> tuple[int, int]:
+            moved = left = 0
+            for member, is_dir, _ in trees.listdir(root, OWNERS_DIR):
+                if is_dir and is_incarnation(member):
+                    handed = hand_over(root, [OWNERS_DIR, member], root, lambda: True)
+                    moved, left = moved + handed.moved, left + handed.left
+            return moved, left
+
+        moved, left = await self.nfs.call(take, timeout=self.nfs.timeout * 10)
+        if moved or left:
+            logger.warning(
+                "Took over %d files that replicas left in %s (%d wait: a file of that name is "
+                "in the processing root; moved at the next start)",
+                moved,
+                root / OWNERS_DIR,
+                left,
+            )
+
+    async def _join(self, replicas: Replicas) -> None:
+        """Join the replicas on this share, then take the sessions from the shared state."""
+        self.phase = "joining the replicas"
+        storage = self.storage
+        try:
+            await until_ok(
+                lambda: replicas.join(storage.can_read, storage.auth_used),
+                "join the replicas",
+                retry=START_UP_RETRY,
+                rng=self._rng,
+                log=logger,
+                retryable=(OSError, RetryableError, ControlUnavailable),
+                waiting=lambda error: setattr(self, "phase", f"waiting to join: {error}"),
+            )
+        except IncarnationLost as exc:
+            self._lost(str(exc))
+            return
+        self.phase = "loading sessions"
+        await self._until_ok(self.sessions.load, "load sessions", lambda: self.sessions.loaded)
+
+    def _lost(self, why: str) -> None:
+        """This incarnation is over (coord/member): exit at once; what it held is adopted."""
+        self.ready = False
+        self.phase = f"lost: {why}"
+        logger.critical(
+            "This replica's membership is lost (%s); exiting with %d to start as a new one",
+            why,
+            LOST_EXIT_CODE,
+        )
+        self._exit(LOST_EXIT_CODE)
+
+    async def _ended(self, session: Session, state: SessionStateName) -> None:
+        await self.reports.ended(session, state)
 
     def _ledger_needed(self, date_prefix: str, name: str) -> bool:
         """The session's manifest may still be written from its ledger under that date."""
@@ -268,7 +393,9 @@ class Service:
         return watched or self.reports.due(date_prefix, name)
 
     async def _load_block_key(self) -> None:
-        path = self.settings.nfs_processing_root / BLOCK_KEY_FILE
+        # One key for the share, whichever replica made it: a replica that takes a file over
+        # then finds the blocks its first uploader staged.
+        path = self.share.processing_root / BLOCK_KEY_FILE
         self.storage.blocks.key = await self.nfs.call(lambda: load_block_key(path))
 
     async def _until_ok(
@@ -318,6 +445,12 @@ class Service:
         for task in self._outbound:
             task.cancel()
         await asyncio.gather(*self._outbound, return_exceptions=True)
+        # 4b. With replicas: release the lease, so that peers take over what is left at once.
+        if self.replicas is not None:
+            try:
+                await self.replicas.leave()
+            except Exception:
+                logger.exception("Leaving the replicas failed; the lease lapses instead")
         # 5. Close the storage client.
         await self.storage.close()
         logger.info("Stopped: %r", self)
@@ -340,6 +473,29 @@ class Service:
         return None
 
     # --- operations the API calls ----------------------------------------------------------
+
+    def totals(self, session: Session) -> dict[str, int] | None:
+        """With other replicas: `session`'s counters summed over them (None: alone)."""
+        replicas = self.replicas
+        if replicas is None:
+            return None
+        coordinator = replicas.membership.coordinator
+        view = coordinator.view if coordinator is not None else None
+        mine = {session.name: progress.counters(session)}
+        return progress.summed(view, replicas.incarnation, mine, session.name)
+
+    def uploaded_elsewhere(self) -> int:
+        """Files the other replicas counted as uploaded (their published sessions)."""
+        replicas = self.replicas
+        coordinator = replicas.membership.coordinator if replicas is not None else None
+        view = coordinator.view if coordinator is not None else None
+        if replicas is None or view is None:
+            return 0
+        return sum(
+            counts.get("uploaded", 0)
+            for record in progress.counted(view, replicas.incarnation)
+            for counts in record.progress.values()
+        )
 
     async def start_session(self, name: str) -> Session:
         """Start watching `incoming/<name>/`, creating it if needed (never the incoming folder

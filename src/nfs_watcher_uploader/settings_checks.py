@@ -7,6 +7,8 @@ reads the settings and runs every check (each variable's own, the roots' `unsafe
     two endpoints      APP_AZURE_ACCOUNT_URL is not the blob endpoint of
                        APP_AZURE_CONNECTION_STRING (one of them would be silently ignored)
     two credentials    APP_AZURE_AUTH names one credential, and another is set too
+    replicas           APP_COORDINATION=azure with APP_ON_NAME_CONFLICT=overwrite, or with
+                       a control container name Azure refuses (or the data container's)
 
 Secrets are never quoted: of a connection string only its endpoint is shown.
 """
@@ -17,12 +19,19 @@ from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
-from nfs_watcher_uploader.config import AzureAuth, Settings, unsafe_paths
+from nfs_watcher_uploader.config import (
+    AzureAuth,
+    Coordination,
+    NameConflict,
+    Settings,
+    unsafe_paths,
+)
 from nfs_watcher_uploader.constants import (
     CONTAINER_NAME_MAX,
     CONTAINER_NAME_MIN,
     SPECIAL_CONTAINERS,
 )
+from nfs_watcher_uploader.coord.names import control_container_name
 
 _CONTAINER_CHARS = frozenset(string.ascii_lowercase + string.digits + "-")
 _CONTAINER_RULES = (
@@ -72,6 +81,25 @@ def problems(settings: Settings) -> list[str]:
         out.append(problem)
     out += _endpoint_conflict(settings)
     out += _credential_conflict(settings)
+    out += _coordination_problems(settings)
+    return out
+
+
+def _coordination_problems(settings: Settings) -> list[str]:
+    if settings.coordination is not Coordination.AZURE:
+        return []
+    out: list[str] = []
+    if settings.on_name_conflict is NameConflict.OVERWRITE:
+        out.append(
+            "APP_ON_NAME_CONFLICT=overwrite cannot be used with APP_COORDINATION=azure: a paused "
+            "replica and the one that took its files over may both commit a file for a moment, "
+            "and with overwrite the later commit replaces the earlier without a condition (a "
+            "late one may replace a newer version). Use keep-both or park, which compare MD5s"
+        )
+    try:
+        control_container_name(settings.azure_container, settings.azure_control_container)
+    except ValueError as exc:
+        out.append(str(exc))
     return out
 
 

@@ -144,9 +144,9 @@ async def test_put_blob_is_the_sdks_upload_blob(
             validate_content=True,
             **info.upload_kwargs(),
         )
-        sdk = recorder.requests()
+        sdk = recorder.recorded()
         await b.rest.put_blob(lean_name, DATA, MD5, BlobHeaders.of(info, MD5, overwrite))
-        lean = recorder.requests()
+        lean = recorder.recorded()
     _same(sdk, lean, sdk_q, lean_q)
     header = lean[0].header_map()
     assert header["content-md5"] == header["x-ms-blob-content-md5"]
@@ -170,15 +170,15 @@ async def test_put_block_and_put_block_list_are_the_sdks(
         for i, half in enumerate(halves):
             # As the service sent blocks before this path (blocks.py, early.py).
             await blob.stage_block(ids[i], half, transactional_content_md5=md5s[i])
-            sdk = recorder.requests()
+            sdk = recorder.recorded()
             await b.rest.put_block(lean_name, ids[i], half, md5s[i])
-            _same(sdk, recorder.requests(), sdk_q, lean_q)
+            _same(sdk, recorder.recorded(), sdk_q, lean_q)
         settings = ContentSettings(content_type=info.content_type, content_md5=bytearray(MD5))
         commit: Any = blob.commit_block_list  # takes ids as strings too
         await commit(ids, content_settings=settings, if_none_match="*", **info.upload_kwargs())
-        sdk = recorder.requests()
+        sdk = recorder.recorded()
         await b.rest.put_block_list(lean_name, ids, BlobHeaders.of(info, MD5, overwrite=False))
-        lean = recorder.requests()
+        lean = recorder.recorded()
     _same(sdk, lean, sdk_q, lean_q)
     assert await _read(recorder, made, lean_name) == DATA
 

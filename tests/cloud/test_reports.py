@@ -15,6 +15,7 @@ import pytest
 from nfs_watcher_uploader.errors import PermanentError
 from nfs_watcher_uploader.nfs.copying import Staged
 from nfs_watcher_uploader.service import Service
+from nfs_watcher_uploader.sessions.session import Session
 from tests.support.cloud import (
     blobs_of,
     drain_one_session,
@@ -311,3 +312,16 @@ def test_a_late_write_after_the_drain_reopens_the_session_report(
         assert result.returncode == 0, result.stdout + result.stderr
     finally:
         receiver.stop()
+
+
+def test_an_end_is_newer_than_the_last_one_recorded_even_on_a_clock_that_is_behind(
+    settings_factory: Any,
+) -> None:
+    """With replicas, the last end's generation comes from the shared state, written by a
+    leader whose clock may be ahead of this one's: the next end is still the newer."""
+    service = Service(settings_factory(), clock=lambda: 1_000.0)
+    ahead = 5_000_000_000_000_000
+    session = Session("s", "20261204", "draining", 1.0, 2.0, generation=ahead, updated=True)
+    job = service.reports.job_for(session, "drained")
+    assert job["generation"] == ahead + 1
+    assert job["event"] == "session.updated"

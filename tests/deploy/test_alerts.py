@@ -109,7 +109,7 @@ def test_the_prometheus_rule_holds_the_same_groups(promtool: str, tmp_path: Path
 
 def test_the_service_monitor_scrapes_the_service_as_the_job_the_alerts_select() -> None:
     monitor = yaml.safe_load(SERVICE_MONITOR.read_text())
-    service = yaml.safe_load((ROOT / "k8s" / "service.yaml").read_text())
+    service = yaml.safe_load((ROOT / "k8s" / "base" / "service.yaml").read_text())
     assert monitor["kind"] == "ServiceMonitor"
     selector = monitor["spec"]["selector"]["matchLabels"]
     assert selector.items() <= service["metadata"]["labels"].items()

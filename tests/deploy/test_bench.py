@@ -28,6 +28,10 @@ def test_the_benchmark_runs_and_reports(tmp_path: Path, capsys: pytest.CaptureFi
     assert report["idle_watch"]["waiting_seen"] == report["idle_watch"]["files"]
     assert 0.8 < report["uplink"]["capped"]["of_cap"] <= 1.1
     assert 1.0 <= report["uplink"]["resume"]["sent_x_size"]
+    row = report["replicas"]
+    assert row["one_replica_seconds"] > 0 and row["three_replicas_seconds"] > 0
+    assert all(sum(shares) == row["files"] for shares in row["shares"])
     printed = capsys.readouterr().out
     assert "time service/rclone" in printed and "idle watch" in printed
     assert "status page polled every 1 s" in printed
+    assert "replicas, small set" in printed

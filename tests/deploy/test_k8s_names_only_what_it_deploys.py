@@ -8,12 +8,12 @@ from tests.support.helpers import ROOT
 
 
 def test_the_configmap_names_no_collector_that_k8s_does_not_deploy() -> None:
-    text = (ROOT / "k8s" / "configmap.yaml").read_text()
+    text = (ROOT / "k8s" / "base" / "configmap.yaml").read_text()
     data = yaml.safe_load(text)["data"]
     assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in data
     kinds = {
         (doc["kind"], doc["metadata"]["name"])
-        for path in (ROOT / "k8s").glob("*.yaml")
+        for path in (ROOT / "k8s" / "base").glob("*.yaml")
         for doc in yaml.safe_load_all(path.read_text())
         if doc and "metadata" in doc
     }

@@ -20,7 +20,10 @@ ROOT = Path(__file__).resolve().parents[2]  # the repository
 BIN = Path(sys.executable).parent
 
 
-K8S = ROOT / "k8s"
+# The single-replica manifests (`kubectl apply -k k8s/` renders them); k8s/replicas/ patches
+# them for N replicas.
+K8S = ROOT / "k8s" / "base"
+REPLICAS = ROOT / "k8s" / "replicas"
 
 
 MANIFESTS = sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
@@ -28,11 +31,14 @@ MANIFESTS = sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yam
 
 YAML_FILES = [
     *sorted(K8S.glob("*.yaml")),
+    *sorted(K8S.parent.glob("*.yaml")),
+    *sorted(REPLICAS.glob("*.yaml")),
     ROOT / "docker-compose.yaml",
     ROOT / "docker-compose.dev.yaml",
+    ROOT / "docker-compose.replicas.yaml",
     ROOT / "otel-collector-config.yaml",
     ROOT / ".yamllint",
-    *sorted((K8S / "monitoring").glob("*.yaml")),
+    *sorted((K8S.parent / "monitoring").glob("*.yaml")),
     *sorted((ROOT / "deploy" / "prometheus").glob("*.yaml")),
 ]
 
@@ -233,7 +239,9 @@ def test_the_dockerfile_installs_pinned_hashes_and_runs_unprivileged() -> None:
     assert text.count("FROM ") == 2 and "slim" in text
 
 
-@pytest.mark.parametrize("compose", ["docker-compose.yaml", "docker-compose.dev.yaml"])
+@pytest.mark.parametrize(
+    "compose", ["docker-compose.yaml", "docker-compose.dev.yaml", "docker-compose.replicas.yaml"]
+)
 def test_the_compose_files_match_the_compose_spec(compose: str) -> None:
     schema = ROOT / "deploy" / "compose-spec.schema.json"
     result = _run(BIN / "check-jsonschema", "--schemafile", schema, compose)

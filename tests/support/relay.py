@@ -3,7 +3,7 @@
 The service is pointed at the relay's port; the relay forwards to the real Azurite (or to
 tinyproxy's target) and records, with a timestamp, every chunk of bytes a client sent upstream.
 With `allow`, connections from any other peer address are refused (counted in `refused`). With
-`record`, it also keeps those bytes, per connection, and `requests()` reads the HTTP/1.1
+`record`, it also keeps those bytes, per connection, and `recorded()` reads the HTTP/1.1
 requests out of them (what a client really sent, header by header).
 While `refuse` is set, every request is answered with it and nothing reaches Azurite
 (`azure_firewall`: as Azure answers a client that the storage account's network rules do not let
@@ -190,7 +190,7 @@ class Relay:
 
     # --- what was sent ---------------------------------------------------------------------
 
-    def requests(self) -> list[Request]:
+    def recorded(self) -> list[Request]:
         """Every request recorded so far (`record`), connection by connection, and forget them.
         Call it once the client has its answers: a request still on its way would be cut."""
         with self._lock:

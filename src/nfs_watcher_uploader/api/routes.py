@@ -40,10 +40,12 @@ from nfs_watcher_uploader.api.views import (
     bandwidth_view,
     failed_file,
     files_view,
+    replicas_status,
     session_view,
     sessions_view,
 )
 from nfs_watcher_uploader.constants import DATE_DIR_RE
+from nfs_watcher_uploader.coord.errors import CoordError, StateTooNew
 from nfs_watcher_uploader.errors import NotOurs, SessionConflict
 from nfs_watcher_uploader.items import check_session_name, printable
 from nfs_watcher_uploader.service import Service
@@ -130,7 +132,7 @@ async def status(service: ServiceDep) -> StatusResponse:
     pipeline = service.pipeline
     problem = service.liveness()
     files = list(pipeline.progress.files.values())
-    return StatusResponse(
+    found = StatusResponse(
         enabled=active is not None,
         active_session=active.name if active else None,
         processed_ok=pipeline.stats.uploaded,
@@ -153,6 +155,7 @@ async def status(service: ServiceDep) -> StatusResponse:
         files_in_flight=files_view(files),
         files_in_flight_total=len(files),
     )
+    return replicas_status(service, found)
 
 
 @router.get("/v1/sessions", responses={422: {}})
@@ -287,6 +290,19 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
 
 
+async def _coordination_error(request: Request, exc: Exception) -> JSONResponse:
+    """Storage could not take a change of the shared state (APP_COORDINATION=azure)."""
+    assert isinstance(exc, CoordError)
+    logger.warning("Shared state on %s: %s", request.url.path, exc)
+    if isinstance(exc, StateTooNew):
+        detail = f"{exc}: a newer version of the service wrote the shared state (a rolling "
+        detail += "upgrade?); nothing was changed, retry on an upgraded replica"
+    else:
+        detail = f"storage cannot take the change of the shared session state ({exc}); "
+        detail += "nothing was changed, retry later"
+    return JSONResponse({"detail": printable(detail)}, 503)
+
+
 async def _os_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, OSError)
     logger.warning("OS error on %s: %s", request.url.path, exc)
@@ -310,3 +326,4 @@ def install(app: FastAPI, token: ApiToken | None, metrics_require_token: bool = 
     app.add_middleware(BrowserHeaders, protected=CONTROL_PREFIX, open_api=token is None)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(OSError, _os_error)
+    app.add_exception_handler(CoordError, _coordination_error)

@@ -132,6 +132,22 @@ class SessionList(BaseModel):
     ended_total: int
 
 
+class MemberView(BaseModel):
+    """One replica of the share (APP_COORDINATION=azure), as the last listing showed it."""
+
+    incarnation: str
+    # APP_MEMBER_NAME of that replica (the pod's name): a label only.
+    host: Printable
+    version: Printable
+    live: bool
+    leader: bool
+    me: bool
+    # The live member that took its files over, once it died.
+    adopted_by: str | None
+    # What could not be read of its blob (its counters are then left out).
+    problem: Printable | None
+
+
 class StatusResponse(BaseModel):
     enabled: bool
     active_session: Printable | None
@@ -159,6 +175,15 @@ class StatusResponse(BaseModel):
     # most, those in flight first; `files_in_flight_total` counts them all).
     files_in_flight: list[FileInFlight]
     files_in_flight_total: int
+    # `none` (one replica) or `azure` (README "Running N replicas"); with `azure`, the
+    # control container, this replica's membership and every member of the last listing.
+    coordination: str = "none"
+    control_container: str | None = None
+    member: str | None = None
+    member_valid: bool | None = None
+    renew_p99_ms: float | None = None
+    coordination_error: Printable | None = None
+    members: list[MemberView] = []
 
 
 class FailedFile(BaseModel):

@@ -4,9 +4,18 @@
 import heapq
 import time
 
-from nfs_watcher_uploader.api.schemas import BandwidthView, FailedFile, FileInFlight, SessionView
+from nfs_watcher_uploader.api.schemas import (
+    BandwidthView,
+    FailedFile,
+    FileInFlight,
+    MemberView,
+    SessionView,
+    StatusResponse,
+)
+from nfs_watcher_uploader.coord.member import latency
 from nfs_watcher_uploader.items import ParkedFile
 from nfs_watcher_uploader.rates import format_rate
+from nfs_watcher_uploader.replicas.progress import SUMMED
 from nfs_watcher_uploader.service import Service
 from nfs_watcher_uploader.sessions.session import Session
 from nfs_watcher_uploader.work.progress import FileProgress
@@ -46,8 +55,22 @@ def session_view(
     files: list[FileProgress] | None = None,
     uplink_rate: float | None = None,
 ) -> SessionView:
-    """`files` (the session's files in flight) and `uplink_rate`, when the caller has them
-    for several sessions already."""
+    """`session` as this process knows it; with other replicas, its counters summed over them
+    (replicas/progress: `Service.totals`). `files` (the session's files in flight) and
+    `uplink_rate`, when the caller has them for several sessions already."""
+    view = _session_view(service, session, files, uplink_rate)
+    totals = service.totals(session)
+    if totals is None:
+        return view
+    return view.model_copy(update={k: totals.get(k, 0) for k in SUMMED})
+
+
+def _session_view(
+    service: Service,
+    session: Session,
+    files: list[FileProgress] | None,
+    uplink_rate: float | None,
+) -> SessionView:
     if files is None:
         files = service.pipeline.progress.by_session().get(session.name, [])
     if uplink_rate is None:
@@ -128,4 +151,45 @@ def bandwidth_view(service: Service) -> BandwidthView:
         rate_bytes_per_second=round(service.meter.rate(), 1),
         history=[(round(t, 1), round(r, 1)) for t, r in service.uplink_history.points],
         history_step_s=service.uplink_history.step,
+    )
+
+
+def replicas_status(service: Service, status: StatusResponse) -> StatusResponse:
+    """`status` with what the other replicas add (APP_COORDINATION=azure)."""
+    replicas = service.replicas
+    if replicas is None:
+        return status
+    membership = replicas.membership
+    coordinator, member = membership.coordinator, membership.member
+    view = coordinator.view if coordinator is not None else None
+    leader = view.leader() if view is not None else None
+    members = [
+        MemberView(
+            incarnation=m.incarnation,
+            host=m.host,
+            version=m.version,
+            live=m.live,
+            leader=m.incarnation == leader,
+            me=m.incarnation == membership.incarnation,
+            adopted_by=m.adopted_by,
+            problem=m.problem,
+        )
+        for m in (view.members if view is not None else ())
+    ]
+    lat = latency(list(member.latencies)) if member is not None else None
+    error = (member.last_error if member is not None else None) or (
+        coordinator.last_error if coordinator is not None else None
+    )
+    others = service.uploaded_elsewhere()
+    return status.model_copy(
+        update={
+            "coordination": "azure",
+            "control_container": membership.container,
+            "member": membership.incarnation,
+            "member_valid": membership.valid(),
+            "renew_p99_ms": None if lat is None else round(lat.p99 * 1000, 1),
+            "coordination_error": error,
+            "members": members,
+            "processed_ok": status.processed_ok + others,
+        }
     )

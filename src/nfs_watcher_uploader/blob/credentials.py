@@ -65,17 +65,25 @@ class Closeable(Protocol):
 def workload_or_managed_identity() -> AsyncTokenCredential:
     """Workload identity (when its webhook put AZURE_FEDERATED_TOKEN_FILE in the pod), then
     managed identity: what a pod can have, and nothing that probes developer tools."""
-    from azure.identity.aio import (
-        ChainedTokenCredential,
-        ManagedIdentityCredential,
-        WorkloadIdentityCredential,
-    )
+    from azure.identity import aio
 
-    chain: list[AsyncTokenCredential] = []
+    return _identity_chain(aio)
+
+
+def sync_workload_or_managed_identity() -> Any:
+    """The same chain with azure-identity's synchronous credentials (for control requests,
+    which run in threads of their own: replicas/control)."""
+    import azure.identity
+
+    return _identity_chain(azure.identity)
+
+
+def _identity_chain(module: Any) -> Any:
+    chain: list[Any] = []
     if os.environ.get("AZURE_FEDERATED_TOKEN_FILE"):
-        chain.append(WorkloadIdentityCredential())
-    chain.append(ManagedIdentityCredential(client_id=os.environ.get("AZURE_CLIENT_ID")))
-    return ChainedTokenCredential(*chain)
+        chain.append(module.WorkloadIdentityCredential())
+    chain.append(module.ManagedIdentityCredential(client_id=os.environ.get("AZURE_CLIENT_ID")))
+    return module.ChainedTokenCredential(*chain)
 
 
 def developer_identity() -> AsyncTokenCredential:

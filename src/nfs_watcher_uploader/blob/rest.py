@@ -16,7 +16,9 @@ for header (tests/blob/test_rest.py captures both on the wire and compares them)
     Put Block List  ?comp=blocklist, Content-Type: application/xml, the ids in XML
     the blob's      x-ms-blob-content-type, x-ms-blob-content-md5 (the whole file's MD5),
                     x-ms-meta-*, x-ms-tags, x-ms-access-tier, If-None-Match: * unless it
-                    overwrites; on Put Blob and Put Block List, built once per file (`BlobHeaders`)
+                    overwrites (an overwrite may carry its own condition: If-Match: <ETag>
+                    of the version it replaces, or If-None-Match: *); on Put Blob and Put
+                    Block List, built once per file (`BlobHeaders`)
 
 Credentials are the connected client's: a Shared Key signs each attempt (`signing`, the same
 string the SDK signs); a SAS goes into the query (an AzureSasCredential is read per request, as
@@ -31,7 +33,7 @@ the backoff). Errors are raised as the SDK raises them, the same exception types
 import asyncio
 import base64
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 from urllib.parse import quote
@@ -102,7 +104,14 @@ class BlobHeaders:
     headers: dict[str, str]
 
     @classmethod
-    def of(cls, info: BlobInfo, md5: bytes, overwrite: bool) -> "BlobHeaders":
+    def of(
+        cls,
+        info: BlobInfo,
+        md5: bytes,
+        overwrite: bool,
+        condition: Mapping[str, str] | None = None,
+    ) -> "BlobHeaders":
+        """`condition`: the conditional headers of an overwrite (If-Match, If-None-Match)."""
         headers = {
             "x-ms-blob-content-type": info.content_type,
             "x-ms-blob-content-md5": b64(md5),
@@ -115,6 +124,8 @@ class BlobHeaders:
             headers["x-ms-access-tier"] = str(info.tier.value)
         if not overwrite:
             headers["If-None-Match"] = "*"
+        elif condition:
+            headers.update(condition)
         return cls(headers)
 
 
@@ -178,8 +189,11 @@ class Rest:
 
     # --- the three puts -----------------------------------------------------------------------
 
-    async def put_blob(self, blob_name: str, data: bytes, md5: bytes, blob: BlobHeaders) -> None:
-        """Put Blob: `data` as the whole blob, with its MD5 as the transactional Content-MD5."""
+    async def put_blob(
+        self, blob_name: str, data: bytes, md5: bytes, blob: BlobHeaders
+    ) -> str | None:
+        """Put Blob: `data` as the whole blob, with its MD5 as the transactional Content-MD5.
+        Returns the blob's new ETag (None: the answer had none)."""
         headers = {
             **self._common,
             "x-ms-blob-type": "BlockBlob",
@@ -189,7 +203,7 @@ class Rest:
             **blob.headers,
         }
         try:
-            await self._send(self._url(blob_name, ""), headers, data)
+            return _etag(await self._send(self._url(blob_name, ""), headers, data))
         except ResourceModifiedError as error:
             if "If-None-Match" in headers:  # as upload_blob says it: the name is taken
                 _convert_mod_error(error)
@@ -207,8 +221,11 @@ class Rest:
         }
         await self._send(self._url(blob_name, query), headers, data)
 
-    async def put_block_list(self, blob_name: str, block_ids: list[str], blob: BlobHeaders) -> None:
-        """Put Block List: commit `block_ids` (each the latest block of that id)."""
+    async def put_block_list(
+        self, blob_name: str, block_ids: list[str], blob: BlobHeaders
+    ) -> str | None:
+        """Put Block List: commit `block_ids` (each the latest block of that id). Returns the
+        blob's new ETag (None: the answer had none)."""
         latest = "".join(f"<Latest>{b64(i.encode())}</Latest>" for i in block_ids)
         body = f"{_XML_HEAD}{latest}</BlockList>".encode()
         headers = {
@@ -217,7 +234,7 @@ class Rest:
             "Content-Length": str(len(body)),
             **blob.headers,
         }
-        await self._send(self._url(blob_name, "comp=blocklist"), headers, body)
+        return _etag(await self._send(self._url(blob_name, "comp=blocklist"), headers, body))
 
     def _url(self, blob_name: str, query: str) -> str:
         """The blob's URL with `query`, then a connection string's SAS, as the SDK orders them."""
@@ -227,7 +244,7 @@ class Rest:
 
     # --- one request, tried as the client's retry policy says ---------------------------------
 
-    async def _send(self, url: str, headers: dict[str, str], body: bytes) -> None:
+    async def _send(self, url: str, headers: dict[str, str], body: bytes) -> Answer:
         request = _Request("PUT", url, headers, body)
         settings: dict[str, Any] | None = None
         retry = self._retry
@@ -243,7 +260,7 @@ class Rest:
                 error = exc
             else:
                 if answer.status_code < 300:
-                    return
+                    return answer
                 if not _is_retry(PipelineResponse(None, answer, None), LocationMode.PRIMARY):  # pyright: ignore[reportArgumentType]
                     raise _error(answer)
             if settings is None:
@@ -359,6 +376,10 @@ class _Next:
     async def send(self, request: PipelineRequest[Any]) -> PipelineResponse[Any, Any]:
         answer = await self._send(request.http_request)
         return PipelineResponse(request.http_request, answer, request.context)
+
+
+def _etag(answer: Answer) -> str | None:
+    return answer.headers.get("ETag")
 
 
 def _error(answer: Answer) -> HttpResponseError:

@@ -18,7 +18,7 @@ error means, `azure_errors`'.
 import hashlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -89,14 +89,23 @@ _UNREADABLE = _Unreadable()
 
 
 @dataclass(frozen=True, slots=True)
+class _Found:
+    """A blob that has the name: its Content-MD5 (None: it has none) and ETag."""
+
+    md5: bytes | None
+    etag: str
+
+
+@dataclass(frozen=True, slots=True)
 class Sent:
     """Where a file went: `blob_name`, and whether it was already there with the same bytes.
     `compared` is False when a name it passed over could not be read (so may hold the same
-    bytes)."""
+    bytes). `etag`: the blob's ETag after the commit, or as found (None: not known)."""
 
     blob_name: str
     already: bool = False
     compared: bool = True
+    etag: str | None = None
 
 
 def _generation(metadata: dict[str, str] | None) -> int:
@@ -234,6 +243,7 @@ class Storage:
         overwrite: bool = False,
         log_extra: dict[str, str] | None = None,
         info: BlobInfo | None = None,
+        if_match: str | None = None,
     ) -> Sent:
         """Upload `local` as a block blob named `blob_name`, or the next free version of that
         name; raise UploadError (see errors.py).
@@ -246,7 +256,11 @@ class Storage:
         Content-MD5 decides: the same bytes mean the file is already up (a re-upload after a
         crash: nothing is sent, `Sent.already`); other bytes mean another file had the name,
         and this one goes up as `<stem>~2<ext>`, `~3`... (APP_ON_NAME_CONFLICT=keep-both), or
-        is parked (park). `overwrite` (or APP_ON_NAME_CONFLICT=overwrite) replaces the blob.
+        is parked (park). `overwrite` (or APP_ON_NAME_CONFLICT=overwrite) replaces the blob:
+        this file's own blob, sent again whole after a late write, only if it is still the
+        version `if_match` names (the ETag of this file's commit), or else the version just
+        looked at; a blob changed since (another member's, or a consumer's) is never replaced
+        (PermanentError: the file is parked), and a blob gone since is created again.
         A blob the credential may not read counts as other bytes (`Sent.compared` False).
         `info` is the Content-Type, metadata, tags and tier it is created with. Waiting for
         bandwidth counts as `progress` (wire.WAITING).
@@ -261,31 +275,32 @@ class Storage:
                 )
             policy = self._settings.on_name_conflict
             if overwrite:  # this file's own blob: replaced unless it holds these bytes already
-                if self.can_read and await self._md5_of(blob_name) == staged.read.md5:
-                    return Sent(blob_name, already=True)
-                await self._send(local, blob_name, staged, progress, True, log_extra, info)
-                return Sent(blob_name)
+                return await self._replace(
+                    local, blob_name, staged, progress, log_extra, info, if_match
+                )
             if policy is NameConflict.OVERWRITE:
-                await self._send(local, blob_name, staged, progress, True, log_extra, info)
-                return Sent(blob_name)
+                etag = await self._send(local, blob_name, staged, progress, True, log_extra, info)
+                return Sent(blob_name, etag=etag)
             compared = True
             for version in range(1, MAX_NAME_VERSIONS + 1):
                 name = versioned(blob_name, version)
                 check_blob_name(name)
                 # A file sent in blocks is looked for first: one request against many.
                 look_first = staged.block_md5s and self.can_read
-                found = await self._md5_of(name) if look_first else _MISSING
+                found = await self._look(name) if look_first else _MISSING
                 if found is _MISSING or found is _UNREADABLE:
                     try:
-                        await self._send(local, name, staged, progress, False, log_extra, info)
-                        return Sent(name, compared=compared)
+                        etag = await self._send(
+                            local, name, staged, progress, False, log_extra, info
+                        )
+                        return Sent(name, compared=compared, etag=etag)
                     except _NameTaken:
-                        found = await self._md5_of(name)
+                        found = await self._look(name)
                         if found is _MISSING:
                             why = f"blob {name} came and went; trying again"
                             raise RetryableError(why) from None
-                if found == staged.read.md5:
-                    return Sent(name, already=True, compared=compared)
+                if isinstance(found, _Found) and found.md5 == staged.read.md5:
+                    return Sent(name, already=True, compared=compared, etag=found.etag)
                 # Held by other bytes, or by bytes this credential may not read: never overwritten.
                 compared = compared and found is not _UNREADABLE
                 if policy is NameConflict.PARK:
@@ -294,6 +309,42 @@ class Storage:
                         f"a blob named {name} with {held} exists (APP_ON_NAME_CONFLICT=park)"
                     )
             raise PermanentError(f"{MAX_NAME_VERSIONS} blobs named like {blob_name} exist")
+
+    async def _replace(
+        self,
+        local: Path,
+        blob_name: str,
+        staged: Staged,
+        progress: Callable[[], None],
+        log_extra: dict[str, str] | None,
+        info: BlobInfo,
+        if_match: str | None,
+    ) -> Sent:
+        """Send the file again over its own blob, never over a version it did not write."""
+        found = await self._look(blob_name) if self.can_read else _UNREADABLE
+        if isinstance(found, _Found):
+            if found.md5 == staged.read.md5:
+                return Sent(blob_name, already=True, etag=found.etag)
+            if if_match is not None and found.etag != if_match:
+                raise _changed(blob_name)
+            condition: dict[str, str] = {"If-Match": if_match or found.etag}
+        elif found is _MISSING:  # gone since (a consumer removed it): created again, only
+            condition = {"If-None-Match": "*"}
+        else:  # may not read: the condition alone, when this file's commit is known
+            condition = {} if if_match is None else {"If-Match": if_match}
+        try:
+            etag = await self._send(
+                local, blob_name, staged, progress, True, log_extra, info, condition
+            )
+        except _NameTaken:
+            raise _changed(blob_name) from None
+        return Sent(blob_name, etag=etag)
+
+    async def look(self, name: str) -> tuple[str, bytes | None] | None:
+        """The ETag and Content-MD5 of blob `name`; None when it is not there or may not be
+        read. Raises UploadError when storage cannot say."""
+        found = await self._look(name)
+        return (found.etag, found.md5) if isinstance(found, _Found) else None
 
     async def put_newer(self, blob_name: str, data: bytes, info: BlobInfo, generation: int) -> bool:
         """Write the small blob `blob_name` (a manifest) unless storage holds a newer generation
@@ -305,7 +356,7 @@ class Storage:
         check_blob_name(blob_name)
         info = replace(info, metadata={**info.metadata, GENERATION: str(generation)})
         md5 = hashlib.md5(data, usedforsecurity=False).digest()
-        condition: dict[str, str] = {}
+        condition: dict[str, str] = {}  # unconditional: see above
         if self.can_read:
             try:
                 props = await self.container.get_blob_client(blob_name).get_blob_properties()
@@ -322,8 +373,8 @@ class Storage:
                     return False
                 condition = {"If-Match": str(props.etag)}
         try:
-            headers = BlobHeaders.of(info, md5, overwrite=True)
-            await self.rest.put_blob(blob_name, data, md5, BlobHeaders(headers.headers | condition))
+            blob = BlobHeaders.of(info, md5, overwrite=True, condition=condition)
+            await self.rest.put_blob(blob_name, data, md5, blob)
         except (ResourceExistsError, ResourceModifiedError) as exc:
             raise RetryableError(f"{blob_name} was written meanwhile; looking again") from exc
         except Exception as exc:
@@ -350,6 +401,12 @@ class Storage:
     async def _md5_of(self, name: str) -> bytes | _Missing | _Unreadable | None:
         """The Content-MD5 of blob `name` (None if it has none), _MISSING, or _UNREADABLE when
         the credential may not read it."""
+        found = await self._look(name)
+        return found.md5 if isinstance(found, _Found) else found
+
+    async def _look(self, name: str) -> _Found | _Missing | _Unreadable:
+        """The blob that has `name`, _MISSING, or _UNREADABLE when the credential may not read
+        it."""
         try:
             props = await self.container.get_blob_client(name).get_blob_properties()
         except ResourceNotFoundError:
@@ -362,7 +419,7 @@ class Storage:
         except Exception as exc:
             raise classify(exc) from exc
         md5 = props.content_settings.content_md5
-        return None if md5 is None else bytes(md5)
+        return _Found(None if md5 is None else bytes(md5), str(props.etag))
 
     async def _send(
         self,
@@ -373,8 +430,12 @@ class Storage:
         overwrite: bool,
         log_extra: dict[str, str] | None,
         info: BlobInfo,
-    ) -> None:
-        blob = BlobHeaders.of(info, staged.read.md5, overwrite)
+        condition: Mapping[str, str] | None = None,
+    ) -> str | None:
+        """Send the file, committing it only if no blob has the name (unless `overwrite`:
+        then under `condition`, If-Match or If-None-Match headers, when given); returns the
+        new ETag (None: storage did not say)."""
+        blob = BlobHeaders.of(info, staged.read.md5, overwrite, condition if overwrite else None)
         rest = self.rest
         try:
             if staged.data is not None:
@@ -387,14 +448,14 @@ class Storage:
                         ids = await self.blocks.put(
                             rest, blob_name, fd, staged, held, progress, log_extra
                         )
-                        await rest.put_block_list(blob_name, ids, blob)
+                        etag = await rest.put_block_list(blob_name, ids, blob)
                         progress()
-                        return
+                        return etag
                     data = await anyio.to_thread.run_sync(os.pread, fd, staged.read.size + 1, 0)
                 finally:
                     os.close(fd)
                 check_length(len(data), staged, log_extra)
-            await rest.put_blob(blob_name, data, staged.read.md5, blob)
+            etag = await rest.put_blob(blob_name, data, staged.read.md5, blob)
         except FileNotFoundError:
             raise RetryableError(f"staged copy of {blob_name} vanished; staging again") from None
         except ResourceExistsError as exc:
@@ -402,12 +463,13 @@ class Storage:
                 raise _NameTaken from exc
             raise classify(exc) from exc
         except HttpResponseError as exc:
-            if exc.status_code == 412 and not overwrite:
+            if exc.status_code == 412 and (not overwrite or condition):
                 raise _NameTaken from exc
             raise self._classified(exc, log_extra) from exc
         except Exception as exc:
             raise self._classified(exc, log_extra) from exc
         progress()
+        return etag
 
     @staticmethod
     def _classified(exc: BaseException, log_extra: dict[str, str] | None) -> UploadError:
@@ -433,3 +495,10 @@ class Storage:
         except Exception as exc:
             raise classify(exc) from exc
         return {b.id: b.size for b in uncommitted}
+
+
+def _changed(blob_name: str) -> PermanentError:
+    return PermanentError(
+        f"blob {blob_name} changed since this file was committed to it (another writer's "
+        "version is there); not overwritten"
+    )

@@ -85,7 +85,15 @@ class JobFiles:
         return await until_ok(self._load, f"read {self.root}", retry=retry, rng=rng, log=logger)
 
     async def _load(self) -> list[Job]:
+        return await self.read_all(tidy=True)
+
+    async def read_all(self, tidy: bool = False) -> list[Job]:
+        """Every job on disk, oldest first, checked like `load`. Raises OSError. With `tidy`,
+        writes a crash cut short are removed: only at start, never while another member may
+        be writing a job into this folder (one taken over from it)."""
         names = await self.nfs.call(self._names)
+        if not tidy:
+            names = [name for name in names if not name.startswith(JOB_TMP_PREFIX)]
         jobs = [job for job in await self.nfs.in_batches(names, self._read_batch) if job]
         jobs.sort(key=lambda j: float(j["created"]))
         return jobs

@@ -16,6 +16,13 @@ not one of ours (torn, too long, too deep, a blob outside its session or a name 
 a blob) is skipped and counted; a ledger that is not a regular file of at most LEDGER_MAX bytes
 is set aside (under `_set_aside/`) with an error line, and the session's record says so
 (`Record.problem`: its manifest cannot say it is complete). Appends never follow a link either.
+
+Each line of a committed file carries the blob's ETag. With other replicas
+(APP_COORDINATION=azure) each member appends to its own ledger, in its own tree (O_APPEND is
+atomic within one NFS client only), and a session's ledger is the union of every member's
+(`sources`), each read as above: lines of one blob from several ledgers that disagree (the file
+was sent again, whole, by another member after a late write) are all returned
+(`Record.conflicts`) for the caller to ask storage which one the blob holds.
 """
 
 import errno
@@ -25,8 +32,8 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 from pydantic import BaseModel
 
@@ -68,14 +75,22 @@ class _ManifestLine(BaseModel):
     manifest: _Written
 
 
-class Record(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class Record:
     """What a session's ledger holds: its committed blobs and its dismissed parked files; the
-    newest end its manifest was written for (0: none); why it could not be read whole."""
+    newest end its manifest was written for (0: none); why it could not be read whole; and, of
+    blobs whose lines in several ledgers disagree, every version (see the module docstring)."""
 
     files: list[FileEntry]
     dismissed: list[Dismissed]
     written: int = 0
     problem: str | None = None
+    conflicts: dict[str, list[FileEntry]] = field(default_factory=dict[str, list[FileEntry]])
+
+
+# (date, session) -> every ledger file of the session (see the module docstring), each as a
+# folder of ours and the path below it, which is entered without following any link.
+Sources = Callable[[str, str], list[tuple[Path, list[str]]]]
 
 
 class Ticket:
@@ -88,8 +103,15 @@ class Ticket:
 
 
 class Ledger:
-    def __init__(self, layout: Layout, nfs: Nfs, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        layout: Layout,
+        nfs: Nfs,
+        clock: Callable[[], float] = time.time,
+        sources: Sources | None = None,
+    ) -> None:
         self.layout, self.nfs, self._clock = layout, nfs, clock
+        self.sources: Sources = sources or self._own
         # Lines queued and not yet taken by a write, and their tickets (under `_queue_lock`).
         self._queued: dict[Path, list[bytes]] = {}
         self._tickets: list[Ticket] = []
@@ -104,6 +126,12 @@ class Ledger:
 
     def __repr__(self) -> str:
         return f"Ledger(writes={self.writes} lines={self.lines})"
+
+    def _own(self, date_prefix: str, session_name: str) -> list[tuple[Path, list[str]]]:
+        path = self.layout.ledger(date_prefix, session_name)
+        return [
+            (self.layout.processing_root, list(path.relative_to(self.layout.processing_root).parts))
+        ]
 
     async def record(self, item: WorkItem) -> None:
         """Append the line of a committed file (`item.md5` and `item.committed` are set);
@@ -124,6 +152,7 @@ class Ledger:
             md5=item.md5.hex(),
             source_mtime=iso_utc_ns(mtime_ns),
             uploaded_at=iso_utc(self._clock()),
+            etag=item.etag,
         )
         key = (item.date_prefix, item.session_name)
         path = self._paths.get(key) or self._paths.setdefault(key, self.layout.ledger(*key))
@@ -233,23 +262,49 @@ class Ledger:
 
     def read_all(self, date_prefix: str, session_name: str) -> Record:
         """The committed blobs (as `read`) and the dismissed parked files, each once (a
-        dismissal recorded twice around a crash is one), in name order; the newest end written.
-        Blocking."""
-        path = self.layout.ledger(date_prefix, session_name)
-        folder = trees.open_folder(self.layout.processing_root, *self._folders(path))
-        if folder is None:
+        dismissal recorded twice around a crash is one), in name order; the newest end written;
+        from every ledger of the session (`sources`). Blocking."""
+        entries: dict[str, FileEntry] = {}
+        versions: dict[str, list[FileEntry]] = {}
+        dismissed: dict[tuple[str, str | None], Dismissed] = {}
+        written, problems = 0, list[str]()
+        for root, parts in self.sources(date_prefix, session_name):
+            one = _read_one(root, parts, f"{date_prefix}/{session_name}/")
+            for entry in one.files:
+                seen = entries.get(entry.blob)
+                if seen is not None and (seen.md5, seen.size) != (entry.md5, entry.size):
+                    versions.setdefault(entry.blob, [seen]).append(entry)
+                entries[entry.blob] = entry
+            dismissed.update({(d.parked_as, d.parked_at): d for d in one.dismissed})
+            written = max(written, one.written)
+            if one.problem is not None:
+                problems.append(one.problem)
+        return Record(
+            [entries[name] for name in sorted(entries)],
+            sorted(dismissed.values(), key=lambda d: (d.parked_as, d.dismissed_at)),
+            written,
+            "; ".join(problems) or None,
+            versions,
+        )
+
+
+def _read_one(root: Path, parts: list[str], prefix: str) -> Record:
+    """One ledger file, `parts` below the folder `root` (see `Ledger.read_all`)."""
+    path = root.joinpath(*parts)
+    folder = trees.open_folder(root, *parts[:-1])
+    if folder is None:
+        return Record([], [])
+    try:
+        lines = read_lines(parts[-1], LEDGER_MAX, LEDGER_LINE_MAX, dir_fd=folder)
+        if lines is None:
             return Record([], [])
-        try:
-            lines = read_lines(path.name, LEDGER_MAX, LEDGER_LINE_MAX, dir_fd=folder)
-            if lines is None:
-                return Record([], [])
-            return _parse(lines, f"{date_prefix}/{session_name}/", path)
-        except Unusable as exc:
-            done = set_aside_or_leave(path, self.layout.processing_root, folder)
-            logger.error("Ledger %s unusable (%s); %s", path, exc, done)
-            return Record([], [], problem=f"its ledger was unusable ({exc}); {done}")
-        finally:
-            os.close(folder)
+        return _parse(lines, prefix, path)
+    except Unusable as exc:
+        done = set_aside_or_leave(path, root, folder)
+        logger.error("Ledger %s unusable (%s); %s", path, exc, done)
+        return Record([], [], problem=f"its ledger was unusable ({exc}); {done}")
+    finally:
+        os.close(folder)
 
 
 def _parse(lines: Iterator[bytes | None], prefix: str, path: Path) -> Record:

@@ -29,6 +29,10 @@ class FileEntry(_Model):
     md5: str  # hex, of the bytes read from NFS (the blob's Content-MD5 and `md5` metadata)
     source_mtime: str  # ISO 8601 UTC
     uploaded_at: str  # ISO 8601 UTC: when the blob was committed, or found already committed
+    # The blob's ETag after this commit (or as found): a rewrite of the blob is conditional on
+    # it (If-Match), so that it never replaces a version it did not write. None: not known
+    # (a line written before the ETag was recorded).
+    etag: str | None = None
 
 
 class Parked(_Model):

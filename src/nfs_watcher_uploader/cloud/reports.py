@@ -19,6 +19,12 @@ newer end's is). The write is conditional on the manifest seen (`Storage.put_new
 Every step can be repeated: a crash anywhere means the job is done again after the restart
 (the manifest is rewritten from the same ledger, the event has the same id). The id is the
 same for the same end, even if a crash made the session drain twice.
+
+With other replicas (APP_COORDINATION=azure) the leader ends sessions: it keeps the job on NFS
+first (`keep`), records the end in the shared state, then queues it (`queue`); `gate` says for
+each job whether its end is on record (run it), may still be (wait), or never will be (drop:
+a judgement another replica overruled); `on_done` records that it was done. Jobs taken over
+from a dead member are picked up by `take_over`.
 """
 
 import logging
@@ -33,8 +39,8 @@ from nfs_watcher_uploader.backoff import DueQueue
 from nfs_watcher_uploader.blob.blobinfo import BlobLabels, iso_utc
 from nfs_watcher_uploader.blob.storage import Storage
 from nfs_watcher_uploader.cloud.jobs import Job, JobDoc, JobFiles
-from nfs_watcher_uploader.cloud.ledger import Ledger
-from nfs_watcher_uploader.cloud.manifest import Excluded, Manifest, Parked, Totals
+from nfs_watcher_uploader.cloud.ledger import Ledger, Record
+from nfs_watcher_uploader.cloud.manifest import Excluded, FileEntry, Manifest, Parked, Totals
 from nfs_watcher_uploader.cloud.webhooks import Webhooks, event_id
 from nfs_watcher_uploader.config import Settings
 from nfs_watcher_uploader.constants import MAX_DEPTH
@@ -48,6 +54,12 @@ logger = logging.getLogger(__name__)
 
 # The parked files of one session under one date: (date, session) -> their listing.
 ParkedListing = Callable[[str, str], Awaitable[list[ParkedFile]]]
+Verdict = Literal["run", "wait", "drop"]
+# With other replicas: may a job run now (see the module docstring)? And: it was done.
+Gate = Callable[[Job], Verdict]
+DoneHook = Callable[[Job], Awaitable[None]]
+# Waiting jobs are asked again this often.
+GATE_RETRY_S = 5.0
 
 
 class Reports:
@@ -72,6 +84,9 @@ class Reports:
         self._queue = DueQueue[str, Job](self._retry, self._rng)
         self.manifests_written = 0
         self._loaded = False  # the jobs an earlier run left are read
+        self.gate: Gate | None = None
+        self.on_done: DoneHook | None = None
+        self.dropped = 0
 
     def __repr__(self) -> str:
         return f"Reports(due={len(self._queue)} manifests_written={self.manifests_written})"
@@ -94,6 +109,14 @@ class Reports:
         """Note that `session` ended as `state`. Raises OSError when NFS fails."""
         if not self.enabled:  # APP_MANIFEST=off and no APP_WEBHOOK_URL: nothing to report
             return
+        job = self.job_for(session, state)
+        await self.keep(job)
+        session.generation = job["generation"]
+        self.queue(job)
+
+    def job_for(self, session: Session, state: SessionStateName) -> Job:
+        """The job that reports `session`'s end as `state` (its id is the same for the same
+        end, wherever it is made)."""
         # Newer than any end before it, also when the state file was lost (the clock's).
         generation = max(session.generation + 1, int(self._clock() * 1_000_000))
         event = "session.updated" if session.updated else f"session.{state}"
@@ -111,9 +134,30 @@ class Reports:
             "excluded": _excluded(session),
             "not_uploaded": 0 if state == "drained" else session.waiting + len(session.pending),
         }
+        return job
+
+    async def keep(self, job: Job) -> None:
+        """Write `job` to NFS (not queued yet). Raises OSError."""
         await self._files.add(job)
-        session.generation = generation
-        self._queue.add(job["id"], job)
+
+    def queue(self, job: Job) -> None:
+        self._queue.add(str(job["id"]), job)
+
+    def has(self, job_id: str) -> bool:
+        """The job is queued here (due, waiting, or being done)."""
+        return job_id in self._queue
+
+    async def take_over(self) -> int:
+        """Queue the jobs on NFS that are not queued yet (taken over from a dead member)."""
+        jobs = [j for j in await self._files.read_all() if j["id"] not in self._queue]
+        for job in jobs:
+            self.queue(job)
+        return len(jobs)
+
+    async def forget(self, job_id: str) -> None:
+        """A kept job that will never be due (see `gate`)."""
+        self._queue.done(job_id)
+        await self._files.remove(job_id)
 
     async def run(self) -> None:
         """Load the jobs left by an earlier run, then do each as it comes, until cancelled."""
@@ -122,8 +166,28 @@ class Reports:
         self._loaded = True
         while True:
             job_id, job = await self._queue.next()
+            verdict = "run" if self.gate is None else self.gate(job)
+            if verdict == "wait":
+                self._queue.done(job_id)
+                self._queue.add(job_id, job, GATE_RETRY_S)
+                continue
+            if verdict == "drop":
+                self.dropped += 1
+                logger.info(
+                    "Session %s: report %s dropped: that end was not recorded",
+                    job.get("session"),
+                    job_id,
+                    extra={"session_name": str(job.get("session"))},
+                )
+                try:
+                    await self.forget(job_id)
+                except OSError:
+                    pass  # dropped again at the next start
+                continue
             try:
                 await self._report(job)
+                if self.on_done is not None:
+                    await self.on_done(job)
             except Exception as exc:  # storage, NFS, or a damaged job: try again later
                 attempt, delay = self._queue.failed(job_id)
                 logger.warning(
@@ -191,7 +255,7 @@ class Reports:
         record = await self.nfs.call(
             lambda: ledger.read_all(date, name), timeout=self.nfs.timeout * 10
         )
-        files, dismissed = record.files, record.dismissed
+        files, dismissed = await self._resolved(record), record.dismissed
         if record.problem is not None:
             logger.error("Session %s: %s", name, record.problem, extra={"session_name": name})
         parked = [
@@ -237,6 +301,25 @@ class Reports:
             dismissed=dismissed,
         )
         return manifest, record.written
+
+    async def _resolved(self, record: Record) -> list[FileEntry]:
+        """The files of `record`, each blob with the line of the bytes it holds now where
+        several ledgers disagree (a file sent again by another member after a late write):
+        the line whose ETag it has, else whose MD5, else the last one read."""
+        if not record.conflicts:
+            return record.files
+        chosen = {f.blob: f for f in record.files}
+        for blob, versions in record.conflicts.items():
+            found = await self.storage.look(blob)
+            if found is None:
+                continue
+            etag, md5 = found
+            match = [v for v in versions if v.etag is not None and v.etag == etag] or [
+                v for v in versions if md5 is not None and v.md5 == md5.hex()
+            ]
+            if match:
+                chosen[blob] = match[-1]
+        return [chosen[name] for name in sorted(chosen)]
 
     async def _upload(self, blob: str, manifest: Manifest) -> bool:
         """Upload the manifest unless storage holds a newer end's (False)."""

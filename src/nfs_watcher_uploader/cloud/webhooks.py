@@ -101,6 +101,7 @@ class Webhooks:
         self._retry = (settings.retry_base_s, settings.retry_max_s)
         self._rng = rng or random.Random()
         self._outbox = JobFiles(layout.outbox_root, nfs, _OutboxJob, self._signed_here)
+        self.nfs = nfs
         self._queue = DueQueue[str, _Event](self._retry, self._rng)
         self._clock = clock
         self.delivered = 0
@@ -162,6 +163,22 @@ class Webhooks:
         if not hmac.compare_digest(str(job.get("signature")), sign(self._secret, body)):
             return "its signature is not the service's: an event it did not write"
         return None
+
+    async def take_over(self) -> int:
+        """Queue the events in the outbox that are not queued yet (taken over from a dead
+        member, APP_COORDINATION=azure)."""
+        if self._url is None:
+            return 0
+        jobs = await self._outbox.read_all()
+        taken = 0
+        for job in jobs:
+            if job["id"] not in self._queue:
+                event = cast(dict[str, Any], job["event"])
+                self._queue.add(
+                    str(job["id"]), _Event(str(event["type"]), json.dumps(event).encode())
+                )
+                taken += 1
+        return taken
 
     async def run(self) -> None:
         """Load the outbox, then deliver until cancelled."""

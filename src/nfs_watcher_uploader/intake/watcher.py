@@ -20,6 +20,15 @@ every poll, as before: the stability rule is unchanged.
 Every stopped session ends: one that cannot drain (a file NFS cannot describe, a folder
 replaced by a link, a scan that failed) is `drain_timed_out` once APP_DRAIN_TIMEOUT_S has
 passed, whatever its scan found.
+
+With other replicas on the share (APP_COORDINATION=azure) the sessions come from the shared
+state (`Sessions.refresh`, at the start of each pass), a ready file is offered only if `take`
+says this member should claim it (rendezvous, or stable past APP_STEAL_AFTER_S), and a draining
+session is not ended here: the pass notes whether it found the session quiet here
+(`Session.quiet_gen`), and the leader (replicas/leader) judges the drain over every member.
+Idle skipping hides nothing from them: a file another member should take is old enough to
+claim, so its session is listed every poll and the file's unchanged time (`since`) goes on
+counting towards the steal; a draining session is never skipped.
 """
 
 import asyncio
@@ -44,6 +53,8 @@ from nfs_watcher_uploader.work.pipeline import Pipeline
 logger = logging.getLogger(__name__)
 
 ScanFn = Callable[[Path, Wanted, Known, int], Scan]
+# (session, path below its folder, seconds it has looked unchanged) -> whether to offer it.
+TakeFn = Callable[[str, str, float], bool]
 
 
 def stable_files(
@@ -106,6 +117,8 @@ class Watcher:
         self._since: dict[str, dict[str, float]] = {}
         # Per session, the names the last scan found dated after it (see `_scan_session`).
         self._ahead: dict[str, tuple[int, list[str]]] = {}
+        # Which ready files this replica offers (all of them when it is alone).
+        self.take: TakeFn | None = None
         self.heartbeat = time.monotonic()
         self.last_scan_ok: float | None = None
         self.scan_errors = 0
@@ -115,6 +128,8 @@ class Watcher:
         self._quiet: dict[str, _Quiet] = {}
         self._full_list_s = full_list_s
         self.scans = self.quiet_polls = 0
+        # The generation of the shared state this pass began with (APP_COORDINATION=azure).
+        self._pass_gen = 0
 
     def __repr__(self) -> str:
         return (
@@ -135,6 +150,8 @@ class Watcher:
 
     async def scan_once(self) -> None:
         """One pass over every watched session."""
+        self.sessions.refresh()
+        self._pass_gen = self.sessions.applied_gen
         watched = self.sessions.watched()
         for gone in self._previous.keys() - {s.name for s in watched}:
             del self._previous[gone]
@@ -185,8 +202,7 @@ class Watcher:
                 exc_info=not isinstance(exc, OSError),
                 extra={"session_name": session.name},
             )
-            if session.state == "draining":  # a stopped session ends even so: it times out
-                await self._check_drain(session, None, started)
+            await self._judge_drain(session, None, started)
             return False
         if not self.settings.allow_hard_links:
             for rel, links in scan.linked.items():
@@ -207,12 +223,23 @@ class Watcher:
             self.settings.upload_order,
             since,
         )
-        self._offer(session, ready, current)
+        self._offer(session, ready, current, since, started)
         for level, text in session.observe(scan, future):
             logger.log(level, "%s", printable(text), extra={"session_name": session.name})
-        if session.state == "draining":
-            await self._check_drain(session, scan, started)
+        await self._judge_drain(session, scan, started)
         return True
+
+    async def _judge_drain(self, session: Session, scan: Scan | None, started: float) -> None:
+        """After a pass (`scan` None: it failed): alone, whether a draining session has ended
+        (a stopped session ends even if its scans fail: it times out); with other replicas,
+        whether it was quiet here (a failed scan is not: the leader judges the drain)."""
+        if self.sessions.shared is not None:
+            if scan is None:
+                session.quiet_gen = 0
+            else:
+                await self._note_quiet(session, scan)
+        elif session.state == "draining":
+            await self._check_drain(session, scan, started)
 
     def _look(
         self, session: Session, previous: ScanMap, current: ScanMap, now: float
@@ -272,8 +299,18 @@ class Watcher:
         except OSError:
             return False
 
-    def _offer(self, session: Session, names: Iterable[str], seen: ScanMap) -> None:
+    def _offer(
+        self,
+        session: Session,
+        names: Iterable[str],
+        seen: ScanMap,
+        since: Mapping[str, float],
+        now: float,
+    ) -> None:
+        take = self.take
         for rel in names:
+            if take is not None and not take(session.name, rel, now - since.get(rel, now)):
+                continue  # another member's, by rendezvous, and not yet stale
             item = WorkItem(session.name, session.date_prefix, rel, False, seen=seen[rel])
             if not self.pipeline.offer(item):
                 break  # queue full: the rest are offered on a later scan
@@ -303,6 +340,22 @@ class Watcher:
                 extra={"session_name": session.name},
             )
         return queued
+
+    async def _note_quiet(self, session: Session, scan: Scan) -> None:
+        """With other replicas: whether this pass, begun after this member had seen the state
+        of generation `_pass_gen`, found nothing of a draining session here: nothing in
+        incoming, nothing in progress, parked or left claimed in this member's tree."""
+        quiet = (
+            session.state == "draining"
+            and scan.problem is None
+            and self._pass_gen >= session.drain_gen
+            and not (scan.files or scan.too_deep or scan.unreadable)
+            and not session.pending
+            and not session.parked
+        )
+        if quiet and await self._requeue_strays(session):
+            quiet = False
+        session.quiet_gen = self._pass_gen if quiet and not session.pending else 0
 
     async def _check_drain(self, session: Session, scan: Scan | None, scanned_at: float) -> None:
         """Drained when a scan made after the stop finds nothing left anywhere; timed out when

@@ -16,6 +16,7 @@ share:
     copying   NFS -> staging, hashing the bytes read
     state     the service's own state files
     trees     walking and pruning <date>/<session>/ trees
-    probe     at start: the incoming folder is there, and a claim's rename works
+    probe     at start: the incoming folder is there, a claim's rename works, one mode
     layout    every path, computed in one place
+    handover  a dead replica's tree renamed into its adopter's, file by file
 """

@@ -98,7 +98,13 @@ class Layout:
         blob = self.blob_name(item)
         rel = blob.split("/", 2)[2]  # below <date>/<session>/
         return WorkItem(
-            item.session_name, item.date_prefix, rel, True, blob_name=blob, completed=True
+            item.session_name,
+            item.date_prefix,
+            rel,
+            True,
+            blob_name=blob,
+            completed=True,
+            etag=item.etag,
         )
 
     def parked(self, item: WorkItem, rel: str | None = None) -> Path:

@@ -68,3 +68,35 @@ def open_regular(path: Path) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def read_regular(root: Path, parts: list[str], limit: int) -> bytes | None:
+    """The bytes of the regular file root/parts, reached without following any link below
+    `root`; None when it is missing, not a regular file, or larger than `limit` bytes (not a
+    file of ours). For what the service reads back from the share."""
+    *folders, name = parts
+    try:
+        dir_fd = open_dir(root, folders)
+    except (FileNotFoundError, NotADirectoryError, NotOurs):
+        return None
+    try:
+        fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENXIO):
+            return None
+        raise
+    finally:
+        os.close(dir_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            return None
+        chunks: list[bytes] = []
+        left = limit + 1
+        while left > 0 and (chunk := os.read(fd, min(left, 1024 * 1024))):
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+        return None if len(data) > limit else data
+    finally:
+        os.close(fd)

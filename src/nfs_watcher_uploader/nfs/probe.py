@@ -17,6 +17,12 @@ EPERM (the service's user may not write there), EROFS (a read-only mount), a mis
 folder. Anything else (ESTALE, EIO, a timeout) is raised as the OSError it is: start-up tries
 again, as for any NFS outage.
 
+Then one mode per share (`claim_mode`): replicas coordinated through storage
+(APP_COORDINATION=azure) mark the share with `<processing>/coordination` (create-only), and a
+single replica (APP_COORDINATION=none) refuses to start on a share so marked: it would claim,
+drain and clean up as if alone, beside replicas that share the files by rendezvous and drain
+them over every member. README "Running N replicas" says how to go back.
+
 The probe file is `.nfs-watcher-uploader-probe-<host>-<pid>-<random>`: unique to this process,
 and a dot name at the incoming root, where the watcher never looks (it scans session folders
 only), so it can never be taken for a recording.
@@ -31,7 +37,7 @@ import time
 import uuid
 from pathlib import Path
 
-from nfs_watcher_uploader.constants import PROBE_PREFIX, PROBE_STALE_S
+from nfs_watcher_uploader.constants import COORDINATION_FILE, PROBE_PREFIX, PROBE_STALE_S
 from nfs_watcher_uploader.errors import CannotStart
 from nfs_watcher_uploader.items import printable
 from nfs_watcher_uploader.nfs.layout import Layout
@@ -82,6 +88,31 @@ def run_probe(incoming: Path, processing: Path, now: float | None = None) -> Non
                 folder.rmdir()
             except OSError:
                 break
+
+
+def claim_mode(processing: Path, shared: bool) -> None:
+    """Mark the share for coordinated replicas (`shared`), or refuse to start a single replica
+    on a share so marked (CannotStart). Blocking."""
+    mark = processing / COORDINATION_FILE
+    if not shared:
+        try:
+            os.lstat(mark)
+        except FileNotFoundError:
+            return
+        raise CannotStart(
+            f"the share is used by replicas with APP_COORDINATION=azure ({mark} exists): "
+            "run this one with APP_COORDINATION=azure too, or switch the share back as README "
+            '"Running N replicas" says (stop every replica, then remove that file)'
+        )
+    processing.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(mark, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    except FileExistsError:
+        return
+    try:
+        os.write(fd, b"azure\n")
+    finally:
+        os.close(fd)
 
 
 def probe_name() -> str:

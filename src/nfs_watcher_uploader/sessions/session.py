@@ -79,6 +79,11 @@ class Session:
     _incoming_bytes: tuple[ScanMap | None, int] = (None, 0)
     # The rate of its bytes done, sampled when the API asks (work/progress).
     done_rate: SampledRate | None = field(default=None, repr=False)
+    # With other replicas (APP_COORDINATION=azure): the generation of the shared state whose
+    # write began the current drain, and the generation this member's last pass began with if
+    # it found nothing of the session here (0: it found something, or has not looked).
+    drain_gen: int = 0
+    quiet_gen: int = 0
 
     @property
     def watched(self) -> bool:

@@ -9,6 +9,11 @@ takes its tokens from (`wire.MeteredTransport` does the taking).
                     else none
 
 Rates and schedules are read by rates.py.
+
+With other replicas (APP_COORDINATION=azure) the limit is the site's, for all replicas
+together: each takes an even share (`share`: the live members), and the override lives in the
+shared state (`shared` writes it; every replica takes it from there, `take_override`), not in
+bandwidth.json.
 """
 
 import asyncio
@@ -17,7 +22,7 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from pathlib import Path
@@ -41,6 +46,8 @@ if TYPE_CHECKING:  # config reads its rates with this module's parsers
 logger = logging.getLogger(__name__)
 
 Source = Literal["override", "schedule", "setting", "none"]
+# Keeps the override in the shared state: (rate,) to set one (None inside: 'off'), None to clear.
+SharedOverride = Callable[[tuple[int | None] | None], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +189,9 @@ class Bandwidth:
         self.loaded = False
         # PUT and DELETE write the state file, then change the override: one at a time.
         self._changing = asyncio.Lock()
+        # How many replicas share the limit, and where the override is kept when they do.
+        self.share = 1
+        self.shared: SharedOverride | None = None
 
     @classmethod
     def from_settings(
@@ -212,10 +222,25 @@ class Bandwidth:
         return Limit(None, "none")
 
     def apply(self) -> Limit:
-        """Put the bucket at the limit in force now."""
+        """Put the bucket at the limit in force now (this replica's share of it)."""
         limit = self.in_force()
-        self.bucket.set_rate(limit.rate)
+        rate = limit.rate
+        if rate is not None and self.share > 1:
+            rate = max(1, -(-rate // self.share))
+        self.bucket.set_rate(rate)
         return limit
+
+    def set_share(self, replicas: int) -> None:
+        """`replicas` share the limit from now on (each takes an even part)."""
+        if max(1, replicas) != self.share:
+            self.share = max(1, replicas)
+            self.apply()
+
+    def take_override(self, override: tuple[int | None] | None) -> None:
+        """The override as the shared state has it."""
+        if override != self.override:
+            self.override = override
+            self.apply()
 
     async def run(self) -> None:
         while True:
@@ -224,7 +249,12 @@ class Bandwidth:
 
     async def load(self) -> None:
         """Read the override a previous run kept. A damaged file is set aside and reported: the
-        limit then comes from the settings. Raises OSError when NFS fails (tried again)."""
+        limit then comes from the settings. Raises OSError when NFS fails (tried again).
+        (Shared: the override comes from the shared state instead.)"""
+        if self.shared is not None:
+            self.loaded = True
+            self.apply()
+            return
         loaded = await self._file.load(_parse_override)
         if loaded.value is not None:
             self.override = loaded.value
@@ -241,8 +271,11 @@ class Bandwidth:
 
     async def set_override(self, rate: int | None) -> Limit:
         async with self._changing:
-            data = json.dumps({"limit": format_rate(rate) if rate is None else rate}).encode()
-            await self._file.save(data)
+            if self.shared is not None:
+                await self.shared((rate,))
+            else:
+                data = json.dumps({"limit": format_rate(rate) if rate is None else rate})
+                await self._file.save(data.encode())
             self.override = (rate,)
             limit = self.apply()
         logger.info("Bandwidth override: %s", format_rate(rate))
@@ -250,7 +283,10 @@ class Bandwidth:
 
     async def clear_override(self) -> Limit:
         async with self._changing:
-            await self._file.remove()
+            if self.shared is not None:
+                await self.shared(None)
+            else:
+                await self._file.remove()
             self.override = None
             limit = self.apply()
         logger.info("Bandwidth override cleared: %s (%s)", format_rate(limit.rate), limit.source)

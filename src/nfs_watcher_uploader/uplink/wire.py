@@ -17,6 +17,11 @@ no argument threaded through the SDK. `Meter.payload` (the lean path's and the t
 bodies: counted whole when they go in one piece) and `Meter.body` (each chunk of a stream, a
 body taken whole) are the places bodies are counted.
 
+Commits (Put Blob, Put Block List) pass a gate first, after they have waited for bandwidth and
+just before they are sent: with APP_COORDINATION=azure a member whose validity ended meanwhile
+commits nothing (a commit may wait behind 8 MiB blocks under a cap for longer than a lease).
+A request already on the wire cannot be called back: create-only commits keep that safe.
+
 Proxies: HTTPS_PROXY, HTTP_PROXY and NO_PROXY (and a proxy's credentials in ~/.netrc) apply
 to every request to storage, looked up once for each host a request goes to (`env_proxy`; a
 connection string may name another host than APP_AZURE_ACCOUNT_URL). The session does not
@@ -53,6 +58,7 @@ from nfs_watcher_uploader.constants import (
     SEND_RATE_WINDOW_S,
     UNCAPPED_CHUNK,
 )
+from nfs_watcher_uploader.errors import RetryableError
 from nfs_watcher_uploader.rates import RecentRate
 from nfs_watcher_uploader.uplink.bandwidth import TokenBucket
 
@@ -96,16 +102,36 @@ def waiting_counts_as(progress: Callable[[], None]) -> Generator[None]:
         WAITING.reset(token)
 
 
-class Meter:
-    """The bucket every request takes from, and what was sent."""
+def is_commit(method: str, url: str, headers: Mapping[str, str]) -> bool:
+    """A request that commits a blob: Put Block List, or Put Blob (a blob type, no `comp=`)."""
+    if method != "PUT":
+        return False
+    query = urlsplit(url).query
+    if "comp=blocklist" in query:
+        return True
+    return "comp=" not in query and any(k.lower() == "x-ms-blob-type" for k in headers)
 
-    def __init__(self, bucket: TokenBucket) -> None:
+
+class Meter:
+    """The bucket every request takes from, what was sent, and the gate commits pass."""
+
+    def __init__(self, bucket: TokenBucket, commit_gate: Callable[[], bool] | None = None) -> None:
         self.bucket = bucket
         self._sent = RecentRate(SEND_RATE_WINDOW_S)
         self.total_sent = 0
+        # False: no commit may leave now (see the module docstring). None: always open.
+        self.commit_gate = commit_gate
+        self.commits_held = 0
 
     def __repr__(self) -> str:
-        return f"Meter({self.bucket!r} sent={self.total_sent})"
+        return f"Meter({self.bucket!r} sent={self.total_sent} commits_held={self.commits_held})"
+
+    def check_commit(self, method: str, url: str, headers: Mapping[str, str]) -> None:
+        """Raise RetryableError when `request` is a commit and the gate is closed."""
+        gate = self.commit_gate
+        if gate is not None and is_commit(method, url, headers) and not gate():
+            self.commits_held += 1
+            raise RetryableError("not a valid member now: the commit is held back")
 
     def rate(self) -> float:
         """Bytes per second sent to storage (headers included) over the last few seconds."""
@@ -247,6 +273,8 @@ class Wire:
         # The request that asked first is served first (see TokenBucket).
         head = head_size(method, origin, headers) + len(url.raw_path_qs)
         data = await self.meter.payload(head, body, time.monotonic())
+        # After the wait for the head's tokens, just before sending (see the module docstring).
+        self.meter.check_commit(method, str(url), headers)
         try:
             response = await self.session.request(
                 method,
@@ -303,9 +331,11 @@ class MeteredTransport(AioHttpTransport):
         head = head_size(request.method, request.url, request.headers)
         if not isinstance(data, _BYTES):  # no body (or one we do not split): take it whole
             await meter.take(head, priority)
+            meter.check_commit(request.method, request.url, request.headers)
             await meter.body(int(request.headers.get("Content-Length") or 0), priority)
             return await send(request, **config)
         request.data = await meter.payload(head, cast(bytes, data), priority)
+        meter.check_commit(request.method, request.url, request.headers)
         try:
             return await send(request, **config)
         finally:

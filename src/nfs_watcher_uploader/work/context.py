@@ -52,6 +52,23 @@ class Progress(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class Replica:
+    """What the steps of a file need to know about the other replicas on the share.
+
+    `valid` says whether this process may claim now (with APP_COORDINATION=azure: its
+    membership is valid, see coord/validity.py); it is asked in the claim's own thread, just
+    before the rename. `shared`: other replicas may take this process's claimed files over
+    (a peer adopted them while this one was paused), so a claimed file that is gone was taken
+    by a peer: not an error, and not counted here."""
+
+    valid: Callable[[], bool] = lambda: True
+    shared: bool = False
+
+
+ALONE = Replica()
+
+
+@dataclass(frozen=True, slots=True)
 class Context:
     """What the steps of a file share: where files go, whose they are, NFS, the counters."""
 
@@ -61,3 +78,4 @@ class Context:
     telemetry: Telemetry
     stats: Stats
     delivery: Delivery
+    replica: Replica = ALONE

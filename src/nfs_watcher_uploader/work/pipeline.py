@@ -37,7 +37,7 @@ from nfs_watcher_uploader.sessions.registry import Sessions
 from nfs_watcher_uploader.telemetry import Telemetry
 from nfs_watcher_uploader.uplink.wire import SENDING
 from nfs_watcher_uploader.work.completions import CompletedFiles
-from nfs_watcher_uploader.work.context import Context, Seams
+from nfs_watcher_uploader.work.context import ALONE, Context, Replica, Seams
 from nfs_watcher_uploader.work.order import WorkQueue
 from nfs_watcher_uploader.work.parked import ParkedFiles
 from nfs_watcher_uploader.work.progress import FileProgress, FileState, InFlight
@@ -80,6 +80,7 @@ class Pipeline:
         rng: random.Random | None = None,
         seams: Seams | None = None,
         delivery: Delivery | None = None,
+        replica: Replica = ALONE,
     ) -> None:
         self.settings = settings
         self.layout = Layout.from_settings(settings)
@@ -89,7 +90,7 @@ class Pipeline:
         self.stats = Stats()
         # Files marked completed, for GC's last look.
         self.completed = CompletedFiles()
-        context = Context(self.layout, sessions, nfs, telemetry, self.stats, self.delivery)
+        context = Context(self.layout, sessions, nfs, telemetry, self.stats, self.delivery, replica)
         seams = seams or Seams()
         self.transfer = Transfer(context, storage, self.completed, seams, settings.allow_hard_links)
         self.parked = ParkedFiles(context, self.put, seams.move)

@@ -69,6 +69,7 @@ class Transfer:
         self.layout, self.sessions, self.nfs = context.layout, context.sessions, context.nfs
         self.telemetry, self.stats = context.telemetry, context.stats
         self.delivery = context.delivery
+        self.replica = context.replica
         self.storage, self.completed = storage, completed
         self.allow_links = allow_links
         self._on_staged, self._claim = seams.on_staged, seams.claim
@@ -95,7 +96,7 @@ class Transfer:
                 )
             else:
                 moved = await self.nfs.call_batched(
-                    lambda: self._claim(folder, item.rel, dst, item.seen, links)
+                    lambda: self._claim_if_valid(folder, item.rel, dst, item.seen, links)
                 )
         if moved is Moved.TAKEN:
             if session.hold(item.rel):
@@ -117,7 +118,7 @@ class Transfer:
         self, folder: Path, item: WorkItem, dst: Path, touch: Callable[[], None]
     ) -> tuple[Moved, ReadAhead]:
         """In a thread: the claim, then (claimed) the read of a small file."""
-        moved = self._claim(folder, item.rel, dst, item.seen, self.allow_links)
+        moved = self._claim_if_valid(folder, item.rel, dst, item.seen, self.allow_links)
         if moved is not Moved.DONE:
             return moved, None
         s = self.storage
@@ -133,6 +134,16 @@ class Transfer:
             )
         except Exception as exc:  # the copy's error, for `_copy_out`, after the claim's
             return moved, exc
+
+    def _claim_if_valid(
+        self, folder: Path, rel: str, dst: Path, seen: tuple[int, int] | None, links: bool
+    ) -> Moved:
+        """In a thread: the claim, if this process may claim now. Validity is asked here, in
+        the rename's own thread: nothing can pass between the check and the rename (a member
+        whose validity ended claims nothing)."""
+        if not self.replica.valid():
+            return Moved.GONE
+        return self._claim(folder, rel, dst, seen, links)
 
     async def process(
         self, item: WorkItem, slot: Progress, session: Session, ahead: ReadAhead = None
@@ -151,7 +162,9 @@ class Transfer:
             slot.enter("uploading", staged.read.size)
             item, sent_bytes = await self._upload(item, staged, slot, session)
         slot.enter("committing")
-        await self._record_and_complete(item)
+        if not await self._record_and_complete(item):
+            session.release(item)  # a peer took the file over: it counts it
+            return
         self._count_uploaded(item, session, sent_bytes)
 
     async def _stage(self, item: WorkItem, slot: Progress, ahead: ReadAhead) -> Staged | None:
@@ -224,6 +237,9 @@ class Transfer:
             return None
         if still_there:
             raise RetryableError(f"source not readable yet: {exc}") from exc
+        if self.replica.shared:  # a peer took it over while this process was away
+            logger.info("%s was taken over by a peer", printable(item.rel), extra=log_extra(item))
+            raise Skip from exc
         raise PermanentError(f"claimed file vanished from {src.parent}") from exc
 
     async def _upload(
@@ -241,13 +257,20 @@ class Transfer:
         overwrite = item.overwrite or (item.completed and not self.storage.can_read)
         read = staged.read
         info = self.delivery.labels.for_file(item.session_name, wanted, read.md5, read.mtime_ns)
+        # Sent again over its own blob: only over the version this file's commit left there.
+        if_match = item.etag if overwrite else None
         with self.telemetry.step("upload", **attrs):
             sent = await self.storage.upload(
-                local, wanted, staged, slot.touch, overwrite, log_extra(item), info
+                local, wanted, staged, slot.touch, overwrite, log_extra(item), info, if_match
             )
         committed = (read.size, read.mtime_ns)
         item = replace(
-            item, blob_name=sent.blob_name, committed=committed, overwrite=False, md5=read.md5
+            item,
+            blob_name=sent.blob_name,
+            committed=committed,
+            overwrite=False,
+            md5=read.md5,
+            etag=sent.etag,
         )
         if sent.already:
             logger.info(
@@ -264,12 +287,13 @@ class Transfer:
             await anyio.to_thread.run_sync(remove_staged, local, item)
         return item, 0 if sent.already else staged.read.size
 
-    async def _record_and_complete(self, item: WorkItem) -> None:
+    async def _record_and_complete(self, item: WorkItem) -> bool:
         """Append the committed blob to the session's ledger (unless an earlier attempt did),
         then move the claimed file into the completed tree if it still has the size and mtime
         of the bytes committed (LateWrite if not), in one thread call. The line comes first: a
         crash after it leaves a line the manifest reads once (the last line of a blob wins),
-        a crash before it a file that is uploaded, and recorded, again."""
+        a crash before it a file that is uploaded, and recorded, again. False when a peer took
+        the file over meanwhile (APP_COORDINATION=azure): the peer counts it, not this process."""
         done = self.layout.completed(item)
         ledger = self.delivery.ledger  # None: APP_MANIFEST=off
         ticket = None if ledger is None or item.recorded else ledger.queue(item)
@@ -293,8 +317,16 @@ class Transfer:
         assert item.committed is not None
         if moved is Moved.DONE:
             self.completed.add(done, Completed(item, *item.committed))
+        elif self.replica.shared and not item.completed:
+            logger.info(
+                "%s was taken over by a peer before it was marked completed",
+                printable(item.rel),
+                extra=log_extra(item),
+            )
+            return False
         else:  # neither side is there: GC already took it
             logger.info("%s already collected", printable(item.rel), extra=log_extra(item))
+        return True
 
     def _record_then_complete(
         self, item: WorkItem, done: Path, ticket: Ticket | None
