@@ -90,15 +90,22 @@ def _info() -> BlobInfo:
     return BlobLabels(settings).for_file("cam one", NAME, MD5, 1_764_836_102_123_456_789)
 
 
-def _same(sdk: list[Request], lean: list[Request], sdk_name: str, lean_name: str) -> None:
+def _same(
+    sdk: list[Request],
+    lean: list[Request],
+    sdk_name: str,
+    lean_name: str,
+    own: frozenset[str] = frozenset(),
+) -> None:
+    """`own`: headers whose values are each blob's own (an If-Match ETag): there on both."""
     assert len(sdk) == len(lean) == 1, (sdk, lean)
     a, b = sdk[0], lean[0]
     assert a.method == b.method
     assert a.target.replace(sdk_name, lean_name) == b.target
     ha, hb = a.header_map(), b.header_map()
-    for name in PER_ATTEMPT:
+    for name in PER_ATTEMPT | own:
         assert (name in ha) == (name in hb), name
-    strip = lambda h: {k: v for k, v in h.items() if k not in PER_ATTEMPT}  # noqa: E731
+    strip = lambda h: {k: v for k, v in h.items() if k not in PER_ATTEMPT | own}  # noqa: E731
     assert strip(ha) == strip(hb)
     assert a.body == b.body
 
@@ -189,3 +196,83 @@ async def _read(relay: Relay, container: str, name: str) -> bytes:
     async with BlobServiceClient(relay.url, key) as client:
         blob = client.get_container_client(container).get_blob_client(name)
         return await (await blob.download_blob()).readall()
+
+
+@pytest.mark.parametrize("kind", ["connection-string", "sas"])
+async def test_an_overwrite_on_the_etag_of_its_own_commit_is_the_sdks_and_only_replaces_that_version(
+    recorder: Relay, made: str, kind: str
+) -> None:
+    """A file sent again whole over its own blob (a late write) carries If-Match: the ETag its
+    commit left (APP_COORDINATION=azure: never over another member's version). Put Blob and
+    Put Block List with If-Match are the SDK's with etag + MatchConditions.IfNotModified; the
+    ETag each returns is the blob's new one, and a stale ETag is refused (412), the blob kept."""
+    from azure.core import MatchConditions
+    from azure.core.exceptions import ResourceModifiedError
+
+    info = _info()
+    sdk_name, lean_name, sdk_q, lean_q = _names(f"if-match-{kind}")
+    settings = ContentSettings(content_type=info.content_type, content_md5=bytearray(MD5))
+    async with both(recorder, kind, made) as b:
+        sdk_blob = b.container.get_blob_client(sdk_name)
+        first_sdk = await sdk_blob.upload_blob(DATA, content_settings=settings)
+        first = await b.rest.put_blob(lean_name, DATA, MD5, BlobHeaders.of(info, MD5, False))
+        assert first is not None and first.startswith('"')
+        recorder.recorded()
+        # Put Blob over the version this file's commit left.
+        await sdk_blob.upload_blob(
+            DATA,
+            overwrite=True,
+            content_settings=settings,
+            validate_content=True,
+            etag=first_sdk["etag"],
+            match_condition=MatchConditions.IfNotModified,
+            **info.upload_kwargs(),
+        )
+        sdk = recorder.recorded()
+        condition = {"If-Match": first}
+        second = await b.rest.put_blob(
+            lean_name, DATA, MD5, BlobHeaders.of(info, MD5, True, condition)
+        )
+        lean = recorder.recorded()
+        _same(sdk, lean, sdk_q, lean_q, frozenset({"if-match"}))
+        assert sdk[0].header_map()["if-match"] == first_sdk["etag"]
+        assert lean[0].header_map()["if-match"] == first
+        assert "if-none-match" not in lean[0].header_map()
+        assert second is not None and second != first
+        # Put Block List over that version, as commit_block_list(etag=..., IfNotModified).
+        ids = [block_id(bytes(32), 0, MD5)]
+        sdk_props = await sdk_blob.get_blob_properties()
+        await sdk_blob.stage_block(ids[0], DATA, transactional_content_md5=MD5)
+        await b.rest.put_block(lean_name, ids[0], DATA, MD5)
+        recorder.recorded()
+        commit: Any = sdk_blob.commit_block_list
+        await commit(
+            ids,
+            content_settings=settings,
+            etag=sdk_props.etag,
+            match_condition=MatchConditions.IfNotModified,
+            **info.upload_kwargs(),
+        )
+        sdk = recorder.recorded()
+        blob = BlobHeaders.of(info, MD5, True, {"If-Match": second})
+        third = await b.rest.put_block_list(lean_name, ids, blob)
+        lean = recorder.recorded()
+        _same(sdk, lean, sdk_q, lean_q, frozenset({"if-match"}))
+        assert lean[0].header_map()["if-match"] == second
+        assert third is not None and third not in (first, second)
+        # A version it did not write (the ETag is stale now): refused, the blob kept.
+        with pytest.raises(ResourceModifiedError) as refused:
+            await b.rest.put_blob(lean_name, DATA, MD5, BlobHeaders.of(info, MD5, True, condition))
+        assert refused.value.status_code == 412
+        recorder.recorded()
+    props = await _props(recorder, made, lean_name)
+    assert props == third
+    assert await _read(recorder, made, lean_name) == DATA
+
+
+async def _props(relay: Relay, container: str, name: str) -> str:
+    """The blob's ETag, read with the account key."""
+    key = {"account_name": ACCOUNT, "account_key": KEY}
+    async with BlobServiceClient(relay.url, key) as client:
+        blob = client.get_container_client(container).get_blob_client(name)
+        return str((await blob.get_blob_properties()).etag)
