@@ -199,7 +199,7 @@ async def _read(relay: Relay, container: str, name: str) -> bytes:
 
 
 @pytest.mark.parametrize("kind", ["connection-string", "sas"])
-async def test_an_overwrite_on_the_etag_of_its_own_commit_is_the_sdks_and_only_replaces_that_version(
+async def test_an_if_match_overwrite_is_the_sdks_and_replaces_only_the_version_it_names(
     recorder: Relay, made: str, kind: str
 ) -> None:
     """A file sent again whole over its own blob (a late write) carries If-Match: the ETag its

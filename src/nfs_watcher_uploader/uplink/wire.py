@@ -17,9 +17,10 @@ no argument threaded through the SDK. `Meter.payload` (the lean path's and the t
 bodies: counted whole when they go in one piece) and `Meter.body` (each chunk of a stream, a
 body taken whole) are the places bodies are counted.
 
-Commits (Put Blob, Put Block List) pass a gate first, after they have waited for bandwidth and
-just before they are sent: with APP_COORDINATION=azure a member whose validity ended meanwhile
-commits nothing (a commit may wait behind 8 MiB blocks under a cap for longer than a lease).
+Commits (Put Blob, Put Block List) pass a gate before their bytes are counted and again after
+they have waited for bandwidth, just before they are sent: with APP_COORDINATION=azure a member
+whose validity ended meanwhile commits nothing (a commit may wait behind 8 MiB blocks under a
+cap for longer than a lease).
 A request already on the wire cannot be called back: create-only commits keep that safe.
 
 Proxies: HTTPS_PROXY, HTTP_PROXY and NO_PROXY (and a proxy's credentials in ~/.netrc) apply
@@ -126,10 +127,11 @@ class Meter:
     def __repr__(self) -> str:
         return f"Meter({self.bucket!r} sent={self.total_sent} commits_held={self.commits_held})"
 
-    def check_commit(self, method: str, url: str, headers: Mapping[str, str]) -> None:
-        """Raise RetryableError when `request` is a commit and the gate is closed."""
+    def check_commit(self, method: str, url: str | URL, headers: Mapping[str, str]) -> None:
+        """Raise RetryableError when the request is a commit and the gate is closed (no gate:
+        nothing is looked at)."""
         gate = self.commit_gate
-        if gate is not None and is_commit(method, url, headers) and not gate():
+        if gate is not None and is_commit(method, str(url), headers) and not gate():
             self.commits_held += 1
             raise RetryableError("not a valid member now: the commit is held back")
 
@@ -272,9 +274,12 @@ class Wire:
         proxy = self._proxies[origin] if origin in self._proxies else await self.proxy_for(origin)
         # The request that asked first is served first (see TokenBucket).
         head = head_size(method, origin, headers) + len(url.raw_path_qs)
-        data = await self.meter.payload(head, body, time.monotonic())
-        # After the wait for the head's tokens, just before sending (see the module docstring).
-        self.meter.check_commit(method, str(url), headers)
+        meter = self.meter
+        # A commit is held back before any of its bytes are counted, and again after a wait for
+        # the head's tokens, just before sending (see the module docstring).
+        meter.check_commit(method, url, headers)
+        data = await meter.payload(head, body, time.monotonic())
+        meter.check_commit(method, url, headers)
         try:
             response = await self.session.request(
                 method,
@@ -334,6 +339,7 @@ class MeteredTransport(AioHttpTransport):
             meter.check_commit(request.method, request.url, request.headers)
             await meter.body(int(request.headers.get("Content-Length") or 0), priority)
             return await send(request, **config)
+        meter.check_commit(request.method, request.url, request.headers)
         request.data = await meter.payload(head, cast(bytes, data), priority)
         meter.check_commit(request.method, request.url, request.headers)
         try:
