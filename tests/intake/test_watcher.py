@@ -478,3 +478,32 @@ def test_a_link_in_place_of_a_sessions_claimed_folder_is_never_followed(
     container = azurite.container(settings.azure_container)
     assert blob_bytes(container, f"{date}/lnk/secret.txt") is None
     assert secret.read_bytes() == b"not the service's"
+
+
+async def test_a_file_another_replica_should_take_keeps_a_quiet_folder_listed_until_stolen(
+    parts: tuple[Settings, Sessions, Pipeline],
+) -> None:
+    """With other replicas (APP_COORDINATION=azure) a ready file that rendezvous gives to
+    another member is offered here once it has looked unchanged for APP_STEAL_AFTER_S (the
+    other may be gone). Idle skipping must not hide it: among young files that would make the
+    folder quiet, it is listed every poll and its unchanged time goes on counting."""
+    now = [time.time()]
+    folder, watcher, counting = _quiet_parts(parts, clock=lambda: now[0])
+    theirs = write_file(folder / "theirs.bin", b"rendezvous says another member")
+    os.utime(theirs, (now[0] - 3600, now[0] - 3600))
+    asked: list[float] = []
+
+    def take(session: str, rel: str, stable_s: float) -> bool:
+        asked.append(stable_s)
+        return rel != "theirs.bin" or stable_s >= 30  # APP_STEAL_AFTER_S
+
+    watcher.take = take
+    for _ in range(4):
+        await watcher.scan_once()
+        now[0] += 1
+    assert parts[2].queue.qsize() == 0  # another member's, not yet stale
+    assert (counting.listings, watcher.quiet_polls) == (4, 0)
+    now[0] += 30
+    await watcher.scan_once()
+    assert parts[2].queue.get_nowait().rel == "theirs.bin"  # the oldest goes first
+    assert asked[-1] >= 30 and counting.listings == 5
