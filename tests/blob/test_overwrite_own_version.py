@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from nfs_watcher_uploader.blob.storage import Storage
 from nfs_watcher_uploader.config import Settings
@@ -31,7 +32,7 @@ async def _storage(azurite: Azurite) -> tuple[Storage, str]:
     container = f"own{uuid.uuid4().hex[:20]}"
     settings = Settings(
         azure_account_url=azurite.url,
-        azure_connection_string=azurite.connection_string,
+        azure_connection_string=SecretStr(azurite.connection_string),
         azure_container=container,
         azure_max_block_size=BLOCK,
         azure_max_single_put_size=BLOCK,
