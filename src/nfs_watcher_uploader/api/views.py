@@ -56,13 +56,19 @@ def session_view(
     uplink_rate: float | None = None,
 ) -> SessionView:
     """`session` as this process knows it; with other replicas, its counters summed over them
-    (replicas/progress: `Service.totals`). `files` (the session's files in flight) and
-    `uplink_rate`, when the caller has them for several sessions already."""
+    (replicas/progress: `Service.totals`), and its bytes done with them. `files` (the
+    session's files in flight) and `uplink_rate`, when the caller has them for several
+    sessions already."""
     view = _session_view(service, session, files, uplink_rate)
     totals = service.totals(session)
     if totals is None:
         return view
-    return view.model_copy(update={k: totals.get(k, 0) for k in SUMMED})
+    update: dict[str, object] = {k: totals.get(k, 0) for k in SUMMED}
+    # Bytes done: what every member uploaded, and this one's files in flight (the others'
+    # files in flight, rate and ETA are not published: those stay this replica's own).
+    others = totals.get("bytes_uploaded", 0) - session.bytes_uploaded
+    update["bytes_done"] = view.bytes_done + max(0, others)
+    return view.model_copy(update=update)
 
 
 def _session_view(

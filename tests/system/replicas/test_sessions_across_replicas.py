@@ -75,6 +75,12 @@ def test_any_replica_starts_and_stops_and_every_one_shows_the_whole(
         assert len(members) == 3 and sum(m["leader"] for m in members) == 1
         assert {m["host"] for m in members} == {"replica-0", "replica-1", "replica-2"}
         assert all(v["bytes_uploaded"] >= 0 for v in views)
+        # The progress every replica shows counts every member's bytes, as the counters do.
+        whole = sum(1000 + i for i in range(30))
+        for replica in c.replicas:
+            view = replica.get("/v1/sessions/whole").json()
+            assert view["bytes_uploaded"] == whole
+            assert view["bytes_done"] == whole and view["bytes_remaining"] == 0
 
 
 def test_a_storage_outage_makes_start_and_stop_answer_503_and_changes_nothing(
