@@ -140,6 +140,13 @@ class Coordinator:
         problem = snapshot.damaged
         if problem is None and snapshot.etag is None and known is not None and known.etag:
             problem = f"the session state blob was removed (last generation {known.doc.generation})"
+        if problem is None and known is not None and snapshot.doc.generation < known.doc.generation:
+            # Every write raises the generation: a lower one is an older state put back by
+            # hand (a restored copy), never a newer write.
+            problem = (
+                f"the session state blob went back from generation {known.doc.generation} "
+                f"to {snapshot.doc.generation} (an older copy put back)"
+            )
         with self._lock:
             self._read_etag = snapshot.etag
             self.state_problem = problem if known is not None else snapshot.damaged

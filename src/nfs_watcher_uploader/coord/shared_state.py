@@ -111,13 +111,20 @@ class SharedState:
         changed nothing). Raises what `change` raises (SessionConflict), ControlUnavailable
         (storage, or CAS_TRIES races lost in a row), ControlRefused, StateTooNew.
 
-        `fallback` is the last state the caller read whole: when the blob is damaged, or gone
-        (deleted by hand), `change` applies to it instead of to an empty state, so that no
-        session is forgotten because someone replaced or removed the blob."""
+        `fallback` is the last state the caller read whole: when the blob is damaged, gone
+        (deleted by hand), or of an older generation (an older copy put back), `change`
+        applies to it instead, so that no session is forgotten or brought back because someone
+        replaced or removed the blob."""
         for _ in range(CAS_TRIES):
             snap = self.read()
             base = snap.doc
-            lost = snap.damaged is not None or snap.etag is None
+            # Damaged, removed, or an older state put back (a lower generation: every write
+            # raises it).
+            lost = (
+                snap.damaged is not None
+                or snap.etag is None
+                or (fallback is not None and fallback.generation > base.generation)
+            )
             if lost and fallback is not None and fallback.generation >= base.generation:
                 base = fallback
             new = change(base)
