@@ -182,3 +182,31 @@ def test_blobs_that_are_not_members_and_bad_metadata_never_break_the_roster(
     assert bad is not None and bad.progress == {} and bad.adopted_by is None
     assert bad.problem is not None and "progress" in bad.problem and "adopter" in bad.problem
     assert bad in view.orphans(member.incarnation)
+
+
+@pytest.mark.adversarial
+def test_a_dead_members_blob_leased_by_hand_for_good_is_dead_and_adopted(
+    control: Control, join: Callable[..., Member]
+) -> None:
+    """Review of issue 24, finding 2. A lease taken by hand on a member blob (Azure Storage
+    Explorer's "Acquire Lease" takes an infinite one) made that member live for good: its
+    tree was never adopted, so the files it had claimed were never uploaded, and as the
+    oldest member it led for good, so no drain ever ended. Members hold only leases of
+    LEASE_S seconds; a member with any other lease is not one of ours alive."""
+    victim = _join_in_a_second_of_its_own(join)
+    clock = ManualClock()
+    me = join(start=False, clock=clock)
+    _break(control, victim)
+    blob = control.client().get_blob_client(member_blob(victim.incarnation))
+    BlobLeaseClient(blob).acquire(lease_duration=-1)
+
+    coordinator = Coordinator(me, control.client)
+    coordinator.iteration()
+    view = coordinator.view
+    assert view is not None
+    assert view.leader() == me.incarnation
+    assert [o.incarnation for o in view.orphans(me.incarnation)] == [victim.incarnation]
+    for _ in range(3):
+        clock.advance(5.0)
+        assert me.renew_once()
+    assert [w.incarnation for w in coordinator.adopt()] == [victim.incarnation]

@@ -4,8 +4,11 @@ One listing of the control container, with metadata, every ROSTER_EVERY_S, shows
 blob with its lease status, ETag and metadata, and the session state blob's ETag (so a change
 of the state costs a read only when it happened).
 
-    live      a member blob whose lease is held (Azure lists it `locked`) and not adopted
-    dead      any other member blob: its lease expired, was broken or released
+    live      a member blob whose lease is held (Azure lists it `locked`) for a fixed period,
+              as members take it, and not adopted
+    dead      any other member blob: its lease expired, was broken or released, or it is held
+              by a lease no member takes (an infinite one, acquired by hand: Storage Explorer's
+              "Acquire Lease"), which its adopter breaks
     leader    the oldest live member (by the creation time storage gave its blob; then by name):
               every replica reads the same listing, so they agree without a lease of its own,
               and every leader action is conditional, so two brief leaders are harmless
@@ -30,7 +33,7 @@ from datetime import UTC, datetime
 from typing import cast
 
 from azure.core.exceptions import HttpResponseError
-from azure.storage.blob import BlobProperties, ContainerClient
+from azure.storage.blob import BlobLeaseClient, BlobProperties, ContainerClient
 
 from nfs_watcher_uploader.coord import progress as progress_codec
 from nfs_watcher_uploader.coord.constants import (
@@ -66,6 +69,9 @@ class MemberRecord:
     progress: dict[str, dict[str, int]] = field(default_factory=dict[str, dict[str, int]])
     # What could not be read in its metadata (None: all of it could).
     problem: str | None = None
+    # Locked by a lease no member takes (not for a fixed period): not `held`, and broken by
+    # the adopter, whose write it would refuse.
+    foreign_lease: bool = False
 
     @property
     def live(self) -> bool:
@@ -182,10 +188,17 @@ class Roster:
         if problems:
             self._report(incarnation, f"member {incarnation}: " + "; ".join(problems))
         created = blob.creation_time or blob.last_modified
+        locked = plain(blob.lease.status) == "locked"
+        fixed = plain(blob.lease.duration) == "fixed"
+        if locked and not fixed:
+            self._report(
+                f"{incarnation}-lease",
+                f"member {incarnation}: held by a lease no member takes; read as dead",
+            )
         return MemberRecord(
             incarnation=incarnation,
             etag=quoted(str(blob.etag)),
-            held=plain(blob.lease.status) == "locked",
+            held=locked and fixed,
             created=created.timestamp() if created else 0.0,
             host=label(meta.get(META_HOST, "")),
             version=label(meta.get(META_VERSION, "")),
@@ -193,6 +206,7 @@ class Roster:
             adopted_at=label(meta.get(META_ADOPTED_AT, "")) or None,
             progress=progress,
             problem="; ".join(problems) or None,
+            foreign_lease=locked and not fixed,
         )
 
     def _report(self, key: str, text: str) -> None:
@@ -212,6 +226,9 @@ class Roster:
             metadata[META_PROGRESS] = progress_codec.encode(record.progress)[0]
         blob = self._client.get_blob_client(member_blob(record.incarnation))
         try:
+            if record.foreign_lease:  # a lease does not change the ETag: If-Match still holds
+                self.requests += 1
+                BlobLeaseClient(blob).break_lease(lease_break_period=0, if_match=record.etag)
             self.requests += 1
             written = blob.set_blob_metadata(metadata, if_match=record.etag)
         except HttpResponseError as exc:
