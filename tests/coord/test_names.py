@@ -48,3 +48,16 @@ def test_only_blobs_named_after_an_incarnation_are_members() -> None:
     assert incarnation_of(f"members/{inc}") == inc
     for name in (f"members/{inc.upper()}", f"members/{inc}/x", "members/", f"other/{inc}"):
         assert incarnation_of(name) is None
+
+
+@pytest.mark.adversarial
+@pytest.mark.parametrize("special", ["$root", "$web", "$logs"])
+def test_a_special_data_container_never_shares_a_control_container_with_its_plain_namesake(
+    special: str,
+) -> None:
+    """Review of issue 24, finding 3. `$root` and `root` (or `$web` and `web`, `$logs` and
+    `logs`) both derived `root-ctl`: two deployments on one account shared one roster and one
+    session state, each adopting the other's members and ending the other's sessions."""
+    plain = special.lstrip("$")
+    assert control_container_name(special) != control_container_name(plain)
+    assert CONTAINER_NAME_RE.fullmatch(control_container_name(special))

@@ -5,7 +5,8 @@ hyphens, starting and ending with a letter or a digit, no two hyphens in a row
 (https://learn.microsoft.com/rest/api/storageservices/naming-and-referencing-containers--blobs--and-metadata).
 The control container is derived from the data container, `<data>-ctl`, unless
 APP_AZURE_CONTROL_CONTAINER names one; a derived name too long for the rules keeps the start of
-the data container's name and a hash of all of it, so two data containers never share one.
+the data container's name and a hash of all of it, so two data containers never share one;
+so does the name of `$root`, `$web` or `$logs` (`root-<hash>-ctl`: `root-ctl` is `root`'s).
 """
 
 import hashlib
@@ -45,7 +46,9 @@ def control_container_name(data_container: str, configured: str | None = None) -
     # `$root`, `$web` and `$logs` are data containers too; the `$` cannot be in ours.
     base = re.sub(r"-{2,}", "-", data_container.lstrip("$").lower()).strip("-")
     name = f"{base}{CONTROL_SUFFIX}"
-    if len(name) > CONTAINER_NAME_MAX:
+    # A name that had to be changed (`$root` is `root` without its `$`) or cut carries a hash
+    # of the whole name: `$root` and `root` never share one.
+    if len(name) > CONTAINER_NAME_MAX or base != data_container:
         digest = hashlib.sha256(data_container.encode("utf-8", "surrogateescape")).hexdigest()
         keep = CONTAINER_NAME_MAX - len(CONTROL_SUFFIX) - _HASH_HEX - 1
         name = f"{base[:keep].rstrip('-')}-{digest[:_HASH_HEX]}{CONTROL_SUFFIX}"
