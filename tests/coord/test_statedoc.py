@@ -6,6 +6,7 @@ import json
 import pytest
 
 from nfs_watcher_uploader.coord import progress
+from nfs_watcher_uploader.coord.constants import COUNTER_MAX
 from nfs_watcher_uploader.coord.errors import StateTooNew
 from nfs_watcher_uploader.coord.statedoc import EMPTY, dump, parse
 from nfs_watcher_uploader.coord.untrusted import load_json
@@ -114,3 +115,30 @@ def test_counters_of_a_session_add_up_over_members() -> None:
     ]
     assert progress.total(members, "s") == {"uploaded": 5, "renamed": 1}
     assert progress.total(members, "none") == {}
+
+
+@pytest.mark.adversarial
+@pytest.mark.parametrize("field", ["generation", "drain_gen"])
+def test_a_state_whose_generation_no_member_could_publish_as_quiet_is_refused(
+    field: str,
+) -> None:
+    """Review of issue 24, finding 6. A state put in place by hand with a generation of 2^53
+    or more was read as a valid state; every member then published `quiet` counters of that
+    generation, which peers refuse (progress counters stop below 2^53), so the leader saw no
+    member quiet and every drain waited for its timeout. A generation a member cannot publish
+    makes the state unusable (set aside and written back from the state known)."""
+    session = {
+        "name": "s",
+        "date_prefix": "20261204",
+        "state": "draining",
+        "started_at": 1.0,
+        "stopped_at": 2.0,
+        "drain_gen": 3,
+    }
+    doc = {"version": 1, "generation": 5, "sessions": [session]}
+    if field == "generation":
+        doc["generation"] = COUNTER_MAX
+    else:
+        session["drain_gen"] = COUNTER_MAX
+    with pytest.raises(ValueError):
+        parse(json.dumps(doc).encode())

@@ -40,7 +40,7 @@ from pydantic import (
 )
 
 from nfs_watcher_uploader.constants import DATE_DIR_RE
-from nfs_watcher_uploader.coord.constants import JSON_MAX_DEPTH, STATE_MAX_BYTES
+from nfs_watcher_uploader.coord.constants import COUNTER_MAX, JSON_MAX_DEPTH, STATE_MAX_BYTES
 from nfs_watcher_uploader.coord.errors import StateTooNew
 from nfs_watcher_uploader.coord.untrusted import load_json
 from nfs_watcher_uploader.items import SessionStateName, check_session_name
@@ -74,14 +74,14 @@ class StoredSession(BaseModel):
     started_at: Seconds
     stopped_at: Seconds | None = None
     redrained_at: Seconds | None = None
-    drain_gen: int | None = Field(default=None, ge=0)
+    drain_gen: int | None = Field(default=None, ge=0, lt=COUNTER_MAX)
     # A file it had uploaded changed after it ended: its next end is reported as an update
     # (`session.updated`, cloud/reports).
     updated: bool = False
     # The generation of its latest end (cloud/reports): the next end's is higher whatever the
     # clocks of the leaders that judged them, so the later end's manifest is never taken for
     # an older one.
-    end_generation: int = Field(default=0, ge=0)
+    end_generation: int = Field(default=0, ge=0, lt=COUNTER_MAX)
 
     @property
     def watched(self) -> bool:
@@ -110,7 +110,7 @@ class ReportDue(BaseModel):
     drain_start: Seconds | None = None
     finished_at: Seconds
     # The end's generation and whether it is reported as an update (cloud/reports' job).
-    generation: int = Field(default=0, ge=0)
+    generation: int = Field(default=0, ge=0, lt=COUNTER_MAX)
     updated: bool = False
 
 
@@ -126,7 +126,9 @@ class StateDoc(BaseModel):
     model_config = ConfigDict(frozen=True, strict=True, extra="ignore", hide_input_in_errors=True)
 
     version: int = STATE_VERSION
-    generation: int = Field(default=0, ge=0)
+    # Below 2^53, as every counter a member publishes (its `quiet` is a generation): a state
+    # of a higher one would leave every member unable to say it is quiet.
+    generation: int = Field(default=0, ge=0, lt=COUNTER_MAX)
     sessions: tuple[StoredSession, ...] = Field(default=(), max_length=SESSIONS_MAX)
     reports: tuple[ReportDue, ...] = Field(default=(), max_length=SESSIONS_MAX)
     bandwidth_override: BandwidthOverride | None = None
