@@ -2,12 +2,15 @@
 
 import logging
 import traceback
+from collections.abc import Callable
+from types import SimpleNamespace
 
 import pytest
 from azure.core.credentials import AzureSasCredential
 from azure.core.exceptions import HttpResponseError
 
 from nfs_watcher_uploader.coord.client import control_client, ensure_container
+from nfs_watcher_uploader.coord.coordinator import Coordinator
 from nfs_watcher_uploader.coord.errors import (
     ControlRefused,
     ControlUnavailable,
@@ -19,8 +22,11 @@ from nfs_watcher_uploader.coord.member import Member
 from nfs_watcher_uploader.coord.roster import Roster
 from tests.support.helpers import ACCOUNT, Azurite, free_port
 
+from .conftest import Control
+
 SIG = "s3cr3tS1gnature%2Bvalue%3D"
 SAS = f"sv=2025-11-05&sr=c&sp=rwdl&se=2099-01-01T00%3A00%3A00Z&sig={SIG}"
+SAS_URL = f"https://acct.blob.core.windows.net/c-ctl?comp=list&{SAS}"
 
 
 def test_redact_removes_signatures_keys_and_tokens() -> None:
@@ -91,3 +97,24 @@ def test_storage_answers_are_classified_like_the_upload_path(
     setattr(exc, "error_code", code)  # noqa: B010 (set by the SDK from the answer)
     error = classify(exc, "doing it")
     assert type(error) is kind and SIG not in str(error)
+
+
+@pytest.mark.adversarial
+def test_a_control_error_that_is_a_bug_shows_no_secret_in_the_status(
+    control: Control, join: Callable[..., Member]
+) -> None:
+    """Review of issue 24, finding 7. An unexpected exception in the coordinator's loop (a bug,
+    or an exception a library raises outside the storage errors) was kept as `repr(exc)`,
+    unredacted, and /v1/status shows it as `coordination_error`: a SAS in a URL of its text
+    reached the answer. Control errors also kept a URL's user and password."""
+    coordinator = Coordinator(join(start=False), control.client)
+
+    def read() -> None:
+        coordinator._stop.set()  # pyright: ignore[reportPrivateUsage]
+        raise RuntimeError(f"GET {SAS_URL} failed")
+
+    coordinator._roster = SimpleNamespace(read=read)  # type: ignore[assignment]  # pyright: ignore[reportPrivateUsage]
+    coordinator.run()
+    assert coordinator.last_error is not None and "RuntimeError" in coordinator.last_error
+    assert SIG not in coordinator.last_error
+    assert "p4ss" not in str(ControlUnavailable("listing: https://me:p4ss@acct.example/c-ctl"))

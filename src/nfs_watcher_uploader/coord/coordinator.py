@@ -29,7 +29,7 @@ from collections.abc import Callable
 from azure.storage.blob import ContainerClient
 
 from nfs_watcher_uploader.coord.constants import ROSTER_EVERY_S
-from nfs_watcher_uploader.coord.errors import CoordError
+from nfs_watcher_uploader.coord.errors import CoordError, redact
 from nfs_watcher_uploader.coord.member import Member
 from nfs_watcher_uploader.coord.roster import MemberRecord, Roster, View
 from nfs_watcher_uploader.coord.shared_state import Change, SharedState, Snapshot
@@ -116,9 +116,11 @@ class Coordinator:
                     logger.warning("Roster not read: %s", exc)
                 self.last_error = str(exc)
             except Exception as exc:  # a bug: said once, and the loop goes on
-                if self.last_error != repr(exc):
+                # /v1/status shows it: a library's text may hold a URL with its SAS.
+                text = redact(repr(exc))
+                if self.last_error != text:
                     logger.exception("Roster not read")
-                self.last_error = repr(exc)
+                self.last_error = text
             self._stop.wait(max(0.0, self.every_s - (time.monotonic() - started)))
 
     def iteration(self) -> View:

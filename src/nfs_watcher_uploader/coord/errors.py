@@ -45,6 +45,7 @@ _SECRETS = (
     re.compile(r"(?i)(SharedAccessSignature=)[^;\s\"'<>]+"),
     re.compile(r"(?i)(Bearer\s+)[A-Za-z0-9._~+/=-]+"),
     re.compile(r"(?i)(SharedKey(?:Lite)?\s+[^:\s]+:)[A-Za-z0-9+/=]+"),
+    re.compile(r"(://)[^/?#@\s\"'<>]+(?=@)"),
 )
 _SUMMARY_MAX = 300
 # What a control request may raise that says something about storage or the network (anything
@@ -53,7 +54,8 @@ STORAGE_ERRORS = (AzureError, requests.RequestException, OSError)
 
 
 def redact(text: str) -> str:
-    """`text` with every SAS signature, account key and token replaced by REDACTED."""
+    """`text` with every SAS signature, account key, token and a URL's user and password
+    replaced by REDACTED."""
     for pattern in _SECRETS:
         text = pattern.sub(r"\1REDACTED", text)
     return text
