@@ -16,25 +16,17 @@ from nfs_watcher_uploader.replicas.leader import Leader
 TIMEOUT_S = 600.0
 
 
-@pytest.mark.adversarial
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "design: the timeout is measured on wall clocks of two replicas (stopped_at by the one "
-        "that took the stop, now by the leader). A fix: count it from when this leader first "
-        "saw the drain of that drain_gen (monotonic, as _due_since does for reports), so skew "
-        "only delays a timeout, by at most one period per leader change; to be chosen with "
-        "what the status page shows of a drain's time left"
-    ),
-)
-def test_a_drain_stopped_by_a_replica_whose_clock_is_behind_does_not_time_out_at_once(
-    tmp_path: Path,
-) -> None:
-    """Review of issue 24, finding 5. The drain timeout compared the leader's wall clock with
-    `stopped_at`, written by whichever replica took the stop, with its own clock: a replica an
-    hour behind (a Jetson board without a battery-backed clock, before NTP) made the leader end
-    a just-stopped session as drain_timed_out at its first look, with its files still coming
-    in; a leader behind the others never timed a drain out."""
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _leader(tmp_path: Path, leader_now: float) -> tuple[Leader, list[str], _Clock]:
+    """A leader whose wall clock says `leader_now` and whose monotonic clock the test moves;
+    what it ends is listed."""
     settings = SimpleNamespace(
         drain_timeout_s=TIMEOUT_S,
         include=(),
@@ -44,7 +36,7 @@ def test_a_drain_stopped_by_a_replica_whose_clock_is_behind_does_not_time_out_at
         nfs_incoming_dir=tmp_path / "incoming",
     )
     membership = SimpleNamespace(incarnation=new_incarnation(), valid=lambda: True)
-    leader_now = 1_800_000_000.0
+    monotonic = _Clock()
     leader = Leader(
         cast(Any, settings),
         cast(Any, membership),
@@ -53,6 +45,7 @@ def test_a_drain_stopped_by_a_replica_whose_clock_is_behind_does_not_time_out_at
         cast(Any, SimpleNamespace(nfs=SimpleNamespace(timeout=5.0))),
         tmp_path,
         clock=lambda: leader_now,
+        monotonic=monotonic,
     )
     ended: list[str] = []
 
@@ -60,6 +53,20 @@ def test_a_drain_stopped_by_a_replica_whose_clock_is_behind_does_not_time_out_at
         ended.append(state)
 
     leader._end = end  # type: ignore[method-assign]
+    return leader, ended, monotonic
+
+
+@pytest.mark.adversarial
+def test_a_drain_stopped_by_a_replica_whose_clock_is_behind_does_not_time_out_at_once(
+    tmp_path: Path,
+) -> None:
+    """Review of issue 24, finding 5. The drain timeout compared the leader's wall clock with
+    `stopped_at`, written by whichever replica took the stop, with its own clock: a replica an
+    hour behind (a Jetson board without a battery-backed clock, before NTP) made the leader end
+    a just-stopped session as drain_timed_out at its first look, with its files still coming
+    in; a leader behind the others never timed a drain out."""
+    leader_now = 1_800_000_000.0
+    leader, ended, _ = _leader(tmp_path, leader_now)
     stopped = StoredSession(
         name="take1",
         date_prefix="20261204",
@@ -72,3 +79,32 @@ def test_a_drain_stopped_by_a_replica_whose_clock_is_behind_does_not_time_out_at
     anyio.run(leader._judge, View(()), stopped)  # pyright: ignore[reportPrivateUsage]
 
     assert ended == [], "a drain stopped a moment ago timed out at the leader's first look"
+
+
+@pytest.mark.adversarial
+def test_a_drain_stopped_by_a_replica_whose_clock_is_ahead_still_times_out(
+    tmp_path: Path,
+) -> None:
+    """The other side of the same finding: a stop taken by a replica an hour ahead of the
+    leader (stopped_at in the leader's future) still ends as drain_timed_out once the leader
+    has watched it drain for APP_DRAIN_TIMEOUT_S, not an hour later."""
+    leader_now = 1_800_000_000.0
+    leader, ended, monotonic = _leader(tmp_path, leader_now)
+    stopped = StoredSession(
+        name="take1",
+        date_prefix="20261204",
+        state="draining",
+        started_at=leader_now + 3600 - 60,
+        stopped_at=leader_now + 3600,  # just now, by a replica an hour ahead
+        drain_gen=2,
+    )
+
+    anyio.run(leader._judge, View(()), stopped)  # pyright: ignore[reportPrivateUsage]
+    assert ended == [], "timed out before any time had passed"
+    monotonic.now += TIMEOUT_S - 1
+    anyio.run(leader._judge, View(()), stopped)  # pyright: ignore[reportPrivateUsage]
+    assert ended == [], "timed out before APP_DRAIN_TIMEOUT_S"
+    monotonic.now += 2
+    anyio.run(leader._judge, View(()), stopped)  # pyright: ignore[reportPrivateUsage]
+
+    assert ended == ["drain_timed_out"]

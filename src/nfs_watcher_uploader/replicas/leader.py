@@ -13,8 +13,12 @@ A draining session is drained when, in this order:
     3. a listing made after (2) still shows the same members, all still quiet.
 Then the end goes into the shared state with its report due, in one write that fails if the
 session was started, stopped or reopened since (the judgement was of an earlier drain). A
-session that has drained for longer than APP_DRAIN_TIMEOUT_S (by the stop's time) ends as
-`drain_timed_out` the same way.
+session that has drained for longer than APP_DRAIN_TIMEOUT_S ends as `drain_timed_out` the
+same way. That time is counted on the leader's monotonic clock from when it first saw that
+drain (its `drain_gen`), never from the stop's time: `stopped_at` comes from the wall clock of
+whichever replica took the stop, and a board behind by an hour (no battery-backed clock, no
+NTP yet) would have ended a drain at once. Skew cannot shorten a drain; a change of leader
+lengthens it by at most one timeout.
 
 Its report job is written to NFS before that write and queued after it (cloud/reports), so a
 leader that dies in between leaves a job that is run, or dropped when the write never went
@@ -91,14 +95,17 @@ class Leader:
         adoption: Adoption,
         base_root: Path,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings, self.membership, self.sessions = settings, membership, sessions
         self.reports, self.adoption, self.base_root = reports, adoption, base_root
         self.nfs = adoption.nfs
-        self._clock = clock
+        self._clock, self._monotonic = clock, monotonic
         self.wanted = FileFilter.from_settings(settings)
         self._candidates: dict[str, _Candidate] = {}
         self._due_since: dict[str, float] = {}
+        # (session, drain_gen) -> monotonic time this leader first saw that drain.
+        self._draining_since: dict[tuple[str, int], float] = {}
         self.ended = 0
         self.remade = 0
 
@@ -115,6 +122,7 @@ class Leader:
         if coordinator is None or view is None or not coordinator.is_leader():
             self._candidates.clear()
             self._due_since.clear()
+            self._draining_since.clear()
             return
         if coordinator.state_problem is not None:
             await anyio.to_thread.run_sync(coordinator.repair)
@@ -122,6 +130,9 @@ class Leader:
         doc = self.membership.latest()
         if doc is None:
             return
+        draining = {(s.name, s.drain_gen or 0) for s in doc.sessions if s.state == "draining"}
+        for gone in set(self._draining_since) - draining:
+            del self._draining_since[gone]
         for stored in doc.sessions:
             if stored.state == "draining" and self.membership.valid():
                 await self._judge(view, stored)
@@ -131,8 +142,8 @@ class Leader:
 
     async def _judge(self, view: View, stored: StoredSession) -> None:
         name, drain_gen = stored.name, stored.drain_gen or 0
-        started = stored.drain_start or stored.started_at
-        timed_out = self._clock() - started > self.settings.drain_timeout_s
+        since = self._draining_since.setdefault((name, drain_gen), self._monotonic())
+        timed_out = self._monotonic() - since > self.settings.drain_timeout_s
         if self._quiet_everywhere(view, name, drain_gen):
             if await self._step(view, stored, drain_gen):
                 return
