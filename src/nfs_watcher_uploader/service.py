@@ -52,7 +52,7 @@ from nfs_watcher_uploader.coord.names import is_incarnation, new_incarnation
 from nfs_watcher_uploader.errors import CannotStart, RetryableError
 from nfs_watcher_uploader.intake.watcher import ScanFn, Watcher
 from nfs_watcher_uploader.items import SessionStateName
-from nfs_watcher_uploader.nfs import copying, moves, opening, scan, trees
+from nfs_watcher_uploader.nfs import copying, moves, opening, scan, single_mark, trees
 from nfs_watcher_uploader.nfs.handover import hand_over
 from nfs_watcher_uploader.nfs.layout import Layout
 from nfs_watcher_uploader.nfs.probe import claim_mode, probe_share
@@ -215,6 +215,7 @@ class Service:
         self._pipeline_task: asyncio.Task[None] | None = None
         self._bandwidth_task: asyncio.Task[None] | None = None
         self._history_task: asyncio.Task[None] | None = None
+        self._mark_task: asyncio.Task[None] | None = None
         # Session reports and webhook deliveries: on their own, so that neither can hold up
         # an upload.
         self._outbound: list[asyncio.Task[None]] = []
@@ -305,6 +306,11 @@ class Service:
         # After the connection: a start-up that storage refuses creates nothing on the share.
         self.phase = "loading the block id key"
         await self._until_ok(self._load_block_key, "load the block id key")
+        if replicas is None:
+            # Before the first claim, and until the last upload: replicas started beside
+            # this process (a rolling update to them) leave its files to it.
+            await self._touch_single_mark()
+            self._mark_task = asyncio.create_task(self._keep_single_mark(), name="single-mark")
         self._pipeline_task = asyncio.create_task(self.pipeline.run(), name="pipeline")
         self._outbound.append(asyncio.create_task(self.reports.run(), name="reports"))
         if replicas is None:  # a new incarnation owns nothing yet: nothing of its own to recover
@@ -327,6 +333,42 @@ class Service:
         self.ready = True
         self.phase = "running"
         logger.info("Ready: %r", self)
+
+    async def _keep_single_mark(self) -> None:
+        """A single replica's sign of life on the share (nfs/single_mark), touched every few
+        seconds; a touch that fails is said once, and tried again."""
+        failing = False
+        while True:
+            await asyncio.sleep(single_mark.TOUCH_EVERY_S)
+            failing = not await self._touch_single_mark(quiet=failing)
+
+    async def _touch_single_mark(self, quiet: bool = False) -> bool:
+        root = self.settings.nfs_processing_root
+        try:
+            await self.nfs.call(lambda: single_mark.touch(root))
+        except OSError as exc:
+            if not quiet:
+                logger.warning(
+                    "Cannot touch %s (%s): replicas with APP_COORDINATION=azure started "
+                    "beside this process would take over its claimed files",
+                    root / single_mark.SINGLE_FILE,
+                    exc,
+                )
+            return False
+        return True
+
+    async def _remove_single_mark(self) -> None:
+        root = self.settings.nfs_processing_root
+        try:
+            await self.nfs.call(lambda: single_mark.remove(root))
+        except OSError as exc:
+            logger.warning(
+                "Cannot remove %s (%s): replicas take over what is left once it has not "
+                "changed for %.0f s",
+                root / single_mark.SINGLE_FILE,
+                exc,
+                single_mark.STALE_S,
+            )
 
     async def _take_back(self) -> None:
         """One replica on a share that replicas used (switched back as README "Running N
@@ -441,6 +483,11 @@ class Service:
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        # 3b. Nothing is uploaded any more: replicas may take over what is left at once.
+        if self._mark_task is not None:
+            self._mark_task.cancel()
+            await asyncio.gather(self._mark_task, return_exceptions=True)
+            await self._remove_single_mark()
         # 4. Stop session reports and webhook deliveries: what is not done stays on NFS.
         for task in self._outbound:
             task.cancel()

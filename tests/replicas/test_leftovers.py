@@ -1,6 +1,7 @@
 """The leader's take-over of the trees nobody owns (replicas/adoption.leftovers), one step at a
 time, with stand-ins for the service's parts: what it renames, and what it must leave."""
 
+import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -11,6 +12,7 @@ import pytest
 from nfs_watcher_uploader.constants import OWNERS_DIR
 from nfs_watcher_uploader.coord.names import new_incarnation
 from nfs_watcher_uploader.coord.roster import View
+from nfs_watcher_uploader.nfs import single_mark
 from nfs_watcher_uploader.replicas.adoption import Adoption
 
 
@@ -25,7 +27,15 @@ async def _nothing() -> None:
     return None
 
 
-def _adoption(base_root: Path) -> tuple[Adoption, list[object]]:
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _adoption(base_root: Path, monotonic: _Clock | None = None) -> tuple[Adoption, list[object]]:
     me = new_incarnation()
     queued: list[object] = []
     membership = SimpleNamespace(incarnation=me, coordinator=None, member=None, valid=lambda: True)
@@ -43,38 +53,120 @@ def _adoption(base_root: Path) -> tuple[Adoption, list[object]]:
         cast(Any, SimpleNamespace(take_over=_nothing)),
         cast(Any, SimpleNamespace(take_over=_nothing)),
         lambda urgent: 0,
+        monotonic=monotonic or _Clock(),
     )
     return adoption, queued
 
 
+def _touched(processing: Path) -> None:
+    """A touch of the mark by the single replica that the next look can tell from the last
+    (two touches within one tick of the file system's clock look alike)."""
+    before = single_mark.signature(processing)
+    for _ in range(100_000):
+        single_mark.touch(processing)
+        if single_mark.signature(processing) != before:
+            return
+    raise AssertionError("the mark never changed")
+
+
+def _claimed(base_root: Path) -> Path:
+    claimed = base_root / "20261204" / "take1" / "a.bin"
+    claimed.parent.mkdir(parents=True)
+    claimed.write_bytes(b"being uploaded by the single replica")
+    return claimed
+
+
 @pytest.mark.adversarial
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "design: the leader takes the processing root's tree (a single replica's) at its first "
-        "pass; a single replica still running beside the replicas (a rolling update from "
-        "k8s/ to k8s/replicas/, which is RollingUpdate with maxSurge 1, or a version before "
-        "issue 24, which knows no share mark) has the files it claimed and is uploading "
-        "renamed from under it and uploaded twice. Nothing tells the leader that no single "
-        "replica runs: it needs a liveness mark of the single mode (or a wait until the tree "
-        "has not changed for a while, as for trees without a member blob, which covers a "
-        "crashed one but not a live one mid-upload)"
-    ),
-)
 def test_a_file_a_running_single_replica_has_claimed_is_not_taken_from_it(
     tmp_path: Path,
 ) -> None:
     """Review of issue 24, finding 4. A rolling update that mixes a replica without
     coordination (APP_COORDINATION=none) with replicas on one share: the leader's first pass
-    renames what the single replica has just claimed (its tree at the processing root) into
-    its own tree and queues it, while the single replica uploads it too."""
+    renamed what the single replica had just claimed (its tree at the processing root) into
+    its own tree and queued it, while the single replica uploaded it too. A single replica
+    keeps a mark on the share while it runs; while that mark changes, its tree is its own,
+    however long it runs."""
     base_root = tmp_path / ".processing"
-    claimed = base_root / "20261204" / "take1" / "a.bin"
-    claimed.parent.mkdir(parents=True)
-    claimed.write_bytes(b"being uploaded by the single replica")
+    claimed = _claimed(base_root)
+    clock = _Clock()
+    adoption, queued = _adoption(base_root, clock)
+
+    for _ in range(3 * int(single_mark.STALE_S / single_mark.TOUCH_EVERY_S)):
+        _touched(base_root)
+        anyio.run(adoption.leftovers, View(()))
+        clock.now += single_mark.TOUCH_EVERY_S
+
+    assert claimed.exists(), "taken from under a single replica that still runs"
+    assert queued == []
+
+
+def test_the_files_of_a_single_replica_killed_without_its_clean_stop_are_taken_over(
+    tmp_path: Path,
+) -> None:
+    """A single replica killed (SIGKILL, a node lost) leaves its mark, which then stops
+    changing: its files are taken over once it has looked the same for STALE_S on the
+    leader's clock, and not before."""
+    base_root = tmp_path / ".processing"
+    claimed = _claimed(base_root)
+    clock = _Clock()
+    adoption, queued = _adoption(base_root, clock)
+    _touched(base_root)
+
+    anyio.run(adoption.leftovers, View(()))
+    clock.now += single_mark.STALE_S - 1
+    anyio.run(adoption.leftovers, View(()))
+    assert claimed.exists(), "taken before the mark was stale"
+    clock.now += 2
+    anyio.run(adoption.leftovers, View(()))
+
+    assert not claimed.exists()
+    assert len(queued) == 1
+
+
+@pytest.mark.parametrize("stopped", ["cleanly", "never marked"])
+def test_the_files_of_a_single_replica_that_stopped_cleanly_are_taken_over_at_once(
+    tmp_path: Path, stopped: str
+) -> None:
+    """A single replica that stopped cleanly removed its mark (and a share that never had one
+    run this version): its tree is taken at the leader's first look."""
+    base_root = tmp_path / ".processing"
+    claimed = _claimed(base_root)
     adoption, queued = _adoption(base_root)
+    if stopped == "cleanly":
+        _touched(base_root)
+        single_mark.remove(base_root)
 
     anyio.run(adoption.leftovers, View(()))
 
-    assert claimed.exists(), "taken from under the single replica at the first look"
-    assert queued == []
+    assert not claimed.exists()
+    assert len(queued) == 1
+
+
+@pytest.mark.adversarial
+@pytest.mark.parametrize("planted", ["link", "fifo", "folder"])
+def test_a_mark_planted_as_a_link_fifo_or_folder_is_no_mark_and_never_stops_the_leader(
+    tmp_path: Path, planted: str
+) -> None:
+    """The mark is read back from the share: a link (to a file that changes), a FIFO or a
+    folder in its place is no mark; the leader neither follows nor waits on it, and a single
+    replica's touch refuses it."""
+    base_root = tmp_path / ".processing"
+    claimed = _claimed(base_root)
+    mark = base_root / single_mark.SINGLE_FILE
+    if planted == "link":
+        target = tmp_path / "changing"
+        target.write_bytes(b"")
+        mark.symlink_to(target)
+    elif planted == "fifo":
+        os.mkfifo(mark)
+    else:
+        mark.mkdir()
+    adoption, queued = _adoption(base_root)
+
+    with pytest.raises(OSError):
+        single_mark.touch(base_root)
+    anyio.run(adoption.leftovers, View(()))
+
+    assert not claimed.exists()
+    assert len(queued) == 1
+    assert mark.is_symlink() if planted == "link" else mark.exists()

@@ -229,6 +229,7 @@ _NOT_WORK = frozenset(
         "sessions.json",
         "block-id.key",
         "coordination",
+        "single-replica",
     }
 )
 

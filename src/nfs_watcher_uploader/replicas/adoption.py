@@ -15,7 +15,10 @@ queued here as recovery queues a previous run's (work/recovery).
               the leader's drain never sees the dead member gone before it sees the files here
     leftovers (the leader) trees with no member blob at all: a member removed before a late
               rename of its own landed, one that died before its blob was written, and the
-              trees a single replica left at the processing root (APP_COORDINATION=none before)
+              trees a single replica left at the processing root (APP_COORDINATION=none before);
+              that one only once no single replica runs (nfs/single_mark: its mark is gone or
+              has not changed for a while), since a rolling update to replicas starts them
+              beside it
 
 Losing validity stops every step (hand_over asks before each rename).
 """
@@ -33,7 +36,7 @@ from nfs_watcher_uploader.constants import OWNERS_DIR
 from nfs_watcher_uploader.coord.constants import LEASE_S
 from nfs_watcher_uploader.coord.names import is_incarnation
 from nfs_watcher_uploader.coord.roster import MemberRecord, View
-from nfs_watcher_uploader.nfs import trees
+from nfs_watcher_uploader.nfs import single_mark, trees
 from nfs_watcher_uploader.nfs.handover import Handed, hand_over, work_left
 from nfs_watcher_uploader.nfs.layout import Layout
 from nfs_watcher_uploader.nfs.runner import Nfs
@@ -63,7 +66,9 @@ class Adoption:
         reports: Reports,
         webhooks: Webhooks,
         publish: Publish,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._monotonic = monotonic
         self.membership, self.base_root, self.layout = membership, base_root, layout
         self.nfs, self.pipeline, self.sessions = nfs, pipeline, sessions
         self.reports, self.webhooks = reports, webhooks
@@ -72,6 +77,8 @@ class Adoption:
         self._emptied: dict[str, float] = {}
         # Trees with no member blob -> when that was first seen (monotonic).
         self._unowned: dict[str, float] = {}
+        # The single replica's mark as last seen, and when it last changed (monotonic).
+        self._single: tuple[single_mark.Signature, float] | None = None
         self.adopted = 0
         self.files_taken = 0
         self.removed = 0
@@ -130,8 +137,8 @@ class Adoption:
                     handed.left,
                 )
             return
-        first = self._emptied.setdefault(dead, time.monotonic())
-        if time.monotonic() - first < self.nfs.timeout:
+        first = self._emptied.setdefault(dead, self._monotonic())
+        if self._monotonic() - first < self.nfs.timeout:
             return
         await self._remove(record)
 
@@ -184,7 +191,7 @@ class Adoption:
         names = await self.nfs.call(
             lambda: [name for name, is_dir, _ in trees.listdir(root) if is_dir]
         )
-        now = time.monotonic()
+        now = self._monotonic()
         seen = {n for n in names if is_incarnation(n) and n != self.me and n not in members}
         for gone in set(self._unowned) - seen:
             del self._unowned[gone]
@@ -196,8 +203,31 @@ class Adoption:
             if handed.moved:
                 logger.warning("Took over %d files left by member %s", handed.moved, name)
         legacy = await self.nfs.call(lambda: work_left(self.base_root, []))
-        if legacy and self.membership.valid():
+        if legacy and await self._no_single_replica() and self.membership.valid():
             handed = await self._hand_over([])
             logger.warning(
                 "Took over %d files a single replica left in %s", handed.moved, self.base_root
             )
+
+    async def _no_single_replica(self) -> bool:
+        """Whether no process with APP_COORDINATION=none still runs on this share: its mark
+        (nfs/single_mark) is gone, or has looked the same for STALE_S on this clock."""
+        root = self.base_root
+        seen = await self.nfs.call(lambda: single_mark.signature(root))
+        now = self._monotonic()
+        if seen is None:
+            self._single = None
+            return True
+        if self._single is None or self._single[0] != seen:
+            if self._single is None:
+                logger.warning(
+                    "A single replica (APP_COORDINATION=none) seems to run on this share "
+                    "(%s/%s): the files it claimed are left to it until its mark is gone or "
+                    "has not changed for %.0f s",
+                    root,
+                    single_mark.SINGLE_FILE,
+                    single_mark.STALE_S,
+                )
+            self._single = (seen, now)
+            return False
+        return now - self._single[1] >= single_mark.STALE_S
