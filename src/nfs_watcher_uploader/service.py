@@ -170,7 +170,16 @@ class Service:
         self.retention: LedgerRetention | None = None
         if d.ledger is not None:
             days = settings.ledger_retention_days
-            self.retention = LedgerRetention(layout, self.nfs, days, self._ledger_needed, clock)
+            self.retention = LedgerRetention(
+                layout,
+                self.nfs,
+                days,
+                self._ledger_needed,
+                clock,
+                share_root=settings.nfs_processing_root,
+                # Alone, every replica's tree left on the share is this process's to sweep.
+                others=_every_tree if self.replicas is None else self.replicas.sweepable,
+            )
             chores.append(self.retention.sweep)
         self.gc = GarbageCollector(
             own,
@@ -567,3 +576,7 @@ class Service:
                 "Session %s stopped; draining", session.name, extra={"session_name": session.name}
             )
         return session
+
+
+def _every_tree() -> Callable[[str], bool]:
+    return lambda name: True

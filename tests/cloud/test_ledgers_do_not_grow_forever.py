@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from nfs_watcher_uploader.cloud.retention import DAY_S, LedgerRetention
+from nfs_watcher_uploader.coord.names import new_incarnation
 from nfs_watcher_uploader.nfs.layout import Layout
 from nfs_watcher_uploader.nfs.runner import Nfs
 from tests.support.helpers import Azurite, on_service_loop, wait_for, write_file
@@ -175,3 +176,80 @@ def test_a_ledger_is_kept_while_a_reason_of_its_session_waits_to_be_settled(
     assert asyncio.run(retention.sweep()) == 0  # GC may still find it written to: sent again
     done.unlink()
     assert asyncio.run(retention.sweep()) == 1
+
+
+def _member_layout(share: Path, member: str) -> Layout:
+    root = share / ".processing"
+    return Layout(share / "incoming", root / "owners" / member, share / "staging")
+
+
+def test_a_replicas_ledger_is_kept_while_another_replica_holds_a_parked_file_of_its_session(
+    tmp_path: Path,
+) -> None:
+    """With replicas a manifest is merged from every member's ledger: a member must not drop
+    its part of a session while another member's tree still holds a parked file of it (its
+    retry would write a manifest without this member's files)."""
+    me, other = new_incarnation(), new_incarnation()
+    mine, theirs = _member_layout(tmp_path, me), _member_layout(tmp_path, other)
+    now = time.time()
+    clock = [now]
+    retention = LedgerRetention(
+        mine,
+        Nfs(10),
+        30,
+        lambda d, s: False,
+        clock=lambda: clock[0],
+        share_root=tmp_path / ".processing",
+    )
+    ledger = _ledger(mine, "take1")
+    parked = write_file(theirs.parked_root / DATE / "take1" / "x.bin", b"parked elsewhere")
+
+    clock[0] = now + 31 * DAY_S
+    assert asyncio.run(retention.sweep()) == 0
+    assert ledger.exists()
+    parked.unlink()
+    assert asyncio.run(retention.sweep()) == 1
+    assert not ledger.exists()
+
+
+@pytest.mark.parametrize("sweeper", ["leader", "not the leader"])
+def test_the_tree_a_gone_replica_left_is_swept_by_the_leader_alone_and_removed_once_empty(
+    tmp_path: Path, sweeper: str
+) -> None:
+    """Every incarnation has a tree of its own (`owners/<member>/`); what adoption leaves of a
+    gone one (its ledgers) must not stay for ever. The leader sweeps the trees it was allowed
+    (gone for a while) and removes each once empty; a live member's tree, and any tree when it
+    is not the leader, are left alone."""
+    me, gone, live, cluttered = (new_incarnation() for _ in range(4))
+    mine = _member_layout(tmp_path, me)
+    now = time.time()
+    clock = [now]
+    allowed: set[str] = {gone, cluttered} if sweeper == "leader" else set()
+    retention = LedgerRetention(
+        mine,
+        Nfs(10),
+        30,
+        lambda d, s: False,
+        clock=lambda: clock[0],
+        share_root=tmp_path / ".processing",
+        others=lambda: (lambda name: name in allowed) if allowed else None,
+    )
+    gone_ledger = _ledger(_member_layout(tmp_path, gone), "take1")
+    live_ledger = _ledger(_member_layout(tmp_path, live), "take1")
+    stray = write_file(_member_layout(tmp_path, cluttered).processing_root / "stray", b"?")
+    owners = tmp_path / ".processing" / "owners"
+
+    clock[0] = now + 29 * DAY_S
+    asyncio.run(retention.sweep())
+    assert gone_ledger.exists(), "a ledger swept before its time"
+    clock[0] = now + 31 * DAY_S
+    asyncio.run(retention.sweep())
+
+    assert live_ledger.exists()
+    assert stray.exists()
+    if sweeper == "leader":
+        assert not (owners / gone).exists()
+        assert retention.trees_removed == 1
+    else:
+        assert gone_ledger.exists()
+        assert retention.trees_removed == 0

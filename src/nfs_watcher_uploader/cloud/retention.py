@@ -10,7 +10,9 @@ these hold, checked on GC's beat:
                                  is a dismissal still to be recorded), and nothing of it is in
                                  `.processing/<date>/<session>/` or `_completed/` (a retry, a
                                  dismissal or a late write would write to the ledger, and a new
-                                 manifest would need it whole)
+                                 manifest would need it whole), in any tree of the share: the
+                                 processing root's and every replica's (`owners/<member>/`),
+                                 since a manifest is merged from all their ledgers
     its date is over             the date folder is before today (UTC): a session started
                                  again on its date writes on in this ledger, and its next
                                  manifest is written from all of it
@@ -19,6 +21,13 @@ these hold, checked on GC's beat:
 A ledger is looked at again just before it is removed (a line appended meanwhile keeps it).
 Only regular files named like a ledger of a valid session name are ever removed, and the date
 folder once it is empty. The clock is injected for tests.
+
+Besides its own tree, a process sweeps the trees of replicas that no longer run
+(`owners/<member>/`, whatever their tree still holds after adoption: ledgers), as `others`
+allows: one replica on a share switched back sweeps every owner tree, and of the replicas the
+leader sweeps those of members that have had no member blob for a while (replicas/adoption)
+and the processing root's own (a single replica's, before). An owner tree is removed once it
+holds nothing but empty folders, so no incarnation leaves a folder behind for ever.
 """
 
 import logging
@@ -26,14 +35,17 @@ import os
 import stat
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from nfs_watcher_uploader.constants import (
     COMPLETED_DIR,
     LEDGER_SUFFIX,
     LEDGERS_DIR,
+    OWNERS_DIR,
     PARKED_DIR,
     PARKED_REASONS_DIR,
 )
+from nfs_watcher_uploader.coord.names import is_incarnation
 from nfs_watcher_uploader.items import is_session_name
 from nfs_watcher_uploader.nfs import trees
 from nfs_watcher_uploader.nfs.layout import Layout
@@ -45,6 +57,16 @@ logger = logging.getLogger(__name__)
 DAY_S = 86_400.0
 # (date, session) -> True while its ledger may still be needed (read on the event loop).
 BusyFn = Callable[[str, str], bool]
+# Which trees this process may sweep besides its own, asked on the event loop before each
+# sweep: None for none, else a test of a tree's name (an owner tree's member, or "" for the
+# processing root's own tree) run off the loop.
+OthersFn = Callable[[], Callable[[str], bool] | None]
+# A ledger: the tree it is in, its date, its session.
+Found = tuple[Path, str, str]
+
+
+def _no_others() -> Callable[[str], bool] | None:
+    return None
 
 
 class LedgerRetention:
@@ -55,10 +77,16 @@ class LedgerRetention:
         days: float,
         busy: BusyFn,
         clock: Callable[[], float] = time.time,
+        share_root: Path | None = None,
+        others: OthersFn = _no_others,
     ) -> None:
         self.layout, self.nfs, self._busy, self._clock = layout, nfs, busy, clock
+        # The share's processing root (the trees of every replica are below it).
+        self.share_root = share_root or layout.processing_root
+        self._others = others
         self.keep_s = days * DAY_S
         self.removed = 0
+        self.trees_removed = 0
 
     def __repr__(self) -> str:
         return f"LedgerRetention(keep_days={self.keep_s / DAY_S:g} removed={self.removed})"
@@ -67,14 +95,20 @@ class LedgerRetention:
         """Remove the ledgers no longer needed; returns how many."""
         now = self._clock()
         cutoff, today = now - self.keep_s, today_utc(lambda: now)
+        allowed = self._others()
+        trees_ = await self.nfs.call(lambda: self._trees(allowed))
         old = await self.nfs.call(
-            lambda: self._old_and_idle(cutoff, today), timeout=self.nfs.timeout * 10
+            lambda: self._old_and_idle(trees_, cutoff, today), timeout=self.nfs.timeout * 10
         )
-        done = [(date, name) for date, name in old if not self._busy(date, name)]
-        if not done:
-            return 0
-        removed = await self.nfs.call(lambda: self._remove(done, cutoff))
-        for date, name in removed:
+        done = [(tree, date, name) for tree, date, name in old if not self._busy(date, name)]
+        removed = await self.nfs.call(lambda: self._remove(done, cutoff)) if done else []
+        owners = [t for t in trees_[1:] if t.parent == self.share_root / OWNERS_DIR]
+        if owners:
+            gone = await self.nfs.call(lambda: self._remove_empty(owners))
+            self.trees_removed += len(gone)
+            for tree in gone:
+                logger.info("Tree of a replica that no longer runs removed: %s (empty)", tree)
+        for _, date, name in removed:
             logger.info(
                 "Ledger of session %s (%s) removed: its manifest is in storage and %g days have "
                 "passed (APP_LEDGER_RETENTION_DAYS)",
@@ -86,37 +120,63 @@ class LedgerRetention:
         self.removed += len(removed)
         return len(removed)
 
-    def _ledgers(self) -> list[tuple[str, str]]:
-        root = self.layout.processing_root
-        out: list[tuple[str, str]] = []
-        for date in trees.date_dirs(root, LEDGERS_DIR):
-            for entry, _, is_file in trees.listdir(root, LEDGERS_DIR, date):
-                name = entry.removesuffix(LEDGER_SUFFIX)
-                if name != entry and is_session_name(name) and is_file:
-                    out.append((date, name))
-        return out
-
-    def _old_and_idle(self, cutoff: float, today: str) -> list[tuple[str, str]]:
-        """Ledgers of dates before `today`, older than `cutoff`, with nothing of their session
-        parked or claimed."""
-        return [
-            (date, name)
-            for date, name in self._ledgers()
-            if date < today
-            and self._older(date, name, cutoff)
-            and not self._holds_files(date, name)
+    def _trees(self, allowed: Callable[[str], bool] | None) -> list[Path]:
+        """This process's own tree first, then the others it may sweep. Blocking."""
+        own = self.layout.processing_root
+        if allowed is None:
+            return [own]
+        others = [] if own == self.share_root or not allowed("") else [self.share_root]
+        return [own, *others] + [
+            self.share_root / OWNERS_DIR / member
+            for member, is_dir, _ in trees.listdir(self.share_root, OWNERS_DIR)
+            if is_dir
+            and is_incarnation(member)
+            and self.share_root / OWNERS_DIR / member != own
+            and allowed(member)
         ]
 
-    def _holds_files(self, date: str, name: str) -> bool:
-        root = self.layout.processing_root
+    def _every_tree(self) -> list[Path]:
+        """The processing root's tree and every replica's. Blocking."""
+        return [self.share_root] + [
+            self.share_root / OWNERS_DIR / member
+            for member, is_dir, _ in trees.listdir(self.share_root, OWNERS_DIR)
+            if is_dir and is_incarnation(member)
+        ]
+
+    def _ledgers(self, tree: Path) -> list[Found]:
+        out: list[Found] = []
+        for date in trees.date_dirs(tree, LEDGERS_DIR):
+            for entry, _, is_file in trees.listdir(tree, LEDGERS_DIR, date):
+                name = entry.removesuffix(LEDGER_SUFFIX)
+                if name != entry and is_session_name(name) and is_file:
+                    out.append((tree, date, name))
+        return out
+
+    def _old_and_idle(self, trees_: list[Path], cutoff: float, today: str) -> list[Found]:
+        """Ledgers of dates before `today`, older than `cutoff`, with nothing of their session
+        parked or claimed in any tree."""
+        every = self._every_tree()
+        return [
+            (tree, date, name)
+            for tree in trees_
+            for _, date, name in self._ledgers(tree)
+            if date < today
+            and self._older(tree, date, name, cutoff)
+            and not self._holds_files(every, date, name)
+        ]
+
+    @staticmethod
+    def _holds_files(every: list[Path], date: str, name: str) -> bool:
         return any(
             trees.files_below(root, *folder, date, name)
+            for root in every
             for folder in ((PARKED_DIR,), (PARKED_REASONS_DIR,), (COMPLETED_DIR,), ())
         )
 
-    def _older(self, date: str, name: str, cutoff: float) -> bool:
+    @staticmethod
+    def _older(tree: Path, date: str, name: str, cutoff: float) -> bool:
         """The ledger is a regular file last written before `cutoff` (never followed)."""
-        fd = trees.open_folder(self.layout.processing_root, LEDGERS_DIR, date)
+        fd = trees.open_folder(tree, LEDGERS_DIR, date)
         if fd is None:
             return False
         try:
@@ -127,11 +187,11 @@ class LedgerRetention:
             os.close(fd)
         return stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff
 
-    def _remove(self, ledgers: list[tuple[str, str]], cutoff: float) -> list[tuple[str, str]]:
-        removed: list[tuple[str, str]] = []
-        root = self.layout.processing_root
-        for date, name in ledgers:
-            if not self._older(date, name, cutoff) or self._holds_files(date, name):
+    def _remove(self, ledgers: list[Found], cutoff: float) -> list[Found]:
+        removed: list[Found] = []
+        every = self._every_tree()
+        for root, date, name in ledgers:
+            if not self._older(root, date, name, cutoff) or self._holds_files(every, date, name):
                 continue  # written to, or something parked, since it was looked at
             fd = trees.open_folder(root, LEDGERS_DIR, date)
             if fd is None:
@@ -142,6 +202,14 @@ class LedgerRetention:
                 continue
             finally:
                 os.close(fd)
-            removed.append((date, name))
+            removed.append((root, date, name))
             trees.prune_empty_dirs(root, lambda d, s: True, LEDGERS_DIR)  # the day's folder
         return removed
+
+    def _remove_empty(self, others: list[Path]) -> list[Path]:
+        """The owner trees in `others` removed because nothing but empty folders was left."""
+        return [
+            tree
+            for tree in others
+            if trees.remove_empty_tree(self.share_root, OWNERS_DIR, tree.name) and not tree.exists()
+        ]

@@ -176,6 +176,20 @@ def prune_empty_dirs(root: Path, keep: Callable[[str, str], bool], *parts: str) 
     return removed
 
 
+def remove_empty_tree(root: Path, *parts: str) -> int:
+    """Remove `root/parts` and the folders below it if none of them holds anything but empty
+    folders (bottom up, down to MAX_DEPTH levels; a file anywhere keeps its folders). Returns
+    how many were removed."""
+    *above, name = parts
+    parent = open_folder(root, *above)
+    if parent is None:
+        return 0
+    try:
+        return _prune(parent, name)
+    finally:
+        os.close(parent)
+
+
 def _prune(parent: int, name: str, depth: int = 1) -> int:
     """Remove the empty folders in `parent/name`, bottom up, then the folder itself if empty
     (down to MAX_DEPTH levels: deeper folders are not ours)."""

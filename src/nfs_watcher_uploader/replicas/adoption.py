@@ -209,6 +209,11 @@ class Adoption:
                 "Took over %d files a single replica left in %s", handed.moved, self.base_root
             )
 
+    def long_unowned(self) -> frozenset[str]:
+        """The trees the leader's last passes found with no member blob for a lease period."""
+        now = self._monotonic()
+        return frozenset(n for n, since in self._unowned.items() if now - since >= LEASE_S)
+
     async def _no_single_replica(self) -> bool:
         """Whether no process with APP_COORDINATION=none still runs on this share: its mark
         (nfs/single_mark) is gone, or has looked the same for STALE_S on this clock."""
