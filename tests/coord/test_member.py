@@ -16,6 +16,7 @@ from nfs_watcher_uploader.coord.fields import plain
 from nfs_watcher_uploader.coord.member import Member
 from nfs_watcher_uploader.coord.names import member_blob, new_incarnation
 from nfs_watcher_uploader.coord.roster import Roster
+from nfs_watcher_uploader.coord.validity import boottime
 from tests.support.helpers import wait_for
 from tests.support.http_relay import HttpRelay
 
@@ -74,6 +75,21 @@ def test_validity_ends_fifteen_seconds_after_the_last_renew_was_sent(
     assert member.valid()
     clock.now = sent + 15.0
     assert not member.valid()
+
+
+def test_validity_is_counted_on_a_clock_that_goes_on_while_the_system_is_suspended(
+    join: Callable[..., Member],
+) -> None:
+    """A Jetson put to sleep mid-lease: CLOCK_MONOTONIC stops while the system is suspended,
+    so a member counting on it would wake up believing that its lease, which ran out in
+    storage while it slept, still holds, and claim beside the peer that adopted it. Validity
+    is counted on CLOCK_BOOTTIME, which goes on through a suspend. (No test suspends the
+    machine, where both clocks agree: this checks the clock a member is given.)"""
+    member = join(start=False)
+    clock = member.validity._clock  # pyright: ignore[reportPrivateUsage]
+    assert clock is boottime
+    before = time.clock_gettime(time.CLOCK_BOOTTIME)
+    assert before <= clock() <= time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
 def test_a_member_is_steady_only_after_a_whole_lease_period_without_a_gap(

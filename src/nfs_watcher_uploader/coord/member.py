@@ -60,7 +60,7 @@ from nfs_watcher_uploader.coord.errors import (
 from nfs_watcher_uploader.coord.fields import label, quoted
 from nfs_watcher_uploader.coord.names import is_incarnation, member_blob, new_incarnation
 from nfs_watcher_uploader.coord.progress import Progress
-from nfs_watcher_uploader.coord.validity import Validity
+from nfs_watcher_uploader.coord.validity import Validity, boottime
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class Member:
         progress_every_s: float = PROGRESS_EVERY_S,
         healthy: Callable[[], bool] = lambda: True,
         on_lost: Callable[[str], None] | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = boottime,
     ) -> None:
         self.incarnation = incarnation or new_incarnation()
         if not is_incarnation(self.incarnation):

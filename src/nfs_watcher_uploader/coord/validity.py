@@ -1,9 +1,12 @@
 """A member's own validity: whether it may claim, and whether it may adopt.
 
 Azure starts a renewed lease's period when the renew arrives, which is after it was sent. So
-counting LEASE_S from the *send* time of the last renew that went through (on the monotonic
-clock, which a suspended process does not stop) ends this member's validity no later than its
-lease ends in storage: once peers may see it dead, it has already stopped claiming.
+counting LEASE_S from the *send* time of the last renew that went through ends this member's
+validity no later than its lease ends in storage: once peers may see it dead, it has already
+stopped claiming. The clock is CLOCK_BOOTTIME: monotonic, and unlike CLOCK_MONOTONIC it goes on
+while the system is suspended (a board put to sleep mid-lease wakes up invalid, not believing
+it still holds a lease that ran out while it slept); a paused process (SIGSTOP) is covered by
+either.
 
 A member is *steady* once it has been valid without a gap for a whole lease period. Only a
 steady member adopts: after an outage of the uplink that every replica shares, each one must
@@ -16,10 +19,18 @@ import time
 from collections.abc import Callable
 
 
+def boottime() -> float:
+    """Seconds on CLOCK_BOOTTIME (Linux), or the monotonic clock where there is none."""
+    return time.clock_gettime(_BOOTTIME)
+
+
+_BOOTTIME = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+
+
 class Validity:
     """Written by the renewing thread, read by any other."""
 
-    def __init__(self, lease_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, lease_s: float, clock: Callable[[], float] = boottime) -> None:
         self.lease_s = lease_s
         self._clock = clock
         self._lock = threading.Lock()
