@@ -15,7 +15,7 @@ from nfs_watcher_uploader.api.schemas import (
 from nfs_watcher_uploader.coord.member import latency
 from nfs_watcher_uploader.items import ParkedFile
 from nfs_watcher_uploader.rates import format_rate
-from nfs_watcher_uploader.replicas.progress import SUMMED
+from nfs_watcher_uploader.replicas.progress import FLIGHT_DONE, FLIGHT_LEFT, RATE, SUMMED
 from nfs_watcher_uploader.service import Service
 from nfs_watcher_uploader.sessions.session import Session
 from nfs_watcher_uploader.work.progress import FileProgress
@@ -64,10 +64,18 @@ def session_view(
     if totals is None:
         return view
     update: dict[str, object] = {k: totals.get(k, 0) for k in SUMMED}
-    # Bytes done: what every member uploaded, and this one's files in flight (the others'
-    # files in flight, rate and ETA are not published: those stay this replica's own).
-    others = totals.get("bytes_uploaded", 0) - session.bytes_uploaded
-    update["bytes_done"] = view.bytes_done + max(0, others)
+    # Over every member: this one's own numbers are fresh, the others' as last published
+    # (their FLIGHT counters; this one's are not in `totals`). Files in flight are listed for
+    # this replica only.
+    others = max(0, totals.get("bytes_uploaded", 0) - session.bytes_uploaded)
+    done = view.bytes_done + others + totals.get(FLIGHT_DONE, 0)
+    left = view.bytes_remaining + totals.get(FLIGHT_LEFT, 0)
+    rate = view.rate_bytes_per_second + totals.get(RATE, 0)
+    update["bytes_done"], update["bytes_remaining"] = done, left
+    update["rate_bytes_per_second"] = round(rate, 1)
+    update["eta_seconds"] = (
+        round(left / rate, 1) if rate > 0 and left > 0 else (0.0 if left == 0 else None)
+    )
     return view.model_copy(update=update)
 
 

@@ -43,6 +43,7 @@ from nfs_watcher_uploader.replicas.control import refuse_blind
 from nfs_watcher_uploader.replicas.leader import Leader, gate
 from nfs_watcher_uploader.replicas.membership import Membership
 from nfs_watcher_uploader.sessions.registry import Sessions
+from nfs_watcher_uploader.sessions.session import Session
 from nfs_watcher_uploader.uplink.bandwidth import Bandwidth
 from nfs_watcher_uploader.uplink.wire import Meter
 from nfs_watcher_uploader.work.context import Replica
@@ -88,6 +89,8 @@ class Replicas:
         self.replica = Replica(valid=self.membership.valid, shared=True)
         self._sessions: Sessions | None = None
         self._bandwidth: Bandwidth | None = None
+        self._pipeline: Pipeline | None = None
+        self._meter: Meter | None = None
         self.adoption: Adoption | None = None
         self.leader: Leader | None = None
         self.pump_errors = 0
@@ -113,6 +116,7 @@ class Replicas:
     ) -> None:
         """Put the hooks into the parts (see the module docstring)."""
         self._sessions, self._bandwidth = sessions, bandwidth
+        self._pipeline, self._meter = pipeline, meter
         watcher.take = self.membership.take
         meter.commit_gate = self.membership.valid
         reports.gate = gate(self.membership.latest)
@@ -212,11 +216,31 @@ class Replicas:
         member, sessions = self.membership.member, self._sessions
         if member is None or sessions is None:
             return 0
-        found = progress.published(sessions.by_name.values())
+        found = progress.published(sessions.by_name.values(), self._flight())
         quiet = {name: c.get(progress.QUIET, 0) for name, c in found.items()}
         urgent = urgent or quiet != self._quiet
         self._quiet = quiet
         return member.set_progress(found, urgent)
+
+    def _flight(self) -> Callable[[Session], progress.Counters] | None:
+        """A session's files in flight here and its rate (replicas/progress FLIGHT)."""
+        pipeline, meter = self._pipeline, self._meter
+        if pipeline is None or meter is None:
+            return None
+        by_session, uplink = pipeline.progress.by_session(), meter.rate()
+
+        def flight(session: Session) -> progress.Counters:
+            files = by_session.get(session.name, [])
+            if not files and not session.watched:
+                return {}
+            done = sum(f.done for f in files)
+            return {
+                progress.FLIGHT_DONE: done,
+                progress.FLIGHT_LEFT: sum((f.size or 0) for f in files) - done,
+                progress.RATE: int(pipeline.progress.session(session, files, uplink).rate),
+            }
+
+        return flight
 
     async def _keep_override(self, override: tuple[int | None] | None) -> None:
         value = None if override is None else BandwidthOverride(rate=override[0])

@@ -106,3 +106,43 @@ def test_a_storage_outage_makes_start_and_stop_answer_503_and_changes_nothing(
         assert c.replicas[1].status()["active_session"] == "a"
         assert c.replicas[1].get("/v1/sessions/b").status_code == 404
         assert c.replicas[1].post("/v1/watch/stop").json()["session_name"] == "a"
+
+
+def test_a_replica_with_nothing_in_flight_shows_the_rate_and_eta_of_a_file_another_is_sending(
+    tmp_path: Path, azurite: Azurite, container_name: str
+) -> None:
+    """An operator asks any replica how far a session is: the bytes left, the rate and the
+    ETA are the session's over every member (each publishes its files in flight and its
+    rate), not those of the replica that happened to answer, which may be sending nothing."""
+    size = 4 * 1024 * 1024
+    overrides = {"bandwidth_limit": 256 * 1024}  # split over two: about 32 s for the file
+    with cluster(tmp_path, azurite, container_name, size=2, fuse=False, overrides=overrides) as c:
+        c.start()
+        assert c.replicas[0].post("/v1/watch/start", json={"session_name": "s"}).status_code == 200
+        until(lambda: c.replicas[1].status()["active_session"] == "s", 10, "seen on 1")
+        write(c.incoming / "s" / "big.bin", b"b" * size)
+
+        def sender() -> int | None:
+            for r in c.replicas:
+                if r.get("/v1/sessions/s").json()["files_in_flight"]:
+                    return r.index
+            return None
+
+        until(lambda: sender() is not None, 30, "the file in flight somewhere")
+        other = c.replicas[1 - (sender() or 0)]
+        seen: dict[str, object] = {}
+
+        def whole_shown() -> bool:
+            view = other.get("/v1/sessions/s").json()
+            seen.update(view)
+            return (
+                not view["files_in_flight"]
+                and view["rate_bytes_per_second"] > 0
+                and view["bytes_remaining"] > 0
+                and view["eta_seconds"] is not None
+                and view["eta_seconds"] > 0
+            )
+
+        until(whole_shown, 30, "the other replica's view of the whole")
+        assert seen["bytes_remaining"] <= size  # type: ignore[operator]
+        assert 0 < seen["rate_bytes_per_second"] <= 2 * 256 * 1024  # type: ignore[operator]
