@@ -4,6 +4,7 @@ its last line; never before (tested with an injected clock), and nothing else is
 
 import asyncio
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -288,3 +289,34 @@ def test_a_ledger_is_kept_while_a_report_of_its_session_waits_in_any_tree(
     waiting.unlink()  # the manifest is written, the job done
     assert asyncio.run(retention.sweep()) == 1
     assert not ledger.exists()
+
+
+def _old_ledger(layout: Layout, name: str) -> Path:
+    ledger = _ledger(layout, name)
+    old = time.time() - 40 * DAY_S
+    os.utime(ledger, (old, old))
+    return ledger
+
+
+@pytest.mark.adversarial
+def test_a_single_replica_never_sweeps_the_tree_of_a_replica_started_beside_it(
+    service_factory: Any, settings_factory: Any
+) -> None:
+    """A rolling update from one replica to replicas (README) starts them while the single
+    replica still runs. Alone, it sweeps the trees replicas left on the share before it started
+    (they all stopped: README); a tree that appeared since is a live replica's, whose sessions,
+    report jobs and ledgers it knows nothing of. It removed that replica's ledger of a session
+    still running (or whose report was still due), and its manifest then missed those files."""
+    settings = settings_factory(ledger_retention_days=0, gc_interval_s=3600)
+    share = settings.nfs_incoming_dir.parent
+    before, beside = new_incarnation(), new_incarnation()
+    left = _old_ledger(_member_layout(share, before), "take1")
+    running = service_factory(settings)
+    retention = running.service.retention
+    assert retention is not None
+    live = _old_ledger(_member_layout(share, beside), "take2")
+
+    on_service_loop(running, retention.sweep())
+
+    assert live.exists(), "a live replica's ledger removed by a single replica beside it"
+    assert not left.exists()  # what replicas that stopped before it left is its to sweep
