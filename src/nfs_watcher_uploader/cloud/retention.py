@@ -27,10 +27,12 @@ folder once it is empty. The clock is injected for tests.
 
 Besides its own tree, a process sweeps the trees of replicas that no longer run
 (`owners/<member>/`, whatever their tree still holds after adoption: ledgers), as `others`
-allows: one replica on a share switched back sweeps every owner tree, and of the replicas the
-leader sweeps those of members that have had no member blob for a while (replicas/adoption)
-and the processing root's own (a single replica's, before). An owner tree is removed once it
-holds nothing but empty folders, so no incarnation leaves a folder behind for ever.
+allows: one replica on a share switched back sweeps the owner trees it found at its start
+(never one of a replica started beside it), and of the replicas the leader sweeps those of
+members that have had no member blob for a while (replicas/adoption) and the processing root's
+own (a single replica's, before) once no single replica runs there (nfs/single_mark). An owner
+tree is removed once it holds nothing but empty folders, so no incarnation leaves a folder
+behind for ever.
 """
 
 import logging
