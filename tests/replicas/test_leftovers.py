@@ -146,17 +146,7 @@ def test_the_files_of_a_single_replica_that_stopped_cleanly_are_taken_over_at_on
     assert len(queued) == 1
 
 
-@pytest.mark.adversarial
-@pytest.mark.parametrize("planted", ["link", "fifo", "folder"])
-def test_a_mark_planted_as_a_link_fifo_or_folder_is_no_mark_and_never_stops_the_leader(
-    tmp_path: Path, planted: str
-) -> None:
-    """The mark is read back from the share: a link (to a file that changes), a FIFO or a
-    folder in its place is no mark; the leader neither follows nor waits on it, and a single
-    replica's touch refuses it."""
-    base_root = tmp_path / ".processing"
-    claimed = _claimed(base_root)
-    mark = base_root / single_mark.SINGLE_FILE
+def _plant(mark: Path, planted: str, tmp_path: Path) -> None:
     if planted == "link":
         target = tmp_path / "changing"
         target.write_bytes(b"")
@@ -165,15 +155,64 @@ def test_a_mark_planted_as_a_link_fifo_or_folder_is_no_mark_and_never_stops_the_
         os.mkfifo(mark)
     else:
         mark.mkdir()
-    adoption, queued = _adoption(base_root)
 
-    with pytest.raises(OSError):
-        single_mark.touch(base_root)
+
+@pytest.mark.adversarial
+@pytest.mark.parametrize("planted", ["link", "fifo", "folder"])
+def test_a_mark_planted_as_a_link_fifo_or_folder_is_no_mark_and_never_stops_the_leader(
+    tmp_path: Path, planted: str
+) -> None:
+    """The mark is read back from the share: a link (to a file that changes), a FIFO or a
+    folder in its place is neither followed nor waited on, and does not keep the leader from
+    the tree for longer than a mark that stopped changing would."""
+    base_root = tmp_path / ".processing"
+    claimed = _claimed(base_root)
+    mark = base_root / single_mark.SINGLE_FILE
+    _plant(mark, planted, tmp_path)
+    clock = _Clock()
+    adoption, queued = _adoption(base_root, clock)
+
+    anyio.run(adoption.leftovers, View(()))
+    clock.now += single_mark.STALE_S
     anyio.run(adoption.leftovers, View(()))
 
     assert not claimed.exists()
     assert len(queued) == 1
     assert mark.is_symlink() if planted == "link" else mark.exists()
+
+
+@pytest.mark.adversarial
+@pytest.mark.parametrize("planted", ["link", "fifo", "folder"])
+def test_a_mark_replaced_by_a_link_fifo_or_folder_never_hands_a_running_single_replicas_files_over(
+    tmp_path: Path, planted: str
+) -> None:
+    """Anyone who may write the share may swap the mark of a single replica that runs for a
+    link, a FIFO or a folder. Taken as no mark, that handed the files it was uploading to the
+    leader at once (uploaded twice), and the single replica's touches failed from then on. The
+    thing planted counts as a mark that does not change, and the single replica's next touch
+    sets it aside (never following it) and puts its mark back."""
+    base_root = tmp_path / ".processing"
+    claimed = _claimed(base_root)
+    mark = base_root / single_mark.SINGLE_FILE
+    clock = _Clock()
+    adoption, queued = _adoption(base_root, clock)
+    _touched(base_root)
+    anyio.run(adoption.leftovers, View(()))
+
+    mark.unlink()
+    _plant(mark, planted, tmp_path)
+    anyio.run(adoption.leftovers, View(()))
+    assert claimed.exists(), "a running single replica's file taken: its mark was swapped"
+
+    for _ in range(3 * int(single_mark.STALE_S / single_mark.TOUCH_EVERY_S)):
+        _touched(base_root)
+        anyio.run(adoption.leftovers, View(()))
+        clock.now += single_mark.TOUCH_EVERY_S
+    assert claimed.exists()
+    assert queued == []
+    assert not mark.is_symlink() and mark.is_file()
+    if planted == "link":
+        assert (tmp_path / "changing").read_bytes() == b""  # never followed
 
 
 @pytest.mark.adversarial
