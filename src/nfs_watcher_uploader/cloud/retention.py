@@ -118,10 +118,14 @@ class LedgerRetention:
             lambda: self._old_and_idle(trees_, cutoff, today), timeout=self.nfs.timeout * 10
         )
         done = [(tree, date, name) for tree, date, name in old if not self._busy(date, name)]
-        removed = await self.nfs.call(lambda: self._remove(done, cutoff)) if done else []
+        # Each walks trees (every member's, and their report jobs), as the look above does.
+        walk = self.nfs.timeout * 10
+        removed = (
+            await self.nfs.call(lambda: self._remove(done, cutoff), timeout=walk) if done else []
+        )
         owners = [t for t in trees_[1:] if t.parent == self.share_root / OWNERS_DIR]
         if owners:
-            gone = await self.nfs.call(lambda: self._remove_empty(owners))
+            gone = await self.nfs.call(lambda: self._remove_empty(owners), timeout=walk)
             self.trees_removed += len(gone)
             for tree in gone:
                 logger.info("Tree of a replica that no longer runs removed: %s (empty)", tree)
