@@ -13,7 +13,8 @@ The mark is read as input: a link, a FIFO or a folder in its place is never foll
 or waited on. It is no sign that no single replica runs (anyone who may write the share may
 swap a live mark for one, and a live process's files must not be handed over for that): it
 counts as a mark that does not change, and a single replica's next touch sets it aside
-(`_set_aside/`) and puts its mark back.
+(`_set_aside/`) and puts its mark back, as it does with a file it may not write (another
+user's, mode 0444): a mark it cannot touch would stop changing while it runs.
 """
 
 import errno
@@ -38,6 +39,8 @@ STALE_S = 90.0
 _OPEN = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 # What opening the mark gives when something else was swapped in since it was looked at.
 _SWAPPED = (errno.ELOOP, errno.ENXIO, errno.EISDIR)
+# What opening a regular file in the mark's place gives when this process may not write it.
+_NOT_OURS = (errno.EACCES, errno.EPERM)
 # Times something in the way of the mark is set aside before a touch gives up.
 _ATTEMPTS = 5
 Signature = tuple[int, int, int, int]
@@ -45,7 +48,8 @@ Signature = tuple[int, int, int, int]
 
 def touch(processing: Path) -> None:
     """Create the mark or give it a new mtime; whatever else stands in its place (a link, a
-    FIFO, a folder) is set aside first, never followed or opened. Blocking; raises OSError."""
+    FIFO, a folder, a file this process may not write: another user's) is set aside first,
+    never followed or opened. Blocking; raises OSError."""
     path = processing / SINGLE_FILE
     for _ in range(_ATTEMPTS):
         try:
@@ -56,18 +60,21 @@ def touch(processing: Path) -> None:
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | _OPEN, 0o644)
             except OSError as exc:
-                if exc.errno not in _SWAPPED:
+                if exc.errno in _SWAPPED:
+                    continue  # swapped since the look: look again
+                if exc.errno not in _NOT_OURS or in_place is None:
                     raise
-                continue  # swapped since the look: look again
-            try:
-                if stat.S_ISREG(os.fstat(fd).st_mode):
-                    os.utime(fd)
-                    return
-            finally:
-                os.close(fd)
-            continue
+                fd = None  # a file not ours to write: set aside below
+            if fd is not None:
+                try:
+                    if stat.S_ISREG(os.fstat(fd).st_mode):
+                        os.utime(fd)
+                        return
+                finally:
+                    os.close(fd)
+                continue
         aside = set_aside(path, "unusable", root=processing)
-        logger.error("%s is not a regular file; set aside as %s", path, aside)
+        logger.error("%s is not a file of ours to touch; set aside as %s", path, aside)
     raise OSError(errno.EAGAIN, f"{path} keeps being replaced")
 
 
