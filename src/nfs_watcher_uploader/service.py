@@ -177,8 +177,9 @@ class Service:
                 self._ledger_needed,
                 clock,
                 share_root=settings.nfs_processing_root,
-                # Alone, every replica's tree left on the share is this process's to sweep.
-                others=_every_tree if self.replicas is None else self.replicas.sweepable,
+                # Alone, the trees replicas left before it started are this process's to
+                # sweep (`_take_back`); with replicas, the leader's (replicas/runtime).
+                others=self._left_by_replicas if self.replicas is None else self.replicas.sweepable,
             )
             chores.append(self.retention.sweep)
         self.gc = GarbageCollector(
@@ -225,6 +226,8 @@ class Service:
         self._bandwidth_task: asyncio.Task[None] | None = None
         self._history_task: asyncio.Task[None] | None = None
         self._mark_task: asyncio.Task[None] | None = None
+        # Alone: the owner trees found at start (replicas that stopped before it, README).
+        self._taken_back: frozenset[str] = frozenset()
         # Session reports and webhook deliveries: on their own, so that neither can hold up
         # an upload.
         self._outbound: list[asyncio.Task[None]] = []
@@ -385,15 +388,19 @@ class Service:
         go into the processing root, never over a file, for recovery to queue."""
         root = self.settings.nfs_processing_root
 
+        found: set[str] = set()
+
         def take() -> tuple[int, int]:
             moved = left = 0
             for member, is_dir, _ in trees.listdir(root, OWNERS_DIR):
                 if is_dir and is_incarnation(member):
+                    found.add(member)
                     handed = hand_over(root, [OWNERS_DIR, member], root, lambda: True)
                     moved, left = moved + handed.moved, left + handed.left
             return moved, left
 
         moved, left = await self.nfs.call(take, timeout=self.nfs.timeout * 10)
+        self._taken_back = frozenset(found)
         if moved or left:
             logger.warning(
                 "Took over %d files that replicas left in %s (%d wait: a file of that name is "
@@ -577,6 +584,9 @@ class Service:
             )
         return session
 
-
-def _every_tree() -> Callable[[str], bool]:
-    return lambda name: True
+    def _left_by_replicas(self) -> Callable[[str], bool]:
+        """Which owner trees this process, alone, may sweep (cloud/retention): those found at
+        its start. A tree that appeared since is a replica's started beside it (a rolling
+        update to replicas): its sessions, report jobs and ledgers are that replica's own."""
+        taken_back = self._taken_back
+        return lambda name: name in taken_back

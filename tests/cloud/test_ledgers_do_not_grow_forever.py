@@ -4,6 +4,7 @@ its last line; never before (tested with an injected clock), and nothing else is
 
 import asyncio
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -253,3 +254,69 @@ def test_the_tree_a_gone_replica_left_is_swept_by_the_leader_alone_and_removed_o
     else:
         assert gone_ledger.exists()
         assert retention.trees_removed == 0
+
+
+@pytest.mark.adversarial
+@pytest.mark.parametrize("where", ["another replica's tree", "its own tree"])
+def test_a_ledger_is_kept_while_a_report_of_its_session_waits_in_any_tree(
+    tmp_path: Path, where: str
+) -> None:
+    """With replicas the leader ends a session and holds its report job (`_reports/<id>.json`
+    in the leader's tree, or in an adopter's once the leader died); the manifest is written
+    from every member's ledger when that job runs. A member whose session is no longer watched
+    knows nothing of a job held elsewhere: its ledger removed while the job waits (storage
+    down, the gate waiting for the end to be on record) made the manifest miss its files."""
+    me, leader = new_incarnation(), new_incarnation()
+    mine = _member_layout(tmp_path, me)
+    holder = mine if where == "its own tree" else _member_layout(tmp_path, leader)
+    clock = [time.time() + 31 * DAY_S]
+    retention = LedgerRetention(
+        mine,
+        Nfs(10),
+        30,
+        lambda d, s: False,  # no job of this process's own is due
+        clock=lambda: clock[0],
+        share_root=tmp_path / ".processing",
+    )
+    ledger = _ledger(mine, "take1")
+    job = {"id": "ab12", "created": 1.0, "session": "take1", "date_prefix": DATE}
+    waiting = write_file(holder.reports_root / "ab12.json", json.dumps(job).encode())
+    other = {**job, "id": "cd34", "session": "take2"}
+    write_file(holder.reports_root / "cd34.json", json.dumps(other).encode())
+
+    assert asyncio.run(retention.sweep()) == 0
+    assert ledger.exists(), "a ledger removed while a report of its session waits"
+    waiting.unlink()  # the manifest is written, the job done
+    assert asyncio.run(retention.sweep()) == 1
+    assert not ledger.exists()
+
+
+def _old_ledger(layout: Layout, name: str) -> Path:
+    ledger = _ledger(layout, name)
+    old = time.time() - 40 * DAY_S
+    os.utime(ledger, (old, old))
+    return ledger
+
+
+@pytest.mark.adversarial
+def test_a_single_replica_never_sweeps_the_tree_of_a_replica_started_beside_it(
+    service_factory: Any, settings_factory: Any
+) -> None:
+    """A rolling update from one replica to replicas (README) starts them while the single
+    replica still runs. Alone, it sweeps the trees replicas left on the share before it started
+    (they all stopped: README); a tree that appeared since is a live replica's, whose sessions,
+    report jobs and ledgers it knows nothing of. It removed that replica's ledger of a session
+    still running (or whose report was still due), and its manifest then missed those files."""
+    settings = settings_factory(ledger_retention_days=0, gc_interval_s=3600)
+    share = settings.nfs_incoming_dir.parent
+    before, beside = new_incarnation(), new_incarnation()
+    left = _old_ledger(_member_layout(share, before), "take1")
+    running = service_factory(settings)
+    retention = running.service.retention
+    assert retention is not None
+    live = _old_ledger(_member_layout(share, beside), "take2")
+
+    on_service_loop(running, retention.sweep())
+
+    assert live.exists(), "a live replica's ledger removed by a single replica beside it"
+    assert not left.exists()  # what replicas that stopped before it left is its to sweep

@@ -24,6 +24,19 @@ class _Clock:
         return self.now
 
 
+def _draining(stopped_at: float) -> StoredSession:
+    """A session stopped at `stopped_at` (by some replica's wall clock), a minute after its
+    start."""
+    return StoredSession(
+        name="take1",
+        date_prefix="20261204",
+        state="draining",
+        started_at=stopped_at - 60,
+        stopped_at=stopped_at,
+        drain_gen=2,
+    )
+
+
 def _leader(tmp_path: Path, leader_now: float) -> tuple[Leader, list[str], _Clock]:
     """A leader whose wall clock says `leader_now` and whose monotonic clock the test moves;
     what it ends is listed."""
@@ -67,14 +80,7 @@ def test_a_drain_stopped_by_a_replica_whose_clock_is_behind_does_not_time_out_at
     in; a leader behind the others never timed a drain out."""
     leader_now = 1_800_000_000.0
     leader, ended, _ = _leader(tmp_path, leader_now)
-    stopped = StoredSession(
-        name="take1",
-        date_prefix="20261204",
-        state="draining",
-        started_at=leader_now - 3600 - 60,
-        stopped_at=leader_now - 3600,  # just now, by a replica an hour behind
-        drain_gen=2,
-    )
+    stopped = _draining(leader_now - 3600)  # just now, by a replica an hour behind
 
     anyio.run(leader._judge, View(()), stopped)  # pyright: ignore[reportPrivateUsage]
 
@@ -90,14 +96,7 @@ def test_a_drain_stopped_by_a_replica_whose_clock_is_ahead_still_times_out(
     has watched it drain for APP_DRAIN_TIMEOUT_S, not an hour later."""
     leader_now = 1_800_000_000.0
     leader, ended, monotonic = _leader(tmp_path, leader_now)
-    stopped = StoredSession(
-        name="take1",
-        date_prefix="20261204",
-        state="draining",
-        started_at=leader_now + 3600 - 60,
-        stopped_at=leader_now + 3600,  # just now, by a replica an hour ahead
-        drain_gen=2,
-    )
+    stopped = _draining(leader_now + 3600)  # just now, by a replica an hour ahead
 
     anyio.run(leader._judge, View(()), stopped)  # pyright: ignore[reportPrivateUsage]
     assert ended == [], "timed out before any time had passed"
@@ -108,3 +107,41 @@ def test_a_drain_stopped_by_a_replica_whose_clock_is_ahead_still_times_out(
     anyio.run(leader._judge, View(()), stopped)  # pyright: ignore[reportPrivateUsage]
 
     assert ended == ["drain_timed_out"]
+
+
+async def _nothing(*args: object) -> None:
+    return None
+
+
+@pytest.mark.adversarial
+def test_a_drain_still_times_out_when_the_leader_misses_a_look_now_and_then(
+    tmp_path: Path,
+) -> None:
+    """The leader counts the timeout from when it first saw the drain. A leader that is not the
+    leader for one pass now and then (a renewal late by a moment makes its lease invalid, and
+    the next one valid again) forgot when that was, started counting again at its next look,
+    and a drain that a stuck member kept from ending never timed out. What a process has seen
+    on its own monotonic clock stays true while it is not the leader."""
+    leader_now = 1_800_000_000.0
+    leader, ended, monotonic = _leader(tmp_path, leader_now)
+    stopped = _draining(leader_now)
+    leading = [True]
+    coordinator = SimpleNamespace(view=View(()), is_leader=lambda: leading[0], state_problem=None)
+    leader.membership = cast(
+        Any,
+        SimpleNamespace(
+            incarnation=leader.me,
+            valid=lambda: True,
+            coordinator=coordinator,
+            latest=lambda: SimpleNamespace(sessions=[stopped]),
+        ),
+    )
+    leader.adoption = cast(Any, SimpleNamespace(leftovers=_nothing))
+    leader._remake_due = _nothing  # type: ignore[method-assign]
+
+    for look in range(20):  # five timeouts, one look in two missed
+        leading[0] = look % 2 == 0
+        anyio.run(leader.iteration)
+        monotonic.now += TIMEOUT_S / 4
+
+    assert "drain_timed_out" in ended, "a drain never timed out: its start was forgotten"

@@ -2,6 +2,7 @@
 time, with stand-ins for the service's parts: what it renames, and what it must leave."""
 
 import os
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -9,11 +10,14 @@ from typing import Any, cast
 import anyio
 import pytest
 
+from nfs_watcher_uploader.cloud.retention import DAY_S, LedgerRetention
 from nfs_watcher_uploader.constants import OWNERS_DIR
 from nfs_watcher_uploader.coord.names import new_incarnation
 from nfs_watcher_uploader.coord.roster import View
 from nfs_watcher_uploader.nfs import single_mark
+from nfs_watcher_uploader.nfs.layout import Layout
 from nfs_watcher_uploader.replicas.adoption import Adoption
+from nfs_watcher_uploader.replicas.runtime import Replicas
 
 
 class _Nfs:
@@ -142,17 +146,7 @@ def test_the_files_of_a_single_replica_that_stopped_cleanly_are_taken_over_at_on
     assert len(queued) == 1
 
 
-@pytest.mark.adversarial
-@pytest.mark.parametrize("planted", ["link", "fifo", "folder"])
-def test_a_mark_planted_as_a_link_fifo_or_folder_is_no_mark_and_never_stops_the_leader(
-    tmp_path: Path, planted: str
-) -> None:
-    """The mark is read back from the share: a link (to a file that changes), a FIFO or a
-    folder in its place is no mark; the leader neither follows nor waits on it, and a single
-    replica's touch refuses it."""
-    base_root = tmp_path / ".processing"
-    claimed = _claimed(base_root)
-    mark = base_root / single_mark.SINGLE_FILE
+def _plant(mark: Path, planted: str, tmp_path: Path) -> None:
     if planted == "link":
         target = tmp_path / "changing"
         target.write_bytes(b"")
@@ -161,12 +155,107 @@ def test_a_mark_planted_as_a_link_fifo_or_folder_is_no_mark_and_never_stops_the_
         os.mkfifo(mark)
     else:
         mark.mkdir()
-    adoption, queued = _adoption(base_root)
 
-    with pytest.raises(OSError):
-        single_mark.touch(base_root)
+
+@pytest.mark.adversarial
+@pytest.mark.parametrize("planted", ["link", "fifo", "folder"])
+def test_a_mark_planted_as_a_link_fifo_or_folder_is_no_mark_and_never_stops_the_leader(
+    tmp_path: Path, planted: str
+) -> None:
+    """The mark is read back from the share: a link (to a file that changes), a FIFO or a
+    folder in its place is neither followed nor waited on, and does not keep the leader from
+    the tree for longer than a mark that stopped changing would."""
+    base_root = tmp_path / ".processing"
+    claimed = _claimed(base_root)
+    mark = base_root / single_mark.SINGLE_FILE
+    _plant(mark, planted, tmp_path)
+    clock = _Clock()
+    adoption, queued = _adoption(base_root, clock)
+
+    anyio.run(adoption.leftovers, View(()))
+    clock.now += single_mark.STALE_S
     anyio.run(adoption.leftovers, View(()))
 
     assert not claimed.exists()
     assert len(queued) == 1
     assert mark.is_symlink() if planted == "link" else mark.exists()
+
+
+@pytest.mark.adversarial
+@pytest.mark.parametrize("planted", ["link", "fifo", "folder"])
+def test_a_mark_replaced_by_a_link_fifo_or_folder_never_hands_a_running_single_replicas_files_over(
+    tmp_path: Path, planted: str
+) -> None:
+    """Anyone who may write the share may swap the mark of a single replica that runs for a
+    link, a FIFO or a folder. Taken as no mark, that handed the files it was uploading to the
+    leader at once (uploaded twice), and the single replica's touches failed from then on. The
+    thing planted counts as a mark that does not change, and the single replica's next touch
+    sets it aside (never following it) and puts its mark back."""
+    base_root = tmp_path / ".processing"
+    claimed = _claimed(base_root)
+    mark = base_root / single_mark.SINGLE_FILE
+    clock = _Clock()
+    adoption, queued = _adoption(base_root, clock)
+    _touched(base_root)
+    anyio.run(adoption.leftovers, View(()))
+
+    mark.unlink()
+    _plant(mark, planted, tmp_path)
+    anyio.run(adoption.leftovers, View(()))
+    assert claimed.exists(), "a running single replica's file taken: its mark was swapped"
+
+    for _ in range(3 * int(single_mark.STALE_S / single_mark.TOUCH_EVERY_S)):
+        _touched(base_root)
+        anyio.run(adoption.leftovers, View(()))
+        clock.now += single_mark.TOUCH_EVERY_S
+    assert claimed.exists()
+    assert queued == []
+    assert not mark.is_symlink() and mark.is_file()
+    if planted == "link":
+        assert (tmp_path / "changing").read_bytes() == b""  # never followed
+
+
+@pytest.mark.adversarial
+def test_the_leader_never_sweeps_the_ledgers_of_a_single_replica_that_still_runs(
+    tmp_path: Path,
+) -> None:
+    """The leader's ledger retention sweeps the processing root's tree (a single replica's,
+    before) as well as its own. While a single replica still runs beside the replicas (a
+    rolling update), that tree is the single replica's: its sessions (started after the
+    import, or never imported) and what it still has to report are unknown to the leader, which
+    removed its ledger of a running session, so its manifest later missed those files. The
+    tree is swept only once its files would be taken over: the mark gone or stale."""
+    base_root = tmp_path / ".processing"
+    clock = _Clock()
+    adoption, _ = _adoption(base_root, clock)
+    me = adoption.me
+    ledger = base_root / "_ledgers" / "20261101" / "take1.jsonl"
+    ledger.parent.mkdir(parents=True)
+    ledger.write_bytes(b'{"blob": "x"}\n')
+    leader = SimpleNamespace(
+        membership=SimpleNamespace(
+            coordinator=SimpleNamespace(is_leader=lambda: True), valid=lambda: True
+        ),
+        adoption=adoption,
+    )
+    retention = LedgerRetention(
+        Layout(tmp_path / "incoming", base_root / OWNERS_DIR / me, tmp_path / "staging"),
+        cast(Any, _Nfs()),
+        0,
+        lambda d, s: False,  # the leader knows nothing of the single replica's session
+        clock=lambda: time.time() + DAY_S,
+        share_root=base_root,
+        others=lambda: Replicas.sweepable(cast(Any, leader)),
+    )
+
+    for _ in range(3):
+        _touched(base_root)
+        anyio.run(adoption.leftovers, View(()))
+        anyio.run(retention.sweep)
+        clock.now += single_mark.TOUCH_EVERY_S
+        assert ledger.exists(), "a running single replica's ledger swept by the leader"
+
+    single_mark.remove(base_root)  # it stopped cleanly
+    anyio.run(adoption.leftovers, View(()))
+    anyio.run(retention.sweep)
+    assert not ledger.exists()

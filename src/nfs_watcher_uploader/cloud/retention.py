@@ -4,7 +4,10 @@ these hold, checked on GC's beat:
 
     its manifest is in storage   the session is not active or draining under that date, and
                                  no report job for it is due (the job is deleted only after
-                                 the manifest was uploaded and the event emitted)
+                                 the manifest was uploaded and the event emitted): neither
+                                 in this process nor in any tree's `_reports/` (with replicas
+                                 the leader, or an adopter of its tree, holds the job and
+                                 writes the manifest from every member's ledger)
     nothing of it is parked      `_failed/<date>/<session>/` holds no file, nor
     or claimed                   `_failed_reasons/<date>/<session>/` (a reason without its file
                                  is a dismissal still to be recorded), and nothing of it is in
@@ -24,10 +27,12 @@ folder once it is empty. The clock is injected for tests.
 
 Besides its own tree, a process sweeps the trees of replicas that no longer run
 (`owners/<member>/`, whatever their tree still holds after adoption: ledgers), as `others`
-allows: one replica on a share switched back sweeps every owner tree, and of the replicas the
-leader sweeps those of members that have had no member blob for a while (replicas/adoption)
-and the processing root's own (a single replica's, before). An owner tree is removed once it
-holds nothing but empty folders, so no incarnation leaves a folder behind for ever.
+allows: one replica on a share switched back sweeps the owner trees it found at its start
+(never one of a replica started beside it), and of the replicas the leader sweeps those of
+members that have had no member blob for a while (replicas/adoption) and the processing root's
+own (a single replica's, before) once no single replica runs there (nfs/single_mark). An owner
+tree is removed once it holds nothing but empty folders, so no incarnation leaves a folder
+behind for ever.
 """
 
 import logging
@@ -37,18 +42,23 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from nfs_watcher_uploader.constants import (
     COMPLETED_DIR,
+    JOB_FILE_MAX,
     LEDGER_SUFFIX,
     LEDGERS_DIR,
     OWNERS_DIR,
     PARKED_DIR,
     PARKED_REASONS_DIR,
+    REPORTS_DIR,
 )
 from nfs_watcher_uploader.coord.names import is_incarnation
 from nfs_watcher_uploader.items import is_session_name
 from nfs_watcher_uploader.nfs import trees
 from nfs_watcher_uploader.nfs.layout import Layout
+from nfs_watcher_uploader.nfs.reading import Unusable, parse_json, read_regular
 from nfs_watcher_uploader.nfs.runner import Nfs
 from nfs_watcher_uploader.sessions.session import today_utc
 
@@ -67,6 +77,13 @@ Found = tuple[Path, str, str]
 
 def _no_others() -> Callable[[str], bool] | None:
     return None
+
+
+class _ReportOf(BaseModel):
+    """What a report job (cloud/reports) says of the session it reports."""
+
+    date_prefix: str
+    session: str
 
 
 class LedgerRetention:
@@ -101,10 +118,14 @@ class LedgerRetention:
             lambda: self._old_and_idle(trees_, cutoff, today), timeout=self.nfs.timeout * 10
         )
         done = [(tree, date, name) for tree, date, name in old if not self._busy(date, name)]
-        removed = await self.nfs.call(lambda: self._remove(done, cutoff)) if done else []
+        # Each walks trees (every member's, and their report jobs), as the look above does.
+        walk = self.nfs.timeout * 10
+        removed = (
+            await self.nfs.call(lambda: self._remove(done, cutoff), timeout=walk) if done else []
+        )
         owners = [t for t in trees_[1:] if t.parent == self.share_root / OWNERS_DIR]
         if owners:
-            gone = await self.nfs.call(lambda: self._remove_empty(owners))
+            gone = await self.nfs.call(lambda: self._remove_empty(owners), timeout=walk)
             self.trees_removed += len(gone)
             for tree in gone:
                 logger.info("Tree of a replica that no longer runs removed: %s (empty)", tree)
@@ -156,7 +177,7 @@ class LedgerRetention:
         """Ledgers of dates before `today`, older than `cutoff`, with nothing of their session
         parked or claimed in any tree."""
         every = self._every_tree()
-        return [
+        old = [
             (tree, date, name)
             for tree in trees_
             for _, date, name in self._ledgers(tree)
@@ -164,6 +185,32 @@ class LedgerRetention:
             and self._older(tree, date, name, cutoff)
             and not self._holds_files(every, date, name)
         ]
+        reported = self._reported(every) if old else set[tuple[str, str]]()
+        return [(tree, date, name) for tree, date, name in old if (date, name) not in reported]
+
+    @staticmethod
+    def _reported(every: list[Path]) -> set[tuple[str, str]]:
+        """(date, session) of every report job waiting in any tree. A file there that is no
+        job (a link, a FIFO, too large, damaged) reports nothing: its owner sets it aside."""
+        found: set[tuple[str, str]] = set()
+        for root in every:
+            fd = trees.open_folder(root, REPORTS_DIR)
+            if fd is None:
+                continue
+            try:
+                for name, _, is_file in trees.listdir(root, REPORTS_DIR):
+                    if not is_file or not name.endswith(".json"):
+                        continue
+                    try:
+                        raw = read_regular(name, JOB_FILE_MAX, dir_fd=fd)
+                        if raw is not None:
+                            job = parse_json(raw, _ReportOf)
+                            found.add((job.date_prefix, job.session))
+                    except (Unusable, FileNotFoundError):
+                        continue
+            finally:
+                os.close(fd)
+        return found
 
     @staticmethod
     def _holds_files(every: list[Path], date: str, name: str) -> bool:
@@ -190,9 +237,14 @@ class LedgerRetention:
     def _remove(self, ledgers: list[Found], cutoff: float) -> list[Found]:
         removed: list[Found] = []
         every = self._every_tree()
+        reported = self._reported(every)
         for root, date, name in ledgers:
-            if not self._older(root, date, name, cutoff) or self._holds_files(every, date, name):
-                continue  # written to, or something parked, since it was looked at
+            if (
+                not self._older(root, date, name, cutoff)
+                or self._holds_files(every, date, name)
+                or (date, name) in reported
+            ):
+                continue  # written to, something parked or a report due, since it was looked at
             fd = trees.open_folder(root, LEDGERS_DIR, date)
             if fd is None:
                 continue

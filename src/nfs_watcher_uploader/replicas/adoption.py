@@ -79,6 +79,9 @@ class Adoption:
         self._unowned: dict[str, float] = {}
         # The single replica's mark as last seen, and when it last changed (monotonic).
         self._single: tuple[single_mark.Signature, float] | None = None
+        # The last look found no single replica running (its mark gone or stale): the tree
+        # at the processing root is the replicas' to take over and to sweep (cloud/retention).
+        self.single_gone = False
         self.adopted = 0
         self.files_taken = 0
         self.removed = 0
@@ -203,7 +206,9 @@ class Adoption:
             if handed.moved:
                 logger.warning("Took over %d files left by member %s", handed.moved, name)
         legacy = await self.nfs.call(lambda: work_left(self.base_root, []))
-        if legacy and await self._no_single_replica() and self.membership.valid():
+        if legacy or not self.single_gone:
+            self.single_gone = await self._no_single_replica()
+        if legacy and self.single_gone and self.membership.valid():
             handed = await self._hand_over([])
             logger.warning(
                 "Took over %d files a single replica left in %s", handed.moved, self.base_root

@@ -18,7 +18,8 @@ same way. That time is counted on the leader's monotonic clock from when it firs
 drain (its `drain_gen`), never from the stop's time: `stopped_at` comes from the wall clock of
 whichever replica took the stop, and a board behind by an hour (no battery-backed clock, no
 NTP yet) would have ended a drain at once. Skew cannot shorten a drain; a change of leader
-lengthens it by at most one timeout.
+lengthens it by at most one timeout, and a leader that was not the leader for a while counts
+from when it first saw the drain, before.
 
 Its report job is written to NFS before that write and queued after it (cloud/reports), so a
 leader that dies in between leaves a job that is run, or dropped when the write never went
@@ -120,9 +121,11 @@ class Leader:
         coordinator = self.membership.coordinator
         view = coordinator.view if coordinator is not None else None
         if coordinator is None or view is None or not coordinator.is_leader():
+            # Kept: when this process first saw a drain stays true on its monotonic clock
+            # while it is not the leader; forgotten, a leader that misses a pass now and then
+            # (a renewal late by a moment) would count every drain's timeout again.
             self._candidates.clear()
             self._due_since.clear()
-            self._draining_since.clear()
             return
         if coordinator.state_problem is not None:
             await anyio.to_thread.run_sync(coordinator.repair)

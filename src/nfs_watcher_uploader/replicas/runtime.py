@@ -201,14 +201,16 @@ class Replicas:
     def sweepable(self) -> Callable[[str], bool] | None:
         """Which trees of others this process's ledger retention may sweep (cloud/retention):
         the leader's, those without a member blob for a lease period, and the processing
-        root's own; no other member sweeps another's tree."""
+        root's own once no single replica runs there (its mark gone or stale: adoption); no
+        other member sweeps another's tree."""
         coordinator = self.membership.coordinator
         if self.adoption is None or coordinator is None or not coordinator.is_leader():
             return None
         if not self.membership.valid():
             return None
         gone = self.adoption.long_unowned()
-        return lambda name: name == "" or name in gone
+        single_gone = self.adoption.single_gone
+        return lambda name: (name == "" and single_gone) or name in gone
 
     def publish(self, urgent: bool = False) -> int:
         """This member's counters into its blob (at its next renew; at once when urgent, or
