@@ -226,6 +226,7 @@ KEPT_IN_PROCESSING = (
     "_ledgers",
     "_reports",
     "_outbox",
+    "single-replica",  # the running process's mark (nfs/single_mark), not work
 )
 
 
