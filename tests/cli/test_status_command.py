@@ -15,11 +15,13 @@ import subprocess
 import termios
 import threading
 import time
+from collections.abc import Callable
 from fcntl import ioctl
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from nfs_watcher_uploader.config import Settings
 from tests.support.helpers import (
@@ -209,25 +211,19 @@ def test_a_stalled_worker_exits_1_and_says_so(service_factory: Any, settings_fac
     assert _status(running, APP_API_TOKEN=TOKEN).returncode == 0
 
 
-class HoldingProxy:
-    """Forwards to the service, holding each request for the parked list until `release` (a
-    parked listing stuck on a hung NFS mount, up to its 30 s deadline)."""
+class JsonServer:
+    """An HTTP server at 127.0.0.1 answering each GET with what `answer(path, authorization)`
+    returns: a status and a JSON body."""
 
-    def __init__(self, target: str) -> None:
-        self.release = threading.Event()
-        proxy = self
-
+    def __init__(self, answer: Callable[[str, str | None], tuple[int, bytes]]) -> None:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                if self.path.startswith("/v1/files/failed"):
-                    proxy.release.wait(60)
-                headers = {k: v for k, v in self.headers.items() if k.lower() == "authorization"}
-                answer = httpx.get(target + self.path, headers=headers, timeout=30)
-                self.send_response(answer.status_code)
+                status, body = answer(self.path, self.headers.get("Authorization"))
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(answer.content)))
+                self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(answer.content)
+                self.wfile.write(body)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -238,9 +234,29 @@ class HoldingProxy:
         self.thread.start()
 
     def close(self) -> None:
-        self.release.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+class HoldingProxy(JsonServer):
+    """Forwards to the service, holding each request for the parked list until `release` (a
+    parked listing stuck on a hung NFS mount, up to its 30 s deadline)."""
+
+    def __init__(self, target: str) -> None:
+        self.release = threading.Event()
+        super().__init__(self._forward)
+        self.target = target
+
+    def _forward(self, path: str, authorization: str | None) -> tuple[int, bytes]:
+        if path.startswith("/v1/files/failed"):
+            self.release.wait(60)
+        headers = {} if authorization is None else {"Authorization": authorization}
+        answer = httpx.get(self.target + path, headers=headers, timeout=30)
+        return answer.status_code, answer.content
+
+    def close(self) -> None:
+        self.release.set()
+        super().close()
 
 
 def test_a_parked_list_stuck_on_nfs_is_named_and_the_rest_still_shown(
@@ -270,3 +286,26 @@ def test_a_parked_list_stuck_on_nfs_is_named_and_the_rest_still_shown(
         assert [p["filename"] for p in report["parked"]] == ["stuck."]
     finally:
         proxy.close()
+
+
+@pytest.mark.adversarial
+@pytest.mark.parametrize("status", [401, 500])
+def test_an_error_answer_reaches_the_terminal_printable(status: int) -> None:
+    """Review of issues 22/23, finding 1: the detail of an error answer (a service of another
+    kind at --url, or one whose errors quote names) is printed made printable, like every
+    name: no escape sequence of its reaches the terminal, and the exit status is still 2."""
+    body = json.dumps({"detail": HOSTILE}).encode()
+    server = JsonServer(lambda path, authorization: (status, body))
+    try:
+        result = subprocess.run(
+            [CLI, "status", "--url", server.url],
+            env=_env(APP_API_TOKEN=TOKEN),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        server.close()
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "\x1b" not in result.stderr and "\x07" not in result.stderr, repr(result.stderr)
+    assert "\\x1b[31mred" in result.stderr

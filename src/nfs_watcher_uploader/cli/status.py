@@ -119,7 +119,7 @@ class Client:
 
     def _refusal(self, code: int, body: bytes) -> str:
         try:
-            detail = str(json.loads(body).get("detail", ""))
+            detail = printable(str(json.loads(body).get("detail", "")))
         except (ValueError, AttributeError):
             detail = ""
         if code == 401 and not self.token:
@@ -467,7 +467,7 @@ def main(args: argparse.Namespace, out: TextIO | None = None) -> int:
         if args.json:
             out.write(json.dumps({"url": args.url, "exit_status": 2, "error": str(exc)}) + "\n")
         else:
-            print(f"nfs-watcher-uploader status: {exc}", file=sys.stderr)
+            print(f"nfs-watcher-uploader status: {printable(str(exc))}", file=sys.stderr)
         return 2
     if args.json:
         out.write(json.dumps(snap.as_json(), indent=1) + "\n")
