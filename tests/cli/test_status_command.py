@@ -3,7 +3,9 @@
 (0 healthy, 1 something parked, 2 unreachable or the token refused, saying what to set), and no
 control character from a file name ever reaching the terminal."""
 
+import argparse
 import http.server
+import io
 import json
 import os
 import pty
@@ -23,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
+from nfs_watcher_uploader.cli import status as status_cli
 from nfs_watcher_uploader.config import Settings
 from tests.support.helpers import (
     ROOT,
@@ -309,3 +312,45 @@ def test_an_error_answer_reaches_the_terminal_printable(status: int) -> None:
     assert result.returncode == 2, result.stdout + result.stderr
     assert "\x1b" not in result.stderr and "\x07" not in result.stderr, repr(result.stderr)
     assert "\\x1b[31mred" in result.stderr
+
+
+@pytest.mark.adversarial
+def test_watch_shows_a_parked_list_that_changed_at_the_same_count() -> None:
+    """Review of issues 22/23, finding 2: `status --watch` asks for the parked list again when
+    it is old (as the page does), not only when the count changes: a file dismissed while
+    another is parked, or one retried and parked again for a new reason, leaves the count as it
+    was, and the list drawn must not stay the old one for as long as the watch runs."""
+    parked = {"name": "first.bin"}
+    status = json.dumps({"failed": 1, "sessions": []}).encode()
+
+    def answer(path: str, authorization: str | None) -> tuple[int, bytes]:
+        if path.startswith("/v1/files/failed"):
+            one = {"session_name": "s", "date_prefix": "20261205", "reason": "bad"}
+            files = [{**one, "filename": parked["name"], "parked_as": parked["name"]}]
+            return 200, json.dumps({"files": files, "truncated": False}).encode()
+        if path.startswith("/v1/sessions"):
+            return 200, json.dumps({"sessions": [], "ended_total": 0}).encode()
+        return 200, status
+
+    server = JsonServer(answer)
+    now = [0.0]
+    frames = [0]
+
+    def sleep(seconds: float) -> None:
+        frames[0] += 1
+        if frames[0] == 2:  # dismissed, and another parked: the count stays 1
+            parked["name"] = "second.bin"
+        if frames[0] == 4:
+            raise KeyboardInterrupt
+        now[0] += 60.0
+
+    out = io.StringIO()
+    args = argparse.Namespace(json=True, interval=1.0)
+    try:
+        status_cli.watch(
+            status_cli.Client(server.url, None), args, out, sleep, clock=lambda: now[0]
+        )
+    finally:
+        server.close()
+    last = json.loads(out.getvalue().splitlines()[-1])
+    assert [p["filename"] for p in last["parked"]] == ["second.bin"]
