@@ -276,3 +276,19 @@ async def _props(relay: Relay, container: str, name: str) -> str:
     async with BlobServiceClient(relay.url, key) as client:
         blob = client.get_container_client(container).get_blob_client(name)
         return str((await blob.get_blob_properties()).etag)
+
+
+def test_a_request_shown_never_shows_its_sas_or_its_authorization() -> None:
+    """Review of issues 22/23: the lean path's request object is what a traceback or a debug
+    line would show; its SAS query and Authorization header are never in it."""
+    from nfs_watcher_uploader.blob.rest import _Request  # pyright: ignore[reportPrivateUsage]
+
+    request = _Request(
+        "PUT",
+        "https://acct.blob.core.windows.net/c/20261205/s/a.bin?sv=2024&sig=SECRETSIG",
+        {"Authorization": "SharedKey acct:SECRETKEY", "x-ms-version": "2025-01-05"},
+        b"x" * 10,
+    )
+    shown = repr(request)
+    assert "SECRETSIG" not in shown and "SECRETKEY" not in shown
+    assert "PUT" in shown and "/c/20261205/s/a.bin" in shown

@@ -3,7 +3,9 @@
 (0 healthy, 1 something parked, 2 unreachable or the token refused, saying what to set), and no
 control character from a file name ever reaching the terminal."""
 
+import argparse
 import http.server
+import io
 import json
 import os
 import pty
@@ -15,12 +17,15 @@ import subprocess
 import termios
 import threading
 import time
+from collections.abc import Callable
 from fcntl import ioctl
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
+from nfs_watcher_uploader.cli import status as status_cli
 from nfs_watcher_uploader.config import Settings
 from tests.support.helpers import (
     ROOT,
@@ -209,25 +214,19 @@ def test_a_stalled_worker_exits_1_and_says_so(service_factory: Any, settings_fac
     assert _status(running, APP_API_TOKEN=TOKEN).returncode == 0
 
 
-class HoldingProxy:
-    """Forwards to the service, holding each request for the parked list until `release` (a
-    parked listing stuck on a hung NFS mount, up to its 30 s deadline)."""
+class JsonServer:
+    """An HTTP server at 127.0.0.1 answering each GET with what `answer(path, authorization)`
+    returns: a status and a JSON body."""
 
-    def __init__(self, target: str) -> None:
-        self.release = threading.Event()
-        proxy = self
-
+    def __init__(self, answer: Callable[[str, str | None], tuple[int, bytes]]) -> None:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                if self.path.startswith("/v1/files/failed"):
-                    proxy.release.wait(60)
-                headers = {k: v for k, v in self.headers.items() if k.lower() == "authorization"}
-                answer = httpx.get(target + self.path, headers=headers, timeout=30)
-                self.send_response(answer.status_code)
+                status, body = answer(self.path, self.headers.get("Authorization"))
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(answer.content)))
+                self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(answer.content)
+                self.wfile.write(body)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -238,9 +237,29 @@ class HoldingProxy:
         self.thread.start()
 
     def close(self) -> None:
-        self.release.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+class HoldingProxy(JsonServer):
+    """Forwards to the service, holding each request for the parked list until `release` (a
+    parked listing stuck on a hung NFS mount, up to its 30 s deadline)."""
+
+    def __init__(self, target: str) -> None:
+        self.release = threading.Event()
+        super().__init__(self._forward)
+        self.target = target
+
+    def _forward(self, path: str, authorization: str | None) -> tuple[int, bytes]:
+        if path.startswith("/v1/files/failed"):
+            self.release.wait(60)
+        headers = {} if authorization is None else {"Authorization": authorization}
+        answer = httpx.get(self.target + path, headers=headers, timeout=30)
+        return answer.status_code, answer.content
+
+    def close(self) -> None:
+        self.release.set()
+        super().close()
 
 
 def test_a_parked_list_stuck_on_nfs_is_named_and_the_rest_still_shown(
@@ -270,3 +289,68 @@ def test_a_parked_list_stuck_on_nfs_is_named_and_the_rest_still_shown(
         assert [p["filename"] for p in report["parked"]] == ["stuck."]
     finally:
         proxy.close()
+
+
+@pytest.mark.adversarial
+@pytest.mark.parametrize("status", [401, 500])
+def test_an_error_answer_reaches_the_terminal_printable(status: int) -> None:
+    """Review of issues 22/23, finding 1: the detail of an error answer (a service of another
+    kind at --url, or one whose errors quote names) is printed made printable, like every
+    name: no escape sequence of its reaches the terminal, and the exit status is still 2."""
+    body = json.dumps({"detail": HOSTILE}).encode()
+    server = JsonServer(lambda path, authorization: (status, body))
+    try:
+        result = subprocess.run(
+            [CLI, "status", "--url", server.url],
+            env=_env(APP_API_TOKEN=TOKEN),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        server.close()
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "\x1b" not in result.stderr and "\x07" not in result.stderr, repr(result.stderr)
+    assert "\\x1b[31mred" in result.stderr
+
+
+@pytest.mark.adversarial
+def test_watch_shows_a_parked_list_that_changed_at_the_same_count() -> None:
+    """Review of issues 22/23, finding 2: `status --watch` asks for the parked list again when
+    it is old (as the page does), not only when the count changes: a file dismissed while
+    another is parked, or one retried and parked again for a new reason, leaves the count as it
+    was, and the list drawn must not stay the old one for as long as the watch runs."""
+    parked = {"name": "first.bin"}
+    status = json.dumps({"failed": 1, "sessions": []}).encode()
+
+    def answer(path: str, authorization: str | None) -> tuple[int, bytes]:
+        if path.startswith("/v1/files/failed"):
+            one = {"session_name": "s", "date_prefix": "20261205", "reason": "bad"}
+            files = [{**one, "filename": parked["name"], "parked_as": parked["name"]}]
+            return 200, json.dumps({"files": files, "truncated": False}).encode()
+        if path.startswith("/v1/sessions"):
+            return 200, json.dumps({"sessions": [], "ended_total": 0}).encode()
+        return 200, status
+
+    server = JsonServer(answer)
+    now = [0.0]
+    frames = [0]
+
+    def sleep(seconds: float) -> None:
+        frames[0] += 1
+        if frames[0] == 2:  # dismissed, and another parked: the count stays 1
+            parked["name"] = "second.bin"
+        if frames[0] == 4:
+            raise KeyboardInterrupt
+        now[0] += 60.0
+
+    out = io.StringIO()
+    args = argparse.Namespace(json=True, interval=1.0)
+    try:
+        status_cli.watch(
+            status_cli.Client(server.url, None), args, out, sleep, clock=lambda: now[0]
+        )
+    finally:
+        server.close()
+    last = json.loads(out.getvalue().splitlines()[-1])
+    assert [p["filename"] for p in last["parked"]] == ["second.bin"]

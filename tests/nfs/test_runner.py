@@ -140,6 +140,31 @@ async def test_a_batched_call_given_up_before_its_turn_never_runs() -> None:
     assert await nfs.call_batched(lambda: "later") == "later"
 
 
+@pytest.mark.adversarial
+async def test_a_batched_call_that_finished_gets_its_own_outcome_though_a_later_one_hangs() -> None:
+    """Review of issues 22/23, finding 4: a call that ran and returned before a later call of
+    its batch hung (a claim's rename done, then another file's call stuck on the share) gets
+    its own outcome, its result or its own error, never a timeout for the other call's hang:
+    its caller would take a rename that happened for one that may not have."""
+    nfs = Nfs(5)
+    release = threading.Event()
+    try:
+        done = asyncio.ensure_future(nfs.call_batched(lambda: "renamed", timeout=0.3))
+        failed = asyncio.ensure_future(nfs.call_batched(_enoent, timeout=0.3))
+        hung = asyncio.ensure_future(nfs.call_batched(lambda: release.wait(10), timeout=5))
+        assert await done == "renamed"
+        with pytest.raises(FileNotFoundError):
+            await failed
+        assert not hung.done() and nfs.abandoned == 0
+    finally:
+        release.set()
+    assert await hung is True
+
+
+def _enoent() -> None:
+    raise FileNotFoundError(errno.ENOENT, "gone")
+
+
 async def test_a_call_given_up_at_its_deadline_frees_its_place_and_counts_its_thread() -> None:
     """A hung call (a dead mount) times out, its thread counts as stuck until the call returns,
     and its place in the thread budget goes to the next call at once; past the limit of stuck

@@ -325,3 +325,29 @@ def test_a_reason_that_cannot_be_set_aside_is_left_and_the_listing_answers(
     (listed,) = parked_files(running)
     assert listed["reason"] == "(reason not recorded)"
     assert (reasons / "rec.bin").is_fifo()
+
+
+@pytest.mark.adversarial
+def test_a_retry_of_a_listed_name_that_could_be_two_parked_files_retries_neither(
+    service_factory: Any, settings_factory: Any
+) -> None:
+    """Review of issues 22/23, finding 3: a retry names one file as listed (ESC shown as
+    `\\x1b`); when that could be two parked files (one with ESC, one with `\\x1b` written out),
+    it is refused (409, as a dismissal is) and both stay parked, instead of moving back a file
+    the operator did not name. The exact name of a file that prints as itself still works."""
+    running = service_factory(settings_factory())
+    running.post("/v1/watch/start", json={"session_name": "twins"})
+    incoming = os.fsencode(running.settings.nfs_incoming_dir / "twins")
+    for name in (b"twin-\x1b.", b"twin-\\x1b.", b"alone."):
+        with open(os.path.join(incoming, name), "wb") as f:
+            f.write(b"x")
+    view = lambda: running.get("/v1/sessions/twins").json()  # noqa: E731
+    wait_for(lambda: view()["failed"] == 3, what="all three parked")
+    body = {"session_name": "twins", "parked_as": "twin-\\x1b."}
+    answer = running.client.post("/v1/files/retry", json=body)
+    assert answer.status_code == 409 and "may name 2 parked files" in answer.text, answer.text
+    failed = os.fsencode(running.settings.nfs_processing_root / "_failed")
+    left = sorted(n for _, _, files in os.walk(failed) for n in files if not n.endswith(b".json"))
+    assert [n for n in left if n.startswith(b"twin")] == [b"twin-\x1b.", b"twin-\\x1b."], left
+    alone = running.post("/v1/files/retry", json={"session_name": "twins", "parked_as": "alone."})
+    assert alone.json() == {"requeued": 1}

@@ -193,7 +193,7 @@ async def failed_files(
     return FailedList(files=[failed_file(p) for p in listed[:limit]], truncated=truncated)
 
 
-@router.post("/v1/files/retry", responses={503: {}})
+@router.post("/v1/files/retry", responses={409: {}, 503: {}})
 async def retry_failed(service: ServiceDep, body: RetryRequest | None = None) -> RetryResponse:
     if not service.ready:
         raise HTTPException(503, f"service is not ready ({service.phase}); retry shortly")
@@ -202,6 +202,8 @@ async def retry_failed(service: ServiceDep, body: RetryRequest | None = None) ->
             count = await service.pipeline.parked.requeue(None)
         else:
             count = await service.pipeline.parked.requeue(body.session_name, body.parked_as)
+    except SessionConflict as exc:
+        raise HTTPException(409, printable(str(exc))) from None
     except OSError as exc:
         raise _unavailable("moving parked files back", exc) from None
     return RetryResponse(requeued=count)

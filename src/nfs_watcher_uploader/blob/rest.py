@@ -78,6 +78,7 @@ from yarl import URL
 
 from nfs_watcher_uploader.blob.blobinfo import BlobInfo
 from nfs_watcher_uploader.blob.signing import SharedKey
+from nfs_watcher_uploader.redaction import redact
 from nfs_watcher_uploader.uplink.wire import Answer, Wire
 
 # The exception the SDK's generated operations raise for these answers (any other: an
@@ -138,6 +139,10 @@ class _Request:
     url: str
     headers: dict[str, str]
     body: bytes
+
+    def __repr__(self) -> str:
+        # Never the URL's SAS query nor the Authorization header (a log line, a traceback).
+        return f"_Request({self.method} {redact(self.url)}, {len(self.body)} bytes)"
 
 
 class _Attempt(Protocol):

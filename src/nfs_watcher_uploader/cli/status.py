@@ -44,6 +44,10 @@ TIMEOUT_S = 10.0
 # up to the NFS deadline (30 s by default). It gets a shorter wait, and its failure is shown
 # in the picture instead of calling the whole service unreachable.
 PARKED_TIMEOUT_S = 5.0
+# `--watch` asks for the parked list again when their count changes, and at least this often
+# (as the page does): a file dismissed while another is parked, or parked again for another
+# reason, leaves the count as it was.
+PARKED_EVERY_S = 15.0
 ENDED_SHOWN = 5
 PARKED_SHOWN = 5
 BAR_WIDTH = 20
@@ -119,7 +123,7 @@ class Client:
 
     def _refusal(self, code: int, body: bytes) -> str:
         try:
-            detail = str(json.loads(body).get("detail", ""))
+            detail = printable(str(json.loads(body).get("detail", "")))
         except (ValueError, AttributeError):
             detail = ""
         if code == 401 and not self.token:
@@ -204,9 +208,26 @@ class Snapshot:
         }
 
 
-def snapshot(client: Client, parked_cache: dict[int, list[Json]] | None = None) -> Snapshot:
+@dataclass
+class ParkedCache:
+    """The parked list `--watch` drew last: for how many parked files, and when it was asked."""
+
+    count: int = -1
+    asked: float = 0.0
+    files: list[Json] = field(default_factory=list[Json])
+
+    def fresh(self, count: int, now: float) -> bool:
+        return count == self.count and now - self.asked < PARKED_EVERY_S
+
+
+def snapshot(
+    client: Client,
+    parked_cache: ParkedCache | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> Snapshot:
     """Ask the API. The parked list is read from NFS by the service: asked only when there are
-    parked files, and (with `parked_cache`) only when their count changed."""
+    parked files, and (with `parked_cache`) only when their count changed or the list drawn is
+    PARKED_EVERY_S old."""
     health = client.get("/healthz", ok=(200, 503))
     ready = client.get("/readyz", ok=(200, 503))
     status = client.get("/v1/status")
@@ -216,13 +237,13 @@ def snapshot(client: Client, parked_cache: dict[int, list[Json]] | None = None) 
     parked: list[Json] = []
     error: str | None = None
     if count:
-        if parked_cache is not None and count in parked_cache:
-            parked = parked_cache[count]
+        now = clock()
+        if parked_cache is not None and parked_cache.fresh(count, now):
+            parked = parked_cache.files
         else:
             parked, error = _parked(client)
             if parked_cache is not None and error is None:
-                parked_cache.clear()
-                parked_cache[count] = parked
+                parked_cache.count, parked_cache.asked, parked_cache.files = count, now, parked
     return Snapshot(client.url, health, ready, status, sessions, bandwidth, parked, error)
 
 
@@ -414,17 +435,18 @@ def watch(
     args: argparse.Namespace,
     out: TextIO,
     sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
 ) -> int:
     """Draw until interrupted; the exit status is the last picture's."""
     code = 2
-    cache: dict[int, list[Json]] = {}
+    cache = ParkedCache()
     if not args.json:
         out.write(HIDE_CURSOR + CLEAR_ALL)
     try:
         while True:
             size = shutil.get_terminal_size()
             try:
-                snap = snapshot(client, cache)
+                snap = snapshot(client, cache, clock)
                 code = snap.exit_status()
                 if args.json:
                     out.write(json.dumps(snap.as_json()) + "\n")
@@ -467,7 +489,7 @@ def main(args: argparse.Namespace, out: TextIO | None = None) -> int:
         if args.json:
             out.write(json.dumps({"url": args.url, "exit_status": 2, "error": str(exc)}) + "\n")
         else:
-            print(f"nfs-watcher-uploader status: {exc}", file=sys.stderr)
+            print(f"nfs-watcher-uploader status: {printable(str(exc))}", file=sys.stderr)
         return 2
     if args.json:
         out.write(json.dumps(snap.as_json(), indent=1) + "\n")

@@ -82,7 +82,9 @@ class Nfs:
         """Like `call`, for a short call that may share its thread: calls made in the same turn
         of the event loop (up to MAX_BATCHED_CALLS) run one after the other in one thread, in
         the order they were made. Each returns or raises its own outcome, within its own
-        deadline; a call given up before its turn in the thread never runs."""
+        deadline; a call given up before its turn in the thread never runs, and one that ran
+        to its end before a later call of its batch hung gets its own outcome at its deadline
+        (outcomes are handed over once per batch: one wake-up of the loop)."""
         self._check_hung()
         deadline = self.timeout if timeout is None else timeout
         loop = asyncio.get_running_loop()
@@ -96,10 +98,15 @@ class Nfs:
         try:
             async with asyncio.timeout(deadline):
                 return await call.future
-        except BaseException as exc:
+        except TimeoutError:
             job.give_up(call)
-            if isinstance(exc, TimeoutError) and not call.done:
-                raise _timed_out(deadline) from None
+            if job.ran(call):  # to its end; a later call of its batch held the hand-over up
+                if call.error is not None:
+                    raise call.error from None
+                return call.result
+            raise _timed_out(deadline) from None
+        except BaseException:
+            job.give_up(call)
             raise
 
     def _dispatch(self, job: "_Job") -> None:
@@ -209,7 +216,6 @@ class _Call:
     finished: bool = False
     given_up: bool = False
     abandoned: bool = False
-    done: bool = False  # its outcome was handed to its caller
 
 
 @dataclass(eq=False)
@@ -256,7 +262,6 @@ class _Job:
         for call in self.calls:
             if call.future.done():  # given up
                 continue
-            call.done = True
             if call.error is not None:
                 call.future.set_exception(call.error)
             else:
@@ -276,6 +281,11 @@ class _Job:
             everyone_gone = all(c.given_up or c.finished for c in self.calls)
         if everyone_gone:  # a hung call keeps its thread, not its place
             self._release()
+
+    def ran(self, call: _Call) -> bool:
+        """`call` ran to its end in the thread (its outcome is set, if not yet handed over)."""
+        with self.nfs._lock:  # pyright: ignore[reportPrivateUsage]
+            return call.finished
 
     def abort(self) -> None:
         for call in self.calls:

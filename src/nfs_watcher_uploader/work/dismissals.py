@@ -56,6 +56,7 @@ from nfs_watcher_uploader.sessions.registry import Sessions
 from nfs_watcher_uploader.work.parked import (
     ParkedFiles,
     log_unusable,
+    named_as_listed,
     read_reason,
     remove_reason,
 )
@@ -145,19 +146,11 @@ class Dismissals:
 
     def _named(self, session_name: str, parked_as: str) -> str:
         """The name NFS holds for `parked_as`, which may be given as listings show it
-        (printable: a control character as `\\x1b`, a byte that is not UTF-8 as `\\xff`).
-        Two parked files it could name (`a\\x1b` written out, and `a` + ESC) dismiss
-        neither: SessionConflict."""
+        (`named_as_listed`)."""
         session = self.sessions.by_name.get(session_name)
         if session is None:
             return parked_as
-        named = {n for n in session.parked if parked_as in (n, printable(n))}
-        if len(named) > 1:
-            raise SessionConflict(
-                f"{printable(parked_as)!r} of session {session_name!r} may name "
-                f"{len(named)} parked files; remove the one you mean from _failed/ by hand"
-            )
-        return named.pop() if named else parked_as
+        return named_as_listed(session_name, parked_as, session.parked) or parked_as
 
     async def notice_removed(self) -> int:
         """Dismiss what sessions had parked and `_failed/` no longer holds. Returns how many."""

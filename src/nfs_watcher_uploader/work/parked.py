@@ -23,7 +23,7 @@ import logging
 import os
 import posixpath
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from nfs_watcher_uploader.constants import (
     PARKED_REASONS_DIR,
     SMALL_FILE_MAX,
 )
+from nfs_watcher_uploader.errors import SessionConflict
 from nfs_watcher_uploader.items import (
     ParkedFile,
     WorkItem,
@@ -151,6 +152,20 @@ def _parked_as_from(rel: str, parked_as: str) -> bool:
     if posixpath.dirname(rel) != posixpath.dirname(parked_as):
         return False
     return any(versioned(rel, v) == parked_as for v in range(2, MAX_NAME_VERSIONS + 1))
+
+
+def named_as_listed(session_name: str, parked_as: str, names: Iterable[str]) -> str | None:
+    """The one of `names` (a session's parked files, as NFS holds them) that `parked_as` names,
+    given as NFS holds it or as listings show it (printable: a control character as `\\x1b`, a
+    byte that is not UTF-8 as `\\xff`); None when none. Two it could name (`a\\x1b` written
+    out, and `a` + ESC) raise SessionConflict: neither is touched."""
+    named = {n for n in names if parked_as in (n, printable(n))}
+    if len(named) > 1:
+        raise SessionConflict(
+            f"{printable(parked_as)!r} of session {session_name!r} may name "
+            f"{len(named)} parked files; remove the one you mean from _failed/ by hand"
+        )
+    return named.pop() if named else None
 
 
 def log_unusable(key: Key, problem: str) -> None:
@@ -353,17 +368,18 @@ class ParkedFiles:
     async def requeue(self, session_name: str | None, parked_as: str | None = None) -> int:
         """Move parked files back into `.processing` and queue them: all, a session's, or the
         session's file `parked_as` (its name as NFS holds it, or as the listing shows it:
-        printable). Returns how many."""
+        printable). Returns how many. Raises SessionConflict when `parked_as` could name two
+        files (see `named_as_listed`)."""
         async with self.changing:
             count = 0
-            for parked in await self._find(None, session_name):
+            found = await self._find(None, session_name)
+            if parked_as is not None:  # one file: the one it names, if any (SessionConflict)
+                names = (p.parked_as for p in found)
+                named = named_as_listed(session_name or "", parked_as, names)
+                found = [p for p in found if p.parked_as == named]
+            for parked in found:
                 item = parked.item
                 if not is_session_name(item.session_name):  # listed, never taken (recovery)
-                    continue
-                if parked_as is not None and parked_as not in (
-                    parked.parked_as,
-                    printable(parked.parked_as),
-                ):
                     continue
                 moved = await self.nfs.call(functools.partial(self._unpark, parked))
                 if moved is Moved.TAKEN:
