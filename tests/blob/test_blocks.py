@@ -39,7 +39,12 @@ def test_block_permits_come_back_after_failing_uploads(
     Finding adversary-4 (first adversarial review, issue 10).
     """
     settings = settings_factory(
-        azure_max_block_size=64 * 1024, azure_max_single_put_size=64 * 1024, retry_max_s=0.5
+        azure_max_block_size=64 * 1024,
+        azure_max_single_put_size=64 * 1024,
+        retry_max_s=0.5,
+        # Slow enough that no file is committed before the container is deleted under it (one
+        # committed before would be deleted with it, and rightly never sent again).
+        bandwidth_limit=1024 * 1024,
     )
     running = service_factory(settings)
     storage = running.service.storage
